@@ -1,0 +1,5 @@
+"""Run the CLI as ``python -m lipcheck``."""
+
+from lipcheck.cli import main
+
+main()

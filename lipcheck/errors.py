@@ -1,0 +1,25 @@
+"""User-facing errors: each message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class LipcheckError(Exception):
+    """An error the user can act on; the CLI prints its message on one line and exits 2."""
+
+    exit_code = 2
+
+
+class UnsupportedFileError(LipcheckError):
+    """The file is not in a format lipcheck reads."""
+
+
+class CorruptFileError(LipcheckError):
+    """The file looks like a known format but cannot be parsed."""
+
+
+class RefusedFileError(LipcheckError):
+    """The file would need code execution or escapes its folder, so lipcheck will not read it."""
+
+
+class NonFiniteWeightsError(LipcheckError):
+    """A layer's weights contain NaN or Inf, so no bound exists."""

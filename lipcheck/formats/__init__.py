@@ -1,0 +1,100 @@
+"""File formats: detect a model file's format from its bytes and load it into a Model."""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zipfile
+from pathlib import Path
+
+from lipcheck.errors import LipcheckError, UnsupportedFileError
+from lipcheck.model import Model
+
+
+class Format(str, enum.Enum):
+    """The file formats lipcheck reads."""
+
+    TORCH = "torch"  # torch.save output: a state_dict or a checkpoint dict
+    TORCHSCRIPT = "torchscript"
+    SAFETENSORS = "safetensors"
+    ONNX = "onnx"
+
+
+_EXTENSIONS = {
+    ".pt": Format.TORCH, ".pth": Format.TORCH, ".bin": Format.TORCH, ".ckpt": Format.TORCH, ".tar": Format.TORCH,
+    ".safetensors": Format.SAFETENSORS, ".onnx": Format.ONNX,
+}
+_PICKLE_PROTOCOL_2 = b"\x80\x02"
+
+
+def detect(path: Path) -> Format:
+    """Tell a file's format from its first bytes, falling back to its extension."""
+    if path.is_dir():
+        raise LipcheckError(f"{path} is a directory; point lipcheck at a model file inside it")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError:
+        raise LipcheckError(f"{path} does not exist; check the path") from None
+    except OSError as exc:
+        raise LipcheckError(f"cannot open {path} ({exc.strerror}); check its permissions") from None
+    if not head:
+        raise LipcheckError(f"{path} is empty; re-export or re-download the model")
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path)
+    if head.startswith(_PICKLE_PROTOCOL_2):
+        return Format.TORCH
+    if _looks_like_safetensors(head):
+        return Format.SAFETENSORS
+    by_ext = _EXTENSIONS.get(path.suffix.lower())
+    if by_ext is not None:
+        return by_ext
+    raise UnsupportedFileError(
+        f"cannot tell the format of {path}; lipcheck reads PyTorch (.pt/.pth/.bin/.ckpt), TorchScript, "
+        "safetensors and ONNX files"
+    )
+
+
+def _zip_kind(path: Path) -> Format:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return Format.TORCH  # let the torch loader report what is wrong
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return Format.TORCHSCRIPT
+    return Format.TORCH
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    if len(head) < 9:
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return 2 <= size < 100_000_000 and head[8:9] == b"{"
+
+
+def load(path: Path, key: str | None = None) -> Model:
+    """Load any supported model file into the neutral Model."""
+    fmt = detect(path)
+    if key is not None and fmt is not Format.TORCH:
+        raise LipcheckError(f"--key selects a model inside a PyTorch checkpoint; {path} is {fmt.value}")
+    if fmt is Format.TORCH:
+        from lipcheck.formats import torch_pickle
+
+        return torch_pickle.load(path, key)
+    if fmt is Format.TORCHSCRIPT:
+        from lipcheck.formats import torchscript
+
+        return torchscript.load(path)
+    if fmt is Format.SAFETENSORS:
+        from lipcheck.formats import safetensors_file
+
+        return safetensors_file.load(path)
+    if fmt is Format.ONNX:
+        from lipcheck.formats import onnx_graph
+
+        return onnx_graph.load(path)
+    raise AssertionError(fmt)  # pragma: no cover - the exhaustiveness test guards this
+
+
+__all__ = ["Format", "detect", "load"]

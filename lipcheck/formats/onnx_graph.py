@@ -1,0 +1,317 @@
+"""ONNX graphs: layer weights from initializers and Constant nodes, through the chains exporters
+put in front of them (Transpose, Cast, Mul, DequantizeLinear, ...), inside If/Loop/Scan bodies,
+and from external data files that must stay inside the model's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
+
+from lipcheck.errors import CorruptFileError, RefusedFileError
+from lipcheck.model import ConvGeometry, Layer, Model, Skipped
+
+Array = Callable[[], np.ndarray]
+# Ops that turn one constant into another without mixing in an activation.
+_PASS_THROUGH = {"Transpose", "Cast", "CastLike", "Identity", "DequantizeLinear", "Mul", "Div",
+                 "Reshape", "Squeeze", "Unsqueeze", "Neg"}
+_CONV_NDIM = {3: "1d", 4: "2d", 5: "3d"}
+
+
+@dataclass
+class _Const:
+    """A constant value: how to compute it, and the stored tensor it comes from."""
+
+    array: Array
+    source: str
+    shape: tuple[int, ...]
+    dtype: str
+    chain: tuple[str, ...] = ()
+
+
+@dataclass
+class _Scope:
+    """One graph (the main graph or a subgraph) and the constants visible in it."""
+
+    path: str
+    consts: dict[str, _Const]
+    producers: dict[str, NodeProto]
+    parent: "_Scope | None" = None
+    stored: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+
+    def lookup(self, name: str) -> _Const | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.consts:
+                return scope.consts[name]
+            scope = scope.parent
+        return None
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = os.path.realpath(path.parent)
+        self.layers: list[Layer] = []
+        self.uses: dict[tuple[str, str], list[str]] = {}  # (scope, stored name) -> consumer ops
+        self.layer_sources: set[tuple[str, str]] = set()
+        self.scopes: list[_Scope] = []
+
+    # -- stored tensors -------------------------------------------------------------------
+    def tensor_array(self, tensor: TensorProto) -> Array:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            self._check_external(tensor)
+
+        def load() -> np.ndarray:
+            t = tensor
+            if t.data_location == TensorProto.EXTERNAL:
+                t = TensorProto()
+                t.CopyFrom(tensor)
+                try:
+                    onnx.external_data_helper.load_external_data_for_tensor(t, self.base)
+                except (OSError, ValueError) as exc:
+                    raise CorruptFileError(f"cannot read external data of tensor '{tensor.name}' ({exc})") from None
+            return numpy_helper.to_array(t)
+
+        return load
+
+    def _check_external(self, tensor: TensorProto) -> None:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = os.path.realpath(os.path.join(self.base, location))
+        if not location or os.path.isabs(location) or os.path.commonpath([self.base, target]) != self.base:
+            raise RefusedFileError(
+                f"tensor '{tensor.name}' points to external data '{location}' outside the model's folder; "
+                "lipcheck only reads external data beside the model: move the data file next to it"
+            )
+        if not os.path.isfile(target):
+            raise CorruptFileError(f"external data file '{location}' of tensor '{tensor.name}' is missing; copy it next to {self.path.name}")
+
+    # -- constants and chains ---------------------------------------------------------------
+    def stored_const(self, scope: _Scope, name: str, tensor: TensorProto) -> None:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type).name if tensor.data_type else "undefined"
+        scope.consts[name] = _Const(self.tensor_array(tensor), name, tuple(tensor.dims), dtype)
+        scope.stored.append((name, tuple(tensor.dims)))
+
+    def resolve(self, scope: _Scope, name: str, depth: int = 0) -> _Const | None:
+        """Return the constant behind a value name, following pass-through chains."""
+        found = scope.lookup(name)
+        if found is not None or depth > 16:
+            return found
+        node = self._producer(scope, name)
+        if node is None or node.op_type not in _PASS_THROUGH or not node.input:
+            return None
+        inputs = [self.resolve(scope, i, depth + 1) if i else None for i in node.input]
+        if any(c is None for i, c in zip(node.input, inputs) if i):
+            return None
+        main = max((c for c in inputs if c is not None), key=lambda c: int(np.prod(c.shape)))
+        const = _Const(_fold(node, inputs), main.source, main.shape, main.dtype, (*main.chain, node.op_type))
+        scope.consts[name] = const
+        return const
+
+    @staticmethod
+    def _producer(scope: _Scope, name: str) -> NodeProto | None:
+        s: _Scope | None = scope
+        while s is not None:
+            if name in s.producers:
+                return s.producers[name]
+            s = s.parent
+        return None
+
+    def _use(self, scope: _Scope, const: _Const, op: str) -> str:
+        """Record that ``op`` consumes ``const``; return the path of the scope that stores it."""
+        owner = scope
+        while owner.parent is not None and const.source not in dict(owner.stored):
+            owner = owner.parent
+        self.uses.setdefault((owner.path, const.source), []).append(op)
+        return owner.path
+
+    # -- graph walk -------------------------------------------------------------------------
+    def walk(self, graph: GraphProto, path: str, parent: _Scope | None) -> _Scope:
+        scope = _Scope(path, {}, {}, parent)
+        self.scopes.append(scope)
+        for init in graph.initializer:
+            self.stored_const(scope, init.name, init)
+        for node in graph.node:
+            for out in node.output:
+                scope.producers[out] = node
+            if node.op_type == "Constant" and node.output:
+                self._constant_node(scope, node)
+        for index, node in enumerate(graph.node):
+            self._node(scope, node, index)
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    label = f"{node.name or f'{node.op_type}_{index}'}.{attr.name}"
+                    self.walk(attr.g, f"{path}/{label}" if path else label, scope)
+        return scope
+
+    def _constant_node(self, scope: _Scope, node: NodeProto) -> None:
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+                self.stored_const(scope, node.output[0], attr.t)
+            elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                value = np.asarray(helper.get_attribute_value(attr))
+                scope.consts[node.output[0]] = _Const(lambda v=value: v, node.output[0], value.shape, value.dtype.name)
+
+    def _node(self, scope: _Scope, node: NodeProto, index: int) -> None:
+        op = node.op_type
+        consts = [self.resolve(scope, name) if name else None for name in node.input]
+        for const in consts:
+            if const is not None:
+                self._use(scope, const, op)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        label = node.name or f"{op}_{index}"
+        if op in ("Conv", "ConvTranspose") and len(consts) > 1 and consts[1] is not None and consts[0] is None:
+            self._conv(scope, node, label, consts[1], attrs)
+        elif op == "Gemm" and len(consts) >= 2 and (consts[0] is None) != (consts[1] is None):
+            self._gemm(scope, label, consts, attrs)
+        elif op == "MatMul" and len(consts) == 2 and (consts[0] is None) != (consts[1] is None):
+            weight_first = consts[0] is not None
+            const = consts[0] if weight_first else consts[1]
+            assert const is not None
+            if len(const.shape) == 2:
+                load = const.array if weight_first else (lambda c=const: c.array().T)
+                self._add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+
+    def _add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
+        chain = f" via {'→'.join(const.chain)}" if const.chain else ""
+        self.layer_sources.add((self._use(scope, const, op), const.source))
+        self.layers.append(
+            Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
+                  geometry=geometry, note=note + chain)
+        )
+
+    def _gemm(self, scope: _Scope, label: str, consts: list[_Const | None], attrs: dict) -> None:
+        alpha = float(attrs.get("alpha", 1.0))
+        if consts[1] is not None:  # y = x B'  ->  W = B'^T
+            const, trans = consts[1], bool(attrs.get("transB", 0))
+            load: Array = (lambda c=const: c.array()) if trans else (lambda c=const: c.array().T)
+        else:  # Y = A' X  ->  W = A'
+            const, trans = consts[0], bool(attrs.get("transA", 0))
+            load = (lambda c=const: c.array().T) if trans else (lambda c=const: c.array())
+        assert const is not None
+        if len(const.shape) != 2:
+            return
+        scaled: Array = load if alpha == 1.0 else (lambda f=load: f().astype(np.float64) * alpha)
+        self._add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
+
+    def _conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict) -> None:
+        n = len(const.shape) - 2
+        if n not in (1, 2, 3):
+            return
+        transposed = node.op_type == "ConvTranspose"
+        geometry = ConvGeometry(
+            stride=tuple(attrs.get("strides", [1] * n)),
+            padding=tuple(attrs.get("pads", [0] * (2 * n))),
+            dilation=tuple(attrs.get("dilations", [1] * n)),
+            groups=int(attrs.get("group", 1)),
+            output_padding=tuple(attrs.get("output_padding", [0] * n)) if transposed else (),
+            auto_pad=attrs.get("auto_pad", b"NOTSET").decode() if isinstance(attrs.get("auto_pad"), bytes) else str(attrs.get("auto_pad", "NOTSET")),
+        )
+        op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
+        self._add(scope, const, op, const.array, note=f"node {label}: {node.op_type}", geometry=geometry)
+
+    def skipped(self) -> list[Skipped]:
+        out: list[Skipped] = []
+        for scope in self.scopes:
+            for name, shape in scope.stored:
+                if len(shape) < 2 or (scope.path, name) in self.layer_sources:
+                    continue
+                ops = sorted(set(self.uses.get((scope.path, name), [])))
+                if not ops:
+                    reason = "not used by any layer node (unused, or feeds only non-layer ops)"
+                elif ops == ["Gather"]:
+                    reason = "used by Gather: an embedding lookup, not a linear map"
+                else:
+                    reason = f"used by {', '.join(ops)}: not a linear/conv weight"
+                out.append(Skipped(f"{scope.path}/{name}" if scope.path else name, shape, reason))
+        return out
+
+
+def _fold(node: NodeProto, inputs: list[_Const | None]) -> Array:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def value(i: int) -> np.ndarray | None:
+        c = inputs[i] if i < len(inputs) else None
+        return None if c is None else c.array()
+
+    def compute() -> np.ndarray:
+        x = value(0)
+        assert x is not None
+        op = node.op_type
+        if op == "Transpose":
+            return np.transpose(x, attrs.get("perm"))
+        if op == "Cast":
+            return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        if op == "CastLike":
+            like = value(1)
+            return x.astype(like.dtype) if like is not None else x
+        if op in ("Identity",):
+            return x
+        if op == "Neg":
+            return -x
+        if op == "Mul":
+            return x.astype(np.float64) * value(1)
+        if op == "Div":
+            return x.astype(np.float64) / value(1)
+        if op == "DequantizeLinear":
+            return _dequantize(x, value(1), value(2), int(attrs.get("axis", 1)), int(attrs.get("block_size", 0)))
+        if op == "Reshape":
+            shape = [int(d) for d in value(1)]
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+            return x.reshape(shape)
+        if op in ("Squeeze", "Unsqueeze"):
+            axes = attrs.get("axes")
+            if axes is None and value(1) is not None:
+                axes = [int(a) for a in value(1)]
+            if op == "Squeeze":
+                return np.squeeze(x, axis=tuple(axes) if axes is not None else None)
+            for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
+                x = np.expand_dims(x, a)
+            return x
+        raise AssertionError(op)
+
+    return compute
+
+
+def _dequantize(x: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:
+    assert scale is not None
+    xf = x.astype(np.float64)
+    zf = np.zeros_like(scale, dtype=np.float64) if zero is None else zero.astype(np.float64)
+    sf = scale.astype(np.float64)
+    if sf.ndim == 0 or sf.size == 1:
+        return (xf - zf.reshape(())) * sf.reshape(())
+    axis %= x.ndim
+    if block:
+        sf = np.repeat(sf, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+        zf = np.repeat(zf, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+        return (xf - zf) * sf
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return (xf - zf.reshape(shape)) * sf.reshape(shape)
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    if array.dtype.kind not in "fiu":  # bfloat16, float8 and friends: widen through numpy first
+        array = array.astype(np.float32)
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def load(path: Path) -> Model:
+    """Load an ONNX file's layers without running it."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise CorruptFileError(f"cannot read {path} as an ONNX model ({str(exc).strip()[:200] or type(exc).__name__})") from None
+    if not proto.graph.node and not proto.graph.initializer:
+        raise CorruptFileError(f"{path} parses as ONNX but holds an empty graph; is it really an ONNX model?")
+    reader = _Reader(path)
+    reader.walk(proto.graph, "", None)
+    return Model(str(path), "onnx", reader.layers, reader.skipped())

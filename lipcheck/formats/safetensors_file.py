@@ -1,0 +1,43 @@
+"""safetensors files, read lazily one tensor at a time with safe_open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lipcheck.errors import CorruptFileError
+from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key
+from lipcheck.model import Model
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def load(path: Path) -> Model:
+    """Load every tensor's name and shape now, and its data only when a layer asks for it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = sorted(handle.keys(), key=natural_key)
+            slices = {name: handle.get_slice(name) for name in names}
+            meta = {name: (tuple(s.get_shape()), s.get_dtype()) for name, s in slices.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptFileError(f"cannot read {path} as safetensors ({exc}); is the file complete?") from None
+
+    def loader(name: str):
+        def load_tensor() -> torch.Tensor:
+            with safe_open(str(path), framework="pt") as handle:
+                return handle.get_tensor(name)
+
+        return load_tensor
+
+    entries = [
+        TensorEntry(name, shape, _DTYPES.get(dtype, torch.uint8), loader(name))
+        for name, (shape, dtype) in meta.items()
+    ]
+    layers, skipped = classify(entries)
+    return Model(str(path), "safetensors", layers, skipped)

@@ -1,0 +1,127 @@
+"""PyTorch checkpoints written by torch.save: state_dicts and the dicts that wrap them.
+
+Files are read with ``torch.load(..., weights_only=True)`` only: no pickled code ever runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.formats.named_tensors import TensorEntry, classify
+from lipcheck.model import Model
+
+# Where checkpoints keep the model's weights, most likely first.
+_MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params", "weights")
+_EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict", "ema_model")
+# Training state that holds tensors but is never the model.
+_NOT_MODEL = re.compile(r"optim|sched|scaler|callbacks|loops|hyper_param|hparams|amp|rng", re.IGNORECASE)
+
+
+def read(path: Path) -> Any:
+    """Load a torch.save file with weights_only=True, mapping failures to LipcheckErrors."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # Files in the legacy (pre-zip) format cannot be memory-mapped.
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        needs = f" (it needs {', '.join(found)})" if found else ""
+        raise RefusedFileError(
+            f"{path} holds Python objects that weights-only loading refuses{needs}; lipcheck never runs "
+            "pickled code: re-save the weights with torch.save(model.state_dict(), PATH)"
+        ) from None
+    except LipcheckError:
+        raise
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(exc)}); is the file complete?") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _holds_tensors(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.dim() >= 2
+    if isinstance(obj, Mapping):
+        return any(_holds_tensors(v) for v in obj.values())
+    return False
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    out: list[tuple[str, torch.Tensor]] = []
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out.append((name, value))
+        elif isinstance(value, Mapping):
+            out.extend(_flatten(value, f"{name}."))
+    return out
+
+
+def select_state_dict(obj: Any, key: str | None) -> tuple[Mapping[str, Any], str | None, list[str]]:
+    """Find the model's weights in a loaded checkpoint.
+
+    Returns the mapping, the key path it sits under (None for a bare state_dict), and notes.
+    """
+    if not isinstance(obj, Mapping):
+        raise LipcheckError(
+            f"the file holds a {type(obj).__name__}, not a state_dict; save the weights with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    if key is not None:
+        node: Any = obj
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise LipcheckError(f"checkpoint has no key '{key}'; its top-level keys are: {_keys(obj)}")
+            node = node[part]
+        if not _holds_tensors(node):
+            raise LipcheckError(f"checkpoint key '{key}' holds no weight tensors; top-level keys are: {_keys(obj)}")
+        return node, key, []
+    if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None, []
+    candidates = [k for k, v in obj.items() if isinstance(k, str) and not _NOT_MODEL.search(k) and _holds_tensors(v)]
+    for preferred in (*_MODEL_KEYS, *_EMA_KEYS):
+        if preferred in candidates:
+            others = [c for c in candidates if c != preferred]
+            notes = [f"checkpoint also holds weights under {', '.join(repr(o) for o in others)}: pass --key to inspect them"] if others else []
+            return obj[preferred], preferred, notes
+    if len(candidates) == 1:
+        return obj[candidates[0]], candidates[0], []
+    if not candidates:
+        raise LipcheckError(f"no weight tensors found in the checkpoint; its top-level keys are: {_keys(obj)}")
+    raise LipcheckError(
+        f"the checkpoint holds several models ({', '.join(candidates)}); choose one with --key, e.g. --key {candidates[0]}"
+    )
+
+
+def _keys(obj: Mapping[str, Any]) -> str:
+    keys = [str(k) for k in obj.keys()]
+    return ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "") if keys else "(none)"
+
+
+def load(path: Path, key: str | None = None) -> Model:
+    """Load a state_dict or a checkpoint dict that wraps one."""
+    obj = read(path)
+    state, where, notes = select_state_dict(obj, key)
+    entries = [
+        TensorEntry(name, tuple(t.shape), t.dtype, (lambda t=t: t))
+        for name, t in _flatten(state)
+    ]
+    layers, skipped = classify(entries)
+    model = Model(str(path), "state_dict" if where is None else "checkpoint", layers, skipped, notes)
+    if where is not None:
+        model.notes.insert(0, f"weights read from checkpoint key '{where}'")
+    return model

@@ -1,0 +1,86 @@
+"""The neutral model every loader produces: layers with their weights, and skipped tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+LINEAR_OPS = ("linear", "matmul", "gemm")
+CONV_OPS = ("conv1d", "conv2d", "conv3d")
+CONV_TRANSPOSE_OPS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Hyper-parameters of a convolution, where the file records them."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]  # begin pads then end pads, ONNX order: (b1, b2, ..., e1, e2, ...)
+    dilation: tuple[int, ...]
+    groups: int
+    output_padding: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+
+
+@dataclass
+class Layer:
+    """One linear map of the network: a weight tensor and how the network applies it.
+
+    ``load`` returns the weight in its canonical layout: (out, in) for linear, gemm and matmul
+    (oriented as y = W x); as stored for convolutions, (C_out, C_in/g, *k) for Conv and
+    (C_in, C_out/g, *k) for ConvTranspose.
+    """
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    load: Callable[[], "torch.Tensor"]
+    scope: str = ""
+    geometry: ConvGeometry | None = None
+    warm_u: Callable[[], "torch.Tensor"] | None = None
+    note: str | None = None
+
+    @property
+    def is_conv(self) -> bool:
+        """Whether the layer is a (transposed) convolution."""
+        return self.op in CONV_OPS or self.op in CONV_TRANSPOSE_OPS
+
+    @property
+    def is_transposed(self) -> bool:
+        """Whether the layer is a transposed convolution."""
+        return self.op in CONV_TRANSPOSE_OPS
+
+    @property
+    def kernel_size(self) -> int:
+        """The number of kernel taps (1 for dense layers)."""
+        return math.prod(self.shape[2:]) if self.is_conv else 1
+
+    @property
+    def display_name(self) -> str:
+        """The name with its subgraph scope, unique within a model."""
+        return f"{self.scope}/{self.name}" if self.scope else self.name
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A 2-D or larger tensor that is not treated as a layer, and why."""
+
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+@dataclass
+class Model:
+    """Everything a loader found in one file."""
+
+    path: str
+    format: str
+    layers: list[Layer] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

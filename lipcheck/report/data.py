@@ -1,0 +1,94 @@
+"""The report of one analysis, as plain data that renderers turn into text."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lipcheck.spectral.layer import Interval
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer's numbers, as the JSON contract names them."""
+
+    name: str
+    scope: str
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    sigma: float | None
+    sigma_upper: float | None
+    lipschitz: Interval | None
+    iterations: int
+    gram_steps: int
+    converged: bool
+    note: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The name with its subgraph scope."""
+        return f"{self.scope}/{self.name}" if self.scope else self.name
+
+
+@dataclass(frozen=True)
+class SkippedReport:
+    """A 2-D+ tensor left out of the bound, and why."""
+
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """Whole-network bounds."""
+
+    product: float | None
+    product_log10: float | None
+    graph: float | None
+    lower: float | None
+    assumptions: list[str]
+
+
+@dataclass
+class Report:
+    """Everything lipcheck found about one model file."""
+
+    tool_version: str
+    model_path: str
+    model_format: str
+    settings: dict[str, Any]
+    layers: list[LayerReport]
+    skipped: list[SkippedReport]
+    bound: BoundReport
+    notes: list[str] = field(default_factory=list)
+    gate: dict[str, Any] | None = None
+
+    @property
+    def non_finite_layers(self) -> list[str]:
+        """Names of layers whose weights hold NaN or Inf."""
+        return [layer.display_name for layer in self.layers if layer.sigma is None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as the JSON contract's object (design.md section 3)."""
+        def layer(entry: LayerReport) -> dict[str, Any]:
+            out = asdict(entry)
+            out["shape"] = list(entry.shape)
+            if not entry.scope:
+                del out["scope"]
+            return out
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": self.tool_version,
+            "model": {"path": self.model_path, "format": self.model_format},
+            "settings": self.settings,
+            "layers": [layer(entry) for entry in self.layers],
+            "skipped": [{"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in self.skipped],
+            "bound": asdict(self.bound),
+            "notes": self.notes,
+            "gate": self.gate,
+        }

@@ -1,0 +1,19 @@
+"""The knobs of an analysis, recorded in every report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_TOL = 1e-6
+DEFAULT_MAX_ITER = 10_000
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How lipcheck estimates each layer: seed, relative tolerance and iteration cap."""
+
+    seed: int = DEFAULT_SEED
+    tol: float = DEFAULT_TOL
+    max_iter: int = DEFAULT_MAX_ITER
+    input_shape: tuple[tuple[int, ...], ...] | None = None

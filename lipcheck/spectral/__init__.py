@@ -1,0 +1,1 @@
+"""Spectral norms: power iteration, Gram-iteration certificates, convolution operator norms."""
