@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +20,9 @@ _LINEARS = {"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"}
 def load(path: Path) -> Model:
     """Load a TorchScript archive with torch.jit.load and read each module's own parameters."""
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch.jit raises RuntimeError and friends for bad archives
         raise CorruptFileError(f"cannot read {path} as a TorchScript archive ({str(exc).strip().splitlines()[0][:200]})") from None
     layers: list[Layer] = []

@@ -57,18 +57,19 @@ def _product(report: Report) -> str:
 
 def build(report: Report) -> Group:
     """Build the rich renderable of a report."""
-    table = Table(title=f"{report.model_path} ({report.model_format})", title_justify="left")
+    table = Table(title=Text(f"{report.model_path} ({report.model_format})"), title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
     table.add_column("op")
     table.add_column("shape")
     table.add_column("σ (torch)", justify="right")
-    table.add_column("Lipschitz [lower, upper]", justify="right")
+    table.add_column(Text("Lipschitz [lower, upper]"), justify="right")
     table.add_column("iters", justify="right")
     for index, layer in enumerate(report.layers):
         iters = str(layer.iterations) + ("" if layer.converged else "*")
-        table.add_row(str(index), layer.display_name, layer.op, "×".join(map(str, layer.shape)),
-                      _sigma(layer), _interval(layer), iters)
+        # Text cells: names from a file must never be read as rich markup.
+        table.add_row(str(index), Text(layer.display_name), Text(layer.op), Text("×".join(map(str, layer.shape))),
+                      _sigma(layer), Text(_interval(layer)), iters)
     lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), _product(report))]
     graph = report.bound.graph
     lines.append(Text.assemble(("graph bound: ", "bold"), _up(graph) if graph is not None else "n/a"))

@@ -1,0 +1,170 @@
+"""ONNX graphs as real exporters write them, built by hand so every pattern is pinned down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcheck.api import inspect
+from lipcheck.errors import RefusedFileError
+from tests.reference import exact_sigma
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _save(tmp_path: Path, nodes, inits, inputs, outputs, name: str = "m.onnx", opset: int = 21, **kw) -> Path:  # type: ignore[no-untyped-def]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    path = tmp_path / name
+    onnx.save(model, str(path), **kw)
+    return path
+
+
+def _io(name: str, shape: list[int]):  # type: ignore[no-untyped-def]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _sigma(path: Path) -> dict[str, float]:
+    return {layer.display_name: layer.sigma for layer in inspect(path).layers}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_orientation_and_alpha(tmp_path: Path, trans_b: int) -> None:
+    b = _w(8, 5) if trans_b else _w(5, 8)
+    node = helper.make_node("Gemm", ["x", "B"], ["y"], transB=trans_b, alpha=2.5)
+    path = _save(tmp_path, [node], [numpy_helper.from_array(b, "B")], [_io("x", [1, 5])], [_io("y", [1, 8])])
+    (layer,) = inspect(path).layers
+    assert (layer.op, layer.name) == ("gemm", "B")
+    assert layer.sigma == pytest.approx(2.5 * exact_sigma(torch.from_numpy(b)), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight_first", [False, True])
+def test_matmul_with_constant_on_either_side(tmp_path: Path, weight_first: bool) -> None:
+    w = _w(6, 9)
+    inputs = ["W", "x"] if weight_first else ["x", "W"]
+    x_shape = [9, 2] if weight_first else [2, 6]
+    path = _save(tmp_path, [helper.make_node("MatMul", inputs, ["y"])], [numpy_helper.from_array(w, "W")],
+                 [_io("x", x_shape)], [_io("y", [6, 2] if weight_first else [2, 9])])
+    (layer,) = inspect(path).layers
+    assert layer.op == "matmul"
+    assert layer.sigma == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
+
+
+def test_constant_node_transpose_cast_chain(tmp_path: Path) -> None:
+    w16 = _w(7, 4).astype(np.float16)
+    nodes = [
+        helper.make_node("Constant", [], ["w_half"], value=numpy_helper.from_array(w16, "w_half")),
+        helper.make_node("Cast", ["w_half"], ["w_float"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["w_float"], ["w_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "w_t"], ["y"]),
+    ]
+    path = _save(tmp_path, nodes, [], [_io("x", [1, 4])], [_io("y", [1, 7])])
+    report = inspect(path)
+    (layer,) = report.layers
+    assert layer.name == "w_half" and layer.dtype == "float16"
+    assert "Cast→Transpose" in (layer.note or "")
+    assert layer.sigma == pytest.approx(exact_sigma(torch.from_numpy(w16.astype(np.float64))), rel=1e-5)
+    assert report.skipped == []
+
+
+def test_dequantize_linear_per_channel(tmp_path: Path) -> None:
+    q = RNG.integers(-127, 128, size=(6, 10)).astype(np.int8)
+    scale = np.linspace(0.01, 0.05, 6).astype(np.float32)
+    zero = np.zeros(6, dtype=np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0),
+             helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((q, "q"), (scale, "s"), (zero, "z"))]
+    path = _save(tmp_path, nodes, inits, [_io("x", [1, 10])], [_io("y", [1, 6])])
+    (layer,) = inspect(path).layers
+    assert layer.name == "q" and layer.dtype == "int8"
+    expected = exact_sigma(torch.from_numpy(q.astype(np.float64) * scale[:, None]))
+    assert layer.sigma == pytest.approx(expected, rel=1e-5)
+
+
+def test_if_branches_keep_same_named_weights_apart(tmp_path: Path) -> None:
+    w_then, w_else = _w(3, 5), 10 * _w(3, 5)
+
+    def branch(w: np.ndarray, label: str):  # type: ignore[no-untyped-def]
+        return helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["out"], transB=1)], label, [],
+                                 [_io("out", [1, 3])], initializer=[numpy_helper.from_array(w, "W")])
+
+    node = helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=branch(w_then, "t"), else_branch=branch(w_else, "e"))
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    path = _save(tmp_path, [node], [], [cond, _io("x", [1, 5])], [_io("y", [1, 3])])
+    sig = _sigma(path)
+    assert set(sig) == {"gate.then_branch/W", "gate.else_branch/W"}
+    assert sig["gate.then_branch/W"] == pytest.approx(exact_sigma(torch.from_numpy(w_then)), rel=1e-5)
+    assert sig["gate.else_branch/W"] == pytest.approx(exact_sigma(torch.from_numpy(w_else)), rel=1e-5)
+
+
+def test_conv_attributes_and_embedding_skip(tmp_path: Path) -> None:
+    w = _w(4, 2, 3, 3)
+    table = _w(100, 8)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], strides=[2, 2], pads=[1, 0, 1, 0], group=1),
+             helper.make_node("Gather", ["E", "ids"], ["e"])]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [3])
+    path = _save(tmp_path, nodes, [numpy_helper.from_array(w, "W"), numpy_helper.from_array(table, "E")],
+                 [_io("x", [1, 2, 8, 8]), ids], [_io("y", [1, 4, 4, 3]), helper.make_tensor_value_info("e", TensorProto.FLOAT, [3, 8])])
+    report = inspect(path)
+    (layer,) = report.layers
+    assert layer.op == "conv2d"
+    assert [(s.name, s.reason.split(":")[0]) for s in report.skipped] == [("E", "used by Gather")]
+
+
+def test_external_data_inside_the_folder_is_read(tmp_path: Path) -> None:
+    w = _w(64, 32)
+    path = _save(tmp_path, [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [numpy_helper.from_array(w, "W")],
+                 [_io("x", [1, 32])], [_io("y", [1, 64])], save_as_external_data=True, location="weights.bin",
+                 size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    assert _sigma(path)["W"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    inner = tmp_path / "model"
+    inner.mkdir()
+    w = _w(4, 4)
+    path = _save(inner, [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [numpy_helper.from_array(w, "W")],
+                 [_io("x", [1, 4])], [_io("y", [1, 4])], save_as_external_data=True, location="w.bin", size_threshold=0)
+    os.replace(inner / "w.bin", tmp_path / "secret.bin")
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../secret.bin"
+    onnx.save(proto, str(path))
+    with pytest.raises(RefusedFileError, match="outside the model's folder"):
+        inspect(path)
+
+
+def test_bfloat16_initializer(tmp_path: Path) -> None:
+    w = _w(5, 5)
+    tensor = helper.make_tensor("W", TensorProto.BFLOAT16, [5, 5], w.flatten().tolist())
+    nodes = [helper.make_node("Cast", ["W"], ["Wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "Wf"], ["y"])]
+    path = _save(tmp_path, nodes, [tensor], [_io("x", [1, 5])], [_io("y", [1, 5])])
+    layer = inspect(path).layers[0]
+    stored = numpy_helper.to_array(tensor).astype(np.float64)
+    assert layer.dtype == "bfloat16"
+    assert layer.sigma == pytest.approx(exact_sigma(torch.from_numpy(stored)), rel=1e-5)
+
+
+def test_exported_model_runs_and_matches(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    path = tmp_path / "exported.onnx"
+    torch.onnx.export(net, (torch.randn(1, 12),), str(path), dynamo=False)
+    ort.InferenceSession(str(path))  # the file is valid for the runtime too
+    sig = _sigma(path)
+    assert sig["0.weight"] == pytest.approx(exact_sigma(net[0].weight), rel=1e-5)
+    assert sig["2.weight"] == pytest.approx(exact_sigma(net[2].weight), rel=1e-5)
