@@ -168,3 +168,27 @@ def test_exported_model_runs_and_matches(tmp_path: Path) -> None:
     sig = _sigma(path)
     assert sig["0.weight"] == pytest.approx(exact_sigma(net[0].weight), rel=1e-5)
     assert sig["2.weight"] == pytest.approx(exact_sigma(net[2].weight), rel=1e-5)
+
+
+def test_loop_body_and_scaled_initializer(tmp_path: Path) -> None:
+    w, outer = _w(4, 4), _w(3, 6)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "Wb"], ["h_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         _io("h_in", [1, 4])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), _io("h_out", [1, 4])],
+        initializer=[numpy_helper.from_array(w, "Wb")],
+    )
+    half = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")
+    nodes = [
+        helper.make_node("Loop", ["n", "", "x"], ["h"], name="loop", body=body),
+        helper.make_node("Mul", ["Wo", "half"], ["Wo_scaled"]),
+        helper.make_node("Gemm", ["h", "Wo_scaled"], ["y"], transB=1),
+    ]
+    n = helper.make_tensor_value_info("n", TensorProto.INT64, [])
+    path = _save(tmp_path, nodes, [numpy_helper.from_array(outer[:, :4].copy(), "Wo"), half],
+                 [n, _io("x", [1, 4])], [_io("y", [1, 3])])
+    sig = _sigma(path)
+    assert sig["loop.body/Wb"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
+    assert sig["Wo"] == pytest.approx(0.5 * exact_sigma(torch.from_numpy(outer[:, :4])), rel=1e-5)
