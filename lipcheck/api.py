@@ -14,7 +14,7 @@ from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.settings import Settings
 from lipcheck.spectral.layer import estimate
 
-Progress = Callable[[int, int, Layer], None]
+Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
 
 def inspect(
@@ -45,7 +45,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             )
         )
     if progress is not None:
-        progress(len(model.layers), len(model.layers), None)  # type: ignore[arg-type]
+        progress(len(model.layers), len(model.layers), None)
     log10 = log10_product([entry.lipschitz.upper if entry.lipschitz else None for entry in layers])
     assumptions = [PRODUCT_ASSUMPTION]
     if model.format in ("state_dict", "checkpoint", "safetensors"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -54,11 +53,6 @@ class Layer:
     def is_transposed(self) -> bool:
         """Whether the layer is a transposed convolution."""
         return self.op in CONV_TRANSPOSE_OPS
-
-    @property
-    def kernel_size(self) -> int:
-        """The number of kernel taps (1 for dense layers)."""
-        return math.prod(self.shape[2:]) if self.is_conv else 1
 
     @property
     def display_name(self) -> str:

@@ -192,3 +192,28 @@ def test_loop_body_and_scaled_initializer(tmp_path: Path) -> None:
     sig = _sigma(path)
     assert sig["loop.body/Wb"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
     assert sig["Wo"] == pytest.approx(0.5 * exact_sigma(torch.from_numpy(outer[:, :4])), rel=1e-5)
+
+
+def test_conv_weight_behind_transpose_and_reshape_uses_the_layout_the_conv_sees(tmp_path: Path) -> None:
+    """tf2onnx stores conv kernels HWIO behind a Transpose; others store them flat behind a Reshape."""
+    w = _w(8, 2, 3, 3)  # OIHW, what Conv consumes
+    hwio = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    flat = w.reshape(8, 18).copy()
+    nodes = [
+        helper.make_node("Transpose", ["K_hwio"], ["K1"], perm=[3, 2, 0, 1]),
+        helper.make_node("Conv", ["x", "K1"], ["y1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["K_flat", "shape"], ["K2"]),
+        helper.make_node("Conv", ["x", "K2"], ["y2"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [numpy_helper.from_array(hwio, "K_hwio"), numpy_helper.from_array(flat, "K_flat"),
+             numpy_helper.from_array(np.array([8, 2, 3, 3], dtype=np.int64), "shape")]
+    path = _save(tmp_path, nodes, inits, [_io("x", [1, 2, 8, 8])], [_io("y1", [1, 8, 8, 8]), _io("y2", [1, 8, 8, 8])])
+    report = inspect(path)
+    assert [(layer.name, layer.op, layer.shape) for layer in report.layers] == [
+        ("K_hwio", "conv2d", (3, 3, 2, 8)), ("K_flat", "conv2d", (8, 18))]
+    sigma = exact_sigma(torch.from_numpy(w.reshape(8, -1)))
+    for layer in report.layers:
+        assert layer.sigma == pytest.approx(sigma, rel=1e-5)
+        assert layer.lipschitz is not None
+        assert layer.lipschitz.upper == pytest.approx(3.0 * sigma, rel=1e-5)  # sqrt(3*3 taps), not of the stored shape
+    assert report.skipped == []

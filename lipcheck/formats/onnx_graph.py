@@ -27,12 +27,17 @@ _CONV_NDIM = {3: "1d", 4: "2d", 5: "3d"}
 
 @dataclass
 class _Const:
-    """A constant value: how to compute it, and the stored tensor it comes from."""
+    """A constant value: how to compute it, and the stored tensor it comes from.
+
+    ``shape`` and ``dtype`` are the stored tensor's; ``value_shape`` is what the consumer sees
+    after the chain (a Transpose or Reshape changes it).
+    """
 
     array: Array
     source: str
     shape: tuple[int, ...]
     dtype: str
+    value_shape: tuple[int, ...]
     chain: tuple[str, ...] = ()
 
 
@@ -44,7 +49,7 @@ class _Scope:
     consts: dict[str, _Const]
     producers: dict[str, NodeProto]
     parent: "_Scope | None" = None
-    stored: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    stored: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def lookup(self, name: str) -> _Const | None:
         scope: _Scope | None = self
@@ -97,8 +102,9 @@ class _Reader:
     # -- constants and chains ---------------------------------------------------------------
     def stored_const(self, scope: _Scope, name: str, tensor: TensorProto) -> None:
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type).name if tensor.data_type else "undefined"
-        scope.consts[name] = _Const(self.tensor_array(tensor), name, tuple(tensor.dims), dtype)
-        scope.stored.append((name, tuple(tensor.dims)))
+        dims = tuple(tensor.dims)
+        scope.consts[name] = _Const(self.tensor_array(tensor), name, dims, dtype, dims)
+        scope.stored[name] = dims
 
     def resolve(self, scope: _Scope, name: str, depth: int = 0) -> _Const | None:
         """Return the constant behind a value name, following pass-through chains."""
@@ -112,7 +118,9 @@ class _Reader:
         if any(c is None for i, c in zip(node.input, inputs) if i):
             return None
         main = max((c for c in inputs if c is not None), key=lambda c: int(np.prod(c.shape)))
-        const = _Const(_fold(node, inputs), main.source, main.shape, main.dtype, (*main.chain, node.op_type))
+        fold = _fold(node, inputs)
+        const = _Const(fold, main.source, main.shape, main.dtype, _folded_shape(node, inputs, fold),
+                       (*main.chain, node.op_type))
         scope.consts[name] = const
         return const
 
@@ -125,13 +133,17 @@ class _Reader:
             s = s.parent
         return None
 
-    def _use(self, scope: _Scope, const: _Const, op: str) -> str:
-        """Record that ``op`` consumes ``const``; return the path of the scope that stores it."""
+    @staticmethod
+    def _owner(scope: _Scope, source: str) -> str:
+        """The path of the scope that stores ``source`` (an outer one, for a subgraph's capture)."""
         owner = scope
-        while owner.parent is not None and const.source not in dict(owner.stored):
+        while owner.parent is not None and source not in owner.stored:
             owner = owner.parent
-        self.uses.setdefault((owner.path, const.source), []).append(op)
         return owner.path
+
+    def _use(self, scope: _Scope, const: _Const, op: str) -> None:
+        """Record that ``op`` consumes ``const``."""
+        self.uses.setdefault((self._owner(scope, const.source), const.source), []).append(op)
 
     # -- graph walk -------------------------------------------------------------------------
     def walk(self, graph: GraphProto, path: str, parent: _Scope | None) -> _Scope:
@@ -158,7 +170,8 @@ class _Reader:
                 self.stored_const(scope, node.output[0], attr.t)
             elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
                 value = np.asarray(helper.get_attribute_value(attr))
-                scope.consts[node.output[0]] = _Const(lambda v=value: v, node.output[0], value.shape, value.dtype.name)
+                scope.consts[node.output[0]] = _Const(lambda v=value: v, node.output[0], value.shape, value.dtype.name,
+                                                      value.shape)
 
     def _node(self, scope: _Scope, node: NodeProto, index: int) -> None:
         op = node.op_type
@@ -176,13 +189,13 @@ class _Reader:
             weight_first = consts[0] is not None
             const = consts[0] if weight_first else consts[1]
             assert const is not None
-            if len(const.shape) == 2:
+            if len(const.value_shape) == 2:
                 load = const.array if weight_first else (lambda c=const: c.array().T)
                 self._add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
 
     def _add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
         chain = f" via {'→'.join(const.chain)}" if const.chain else ""
-        self.layer_sources.add((self._use(scope, const, op), const.source))
+        self.layer_sources.add((self._owner(scope, const.source), const.source))
         self.layers.append(
             Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
                   geometry=geometry, note=note + chain)
@@ -197,13 +210,13 @@ class _Reader:
             const, trans = consts[0], bool(attrs.get("transA", 0))
             load = (lambda c=const: c.array().T) if trans else (lambda c=const: c.array())
         assert const is not None
-        if len(const.shape) != 2:
+        if len(const.value_shape) != 2:
             return
         scaled: Array = load if alpha == 1.0 else (lambda f=load: f().astype(np.float64) * alpha)
         self._add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
 
     def _conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict) -> None:
-        n = len(const.shape) - 2
+        n = len(const.value_shape) - 2
         if n not in (1, 2, 3):
             return
         transposed = node.op_type == "ConvTranspose"
@@ -213,7 +226,7 @@ class _Reader:
             dilation=tuple(attrs.get("dilations", [1] * n)),
             groups=int(attrs.get("group", 1)),
             output_padding=tuple(attrs.get("output_padding", [0] * n)) if transposed else (),
-            auto_pad=attrs.get("auto_pad", b"NOTSET").decode() if isinstance(attrs.get("auto_pad"), bytes) else str(attrs.get("auto_pad", "NOTSET")),
+            auto_pad=bytes(attrs.get("auto_pad", b"NOTSET")).decode(),
         )
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
         self._add(scope, const, op, const.array, note=f"node {label}: {node.op_type}", geometry=geometry)
@@ -221,7 +234,7 @@ class _Reader:
     def skipped(self) -> list[Skipped]:
         out: list[Skipped] = []
         for scope in self.scopes:
-            for name, shape in scope.stored:
+            for name, shape in scope.stored.items():
                 if len(shape) < 2 or (scope.path, name) in self.layer_sources:
                     continue
                 ops = sorted(set(self.uses.get((scope.path, name), [])))
@@ -279,6 +292,21 @@ def _fold(node: NodeProto, inputs: list[_Const | None]) -> Array:
         raise AssertionError(op)
 
     return compute
+
+
+def _folded_shape(node: NodeProto, inputs: list[_Const | None], fold: Array) -> tuple[int, ...]:
+    """The shape of a folded value: permuted by Transpose, computed for reshapes, else broadcast."""
+    main = inputs[0]
+    assert main is not None
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = perm or list(reversed(range(len(main.value_shape))))
+        return tuple(main.value_shape[p] for p in perm)
+    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze"):
+        return tuple(fold().shape)
+    if node.op_type in ("Mul", "Div"):
+        return tuple(np.broadcast_shapes(*(c.value_shape for c in inputs if c is not None)))
+    return main.value_shape
 
 
 def _dequantize(x: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:

@@ -61,5 +61,5 @@ def estimate(layer: Layer, settings: Settings) -> LayerEstimate:
     if layer.is_transposed:
         upper = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
                         seed=settings.seed).upper
-    interval = Interval(None, math.sqrt(layer.kernel_size) * upper, METHOD_CONV_NO_GEOMETRY)
+    interval = Interval(None, math.sqrt(math.prod(weight.shape[2:])) * upper, METHOD_CONV_NO_GEOMETRY)
     return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.gram_steps, est.converged)
