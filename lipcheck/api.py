@@ -26,7 +26,7 @@ def inspect(
 ) -> Report:
     """Load a model file and estimate every layer's spectral norm and the product bound."""
     settings = settings or Settings()
-    model = load(Path(path), key=key)
+    model = load(Path(path), key=key, input_shapes=settings.input_shape)
     return analyze(model, settings, progress)
 
 
@@ -42,6 +42,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
                 name=layer.name, scope=layer.scope, op=layer.op, shape=layer.shape, dtype=layer.dtype,
                 sigma=est.sigma, sigma_upper=est.sigma_upper, lipschitz=est.lipschitz,
                 iterations=est.iterations, gram_steps=est.gram_steps, converged=est.converged, note=layer.note,
+                input_size=layer.input_spatial,
             )
         )
     if progress is not None:
@@ -50,6 +51,11 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     assumptions = [PRODUCT_ASSUMPTION]
     if model.format in ("state_dict", "checkpoint", "safetensors"):
         assumptions.append("order: no graph in the file, so layers are listed in file order")
+    notes = list(model.notes)
+    if any(layer.is_conv and layer.geometry is None for layer in model.layers):
+        notes.append("convs: this file records no stride, padding or input size, so their bound is the loose "
+                     "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX or "
+                     "TorchScript gives each conv's operator norm")
     bound = BoundReport(product=product_from_log10(log10), product_log10=log10, graph=None, lower=None,
                         assumptions=assumptions)
     settings_dict = asdict(settings)
@@ -62,5 +68,5 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         layers=layers,
         skipped=[SkippedReport(s.name, s.shape, s.reason) for s in model.skipped],
         bound=bound,
-        notes=list(model.notes),
+        notes=notes,
     )

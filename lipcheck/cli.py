@@ -49,6 +49,9 @@ def inspect(
     max_iter: Annotated[int, typer.Option(help="Power-iteration cap per layer.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the power iteration's start vectors.")] = 0,
     key: Annotated[Optional[str], typer.Option(help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="Shape of a model input, batch first (1x3x224x224); repeat once per input, in order. "
+                              "Gives conv operator norms at that size (ONNX, TorchScript).")] = None,
 ) -> None:
     """Print each layer's spectral norm and the network's product bound."""
     from rich.console import Console
@@ -57,13 +60,14 @@ def inspect(
 
     if not (0 < tol < 1) or max_iter < 1:
         raise _fail("--tol must be in (0, 1) and --max-iter at least 1")
+    shapes = tuple(_parse_shape(text) for text in input_shape) if input_shape else None
     err = Console(stderr=True)
     try:
         from lipcheck.api import inspect as run_inspect
         from lipcheck.settings import Settings
 
         with _progress_bar(err) as progress:
-            report = run_inspect(model, settings=Settings(seed=seed, tol=tol, max_iter=max_iter), key=key,
+            report = run_inspect(model, settings=Settings(seed=seed, tol=tol, max_iter=max_iter, input_shape=shapes), key=key,
                                  progress=progress)
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
@@ -84,6 +88,13 @@ def inspect(
     bad = report.non_finite_layers
     if bad:
         raise _fail(f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these layers")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = text.lower().replace(",", "x").split("x")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) < 2:
+        raise _fail(f"--input-shape {text!r}: write positive sizes joined by x, batch first, e.g. 1x3x224x224")
+    return tuple(int(p) for p in parts)
 
 
 class _progress_bar:

@@ -22,7 +22,8 @@ class ConvGeometry:
     dilation: tuple[int, ...]
     groups: int
     output_padding: tuple[int, ...] = ()
-    auto_pad: str = "NOTSET"
+    auto_pad: str = "NOTSET"  # ONNX: NOTSET | SAME_UPPER | SAME_LOWER | VALID
+    padding_mode: str = "zeros"  # torch: zeros | reflect | replicate | circular
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Layer:
     geometry: ConvGeometry | None = None
     warm_u: Callable[[], "torch.Tensor"] | None = None
     note: str | None = None
+    input_spatial: tuple[int, ...] | None = None  # a conv's input height/width/... where the file fixes it
 
     @property
     def is_conv(self) -> bool:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -15,10 +16,12 @@ CONTRACT_KEYS = {"schema_version", "tool_version", "model", "settings", "layers"
 LAYER_KEYS = {"name", "op", "shape", "sigma", "lipschitz", "iterations", "converged"}
 
 
-def test_table_matches_golden(run_cli) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run_cli("inspect", "sample_models/cnn.onnx")
+@pytest.mark.parametrize("sample", ["cnn.onnx", "cnn.pt"])
+def test_table_matches_golden(run_cli, sample: str) -> None:  # type: ignore[no-untyped-def]
+    """ONNX: conv operator norms at the graph's sizes; a state_dict: the labelled loose bound."""
+    code, out, err = run_cli("inspect", f"sample_models/{sample}")
     assert code == 0, err
-    assert out == (GOLDEN / "inspect_cnn_onnx.txt").read_text()
+    assert out == (GOLDEN / f"inspect_{sample.replace('.', '_')}.txt").read_text()
 
 
 def test_json_follows_the_contract_and_is_deterministic(run_cli) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +89,20 @@ def test_version_and_module_entry_point(run_cli) -> None:  # type: ignore[no-unt
 def test_readme_first_commands_name_a_bundled_sample() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "sample_models/" in readme.split("\n\n")[1] + readme.split("\n\n")[2]
+
+
+def test_input_shape_gives_operator_norms_and_rejects_bad_values(run_cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli("inspect", "sample_models/cnn.torchscript.pt", "--input-shape", "1x3x16x16", "-f", "json")
+    assert code == 0, err
+    convs = [layer for layer in json.loads(out)["layers"] if layer["op"] == "conv2d"]
+    assert [layer["input_size"] for layer in convs] == [[16, 16], [16, 16], [8, 8]]
+    assert all(layer["lipschitz"]["lower"] is not None for layer in convs)
+    for args, needle in [
+        (["--input-shape", "1x3xabc"], "positive sizes joined by x"),
+        (["--input-shape", "1x3x17x16"], "contradicts it"),
+        (["--input-shape", "1x3x16x16", "--input-shape", "1x3x16x16"], "2 --input-shape value(s)"),
+        (["--input-shape", "1x3x16"], "has 4 dimensions"),
+    ]:
+        code, out, err = run_cli("inspect", "sample_models/cnn.onnx", *args)
+        assert code == 2 and out == ""
+        assert err.startswith("lipcheck: error: ") and needle in err and err.count("\n") == 1, err

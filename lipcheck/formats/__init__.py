@@ -73,11 +73,23 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return 2 <= size < 100_000_000 and head[8:9] == b"{"
 
 
-def load(path: Path, key: str | None = None) -> Model:
-    """Load any supported model file into the neutral Model."""
+def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+    """Load any supported model file into the neutral Model.
+
+    ``input_shapes`` (one per model input) fixes the dynamic input sizes of a graph format.
+    """
     fmt = detect(path)
     if key is not None and fmt is not Format.TORCH:
         raise LipcheckError(f"--key selects a model inside a PyTorch checkpoint; {path} is {fmt.value}")
+    if input_shapes is not None and fmt not in (Format.ONNX, Format.TORCHSCRIPT):
+        model = _load(path, fmt, key)
+        model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the "
+                           "geometry-free bound")
+        return model
+    return _load(path, fmt, key, input_shapes)
+
+
+def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
@@ -85,7 +97,7 @@ def load(path: Path, key: str | None = None) -> Model:
     if fmt is Format.TORCHSCRIPT:
         from lipcheck.formats import torchscript
 
-        return torchscript.load(path)
+        return torchscript.load(path, input_shapes)
     if fmt is Format.SAFETENSORS:
         from lipcheck.formats import safetensors_file
 
@@ -93,7 +105,7 @@ def load(path: Path, key: str | None = None) -> Model:
     if fmt is Format.ONNX:
         from lipcheck.formats import onnx_graph
 
-        return onnx_graph.load(path)
+        return onnx_graph.load(path, input_shapes)
     raise AssertionError(fmt)  # pragma: no cover - the exhaustiveness test guards this
 
 

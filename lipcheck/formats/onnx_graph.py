@@ -16,6 +16,7 @@ import torch
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
 from lipcheck.errors import CorruptFileError, RefusedFileError
+from lipcheck.formats import onnx_shapes
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
@@ -61,8 +62,9 @@ class _Scope:
 
 
 class _Reader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shapes: dict[str, onnx_shapes.Dims] | None = None) -> None:
         self.path = path
+        self.shapes = shapes or {}
         self.base = os.path.realpath(path.parent)
         self.layers: list[Layer] = []
         self.uses: dict[tuple[str, str], list[str]] = {}  # (scope, stored name) -> consumer ops
@@ -230,6 +232,9 @@ class _Reader:
         )
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
         self._add(scope, const, op, const.array, note=f"node {label}: {node.op_type}", geometry=geometry)
+        dims = self.shapes.get(node.input[0])
+        if dims is not None and len(dims) == n + 2 and all(d is not None for d in dims[2:]):
+            self.layers[-1].input_spatial = tuple(int(d) for d in dims[2:])  # type: ignore[arg-type]
 
     def skipped(self) -> list[Skipped]:
         out: list[Skipped] = []
@@ -332,14 +337,20 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True))
 
 
-def load(path: Path) -> Model:
-    """Load an ONNX file's layers without running it."""
+def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+    """Load an ONNX file's layers without running it; shape inference gives each conv's input size."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and others
         raise CorruptFileError(f"cannot read {path} as an ONNX model ({str(exc).strip()[:200] or type(exc).__name__})") from None
     if not proto.graph.node and not proto.graph.initializer:
         raise CorruptFileError(f"{path} parses as ONNX but holds an empty graph; is it really an ONNX model?")
-    reader = _Reader(path)
+    shapes, note = onnx_shapes.infer(proto, input_shapes)
+    reader = _Reader(path, shapes)
     reader.walk(proto.graph, "", None)
-    return Model(str(path), "onnx", reader.layers, reader.skipped())
+    notes = [note] if note else []
+    unknown = [layer for layer in reader.layers if layer.is_conv and layer.input_spatial is None]
+    if unknown and not note:
+        notes.append(f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
+                     "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm")
+    return Model(str(path), "onnx", reader.layers, reader.skipped(), notes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lipcheck.errors import CorruptFileError
+from lipcheck.errors import CorruptFileError, LipcheckError
 from lipcheck.formats.named_tensors import TensorEntry, classify, dtype_name, op_for_weight
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
@@ -17,8 +17,11 @@ _CONVS = {"Conv1d", "Conv2d", "Conv3d"} | _TRANSPOSED
 _LINEARS = {"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"}
 
 
-def load(path: Path) -> Model:
-    """Load a TorchScript archive with torch.jit.load and read each module's own parameters."""
+def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+    """Load a TorchScript archive with torch.jit.load and read each module's own parameters.
+
+    With ``input_shapes``, static shape analysis of the frozen graph gives each conv's input size.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
@@ -53,7 +56,60 @@ def load(path: Path) -> Model:
                     layer.note = f"module {prefix or '(root)'}: {kind}; role guessed from the name"
                 layers.extend(found)
                 skipped.extend(skips)
-    return Model(str(path), "torchscript", layers, skipped)
+    model = Model(str(path), "torchscript", layers, skipped)
+    if input_shapes is not None:
+        _conv_input_sizes(module, model, input_shapes)
+    elif any(layer.is_conv for layer in layers):
+        model.notes.append("conv input sizes are not recorded in TorchScript: their bound holds for every input size; "
+                           "pass --input-shape (e.g. 1x3x224x224) for the operator norm")
+    return model
+
+
+_CONV_CALLS = {"aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d",
+               "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
+
+
+def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Propagate the given input shapes through the frozen graph (no forward pass is run)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(module.eval())
+            graph = frozen.graph
+            inputs = list(graph.inputs())[1:]
+            if len(inputs) != len(input_shapes):
+                raise LipcheckError(f"the model's forward takes {len(inputs)} input(s) but {len(input_shapes)} "
+                                    "--input-shape value(s) were given; pass one per input, in order")
+            for value, shape in zip(inputs, input_shapes):
+                value.setType(torch._C.TensorType.create_from_tensor(torch.empty(shape, device="meta")))
+            torch._C._jit_pass_propagate_shapes_on_graph(graph)
+    except LipcheckError:
+        raise
+    except Exception as exc:  # torch.jit raises RuntimeError for graphs its shape analysis cannot follow
+        model.notes.append(f"TorchScript shape analysis failed ({str(exc).strip().splitlines()[0][:160]}); "
+                           "conv bounds hold for every input size")
+        return
+    by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
+    sizes: dict[str, tuple[int, ...]] = {}
+    for node in graph.nodes():
+        if node.kind() not in _CONV_CALLS:
+            continue
+        x, w = list(node.inputs())[:2]
+        if x.node().kind() == "aten::pad":  # padding_mode other than zeros: the size before the pad
+            x = next(x.node().inputs())
+        weight, dims = w.toIValue(), x.type().sizes() if isinstance(x.type(), torch._C.TensorType) else None
+        if (isinstance(weight, torch.Tensor) and dims and len(dims) == weight.dim()
+                and all(isinstance(d, int) and d > 0 for d in dims)):
+            name = by_storage.get(weight.data_ptr())
+            if name is not None:
+                sizes[name] = tuple(dims[2:])
+    for layer in model.layers:
+        if layer.is_conv and layer.geometry is not None:
+            layer.input_spatial = sizes.get(layer.name)
+    missing = [layer.name for layer in model.layers if layer.is_conv and layer.input_spatial is None]
+    if missing:
+        model.notes.append(f"input size unknown for {len(missing)} conv(s) ({', '.join(missing[:5])}"
+                           f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size")
 
 
 def _tuple(value: object, n: int) -> tuple[int, ...]:
@@ -68,11 +124,69 @@ def _geometry(sub: torch.nn.Module) -> ConvGeometry | None:
         stride = _tuple(sub.stride, 0)
         n = len(stride)
         padding = sub.padding
+        mode = str(getattr(sub, "padding_mode", "zeros"))
+        out_pad = _tuple(getattr(sub, "output_padding", (0,) * n), n)
         if isinstance(padding, str):
-            return ConvGeometry(stride, (), _tuple(sub.dilation, n), int(sub.groups),
-                                _tuple(getattr(sub, "output_padding", (0,) * n), n), auto_pad=padding.upper())
+            # torch's "same" puts the odd pad at the end, as ONNX SAME_UPPER does.
+            auto = "SAME_UPPER" if padding.lower() == "same" else "VALID"
+            return ConvGeometry(stride, (), _tuple(sub.dilation, n), int(sub.groups), out_pad, auto_pad=auto,
+                                padding_mode=mode)
         pads = _tuple(padding, n)
-        return ConvGeometry(stride, pads + pads, _tuple(sub.dilation, n), int(sub.groups),
-                            _tuple(getattr(sub, "output_padding", (0,) * n), n))
+        return ConvGeometry(stride, pads + pads, _tuple(sub.dilation, n), int(sub.groups), out_pad, padding_mode=mode)
     except (AttributeError, RuntimeError, TypeError):
+        return _traced_geometry(sub)
+
+
+# Nodes a traced conv's forward may hold besides the convolution itself (and one aten::pad).
+_PLUMBING = {"prim::Constant", "prim::GetAttr", "prim::ListConstruct", "aten::_convolution", "aten::pad"}
+
+
+def _traced_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
+    """Read a traced conv's hyper-parameters from its aten::_convolution call.
+
+    Anything else in the forward (a reflect pad, a reshape) means the call alone does not
+    describe the layer, so the geometry stays unknown.
+    """
+    try:
+        nodes = list(sub.graph.nodes())  # type: ignore[union-attr]
+    except (AttributeError, RuntimeError):
         return None
+    if any(node.kind() not in _PLUMBING for node in nodes):
+        return None
+    calls = [node for node in nodes if node.kind() == "aten::_convolution"]
+    pads = [node for node in nodes if node.kind() == "aten::pad"]
+    if len(calls) != 1 or len(pads) > 1:
+        return None
+    args = list(calls[0].inputs())
+    try:
+        stride, padding, dilation = (_constant_list(a) for a in args[3:6])
+        output_padding, groups = _constant_list(args[7]), args[8].toIValue()
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    if not isinstance(groups, int) or not stride:
+        return None
+    n = len(stride)
+    begin, end, mode = list(padding), list(padding), "zeros"
+    if pads:  # padding_mode reflect/replicate/circular: an explicit pad in front of an unpadded conv
+        pad_args = list(pads[0].inputs())
+        try:
+            flat, mode = _constant_list(pad_args[1]), pad_args[2].toIValue()
+        except (RuntimeError, TypeError, ValueError):
+            return None
+        if any(padding) or len(flat) != 2 * n or mode not in ("reflect", "replicate", "circular"):
+            return None
+        # torch lists (begin, end) pairs from the last axis backwards.
+        begin = [flat[2 * (n - 1 - axis)] for axis in range(n)]
+        end = [flat[2 * (n - 1 - axis) + 1] for axis in range(n)]
+    return ConvGeometry(stride, tuple(begin) + tuple(end), dilation, groups,
+                        output_padding if args[6].toIValue() else (), padding_mode=str(mode))
+
+
+def _constant_list(value: torch._C.Value) -> tuple[int, ...]:
+    node = value.node()
+    if node.kind() != "prim::ListConstruct":
+        raise ValueError("not a constant list")
+    items = tuple(item.toIValue() for item in node.inputs())
+    if not all(isinstance(item, int) for item in items):
+        raise ValueError("not a constant list")
+    return items  # type: ignore[return-value]

@@ -26,6 +26,7 @@ class LayerReport:
     gram_steps: int
     converged: bool
     note: str | None = None
+    input_size: tuple[int, ...] | None = None  # a conv's input spatial size, where known
 
     @property
     def display_name(self) -> str:
@@ -77,6 +78,7 @@ class Report:
         def layer(entry: LayerReport) -> dict[str, Any]:
             out = asdict(entry)
             out["shape"] = list(entry.shape)
+            out["input_size"] = list(entry.input_size) if entry.input_size is not None else None
             if not entry.scope:
                 del out["scope"]
             return out

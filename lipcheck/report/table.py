@@ -8,6 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
 from lipcheck.report.data import LayerReport, Report
 
 
@@ -40,6 +41,16 @@ def _interval(layer: LayerReport) -> str:
     return f"[{lower}, {_up(lip.upper)}]"
 
 
+def _at(layer: LayerReport) -> Text:
+    """Where a conv's interval holds: its input size, every size, or (no geometry) a loose bound."""
+    if layer.op not in CONV_OPS + CONV_TRANSPOSE_OPS:
+        return Text("")
+    if layer.input_size is not None:
+        return Text("×".join(map(str, layer.input_size)))
+    method = layer.lipschitz.method if layer.lipschitz is not None else ""
+    return Text("any size" if method.startswith(("input size unknown", "1x1")) else "no geometry", style="dim")
+
+
 def _sigma(layer: LayerReport) -> Text:
     if layer.sigma is None:
         return Text("non-finite", style="bold red")
@@ -64,12 +75,13 @@ def build(report: Report) -> Group:
     table.add_column("shape")
     table.add_column("σ (torch)", justify="right")
     table.add_column(Text("Lipschitz [lower, upper]"), justify="right")
+    table.add_column("at", justify="right")
     table.add_column("iters", justify="right")
     for index, layer in enumerate(report.layers):
         iters = str(layer.iterations) + ("" if layer.converged else "*")
         # Text cells: names from a file must never be read as rich markup.
         table.add_row(str(index), Text(layer.display_name), Text(layer.op), Text("×".join(map(str, layer.shape))),
-                      _sigma(layer), Text(_interval(layer)), iters)
+                      _sigma(layer), Text(_interval(layer)), _at(layer), iters)
     lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), _product(report))]
     graph = report.bound.graph
     lines.append(Text.assemble(("graph bound: ", "bold"), _up(graph) if graph is not None else "n/a"))

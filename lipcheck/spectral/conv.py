@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,30 @@ def _pads(geometry: ConvGeometry, n: int) -> tuple[list[int], list[int]]:
     return [0] * n, [0] * n
 
 
+def resolve(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> ConvGeometry:
+    """Turn ONNX auto_pad (SAME_UPPER, SAME_LOWER, VALID) into explicit pads for this input size."""
+    auto = geometry.auto_pad.upper()
+    n = weight.dim() - 2
+    if auto in ("", "NOTSET"):
+        return geometry if geometry.padding else replace(geometry, padding=(0,) * (2 * n))
+    if auto == "VALID":
+        return replace(geometry, padding=(0,) * (2 * n), auto_pad="NOTSET")
+    if auto not in ("SAME", "SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"unknown auto_pad {geometry.auto_pad!r}")
+    begin, end = [], []
+    out_pad = geometry.output_padding or (0,) * n
+    for size, k, s, d, op in zip(spatial, weight.shape[2:], geometry.stride, geometry.dilation, out_pad):
+        span = (k - 1) * d + 1
+        if transposed:
+            total = max(0, s * (size - 1) + op + span - size * s)
+        else:
+            total = max(0, (-(-size // s) - 1) * s + span - size)
+        small, large = total // 2, total - total // 2
+        begin.append(large if auto == "SAME_LOWER" else small)
+        end.append(small if auto == "SAME_LOWER" else large)
+    return replace(geometry, padding=tuple(begin) + tuple(end), auto_pad="NOTSET")
+
+
 def _conv_fn(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool):  # type: ignore[no-untyped-def]
     n = weight.dim() - 2
     begin, end = _pads(geometry, n)
@@ -58,7 +82,9 @@ def _conv_fn(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool):  #
             return y[tuple(slices)]
         flat = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
-        return conv(F.pad(x, flat), weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
+        mode = "constant" if geometry.padding_mode == "zeros" else geometry.padding_mode
+        padded = F.pad(x, flat, mode=mode) if any(flat) else x
+        return conv(padded, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
 
     return apply
 
@@ -68,19 +94,48 @@ def input_channels(weight: torch.Tensor, geometry: ConvGeometry, transposed: boo
     return weight.shape[0] if transposed else weight.shape[1] * geometry.groups
 
 
+def any_size_factor(kernel: tuple[int, ...], geometry: ConvGeometry) -> float:
+    """A factor f with ||conv|| <= f * max_g sigma(W_g reshaped), valid for every input size.
+
+    Output p reads input positions p*s + j*d (j < k) per axis, so one input position feeds at most
+    ceil(k * gcd(s, d) / s) (output, tap) pairs per axis; summing ||W patch_p(x)||^2 over outputs
+    gives ||A x||^2 <= sigma^2 * m * ||x||^2 with m the product over axes. Padding other than zeros
+    repeats input values (at most 3 times per axis for reflect/circular, b+e+1 for replicate).
+    """
+    m = 1.0
+    n = len(kernel)
+    begin, end = _pads(geometry, n)
+    for axis, (k, s, d) in enumerate(zip(kernel, geometry.stride, geometry.dilation)):
+        m *= -(-k * math.gcd(s, d) // s)
+        if geometry.padding_mode != "zeros":
+            pad = begin[axis] + end[axis] if geometry.padding else (k - 1) * d
+            if pad:
+                m *= pad + 1 if geometry.padding_mode == "replicate" else 3
+    return math.sqrt(m)
+
+
 def power_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                tol: float, max_iter: int, seed: int) -> tuple[float, int]:
-    """Power iteration on the operator: x <- A^T A x; returns (||A x|| for unit x, iterations)."""
+                tol: float, max_iter: int, seed: int, upper: float = math.inf) -> tuple[float, int]:
+    """Power iteration on the operator: x <- A^T A x; returns (||A x|| for unit x, iterations).
+
+    Stops when within ``tol`` of ``upper``, when the step changes sigma by under tol/10, or when
+    50 more steps closed less than 1% of the remaining gap (a slowly converging tail: the value is
+    a true lower bound wherever it stops).
+    """
     apply = _conv_fn(weight, geometry, transposed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, input_channels(weight, geometry, transposed), *spatial, generator=g, dtype=torch.float64)
-    sigma, previous = 0.0, -1.0
+    sigma, previous, checkpoint = 0.0, -1.0, 0.0
     for it in range(1, max_iter + 1):
         x = x / x.norm()
         y, vjp = torch.func.vjp(apply, x)
-        sigma = float(y.norm())
-        if abs(sigma - previous) <= 0.1 * tol * sigma:
+        sigma = max(sigma, float(y.norm()))
+        if (math.isfinite(upper) and upper - sigma <= tol * upper) or abs(sigma - previous) <= 0.1 * tol * sigma:
             return sigma, it
+        if it % 50 == 0:
+            if math.isfinite(upper) and sigma - checkpoint < 0.01 * (upper - sigma):
+                return sigma, it
+            checkpoint = sigma
         previous = sigma
         (x,) = vjp(y)
         if float(x.norm()) == 0.0:
@@ -97,6 +152,16 @@ def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple
     return apply(basis).reshape(size, -1).T
 
 
+def pad_norm(spatial: tuple[int, ...], geometry: ConvGeometry) -> float:
+    """The norm of torch's non-zero padding map at this size: sqrt of the most copies of one input."""
+    n = len(spatial)
+    begin, end = _pads(geometry, n)
+    flat = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
+    index = torch.arange(math.prod(spatial), dtype=torch.float64).reshape(1, 1, *spatial)
+    padded = F.pad(index, flat, mode=geometry.padding_mode).reshape(-1).long()
+    return math.sqrt(int(torch.bincount(padded).max()))
+
+
 def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
     """A certified upper bound on the operator norm from circular embeddings (see module doc)."""
     if transposed:
@@ -105,10 +170,16 @@ def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[
         return circular_upper(weight, geometry, out_spatial, transposed=False)
     n = weight.dim() - 2
     begin, end = _pads(geometry, n)
+    if geometry.padding_mode != "zeros":
+        # Non-zero padding = a padding map (norm computed exactly) followed by an unpadded conv.
+        valid = replace(geometry, padding=(0,) * (2 * n), padding_mode="zeros")
+        padded = tuple(size + b + e for size, b, e in zip(spatial, begin, end))
+        return pad_norm(spatial, geometry) * circular_upper(weight, valid, padded, transposed=False)
     stride = geometry.stride
     base = [-(-(size + b + e) // s) * s for size, b, e, s in zip(spatial, begin, end, stride)]
     best = math.inf
-    for extra in range(_EXTRA_EMBEDDINGS + 1):
+    extras = _EXTRA_EMBEDDINGS if min(b // s for b, s in zip(base, stride)) < 64 else 0
+    for extra in range(extras + 1):
         sizes = [b + extra * s for b, s in zip(base, stride)]
         best = min(best, _circular_norm(weight, geometry, sizes))
     return best * (1.0 + GRAM_MARGIN)
@@ -123,6 +194,10 @@ def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tu
                                                      weight.shape[2:], out_pad))
 
 
+# Largest per-chunk spectrum, in complex entries (16 bytes each): bounds the memory of the FFT bound.
+_CHUNK_ENTRIES = 1 << 22
+
+
 def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int]) -> float:
     g = geometry.groups
     c_out, c_in_g = weight.shape[0], weight.shape[1]
@@ -130,43 +205,56 @@ def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int
     stride, dilation = geometry.stride, geometry.dilation
     reduced = [size // s for size, s in zip(sizes, stride)]
     phases = math.prod(stride)
-    w = weight.to(torch.float64).reshape(g, c_out // g, c_in_g, *kernel)
-    # Per frequency: K[f] is (groups, C_out/g, C_in/g * phases).
-    spectrum = torch.zeros(*reduced, g, c_out // g, c_in_g * phases, dtype=torch.complex128)
+    w = weight.to(torch.float64).reshape(g, c_out // g, c_in_g, *kernel).to(torch.complex128)
     freqs = [2 * math.pi * torch.arange(m, dtype=torch.float64) / m for m in reduced]
+    block = g * (c_out // g) * c_in_g * phases
+    rows = max(1, _CHUNK_ENTRIES // max(1, block * math.prod(reduced[1:])))
+    taps = []
     for tap in itertools.product(*(range(k) for k in kernel)):
         offset = [t * d for t, d in zip(tap, dilation)]
-        residue = [o % s for o, s in zip(offset, stride)]
-        shift = [o // s for o, s in zip(offset, stride)]
-        phase = torch.ones((), dtype=torch.complex128)
-        for axis, (f, q) in enumerate(zip(freqs, shift)):
-            view = [1] * len(reduced)
-            view[axis] = -1
-            phase = phase * torch.exp(1j * f * q).reshape(view)
         r = 0
-        for res, s in zip(residue, stride):
-            r = r * s + res
-        cols = torch.arange(c_in_g) * phases + r
-        spectrum[..., cols] += phase[..., None, None, None] * w[(slice(None), slice(None), slice(None), *tap)].to(torch.complex128)
-    return float(torch.linalg.matrix_norm(spectrum, ord=2).max())
+        for o, s in zip(offset, stride):
+            r = r * s + o % s
+        taps.append((tap, [o // s for o, s in zip(offset, stride)], r))
+    best = 0.0
+    for start in range(0, reduced[0], rows):
+        chunk = [freqs[0][start:start + rows], *freqs[1:]]
+        # Per frequency: K[f] is (groups, C_out/g, C_in/g * phases).
+        spectrum = torch.zeros(*(len(f) for f in chunk), g, c_out // g, c_in_g * phases, dtype=torch.complex128)
+        for tap, shift, r in taps:
+            phase = torch.ones((), dtype=torch.complex128)
+            for axis, (f, q) in enumerate(zip(chunk, shift)):
+                view = [1] * len(chunk)
+                view[axis] = -1
+                phase = phase * torch.exp(1j * f * q).reshape(view)
+            cols = torch.arange(c_in_g) * phases + r
+            spectrum[..., cols] += phase[..., None, None, None] * w[(slice(None), slice(None), slice(None), *tap)]
+        best = max(best, float(torch.linalg.matrix_norm(spectrum, ord=2).max()))
+    return best
+
+
+METHOD_EXPLICIT = "explicit operator matrix at the input size: power iteration (lower), Gram iteration (upper)"
+METHOD_OPERATOR = "power iteration on the operator at the input size (lower), circular-embedding FFT bound (upper)"
 
 
 def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                      tol: float, max_iter: int, seed: int) -> ConvInterval:
-    """Bracket a conv's operator norm at the given input spatial size."""
+                      tol: float, max_iter: int, seed: int, upper_cap: float = math.inf) -> ConvInterval:
+    """Bracket a conv's operator norm at the given input spatial size.
+
+    ``upper_cap`` is any other valid upper bound (the size-free one); the smaller end is kept.
+    """
+    w64 = weight.to(torch.float64)
+    geometry = resolve(w64, geometry, spatial, transposed)
     c = input_channels(weight, geometry, transposed)
     in_size = c * math.prod(spatial)
-    w64 = weight.to(torch.float64)
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed)
-        return ConvInterval(est.sigma, est.upper, "explicit operator matrix: power iteration + Gram iteration",
-                            est.iterations, est.converged)
-    lower, iterations = power_lower(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed)
-    upper = circular_upper(w64, geometry, spatial, transposed)
-    return ConvInterval(min(lower, upper), upper,
-                        "power iteration on the operator (lower), circular-embedding FFT bound (upper)",
-                        iterations, upper - lower <= tol * upper)
+        return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged)
+    upper = min(circular_upper(w64, geometry, spatial, transposed), upper_cap)
+    lower, iterations = power_lower(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
+                                    upper=upper)
+    return ConvInterval(min(lower, upper), upper, METHOD_OPERATOR, iterations, upper - lower <= tol * upper)
 
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:

@@ -14,6 +14,8 @@ GRAM_MARGIN = 1e-9
 # Power iteration stops its first pass when sigma changes by less than this share of `tol`;
 # the certificate then decides whether the value is good enough.
 _PASS_ONE_FRACTION = 0.1
+# Largest smaller side for which a stalled power iteration is restarted from the SVD's vector.
+RESTART_MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ def certify(
     power = _PowerIteration(w64, u0, seed)
     power.run(max_iter, _PASS_ONE_FRACTION * tol)
     upper, steps = gram_upper(w64, stop_at=power.sigma * (1.0 + tol))
+    if upper - power.sigma > tol * upper and min(w64.shape) <= RESTART_MAX_SIDE:
+        # Nearly equal top singular values stall power iteration; on a small matrix, restart it
+        # from the SVD's top vector (power iteration still produces the reported value).
+        _, _, vh = torch.linalg.svd(w64, full_matrices=False)
+        start = w64 @ vh[0]
+        if float(start.norm()) > 0.0:
+            power.u = start / start.norm()
     while power.iterations < max_iter and upper - power.sigma > tol * upper:
         power.step()
     sigma = min(power.sigma, upper)

@@ -1,0 +1,99 @@
+"""Static shapes of an ONNX graph's values, by ONNX shape inference (nothing is run).
+
+Used to learn the input size each convolution sees. ``--input-shape`` fixes the graph inputs
+whose dimensions the file leaves dynamic.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto
+
+from lipcheck.errors import LipcheckError
+
+Dims = tuple[int | None, ...]
+# Initializers larger than this are stripped of their data before inference (shapes suffice).
+_KEEP_ELEMENTS = 4096
+
+
+def model_inputs(graph: GraphProto) -> list[ValueInfoProto]:
+    """The graph inputs a caller feeds (old exporters also list initializers as inputs)."""
+    stored = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in stored]
+
+
+def _dims(value: ValueInfoProto) -> Dims | None:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in value.type.tensor_type.shape.dim)
+
+
+def _fix_inputs(graph: GraphProto, input_shapes: tuple[tuple[int, ...], ...]) -> None:
+    inputs = model_inputs(graph)
+    if len(inputs) != len(input_shapes):
+        names = ", ".join(value.name for value in inputs) or "none"
+        raise LipcheckError(f"the model has {len(inputs)} input(s) ({names}) but {len(input_shapes)} --input-shape "
+                            "value(s) were given; pass one --input-shape per input, in that order")
+    for value, shape in zip(inputs, input_shapes):
+        declared = _dims(value)
+        if declared is not None and len(declared) != len(shape):
+            raise LipcheckError(f"input '{value.name}' has {len(declared)} dimensions but --input-shape "
+                                f"{'x'.join(map(str, shape))} has {len(shape)}; give all of them, batch first")
+        if declared is not None and any(d is not None and d != s for d, s in zip(declared, shape)):
+            fixed = "x".join("?" if d is None else str(d) for d in declared)
+            raise LipcheckError(f"input '{value.name}' is fixed by the file as {fixed}; --input-shape "
+                                f"{'x'.join(map(str, shape))} contradicts it (only ? dimensions can be chosen)")
+        tensor_type = value.type.tensor_type
+        tensor_type.ClearField("shape")
+        for size in shape:
+            tensor_type.shape.dim.add().dim_value = size
+
+
+def _strip(graph: GraphProto) -> None:
+    """Drop large initializer payloads: inference needs their dims, not their values."""
+    for init in graph.initializer:
+        count = 1
+        for d in init.dims:
+            count *= d
+        if count > _KEEP_ELEMENTS or init.data_location == TensorProto.EXTERNAL:
+            dims, dtype, name = list(init.dims), init.data_type, init.name
+            init.Clear()
+            init.name, init.data_type = name, dtype
+            init.dims.extend(dims)
+            init.data_location = TensorProto.EXTERNAL
+            entry = init.external_data.add()
+            entry.key, entry.value = "location", "lipcheck-not-loaded"
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _strip(attr.g)
+
+
+def _collect(graph: GraphProto, out: dict[str, Dims]) -> None:
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = _dims(value)
+        if dims is not None:
+            out.setdefault(value.name, dims)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _collect(attr.g, out)
+
+
+def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -> tuple[dict[str, Dims], str | None]:
+    """Return the inferred dims of every named value, and a note when inference failed."""
+    work = ModelProto()
+    work.CopyFrom(proto)
+    if input_shapes is not None:
+        _fix_inputs(work.graph, input_shapes)
+    _strip(work.graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and others on graphs it cannot follow
+        shapes: dict[str, Dims] = {}
+        _collect(work.graph, shapes)
+        return shapes, f"ONNX shape inference failed ({str(exc).strip().splitlines()[0][:160]}); convs whose input size is unknown get a bound for every size"
+    shapes = {}
+    _collect(inferred.graph, shapes)
+    return shapes, None

@@ -1,0 +1,210 @@
+"""Conv operator norms end to end: every geometry, checked against an operator matrix that
+onnxruntime or torch.autograd builds independently of lipcheck's own conv code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcheck.api import inspect
+from lipcheck.model import ConvGeometry
+from lipcheck.settings import Settings
+from lipcheck.spectral import conv as conv_module
+from lipcheck.spectral.conv import any_size_factor
+from tests.reference import exact_sigma
+
+
+def _onnx_conv(tmp_path: Path, op: str, weight: np.ndarray, input_shape: list[int | str], **attrs) -> Path:  # type: ignore[no-untyped-def]
+    node = helper.make_node(op, ["x", "W"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(input_shape))])],
+                              initializer=[numpy_helper.from_array(weight, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _ort_matrix(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The operator as a matrix: onnxruntime applied to every basis vector (batch = basis)."""
+    size = math.prod(shape[1:])
+    model = onnx.load(str(path))
+    x = model.graph.input[0].type.tensor_type.shape
+    for index, dim in enumerate(x.dim):  # a free batch (the basis) and free sizes
+        dim.Clear()
+        dim.dim_param = f"s{index}"
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    basis = np.eye(size, dtype=np.float32).reshape(size, *shape[1:])
+    (out,) = session.run(None, {"x": basis})
+    matrix = out.reshape(size, -1).T.astype(np.float64)
+    # One input reaches one output through at most one tap, so every entry is a weight or 0 and the
+    # float32 run is exact.
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    assert np.isin(matrix, np.append(weight.ravel(), 0)).all()
+    return matrix
+
+
+# (op, C_in, C_out, kernel, attributes, spatial): the geometries issue 3 lists, 1-D to 3-D.
+CASES = [
+    ("Conv", 3, 4, (3, 3), {"pads": [1, 1, 1, 1]}, (16, 16)),
+    ("Conv", 3, 4, (3, 3), {}, (16, 16)),
+    ("Conv", 2, 4, (3, 3), {"strides": [2, 2], "pads": [0, 1, 2, 0]}, (16, 16)),
+    ("Conv", 2, 3, (3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, (16, 16)),
+    ("Conv", 4, 4, (3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, (16, 16)),
+    ("Conv", 4, 6, (3, 3), {"group": 2, "strides": [2, 1]}, (16, 16)),
+    ("Conv", 3, 4, (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (15, 16)),
+    ("Conv", 3, 4, (4, 4), {"auto_pad": "SAME_LOWER"}, (16, 16)),
+    ("Conv", 3, 4, (3, 3), {"auto_pad": "VALID"}, (16, 16)),
+    ("Conv", 3, 5, (5,), {"pads": [2, 1], "strides": [3]}, (40,)),
+    ("Conv", 2, 3, (3, 3, 3), {"pads": [1, 1, 1, 1, 1, 1]}, (8, 8, 8)),
+    ("Conv", 3, 4, (3, 3), {"pads": [1, 1, 1, 1]}, (8, 8)),
+    ("Conv", 3, 4, (3, 3), {"strides": [2, 2], "dilations": [2, 1]}, (8, 8)),
+    ("ConvTranspose", 4, 3, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, (8, 8)),
+    ("ConvTranspose", 4, 2, (4, 4), {"strides": [2, 2], "pads": [1, 0, 1, 0]}, (16, 16)),
+    ("ConvTranspose", 4, 4, (3, 3), {"group": 2, "dilations": [2, 2]}, (8, 8)),
+    ("ConvTranspose", 3, 2, (3,), {"auto_pad": "SAME_UPPER", "strides": [2]}, (20,)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[3]}-{c[4]}-{c[5]}" for c in CASES])
+def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case) -> None:  # type: ignore[no-untyped-def]
+    op, c_in, c_out, kernel, attrs, spatial = case
+    groups = attrs.get("group", 1)
+    shape = (c_in, c_out // groups, *kernel) if op == "ConvTranspose" else (c_out, c_in // groups, *kernel)
+    weight = np.random.default_rng(len(str(case))).standard_normal(shape).astype(np.float32)
+    path = _onnx_conv(tmp_path, op, weight, [1, c_in, *spatial], **attrs)
+    exact = exact_sigma(torch.from_numpy(_ort_matrix(path, (1, c_in, *spatial))))
+    (layer,) = inspect(path).layers
+    assert layer.input_size == spatial
+    lip = layer.lipschitz
+    assert lip is not None and lip.lower is not None
+    assert lip.lower <= exact * (1 + 1e-9) and exact <= lip.upper
+    assert (lip.upper - lip.lower) / lip.upper <= (0.01 if min(spatial) >= 16 else 0.03)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if min(c[5]) >= 8 and len(c[5]) == 2],
+                         ids=lambda c: f"{c[0]}-{c[4]}-{c[5]}")
+def test_fft_path_contains_the_operator_norm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case) -> None:  # type: ignore[no-untyped-def]
+    """Large operators skip the explicit matrix; force that path on small ones and check it too."""
+    monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+    op, c_in, c_out, kernel, attrs, spatial = case
+    groups = attrs.get("group", 1)
+    shape = (c_in, c_out // groups, *kernel) if op == "ConvTranspose" else (c_out, c_in // groups, *kernel)
+    weight = np.random.default_rng(len(str(case))).standard_normal(shape).astype(np.float32)
+    path = _onnx_conv(tmp_path, op, weight, [1, c_in, *spatial], **attrs)
+    exact = exact_sigma(torch.from_numpy(_ort_matrix(path, (1, c_in, *spatial))))
+    (layer,) = inspect(path, settings=Settings(tol=1e-6)).layers
+    lip = layer.lipschitz
+    assert lip is not None and lip.lower is not None
+    assert lip.method == conv_module.METHOD_OPERATOR
+    assert lip.lower <= exact * (1 + 1e-9) and exact <= lip.upper
+
+
+def test_dynamic_input_needs_input_shape(tmp_path: Path) -> None:
+    weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    path = _onnx_conv(tmp_path, "Conv", weight, ["N", 3, "H", "W"], pads=[1, 1, 1, 1])
+    report = inspect(path)
+    (layer,) = report.layers
+    assert layer.input_size is None and layer.lipschitz is not None and layer.lipschitz.lower is None
+    assert layer.lipschitz.method.startswith("input size unknown")
+    assert any("--input-shape" in note for note in report.notes)
+    # Valid for every size: above the exact norm at several sizes.
+    for n in (3, 5, 9, 12):
+        matrix = _ort_matrix(path, (1, 3, n, n))
+        assert exact_sigma(torch.from_numpy(matrix)) <= layer.lipschitz.upper
+    (fixed,) = inspect(path, settings=Settings(input_shape=((1, 3, 12, 12),))).layers
+    exact = exact_sigma(torch.from_numpy(_ort_matrix(path, (1, 3, 12, 12))))
+    assert fixed.input_size == (12, 12)
+    assert fixed.lipschitz is not None and fixed.lipschitz.lower is not None
+    assert fixed.lipschitz.lower <= exact <= fixed.lipschitz.upper < layer.lipschitz.upper
+
+
+def test_one_by_one_conv_is_exact_at_any_size(tmp_path: Path) -> None:
+    weight = np.random.default_rng(1).standard_normal((6, 5, 1, 1)).astype(np.float32)
+    path = _onnx_conv(tmp_path, "Conv", weight, ["N", 5, "H", "W"], strides=[2, 2])
+    (layer,) = inspect(path).layers
+    exact = exact_sigma(torch.from_numpy(weight.reshape(6, 5)))
+    assert layer.lipschitz is not None and layer.lipschitz.lower is not None
+    assert layer.lipschitz.lower <= exact <= layer.lipschitz.upper <= exact * (1 + 1e-6)
+
+
+# -- torch modules: TorchScript (scripted and traced), padding modes, the size-free bound ------------------
+
+def _module_norm(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """The exact operator norm: the module's Jacobian (it is linear without bias) as a matrix."""
+    x = torch.zeros(shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(module, x)
+    return exact_sigma(jac.reshape(module(x).numel(), -1))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("trace", [False, True])
+def test_torchscript_padding_modes(tmp_path: Path, mode: str, trace: bool) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=2, stride=1, padding_mode=mode, bias=False).double()
+    net = torch.nn.Sequential(conv)
+    x = torch.zeros(1, 3, 10, 10, dtype=torch.float64)
+    scripted = torch.jit.trace(net, x) if trace else torch.jit.script(net)
+    path = tmp_path / "m.torchscript.pt"
+    scripted.save(str(path))
+    exact = _module_norm(net, (1, 3, 10, 10))
+    (free,) = inspect(path).layers
+    assert free.lipschitz is not None and exact <= free.lipschitz.upper
+    (sized,) = inspect(path, settings=Settings(input_shape=((1, 3, 10, 10),))).layers
+    lip = sized.lipschitz
+    assert lip is not None
+    assert exact <= lip.upper
+    if not (trace and mode != "zeros"):  # a traced non-zero pad hides the geometry: only the loose bound
+        assert sized.input_size == (10, 10)
+        assert lip.lower is not None and lip.lower <= exact * (1 + 1e-9)
+        assert lip.upper - lip.lower <= 1e-5 * lip.upper
+
+
+@st.composite
+def torch_convs(draw):  # type: ignore[no-untyped-def]
+    dims = draw(st.integers(1, 2))
+    k, stride, dilation = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    groups = draw(st.sampled_from([1, 2]))
+    transposed = draw(st.booleans())
+    mode = "zeros" if transposed else draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    pad = draw(st.integers(0, k))
+    n = draw(st.integers(max(pad + 1, (k - 1) * dilation + 1), 9))
+    cls = {(1, False): torch.nn.Conv1d, (2, False): torch.nn.Conv2d,
+           (1, True): torch.nn.ConvTranspose1d, (2, True): torch.nn.ConvTranspose2d}[(dims, transposed)]
+    kwargs = {"padding_mode": mode} if not transposed else {}
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    module = cls(2 * groups, 2 * groups, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=False,
+                 **kwargs).double()
+    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+    with torch.no_grad():
+        module.weight.copy_(module.weight.to(dtype).to(torch.float64))
+    return module, (1, 2 * groups, *(n,) * dims)
+
+
+@settings(max_examples=60, deadline=None)
+@given(torch_convs())
+def test_size_free_bound_is_above_the_norm_at_every_size(case) -> None:  # type: ignore[no-untyped-def]
+    module, shape = case
+    transposed = isinstance(module, torch.nn.modules.conv._ConvTransposeNd)
+    try:
+        exact = _module_norm(module, shape)
+    except RuntimeError:  # torch refuses the geometry at this size (empty output, pad too large)
+        return
+    weight = module.weight.detach()
+    n = weight.dim() - 2
+    pads = tuple(module.padding) * 2
+    geometry = ConvGeometry(tuple(module.stride), pads, tuple(module.dilation), module.groups,
+                            padding_mode=getattr(module, "padding_mode", "zeros"))
+    reshaped = weight.reshape(weight.shape[0], -1)  # dim 0 for both: a ConvTranspose is the adjoint conv
+    bound = any_size_factor(tuple(weight.shape[2:]), geometry) * exact_sigma(reshaped)
+    assert exact <= bound * (1 + 1e-9), (n, transposed)
