@@ -14,8 +14,6 @@ GRAM_MARGIN = 1e-9
 # Power iteration stops its first pass when sigma changes by less than this share of `tol`;
 # the certificate then decides whether the value is good enough.
 _PASS_ONE_FRACTION = 0.1
-# Largest smaller side for which a stalled power iteration is restarted from the SVD's vector.
-RESTART_MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -78,8 +76,19 @@ def gram_upper(w: torch.Tensor, stop_at: float = 0.0, max_steps: int = 40) -> tu
     G_0 = W, G_{t+1} = G_t^T G_t; sigma_1 <= ||G_t||_F^(1/2^t) (Delattre et al., 2023), with the
     scale kept in log space. Stops once the bound is at most ``stop_at``, or stops improving.
     """
+    upper, steps, _ = _gram(w, stop_at, max_steps)
+    return upper, steps
+
+
+def _gram(w: torch.Tensor, stop_at: float, max_steps: int) -> tuple[float, int, torch.Tensor | None]:
+    """Gram iteration; also returns a left singular direction of w read off the last iterate.
+
+    The last iterate is (scaled) (W W^T)^(2^(t-1)) or (W^T W)^(2^(t-1)): applied to any vector it
+    acts like 2^t steps of power iteration, which separates nearly equal top singular values.
+    """
+    tall = w.shape[0] > w.shape[1]
     h = w.to(torch.float64)
-    if h.shape[0] > h.shape[1]:
+    if tall:
         h = h.mT
     log_scale = 0.0
     best = math.inf
@@ -87,17 +96,25 @@ def gram_upper(w: torch.Tensor, stop_at: float = 0.0, max_steps: int = 40) -> tu
     while True:
         norm = float(torch.linalg.matrix_norm(h))
         if norm == 0.0:
-            return 0.0, steps
+            return 0.0, steps, None
         bound_log = (math.log(norm) + log_scale) / 2.0**steps
         improved = bound_log < best - 1e-15 * abs(best) if math.isfinite(best) else True
         best = min(best, bound_log)
         upper = math.exp(best) * (1.0 + GRAM_MARGIN)
         if upper <= stop_at or not improved or steps >= max_steps:
-            return upper, steps
+            return upper, steps, (_direction(w, h, tall) if steps else None)
         h = h / norm
         log_scale = 2.0 * (log_scale + math.log(norm))
         h = h @ h.mT
         steps += 1
+
+
+def _direction(w: torch.Tensor, h: torch.Tensor, tall: bool) -> torch.Tensor | None:
+    column = h[:, int(torch.argmax(h.diagonal()))]  # the dominant eigenvector's largest component
+    if tall:  # h acts on W's row space: map the right singular direction to a left one
+        column = w.to(torch.float64) @ column
+    norm = float(column.norm())
+    return column / norm if norm > 0.0 and math.isfinite(norm) else None
 
 
 def certify(
@@ -119,14 +136,11 @@ def certify(
         return SpectralEstimate(0.0, 0.0, 0, 0, True)
     power = _PowerIteration(w64, u0, seed)
     power.run(max_iter, _PASS_ONE_FRACTION * tol)
-    upper, steps = gram_upper(w64, stop_at=power.sigma * (1.0 + tol))
-    if upper - power.sigma > tol * upper and min(w64.shape) <= RESTART_MAX_SIDE:
-        # Nearly equal top singular values stall power iteration; on a small matrix, restart it
-        # from the SVD's top vector (power iteration still produces the reported value).
-        _, _, vh = torch.linalg.svd(w64, full_matrices=False)
-        start = w64 @ vh[0]
-        if float(start.norm()) > 0.0:
-            power.u = start / start.norm()
+    upper, steps, direction = _gram(w64, stop_at=power.sigma * (1.0 + tol), max_steps=40)
+    if upper - power.sigma > tol * upper and direction is not None:
+        # Nearly equal top singular values stall power iteration: restart it from the Gram
+        # iterate's direction (power iteration still produces the reported value).
+        power.u = direction
     while power.iterations < max_iter and upper - power.sigma > tol * upper:
         power.step()
     sigma = min(power.sigma, upper)
