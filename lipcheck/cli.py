@@ -1,11 +1,17 @@
-"""The command line: options in, call the API, render, map errors to exit codes (design.md §4)."""
+"""The command line: options in, call the API, render, map errors to exit codes (design.md §4).
+
+Option values come from the command line, else ``LIPCHECK_*`` environment variables, else
+``[tool.lipcheck]`` in pyproject.toml (or ``--config``), else the defaults below.
+"""
 
 from __future__ import annotations
 
 import enum
+import glob
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -14,12 +20,27 @@ from lipcheck import __version__
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, certify and enforce the Lipschitz constant of trained networks.")
 
+DEFAULTS: dict[str, Any] = {"tol": 1e-6, "max-iter": 10_000, "seed": 0, "format": "table", "bound": "upper",
+                            "strict": False, "exit-zero": False}
+
 
 class OutputFormat(str, enum.Enum):
-    """Report formats of ``inspect``."""
+    """Report formats."""
 
     table = "table"
     json = "json"
+    markdown = "markdown"
+    github = "github"
+    junit = "junit"
+    csv = "csv"
+
+
+class BoundKind(str, enum.Enum):
+    """Which network bound --fail-above judges."""
+
+    upper = "upper"
+    graph = "graph"
+    product = "product"
 
 
 def _version(value: bool) -> None:
@@ -41,53 +62,66 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-@app.command()
-def inspect(
-    model: Annotated[Path, typer.Argument(help="Model file: .pt/.pth/.bin/.ckpt, TorchScript, .safetensors or .onnx.")],
-    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Report format.")] = OutputFormat.table,
-    tol: Annotated[float, typer.Option(help="Relative width at which a layer's interval counts as converged.")] = 1e-6,
-    max_iter: Annotated[int, typer.Option(help="Power-iteration cap per layer.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed of the power iteration's start vectors.")] = 0,
-    key: Annotated[Optional[str], typer.Option(help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option(
-        "--input-shape", help="Shape of a model input, batch first (1x3x224x224); repeat once per input, in order. "
-                              "Gives conv operator norms at that size (ONNX, TorchScript).")] = None,
-) -> None:
-    """Print each layer's spectral norm and the network's product bound."""
-    from rich.console import Console
+def _warn(message: str) -> None:
+    sys.stderr.write(f"lipcheck: warning: {message}\n")
 
-    from lipcheck.errors import LipcheckError
 
-    if not (0 < tol < 1) or max_iter < 1:
-        raise _fail("--tol must be in (0, 1) and --max-iter at least 1")
-    shapes = tuple(_parse_shape(text) for text in input_shape) if input_shape else None
-    err = Console(stderr=True)
-    try:
-        from lipcheck.api import inspect as run_inspect
+# -- options shared by the commands -------------------------------------------------------------
+FormatOpt = Annotated[Optional[OutputFormat], typer.Option("--format", "-f", envvar="LIPCHECK_FORMAT",
+                                                           help="Report format. [default: table]")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", envvar="LIPCHECK_OUTPUT",
+                                                   help="Write the report to this file instead of stdout.")]
+TolOpt = Annotated[Optional[float], typer.Option(envvar="LIPCHECK_TOL",
+                                                 help="Relative width at which a layer's interval counts as converged. [default: 1e-6]")]
+MaxIterOpt = Annotated[Optional[int], typer.Option(envvar="LIPCHECK_MAX_ITER", help="Power-iteration cap per layer. [default: 10000]")]
+SeedOpt = Annotated[Optional[int], typer.Option(envvar="LIPCHECK_SEED", help="Seed of the power iteration's start vectors. [default: 0]")]
+KeyOpt = Annotated[Optional[str], typer.Option(envvar="LIPCHECK_KEY",
+                                               help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")]
+ShapeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", envvar="LIPCHECK_INPUT_SHAPE",
+    help="Shape of a model input, batch first (1x3x224x224); repeat once per input, in order. "
+         "Gives conv operator norms at that size (ONNX, TorchScript).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", envvar="LIPCHECK_CONFIG",
+                                                   help="A TOML file with a [tool.lipcheck] table (default: the nearest pyproject.toml).")]
+
+
+class _Options:
+    """Resolved option values: command line/environment, then config file, then defaults."""
+
+    def __init__(self, config_path: Path | None, given: dict[str, Any]) -> None:
+        from lipcheck import config
+
+        explicit = config_path is not None
+        self.config, self.config_path = config.load(config_path if explicit else config.find(Path.cwd()),
+                                                    explicit=explicit)
+        self.given = given
+
+    def get(self, key: str) -> Any:
+        value = self.given.get(key)
+        if value is not None:
+            return value
+        if key in self.config:
+            return self.config[key]
+        return DEFAULTS.get(key)
+
+    def settings(self):  # type: ignore[no-untyped-def]
         from lipcheck.settings import Settings
 
-        with _progress_bar(err) as progress:
-            report = run_inspect(model, settings=Settings(seed=seed, tol=tol, max_iter=max_iter, input_shape=shapes), key=key,
-                                 progress=progress)
-    except LipcheckError as exc:
-        raise _fail(str(exc)) from None
-    except MemoryError:
-        raise _fail(f"ran out of memory reading {model}; try a machine with more memory") from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except Exception as exc:  # an internal error is still one line and exit 2
-        raise _fail(f"internal error ({type(exc).__name__}: {exc}); please report it with the model's layout") from None
-    if output_format is OutputFormat.json:
-        from lipcheck.report import json_report
+        tol, max_iter = float(self.get("tol")), int(self.get("max-iter"))
+        if not (0 < tol < 1) or max_iter < 1:
+            raise _fail("--tol must be in (0, 1) and --max-iter at least 1")
+        shapes = self.get("input-shape")
+        if isinstance(shapes, str):
+            shapes = [shapes]
+        parsed = tuple(_parse_shape(str(text)) for text in shapes) if shapes else None
+        return Settings(seed=int(self.get("seed")), tol=tol, max_iter=max_iter, input_shape=parsed)
 
-        sys.stdout.write(json_report.render(report))
-    else:
-        from lipcheck.report import table
-
-        table.render(report, Console())
-    bad = report.non_finite_layers
-    if bad:
-        raise _fail(f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these layers")
+    def output_format(self) -> OutputFormat:
+        value = self.get("format")
+        try:
+            return OutputFormat(value)
+        except ValueError:
+            raise _fail(f"unknown format {value!r}; choose one of {', '.join(f.value for f in OutputFormat)}") from None
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -95,6 +129,264 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) < 2:
         raise _fail(f"--input-shape {text!r}: write positive sizes joined by x, batch first, e.g. 1x3x224x224")
     return tuple(int(p) for p in parts)
+
+
+def _parse_threshold(text: str) -> tuple[str, float]:
+    pattern, sep, value = text.rpartition("=")
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = float("nan")
+    if not sep or not pattern or limit != limit:
+        raise _fail(f"--layer-threshold {text!r}: write PATTERN=NUMBER, e.g. 'encoder.*=2.0'")
+    return pattern, limit
+
+
+def _expand(models: list[str]) -> list[str]:
+    """Paths as given, and glob patterns (also quoted ones the shell left alone) expanded in order."""
+    out: list[str] = []
+    for entry in models:
+        if any(ch in entry for ch in "*?[") and not os.path.exists(entry):
+            matches = sorted(glob.glob(entry, recursive=True))
+            if not matches:
+                raise _fail(f"no file matches {entry!r}; check the pattern (quote it to let lipcheck expand **)")
+            out.extend(matches)
+        else:
+            out.append(entry)
+    return out
+
+
+# -- running and reporting ---------------------------------------------------------------------------
+def _analyse(paths: list[str], settings, key: str | None, spec, err) -> "Run":  # type: ignore[no-untyped-def]
+    from lipcheck.api import inspect as run_inspect
+    from lipcheck.errors import LipcheckError
+    from lipcheck.gate import evaluate
+    from lipcheck.report.run import FileResult, Run
+
+    results = []
+    with _progress_bar(err) as progress:
+        for path in paths:
+            progress.model = path if len(paths) > 1 else ""
+            try:
+                report = run_inspect(path, settings=settings, key=key, progress=progress)
+            except LipcheckError as exc:
+                results.append(FileResult(path, error=str(exc)))
+                continue
+            except MemoryError:
+                results.append(FileResult(path, error=f"ran out of memory reading {path}; try a machine with more memory"))
+                continue
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+            except Exception as exc:  # an internal error is still one line and exit 2
+                results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {exc}); please report it "
+                                                      "with the model's layout"))
+                continue
+            outcome = evaluate(report, spec) if spec is not None else None
+            results.append(FileResult(path, report=report, outcome=outcome))
+    return Run(results, spec)
+
+
+def _render(run, output_format: OutputFormat) -> str:  # type: ignore[no-untyped-def]
+    if output_format is OutputFormat.json:
+        from lipcheck.report import json_report
+
+        return json_report.render(run)
+    if output_format is OutputFormat.markdown:
+        from lipcheck.report import markdown
+
+        return markdown.render(run)
+    if output_format is OutputFormat.github:
+        from lipcheck.report import github
+
+        return github.render(run)
+    if output_format is OutputFormat.junit:
+        from lipcheck.report import junit
+
+        return junit.render(run)
+    if output_format is OutputFormat.csv:
+        from lipcheck.report import csv_report
+
+        return csv_report.render(run)
+    from rich.console import Console
+
+    from lipcheck.report import table
+
+    console = Console(record=True, file=open(os.devnull, "w"), no_color="NO_COLOR" in os.environ,  # noqa: SIM115
+                      width=int(os.environ.get("COLUMNS", 0)) or None)
+    table.render(run, console)
+    return console.export_text(styles=console.is_terminal and not console.no_color)
+
+
+def _emit(run, output_format: OutputFormat, output: Path | None) -> None:  # type: ignore[no-untyped-def]
+    if output_format is OutputFormat.table and output is None:
+        from rich.console import Console
+
+        from lipcheck.report import table
+
+        table.render(run, Console())
+    else:
+        text = _render(run, output_format)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomic(output, text)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if output_format is OutputFormat.github and summary:
+        from lipcheck.report import github
+
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(github.summary(run))
+        except OSError as exc:
+            _warn(f"cannot append to GITHUB_STEP_SUMMARY ({exc})")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import tempfile
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise _fail(f"cannot write {path}: folder {folder} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _fail(f"cannot write {path} ({exc.strerror}); choose a writable folder") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _finish(run, *, exit_zero: bool, strict: bool) -> None:  # type: ignore[no-untyped-def]
+    from lipcheck.gate import exit_status
+
+    single = len(run.results) == 1
+    problems = 0
+    for result in run.results:
+        name = "" if single else f"{result.path}: "
+        if result.error is not None:
+            sys.stderr.write(f"lipcheck: error: {name}{result.error}\n")
+            continue
+        bad = result.report.non_finite_layers
+        if bad:
+            sys.stderr.write(f"lipcheck: error: {name}non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound "
+                             "exists; fix or retrain these layers\n")
+        if result.outcome is not None and result.outcome.problems:
+            problems += 1
+            first = result.outcome.problems[0]
+            more = len(result.outcome.problems) - 1
+            text = f"{name}{first}" + (f" (and {more} more)" if more else "")
+            if strict:
+                sys.stderr.write(f"lipcheck: error: {text}; --strict makes this an error\n")
+            else:
+                _warn(text)
+    errors = len(run.errors) + sum(1 for r in run.results if r.report is not None and r.report.non_finite_layers)
+    code = exit_status(errors=errors, failed=len(run.failed), problems=problems, exit_zero=exit_zero, strict=strict)
+    if code:
+        raise typer.Exit(code)
+
+
+# -- commands ------------------------------------------------------------------------------------------
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="Model file: .pt/.pth/.bin/.ckpt, TorchScript, .safetensors or .onnx.")],
+    output_format: FormatOpt = None,
+    output: OutputOpt = None,
+    tol: TolOpt = None,
+    max_iter: MaxIterOpt = None,
+    seed: SeedOpt = None,
+    key: KeyOpt = None,
+    input_shape: ShapeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
+    from rich.console import Console
+
+    from lipcheck.errors import LipcheckError
+
+    try:
+        opts = _Options(config, {"format": output_format.value if output_format else None, "output": output,
+                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+    fmt, settings = opts.output_format(), opts.settings()
+    run = _analyse([str(model)], settings, opts.get("key"), None, Console(stderr=True))
+    if run.errors:
+        raise _fail(run.errors[0].error or "")
+    out = opts.get("output")
+    _emit(run, fmt, Path(out) if out else None)
+    _finish(run, exit_zero=False, strict=False)
+
+
+@app.command()
+def check(
+    models: Annotated[Optional[list[str]], typer.Argument(help="Model files or glob patterns (default: 'models' from the config).")] = None,
+    fail_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_ABOVE",
+                                                        help="Fail when the network bound is above this.")] = None,
+    bound: Annotated[Optional[BoundKind], typer.Option(envvar="LIPCHECK_BOUND",
+                                                       help="Bound judged by --fail-above: upper (graph bound where there is one, else the product), graph, or product. [default: upper]")] = None,
+    fail_layer_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE",
+                                                              help="Fail when any layer's upper bound is above this.")] = None,
+    layer_threshold: Annotated[Optional[list[str]], typer.Option(envvar="LIPCHECK_LAYER_THRESHOLD",
+                                                                 help="PATTERN=X: fail when a layer matching the glob PATTERN is above X (first match wins; repeatable).")] = None,
+    exit_zero: Annotated[Optional[bool], typer.Option("--exit-zero/--no-exit-zero", envvar="LIPCHECK_EXIT_ZERO",
+                                                      help="Exit 0 even when a gate fails (errors still exit 2).")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", envvar="LIPCHECK_STRICT",
+                                                   help="Exit 2 when a tensor is skipped or a requested bound does not exist.")] = None,
+    output_format: FormatOpt = None,
+    output: OutputOpt = None,
+    tol: TolOpt = None,
+    max_iter: MaxIterOpt = None,
+    seed: SeedOpt = None,
+    key: KeyOpt = None,
+    input_shape: ShapeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Gate CI on Lipschitz bounds: exit 1 when a model is above a threshold (design.md §4)."""
+    from rich.console import Console
+
+    from lipcheck.errors import LipcheckError
+    from lipcheck.gate import GateSpec
+
+    try:
+        opts = _Options(config, {
+            "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
+            "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
+            "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
+            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+    paths = opts.get("models")
+    if not paths:
+        raise _fail("no model given; name files or globs (lipcheck check model.onnx) or set 'models' in [tool.lipcheck]")
+    fmt, settings = opts.output_format(), opts.settings()
+    thresholds = opts.get("layer-threshold") or []
+    if isinstance(thresholds, dict):
+        pairs = tuple((str(p), float(v)) for p, v in thresholds.items())
+    else:
+        pairs = tuple(_parse_threshold(str(t)) for t in thresholds)
+    bound_kind = str(opts.get("bound"))
+    if bound_kind not in {b.value for b in BoundKind}:
+        raise _fail(f"unknown bound {bound_kind!r}; choose upper, graph or product")
+    spec = GateSpec(
+        fail_above=_float_or_none(opts.get("fail-above")), bound=bound_kind,
+        fail_layer_above=_float_or_none(opts.get("fail-layer-above")), layer_thresholds=pairs,
+        strict=bool(opts.get("strict")))
+    if not spec.active:
+        _warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
+    run = _analyse(_expand([str(p) for p in paths]), settings, opts.get("key"), spec, Console(stderr=True))
+    out = opts.get("output")
+    _emit(run, fmt, Path(out) if out else None)
+    _finish(run, exit_zero=bool(opts.get("exit-zero")), strict=spec.strict)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class _progress_bar:
@@ -106,6 +398,7 @@ class _progress_bar:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=console, transient=True, disable=not console.is_terminal)
         self.task = self.bar.add_task("layers", total=None)
+        self.model = ""
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         self.bar.__enter__()
@@ -116,7 +409,8 @@ class _progress_bar:
 
     def __call__(self, index: int, total: int, layer) -> None:  # type: ignore[no-untyped-def]
         name = layer.display_name if layer is not None else "done"
-        self.bar.update(self.task, completed=index, total=total, description=f"σ {name}")
+        prefix = f"{self.model}: " if self.model else ""
+        self.bar.update(self.task, completed=index, total=total, description=f"{prefix}σ {name}")
 
 
 def main() -> None:

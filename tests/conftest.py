@@ -30,3 +30,31 @@ def run_cli():
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):  # type: ignore[no-untyped-def]
+    """Run the CLI in this process (fast; same code path as the console script).
+
+    Returns (exit code, stdout, stderr). ``run_cli`` is for what needs a real process boundary.
+    """
+    from lipcheck.cli import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+    for name in list(os.environ):
+        if name.startswith("LIPCHECK_") or name == "GITHUB_STEP_SUMMARY":
+            monkeypatch.delenv(name)
+
+    def run(*args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            app(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,54 +1,18 @@
-"""The terminal renderer: a rich table of layers with the bounds beneath it."""
+"""The terminal renderer: a rich table of layers with the bounds and the gate beneath it."""
 
 from __future__ import annotations
 
-import math
-
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
 from lipcheck.report.data import LayerReport, Report
+from lipcheck.report.numbers import at_text, interval_text, product_text, up
+from lipcheck.report.run import FileResult, Run
 
-
-def _down(x: float, digits: int = 6) -> str:
-    """Format x with ``digits`` significant digits, rounded toward zero (a lower end stays lower)."""
-    return _directed(x, digits, math.floor)
-
-
-def _up(x: float, digits: int = 6) -> str:
-    """Format x with ``digits`` significant digits, rounded up (an upper end stays an upper bound)."""
-    return _directed(x, digits, math.ceil)
-
-
-def _directed(x: float, digits: int, rounding) -> str:  # type: ignore[no-untyped-def]
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    exponent = math.floor(math.log10(abs(x))) - digits + 1
-    scaled = rounding(x / 10.0**exponent)
-    value = scaled * 10.0**exponent
-    if 1e-4 <= abs(x) < 10.0**digits:
-        return f"{value:.{max(0, -exponent)}f}"
-    return f"{value:.{digits - 1}e}"
-
-
-def _interval(layer: LayerReport) -> str:
-    lip = layer.lipschitz
-    if lip is None:
-        return "n/a"
-    lower = _down(lip.lower) if lip.lower is not None else "?"
-    return f"[{lower}, {_up(lip.upper)}]"
-
-
-def _at(layer: LayerReport) -> Text:
-    """Where a conv's interval holds: its input size, every size, or (no geometry) a loose bound."""
-    if layer.op not in CONV_OPS + CONV_TRANSPOSE_OPS:
-        return Text("")
-    if layer.input_size is not None:
-        return Text("×".join(map(str, layer.input_size)))
-    method = layer.lipschitz.method if layer.lipschitz is not None else ""
-    return Text("any size" if method.startswith(("input size unknown", "1x1")) else "no geometry", style="dim")
+_BAR_WIDTH = 12
+# Narrower terminals get the table without the bar column.
+_BARS_FROM_WIDTH = 110
 
 
 def _sigma(layer: LayerReport) -> Text:
@@ -57,17 +21,16 @@ def _sigma(layer: LayerReport) -> Text:
     return Text(f"{layer.sigma:.6g}")
 
 
-def _product(report: Report) -> str:
-    b = report.bound
-    if b.product_log10 is None:
-        return "n/a (a layer has non-finite weights)"
-    if b.product is not None and 1e-4 <= b.product < 1e7:
-        return _up(b.product)
-    return f"10^{b.product_log10:.4f}"
+def _bar(layer: LayerReport, largest: float) -> Text:
+    """The layer's upper end as a bar, relative to the largest layer of the model."""
+    if layer.lipschitz is None or largest <= 0:
+        return Text("")
+    eighths = round(8 * _BAR_WIDTH * layer.lipschitz.upper / largest)
+    return Text("█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8], style="cyan")
 
 
-def build(report: Report) -> Group:
-    """Build the rich renderable of a report."""
+def build(report: Report, bars: bool = True) -> Group:
+    """Build the rich renderable of a report; ``bars`` adds a column of per-layer bars."""
     table = Table(title=Text(f"{report.model_path} ({report.model_format})"), title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
@@ -77,14 +40,18 @@ def build(report: Report) -> Group:
     table.add_column(Text("Lipschitz [lower, upper]"), justify="right")
     table.add_column("at", justify="right")
     table.add_column("iters", justify="right")
+    if bars:
+        table.add_column("upper", no_wrap=True)
+    largest = max((layer.lipschitz.upper for layer in report.layers if layer.lipschitz is not None), default=0.0)
     for index, layer in enumerate(report.layers):
         iters = str(layer.iterations) + ("" if layer.converged else "*")
         # Text cells: names from a file must never be read as rich markup.
         table.add_row(str(index), Text(layer.display_name), Text(layer.op), Text("×".join(map(str, layer.shape))),
-                      _sigma(layer), Text(_interval(layer)), _at(layer), iters)
-    lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), _product(report))]
+                      _sigma(layer), Text(interval_text(layer)), Text(at_text(layer), style="dim"), iters,
+                      *([_bar(layer, largest)] if bars else []))
+    lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), product_text(report))]
     graph = report.bound.graph
-    lines.append(Text.assemble(("graph bound: ", "bold"), _up(graph) if graph is not None else "n/a"))
+    lines.append(Text.assemble(("graph bound: ", "bold"), up(graph) if graph is not None else "n/a"))
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
         lines.append(Text("* not converged within --max-iter: the interval is still certified, but wider than --tol", style="yellow"))
     for assumption in report.bound.assumptions:
@@ -98,6 +65,23 @@ def build(report: Report) -> Group:
     return Group(table, *lines)
 
 
-def render(report: Report, console: Console) -> None:
-    """Print a report to a console."""
-    console.print(build(report))
+def _result(result: FileResult, bars: bool) -> list[RenderableType]:
+    if result.error is not None:
+        return [Text(f"{result.path}: error: {result.error}", style="bold red")]
+    assert result.report is not None
+    parts: list[RenderableType] = [build(result.report, bars)]
+    if result.outcome is not None:
+        if result.failed:
+            parts.append(Text("gate: FAILED", style="bold red"))
+            parts += [Text(f"  {check.message}", style="red") for check in result.outcome.failures]
+        else:
+            parts.append(Text("gate: passed", style="bold green"))
+    return parts
+
+
+def render(run: Run, console: Console) -> None:
+    """Print every file of a run to a console."""
+    for index, result in enumerate(run.results):
+        if index:
+            console.print()
+        console.print(Group(*_result(result, bars=console.width >= _BARS_FROM_WIDTH)))

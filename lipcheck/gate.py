@@ -1,0 +1,136 @@
+"""The pass/fail rule of a CI gate: which bound is judged, against which thresholds.
+
+Values are compared exactly (``value > threshold`` fails) and messages print them with ``repr``,
+so a gate never shows 10.0 while failing at 10.0003.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from lipcheck.report.data import Report
+
+BOUND_KINDS = ("upper", "graph", "product")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """Thresholds for one run: a network bound, every layer, and layers by name pattern."""
+
+    fail_above: float | None = None
+    bound: str = "upper"  # upper: the graph bound where there is one, else the product
+    fail_layer_above: float | None = None
+    layer_thresholds: tuple[tuple[str, float], ...] = ()
+    strict: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether any threshold is set."""
+        return self.fail_above is not None or self.fail_layer_above is not None or bool(self.layer_thresholds)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison of a value against a threshold."""
+
+    name: str  # "bound" or "layer"
+    subject: str  # "product", "graph", or a layer name
+    value: float | None
+    threshold: float
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of gating one report."""
+
+    checks: list[Check]
+    problems: list[str] = field(default_factory=list)  # what --strict turns into exit 2
+
+    @property
+    def passed(self) -> bool:
+        """Whether every check passed."""
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        """The checks that failed."""
+        return [check for check in self.checks if not check.passed]
+
+
+def _exceeds(value: float | None, threshold: float) -> bool:
+    # An unknown or non-finite bound cannot pass a gate.
+    return value is None or math.isnan(value) or value > threshold
+
+
+def _network_value(report: Report, kind: str) -> tuple[str, float | None]:
+    b = report.bound
+    if kind == "graph" or (kind == "upper" and b.graph is not None):
+        return "graph", b.graph
+    if b.product is None and b.product_log10 is not None and b.product_log10 > 0:
+        return "product", math.inf  # beyond float range: above any threshold
+    return "product", b.product
+
+
+def evaluate(report: Report, spec: GateSpec) -> Outcome:
+    """Judge a report against the thresholds; the report itself is not changed."""
+    checks: list[Check] = []
+    if spec.fail_above is not None:
+        subject, value = _network_value(report, spec.bound)
+        failed = _exceeds(value, spec.fail_above)
+        if value is None:
+            why = "; ".join(report.bound.assumptions) or "no bound"
+            message = f"no {subject} bound for this model ({why}), so it cannot pass --fail-above {spec.fail_above!r}"
+        else:
+            verb = "above" if failed else "within"
+            message = f"{subject} bound {value!r} is {verb} --fail-above {spec.fail_above!r}"
+        checks.append(Check("bound", subject, value, spec.fail_above, not failed, message))
+    for layer in report.layers:
+        threshold, source = None, ""
+        for pattern, limit in spec.layer_thresholds:
+            if fnmatch.fnmatchcase(layer.display_name, pattern):
+                threshold, source = limit, f"--layer-threshold {pattern}={limit!r}"
+                break
+        if threshold is None and spec.fail_layer_above is not None:
+            threshold, source = spec.fail_layer_above, f"--fail-layer-above {spec.fail_layer_above!r}"
+        if threshold is None:
+            continue
+        value = layer.lipschitz.upper if layer.lipschitz is not None else None
+        failed = _exceeds(value, threshold)
+        shown = "non-finite" if value is None else repr(value)
+        message = f"layer {layer.display_name}: upper bound {shown} is {'above' if failed else 'within'} {source}"
+        checks.append(Check("layer", layer.display_name, value, threshold, not failed, message))
+    problems = [f"{s.name} was skipped ({s.reason})" for s in report.skipped]
+    if spec.bound == "graph" and report.bound.graph is None:
+        problems.append("no graph bound: " + ("; ".join(report.bound.assumptions) or "no graph in the file"))
+    return Outcome(checks, problems)
+
+
+def gate_dict(spec: GateSpec, outcome: Outcome) -> dict[str, Any]:
+    """The report contract's ``gate`` object."""
+    return {
+        "fail_above": spec.fail_above,
+        "bound": spec.bound,
+        "fail_layer_above": spec.fail_layer_above,
+        "layer_thresholds": {pattern: limit for pattern, limit in spec.layer_thresholds},
+        "passed": outcome.passed,
+        "failures": [{"check": c.name, "subject": c.subject, "value": c.value, "threshold": c.threshold,
+                      "message": c.message} for c in outcome.failures],
+    }
+
+
+def exit_status(*, errors: int, failed: int, problems: int, exit_zero: bool, strict: bool) -> int:
+    """The process exit code of design.md section 4 for a run's tallies.
+
+    Errors (and, with --strict, skipped or unbounded nodes) give 2; a failed gate gives 1 unless
+    --exit-zero; otherwise 0.
+    """
+    if errors or (strict and problems):
+        return 2
+    if failed and not exit_zero:
+        return 1
+    return 0

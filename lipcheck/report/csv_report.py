@@ -1,0 +1,45 @@
+"""CSV: one row per layer of every model, then one row per model with its network bound."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from lipcheck.report.run import Run
+
+COLUMNS = ["model", "layer", "op", "shape", "dtype", "sigma", "lower", "upper", "method", "input_size",
+           "converged", "threshold", "passed"]
+
+
+def render(run: Run) -> str:
+    """Render a run as CSV; numbers at full precision, empty cells for unknowns."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for result in run.results:
+        if result.report is None:
+            writer.writerow([result.path, "(error)", "", "", "", "", "", "", result.error] + [""] * 4)
+            continue
+        layer_checks = {c.subject: c for c in (result.outcome.checks if result.outcome else []) if c.name == "layer"}
+        for layer in result.report.layers:
+            lip = layer.lipschitz
+            check = layer_checks.get(layer.display_name)
+            writer.writerow([
+                result.path, layer.display_name, layer.op, "x".join(map(str, layer.shape)), layer.dtype,
+                _num(layer.sigma), _num(lip.lower if lip else None), _num(lip.upper if lip else None),
+                lip.method if lip else "", "x".join(map(str, layer.input_size)) if layer.input_size else "",
+                str(layer.converged).lower(), _num(check.threshold if check else None),
+                "" if check is None else str(check.passed).lower(),
+            ])
+        bound_checks = [c for c in (result.outcome.checks if result.outcome else []) if c.name == "bound"]
+        b = result.report.bound
+        for subject, value in (("product", b.product), ("graph", b.graph)):
+            check = next((c for c in bound_checks if c.subject == subject), None)
+            writer.writerow([result.path, f"({subject} bound)", "", "", "", "", _num(b.lower if subject == "graph" else None),
+                             _num(value), "", "", "", _num(check.threshold if check else None),
+                             "" if check is None else str(check.passed).lower()])
+    return out.getvalue()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(value)

@@ -1,0 +1,40 @@
+"""GitHub Actions: one ``::error`` annotation per failing model, and a job-summary table.
+
+Escaping follows the runner's workflow-command rules: in the message, % CR LF are
+percent-encoded; in properties (file, title) also : and ,.
+"""
+
+from __future__ import annotations
+
+from lipcheck.report import markdown
+from lipcheck.report.run import Run
+
+
+def escape_data(text: str) -> str:
+    """Escape an annotation's message."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Escape an annotation property value (file=, title=)."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render(run: Run) -> str:
+    """Annotation lines for failing and unreadable models, then one plain summary line."""
+    lines = []
+    for result in run.results:
+        if result.error is not None:
+            lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: cannot analyse')}"
+                         f"::{escape_data(result.error)}")
+        elif result.failed and result.outcome is not None:
+            message = "\n".join(check.message for check in result.outcome.failures)
+            lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: Lipschitz gate failed')}"
+                         f"::{escape_data(message)}")
+    lines.append(f"lipcheck: {len(run.results)} model(s), {len(run.failed)} failed, {len(run.errors)} error(s)")
+    return "\n".join(lines) + "\n"
+
+
+def summary(run: Run) -> str:
+    """The markdown appended to $GITHUB_STEP_SUMMARY."""
+    return markdown.render(run)

@@ -1,0 +1,59 @@
+"""Numbers as text for every renderer: directed rounding keeps a printed bound a bound."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
+from lipcheck.report.data import LayerReport, Report
+
+
+def down(x: float, digits: int = 6) -> str:
+    """Format x with ``digits`` significant digits, rounded toward -inf (a lower end stays lower)."""
+    return _directed(x, digits, math.floor)
+
+
+def up(x: float, digits: int = 6) -> str:
+    """Format x with ``digits`` significant digits, rounded toward +inf (an upper end stays an upper bound)."""
+    return _directed(x, digits, math.ceil)
+
+
+def _directed(x: float, digits: int, rounding: Callable[[float], int]) -> str:
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    exponent = math.floor(math.log10(abs(x))) - digits + 1
+    scaled = rounding(x / 10.0**exponent)
+    value = scaled * 10.0**exponent
+    if 1e-4 <= abs(x) < 10.0**digits:
+        return f"{value:.{max(0, -exponent)}f}"
+    return f"{value:.{digits - 1}e}"
+
+
+def interval_text(layer: LayerReport) -> str:
+    """A layer's Lipschitz interval, rounded outward; ? for an unknown lower end."""
+    lip = layer.lipschitz
+    if lip is None:
+        return "n/a"
+    lower = down(lip.lower) if lip.lower is not None else "?"
+    return f"[{lower}, {up(lip.upper)}]"
+
+
+def at_text(layer: LayerReport) -> str:
+    """Where a conv's interval holds: its input size, every size, or (no geometry) a loose bound."""
+    if layer.op not in CONV_OPS + CONV_TRANSPOSE_OPS:
+        return ""
+    if layer.input_size is not None:
+        return "×".join(map(str, layer.input_size))
+    method = layer.lipschitz.method if layer.lipschitz is not None else ""
+    return "any size" if method.startswith(("input size unknown", "1x1")) else "no geometry"
+
+
+def product_text(report: Report) -> str:
+    """The product bound, rounded up, or its log10 when it is beyond float range."""
+    b = report.bound
+    if b.product_log10 is None:
+        return "n/a (a layer has non-finite weights)"
+    if b.product is not None and 1e-4 <= b.product < 1e7:
+        return up(b.product)
+    return f"10^{b.product_log10:.4f}"
