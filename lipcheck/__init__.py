@@ -6,15 +6,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect", "LipcheckError"]
+__all__ = ["__version__", "inspect", "bound", "check", "LipcheckError"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `lipcheck --version` does not pay for torch.
-    if name == "inspect":
-        from lipcheck.api import inspect
+    if name in ("inspect", "bound", "check"):
+        from lipcheck import api
 
-        return inspect
+        return getattr(api, name)
     if name == "LipcheckError":
         from lipcheck.errors import LipcheckError
 

@@ -2,32 +2,74 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from lipcheck import __version__
-from lipcheck.bound import PRODUCT_ASSUMPTION, log10_product, product_from_log10
+from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_from_log10
+from lipcheck.errors import LipcheckError
 from lipcheck.formats import load
+from lipcheck.gate import GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.settings import Settings
 from lipcheck.spectral.layer import estimate
 
+if TYPE_CHECKING:
+    import torch
+
 Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
 
 def inspect(
-    path: str | Path,
+    path: "str | Path | torch.nn.Module",
     *,
     settings: Settings | None = None,
     key: str | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Load a model file and estimate every layer's spectral norm and the product bound."""
+    """Load a model file (or take a live torch module) and estimate every layer and the bounds."""
     settings = settings or Settings()
-    model = load(Path(path), key=key, input_shapes=settings.input_shape)
+    if isinstance(path, (str, Path)):
+        model = load(Path(path), key=key, input_shapes=settings.input_shape)
+    else:
+        from lipcheck.formats import torch_module
+
+        model = torch_module.load(path, settings.input_shape)
     return analyze(model, settings, progress)
+
+
+def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
+          settings: Settings | None = None, key: str | None = None) -> float:
+    """Return the network's certified upper bound: the graph bound where there is one, else the product.
+
+    ``kind`` is upper, graph or product (as ``check --bound``). Raises LipcheckError when that
+    bound does not exist (non-finite weights, or no graph bound).
+    """
+    report = inspect(path, settings=_with_shape(settings, input_shape), key=key)
+    value = report.bound.graph if kind == "graph" or (kind == "upper" and report.bound.graph is not None) \
+        else report.bound.product
+    if value is None:
+        raise LipcheckError(f"no {kind} bound for this model: {'; '.join(report.bound.assumptions) or 'see the report'}")
+    return value
+
+
+def check(path: "str | Path | torch.nn.Module", *, fail_above: float | None = None, bound: str = "upper",
+          fail_layer_above: float | None = None, layer_thresholds: dict[str, float] | None = None,
+          input_shape: tuple[int, ...] | None = None, settings: Settings | None = None) -> Outcome:
+    """Gate a model as ``lipcheck check`` does; the outcome is truthy when every check passed.
+
+    ``assert lipcheck.check("model.onnx", fail_above=10)`` shows the failing checks on failure.
+    """
+    spec = GateSpec(fail_above=fail_above, bound=bound, fail_layer_above=fail_layer_above,
+                    layer_thresholds=tuple((layer_thresholds or {}).items()))
+    return evaluate(inspect(path, settings=_with_shape(settings, input_shape)), spec)
+
+
+def _with_shape(settings: Settings | None, input_shape: tuple[int, ...] | None) -> Settings:
+    settings = settings or Settings()
+    return replace(settings, input_shape=(tuple(input_shape),)) if input_shape is not None else settings
 
 
 def analyze(model: Model, settings: Settings, progress: Progress | None = None) -> Report:

@@ -385,6 +385,53 @@ def check(
     _finish(run, exit_zero=bool(opts.get("exit-zero")), strict=spec.strict)
 
 
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier checkpoint.")],
+    new: Annotated[Path, typer.Argument(help="The later checkpoint of the same model.")],
+    fail_if_grows: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_IF_GROWS",
+                                                           help="Exit 1 when a layer's upper bound or the product grows by more than this many percent.")] = None,
+    output_format: FormatOpt = None,
+    output: OutputOpt = None,
+    tol: TolOpt = None,
+    max_iter: MaxIterOpt = None,
+    seed: SeedOpt = None,
+    key: KeyOpt = None,
+    input_shape: ShapeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Compare per-layer σ and bounds between two checkpoints (training drift)."""
+    from rich.console import Console
+
+    from lipcheck.diff import compare
+    from lipcheck.errors import LipcheckError
+    from lipcheck.report import drift as drift_render
+
+    try:
+        opts = _Options(config, {"fail-if-grows": fail_if_grows, "format": output_format.value if output_format else None,
+                                 "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "key": key,
+                                 "input-shape": input_shape})
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+    fmt, settings = opts.output_format(), opts.settings()
+    run = _analyse([str(old), str(new)], settings, opts.get("key"), None, Console(stderr=True))
+    if run.errors:
+        raise _fail(run.errors[0].error or "")
+    reports = [r.report for r in run.results]
+    drift = compare(reports[0], reports[1], _float_or_none(opts.get("fail-if-grows")))  # type: ignore[arg-type]
+    out = opts.get("output")
+    if fmt is OutputFormat.table and not out:
+        drift_render.render_table(drift, Console())
+    elif fmt in (OutputFormat.table, OutputFormat.json, OutputFormat.markdown):
+        text = {OutputFormat.json: drift_render.render_json, OutputFormat.markdown: drift_render.render_markdown}.get(
+            fmt, drift_render.render_markdown)(drift)
+        _write_atomic(Path(out), text) if out else sys.stdout.write(text)
+    else:
+        raise _fail(f"diff writes table, json or markdown, not {fmt.value}")
+    if drift.failures:
+        raise typer.Exit(1)
+
+
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 

@@ -61,6 +61,13 @@ class Outcome:
         """The checks that failed."""
         return [check for check in self.checks if not check.passed]
 
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        verdict = "passed" if self.passed else "failed: " + "; ".join(c.message for c in self.failures)
+        return f"<lipcheck gate {verdict}>"
+
 
 def _exceeds(value: float | None, threshold: float) -> bool:
     # An unknown or non-finite bound cannot pass a gate.

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lipcheck.bound import log10_product, product_from_log10
+from lipcheck.product import log10_product, product_from_log10
 
 
 @pytest.mark.parametrize("sigma", [1e-3, 0.5, 7.0, 1e3])

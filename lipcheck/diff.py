@@ -1,0 +1,74 @@
+"""Drift between two checkpoints of the same model: per-layer sigma and bound changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lipcheck.report.data import Report
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """One layer in both files (or only in one: the other side is None)."""
+
+    name: str
+    old_sigma: float | None
+    new_sigma: float | None
+    old_upper: float | None
+    new_upper: float | None
+
+    @property
+    def growth(self) -> float | None:
+        """Relative change of the Lipschitz upper end, in percent (None when not comparable)."""
+        return _growth(self.old_upper, self.new_upper)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Every layer's change and the product bound's, with the --fail-if-grows verdict."""
+
+    old: Report
+    new: Report
+    layers: list[LayerChange]
+    fail_if_grows: float | None
+
+    @property
+    def product_growth(self) -> float | None:
+        """Relative change of the product bound, in percent."""
+        return _growth(self.old.bound.product, self.new.bound.product)
+
+    @property
+    def failures(self) -> list[str]:
+        """What grew by more than --fail-if-grows percent; exact values in the messages."""
+        if self.fail_if_grows is None:
+            return []
+        limit = self.fail_if_grows
+        out = [f"layer {c.name}: upper bound {c.old_upper!r} -> {c.new_upper!r} (+{c.growth!r}%) grew more than {limit!r}%"
+               for c in self.layers if c.growth is not None and c.growth > limit]
+        growth = self.product_growth
+        if growth is not None and growth > limit:
+            out.append(f"product bound {self.old.bound.product!r} -> {self.new.bound.product!r} (+{growth!r}%) "
+                       f"grew more than {limit!r}%")
+        return out
+
+
+def _growth(old: float | None, new: float | None) -> float | None:
+    if old is None or new is None or old <= 0.0:
+        return None
+    return (new - old) / old * 100.0
+
+
+def compare(old: Report, new: Report, fail_if_grows: float | None = None) -> Drift:
+    """Match layers by name (with scope) and compare them."""
+    before = {layer.display_name: layer for layer in old.layers}
+    after = {layer.display_name: layer for layer in new.layers}
+    names = [layer.display_name for layer in new.layers] + [n for n in before if n not in after]
+    changes = []
+    for name in names:
+        a, b = before.get(name), after.get(name)
+        changes.append(LayerChange(
+            name,
+            a.sigma if a else None, b.sigma if b else None,
+            a.lipschitz.upper if a and a.lipschitz else None, b.lipschitz.upper if b and b.lipschitz else None,
+        ))
+    return Drift(old, new, changes, fail_if_grows)

@@ -1,0 +1,65 @@
+"""A live torch.nn.Module (Python API only): its Linear/Conv/ConvTranspose weights and geometry.
+
+Nothing is loaded from disk, so nothing untrusted runs; with ``input_shapes`` the caller's own
+module is run once on zeros (under no_grad) to learn each conv's input size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lipcheck.errors import LipcheckError
+from lipcheck.formats.named_tensors import dtype_name, op_for_weight
+from lipcheck.formats.torchscript import _geometry
+from lipcheck.model import Layer, Model
+
+_CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+    """Read a module's layers; spectral-norm parametrizations give the effective weight."""
+    layers: list[Layer] = []
+    by_module: dict[int, Layer] = {}
+    for prefix, sub in module.named_modules():
+        if not isinstance(sub, (torch.nn.Linear, *_CONVS, *_TRANSPOSED)):
+            continue
+        weight = sub.weight.detach()
+        transposed = isinstance(sub, _TRANSPOSED)
+        op = "linear" if isinstance(sub, torch.nn.Linear) else op_for_weight(weight.dim(), transposed)
+        if op is None:
+            continue
+        name = f"{prefix}.weight" if prefix else "weight"
+        layer = Layer(name, op, tuple(weight.shape), dtype_name(weight.dtype),
+                      (lambda s=sub: s.weight.detach()), geometry=None if op == "linear" else _geometry(sub),
+                      note=f"module {prefix or '(root)'}: {type(sub).__name__}")
+        layers.append(layer)
+        by_module[id(sub)] = layer
+    model = Model(f"<{type(module).__name__}>", "module", layers)
+    if input_shapes is not None:
+        _input_sizes(module, by_module, input_shapes)
+    return model
+
+
+def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_shapes: tuple[tuple[int, ...], ...]) -> None:
+    def hook(sub: torch.nn.Module, args: tuple) -> None:  # type: ignore[type-arg]
+        layer = by_module.get(id(sub))
+        if layer is not None and layer.is_conv and args and isinstance(args[0], torch.Tensor):
+            layer.input_spatial = tuple(args[0].shape[2:])
+
+    handles = [sub.register_forward_pre_hook(hook) for sub in module.modules() if id(sub) in by_module]
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(*(torch.zeros(shape, dtype=dtype, device=device) for shape in input_shapes))
+    except Exception as exc:  # the caller's own module refused the shapes
+        raise LipcheckError(f"the module did not accept input_shape {list(input_shapes)} ({exc}); pass the shapes "
+                            "its forward takes, batch first") from None
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
