@@ -215,3 +215,17 @@ def test_outcome_for_unused_check_type_is_constructible() -> None:
     # The Check/Outcome types are the Python API's gate result; passed is all checks passed.
     outcome = Outcome([Check("bound", "product", 2.0, 1.0, False, "m")])
     assert not outcome.passed and outcome.failures
+
+
+def test_action_and_pre_commit_definitions_match_the_cli(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """action.yml passes thresholds through LIPCHECK_* variables; the hook runs `lipcheck check`."""
+    root = SAMPLES.parent
+    action = (root / "action.yml").read_text()
+    hook = (root / ".pre-commit-hooks.yaml").read_text()
+    assert "entry: lipcheck check" in hook and "lipcheck check ${{ inputs.models }} --format github" in action
+    for variable, value, expected in [("LIPCHECK_FAIL_ABOVE", "1.0", 1), ("LIPCHECK_FAIL_LAYER_ABOVE", "1.4", 1)]:
+        assert f"{variable}:" in action
+        monkeypatch.setenv(variable, value)
+        assert cli("check", CNN, "--format", "github")[0] == expected
+        monkeypatch.delenv(variable)
+    assert cli("check", CNN, "--format", "github")[0] == 0
