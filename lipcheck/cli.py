@@ -385,6 +385,60 @@ def check(
     _finish(run, exit_zero=bool(opts.get("exit-zero")), strict=spec.strict)
 
 
+class Convention(str, enum.Enum):
+    """What normalize divides each layer by."""
+
+    lipschitz = "lipschitz"
+    torch = "torch"
+
+
+@app.command()
+def normalize(
+    model: Annotated[Path, typer.Argument(help="Model file to normalize (never modified).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the normalized copy (same format).")],
+    target: Annotated[float, typer.Option(help="Each selected layer's Lipschitz bound after normalization.")] = 1.0,
+    budget: Annotated[Optional[float], typer.Option(help="A whole-network target K: each of the L selected layers gets K^(1/L).")] = None,
+    convention: Annotated[Convention, typer.Option(help="lipschitz: divide by the certified Lipschitz upper bound (conv operator norm); torch: by the reshaped σ, as torch's spectral_norm.")] = Convention.lipschitz,
+    clip: Annotated[bool, typer.Option("--clip", help="Only shrink layers above the target.")] = False,
+    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="Glob of layer names to normalize (repeatable; default all).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    tol: TolOpt = None,
+    max_iter: MaxIterOpt = None,
+    seed: SeedOpt = None,
+    key: KeyOpt = None,
+    input_shape: ShapeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a spectrally normalized copy of the model (W ← W/σ(W)) and show before/after."""
+    from rich.console import Console
+
+    from lipcheck.errors import LipcheckError
+
+    try:
+        opts = _Options(config, {"tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+        settings = opts.settings()
+        from lipcheck.normalize import normalize as run_normalize
+
+        with _progress_bar(Console(stderr=True)):
+            result = run_normalize(model, output, target=target, budget=budget, convention=convention.value, clip=clip,
+                                   layers=tuple(layers or ()), force=force, settings=settings, key=opts.get("key"))
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:  # an internal error is still one line and exit 2
+        raise _fail(f"internal error ({type(exc).__name__}: {exc}); the input is unchanged; please report it") from None
+    for warning in result.warnings:
+        _warn(warning)
+    from lipcheck.report import normalize_table
+
+    if output_format is OutputFormat.json:
+        sys.stdout.write(normalize_table.render_json(result))
+    else:
+        normalize_table.render(result, Console())
+
+
 @app.command()
 def diff(
     old: Annotated[Path, typer.Argument(help="The earlier checkpoint.")],

@@ -80,3 +80,13 @@ class Model:
     layers: list[Layer] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WeightEdit:
+    """How normalize changes one stored weight: divide it, or (spectral-norm layers) set u and v."""
+
+    name: str
+    scope: str = ""
+    divisor: float | None = None
+    vectors: tuple["torch.Tensor", "torch.Tensor"] | None = None

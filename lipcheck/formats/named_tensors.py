@@ -128,3 +128,12 @@ def _spectral_norm_layer(orig: TensorEntry, u: TensorEntry, v: TensorEntry) -> L
         warm_u=u.load,
         note=f"spectral-norm trained: effective weight = {orig.name} / (u^T W v) with the stored u, v",
     )
+
+
+def sn_vector_names(orig_name: str) -> tuple[str, str]:
+    """The stored u and v names that belong to a spectral-norm ``weight_orig``/``original`` tensor."""
+    if m := _SN_OLD.match(orig_name):
+        return f"{m['base']}weight_u", f"{m['base']}weight_v"
+    if m := _SN_NEW.match(orig_name):
+        return f"{m['base']}parametrizations.weight.0._u", f"{m['base']}parametrizations.weight.0._v"
+    raise KeyError(orig_name)

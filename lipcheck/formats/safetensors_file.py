@@ -8,8 +8,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lipcheck.errors import CorruptFileError
-from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key
-from lipcheck.model import Model
+from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key, sn_vector_names
+from lipcheck.model import Model, WeightEdit
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -41,3 +41,20 @@ def load(path: Path) -> Model:
     ]
     layers, skipped = classify(entries)
     return Model(str(path), "safetensors", layers, skipped)
+
+
+def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
+    """Write ``src`` with the edits applied to ``dst``, keeping every other tensor and the metadata."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    for edit in edits:
+        if edit.vectors is not None:
+            for name, vector in zip(sn_vector_names(edit.name), edit.vectors):
+                tensors[name] = vector.to(tensors[name].dtype).contiguous()
+        if edit.divisor is not None:
+            tensor = tensors[edit.name]
+            tensors[edit.name] = (tensor.to(torch.float64) / edit.divisor).to(tensor.dtype).contiguous()
+    save_file(tensors, str(dst), metadata=metadata)

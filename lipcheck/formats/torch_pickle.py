@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
-from lipcheck.formats.named_tensors import TensorEntry, classify
-from lipcheck.model import Model
+from lipcheck.formats.named_tensors import TensorEntry, classify, sn_vector_names
+from lipcheck.model import WeightEdit, Model
 
 # Where checkpoints keep the model's weights, most likely first.
 _MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params", "weights")
@@ -125,3 +125,32 @@ def load(path: Path, key: str | None = None) -> Model:
     if where is not None:
         model.notes.insert(0, f"weights read from checkpoint key '{where}'")
     return model
+
+
+def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(flattened name, container, key) for every tensor, as ``_flatten`` names them."""
+    out: list[tuple[str, Any, Any]] = []
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out.append((name, obj, key))
+        elif isinstance(value, Mapping):
+            out.extend(_slots(value, f"{name}."))
+    return out
+
+
+def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None) -> None:
+    """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded."""
+    obj = read(src)
+    state, _, _ = select_state_dict(obj, key)
+    slots = {name: (container, k) for name, container, k in _slots(state)}
+    for edit in edits:
+        if edit.vectors is not None:
+            for slot_name, vector in zip(sn_vector_names(edit.name), edit.vectors):
+                container, k = slots[slot_name]
+                container[k] = vector.to(container[k].dtype).clone()
+        if edit.divisor is not None:
+            container, k = slots[edit.name]
+            tensor = container[k]
+            container[k] = (tensor.to(torch.float64) / edit.divisor).to(tensor.dtype)
+    torch.save(obj, dst)

@@ -9,7 +9,7 @@ import torch
 
 from lipcheck.errors import CorruptFileError, LipcheckError
 from lipcheck.formats.named_tensors import TensorEntry, classify, dtype_name, op_for_weight
-from lipcheck.model import ConvGeometry, Layer, Model, Skipped
+from lipcheck.model import ConvGeometry, Layer, Model, Skipped, WeightEdit
 
 _EMBEDDINGS = {"Embedding", "EmbeddingBag"}
 _TRANSPOSED = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
@@ -190,3 +190,19 @@ def _constant_list(value: torch._C.Value) -> tuple[int, ...]:
     if not all(isinstance(item, int) for item in items):
         raise ValueError("not a constant list")
     return items  # type: ignore[return-value]
+
+
+def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
+    """Write ``src`` with the listed parameters divided, via torch.jit.save."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(src), map_location="cpu")
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        with torch.no_grad():
+            for edit in edits:
+                if edit.vectors is not None:
+                    raise LipcheckError("spectral-norm parametrized TorchScript modules cannot be rewritten; normalize the checkpoint instead")
+                if edit.divisor is not None:
+                    tensor = tensors[edit.name]
+                    tensor.copy_((tensor.to(torch.float64) / edit.divisor).to(tensor.dtype))
+        torch.jit.save(module, str(dst))

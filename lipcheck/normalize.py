@@ -1,0 +1,195 @@
+"""Spectral normalization of a model file (the seed's eq. 22, W <- W / sigma(W)), in its own format.
+
+By default each selected layer is divided by its certified Lipschitz upper end over the target,
+so the written layer's Lipschitz constant is at most the target (for dense layers this is
+W / sigma(W) up to 1e-6); ``convention="torch"`` divides convs by the reshaped sigma, exactly as
+torch's spectral_norm does. Spectral-norm-trained layers (W_orig with stored u, v) are scale-free
+by construction: their u and v are set to W_orig's exact top singular vectors, so the effective
+weight's sigma is exactly 1.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lipcheck.api import analyze
+from lipcheck.atomic import replacing
+from lipcheck.errors import LipcheckError
+from lipcheck.formats import Format, detect, load
+from lipcheck.model import Layer, Model, WeightEdit
+from lipcheck.report.data import Report
+from lipcheck.settings import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with one layer, and why (for the before/after table)."""
+
+    name: str
+    target: float | None
+    divisor: float | None
+    action: str
+
+
+@dataclass
+class Result:
+    """The reports before and after, the per-layer plan, and warnings for the user."""
+
+    before: Report
+    after: Report
+    plans: list[Plan]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    if not src.is_file():
+        raise LipcheckError(f"{src} does not exist or is not a file; check the path")
+    if dst.exists() or dst.is_symlink():
+        if os.path.realpath(dst) == os.path.realpath(src) or (dst.exists() and os.path.samefile(dst, src)):
+            raise LipcheckError(f"the output {dst} is the input file; choose another output path (-o)")
+        if not force:
+            raise LipcheckError(f"{dst} already exists; pass --force to overwrite it")
+        if dst.is_dir():
+            raise LipcheckError(f"{dst} is a folder; give a file path with -o")
+
+
+def _sn_vectors(layer: Layer, model_path: Path, key: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top singular vectors of a spectral-norm layer's W_orig in its own reshape (dim 0 or 1)."""
+    from lipcheck.formats import torch_pickle
+
+    if detect(model_path) is Format.SAFETENSORS:
+        from safetensors import safe_open
+
+        with safe_open(str(model_path), framework="pt") as handle:
+            w = handle.get_tensor(layer.name)
+    else:
+        state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(model_path), key)
+        w = dict(torch_pickle._flatten(state))[layer.name]
+    w = w.to(torch.float64)
+    mat = (w.transpose(0, 1) if layer.is_transposed else w).reshape(w.shape[1] if layer.is_transposed else w.shape[0], -1)
+    u, _, vh = torch.linalg.svd(mat, full_matrices=False)
+    return u[:, 0], vh[0]
+
+
+_EPS = {"float64": 2.3e-16, "float32": 1.2e-7, "float16": 9.8e-4, "bfloat16": 7.9e-3}
+
+
+def margin(dtype: str, tol: float) -> float:
+    """Relative headroom for re-certification (interval width) and storage rounding of the dtype."""
+    return 2.0 * tol + 4.0 * _EPS.get(dtype, 1.2e-7)
+
+
+def plan(model: Model, report: Report, *, target: float, budget: float | None, convention: str, clip: bool,
+         patterns: tuple[str, ...]) -> tuple[list[Plan], list[WeightEdit], list[str]]:
+    """Decide every layer's divisor; layers that cannot be divided are left alone with a warning."""
+    selected = [i for i, layer in enumerate(model.layers)
+                if not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns)]
+    if not selected:
+        raise LipcheckError(f"no layer matches {', '.join(patterns)}; run lipcheck inspect to see the layer names")
+    per_layer = budget ** (1.0 / len(selected)) if budget is not None else target
+    plans, edits, warnings = [], [], []
+    for index, (layer, entry) in enumerate(zip(model.layers, report.layers)):
+        name = layer.display_name
+        if index not in selected:
+            plans.append(Plan(name, None, None, "not selected"))
+            continue
+        if layer.warm_u is not None and layer.name.endswith(("_orig", ".original")):
+            if not math.isclose(per_layer, 1.0):
+                warnings.append(f"{name}: a spectral-norm layer is normalized to 1 by construction; target {per_layer:g} "
+                                "does not apply to it")
+            plans.append(Plan(name, 1.0, None, "spectral-norm layer: u, v set to exact singular vectors"))
+            edits.append(WeightEdit(layer.name, layer.scope, None, ("sn", "sn")))  # type: ignore[arg-type]
+            continue
+        if entry.lipschitz is None or entry.sigma is None:
+            warnings.append(f"{name}: non-finite weights, left unchanged")
+            plans.append(Plan(name, per_layer, None, "left: non-finite"))
+            continue
+        value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+        if value == 0.0:
+            warnings.append(f"{name}: zero weights (σ = 0), left unchanged")
+            plans.append(Plan(name, per_layer, None, "left: σ = 0"))
+            continue
+        if clip and value <= per_layer:
+            plans.append(Plan(name, per_layer, None, "already within the target"))
+            continue
+        # A little extra so the written (rounded, re-certified) layer stays at or below the target.
+        divisor = value * (1.0 + margin(layer.dtype, report.settings.get("tol", 1e-6))) / per_layer
+        plans.append(Plan(name, per_layer, divisor, f"divided by {divisor:.6g}"))
+        edits.append(WeightEdit(layer.name, layer.scope, divisor))
+    return plans, edits, warnings
+
+
+def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: float | None = None,
+              convention: str = "lipschitz", clip: bool = False, layers: tuple[str, ...] = (), force: bool = False,
+              settings: Settings | None = None, key: str | None = None) -> Result:
+    """Write a spectrally normalized copy of ``src`` to ``dst``; ``src`` is never modified."""
+    src, dst = Path(src), Path(dst)
+    if not (target > 0 and math.isfinite(target)) or (budget is not None and not (budget > 0 and math.isfinite(budget))):
+        raise LipcheckError("--target and --budget must be positive numbers")
+    if convention not in ("lipschitz", "torch"):
+        raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
+    _check_paths(src, dst, force)
+    settings = settings or Settings()
+    fmt = detect(src)
+    model = load(src, key=key, input_shapes=settings.input_shape)
+    before = analyze(model, settings)
+    plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip,
+                                  patterns=tuple(layers))
+    by_name = {layer.name: layer for layer in model.layers}
+    edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key)) if e.vectors else e
+             for e in edits]
+    _write(fmt, src, dst, edits, key)
+    if fmt is Format.TORCH and _has_optimizer(src):
+        warnings.append("the checkpoint's optimizer state (moments) now describes the old weights; reset it "
+                        "before resuming training")
+    after = analyze(load(dst, key=key, input_shapes=settings.input_shape), settings)
+    # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
+    targets = {p.name: p.target for p in plans if p.divisor is not None}
+    fixes = []
+    for layer, entry in zip(model.layers, after.layers):
+        goal = targets.get(layer.display_name)
+        if goal is not None and entry.lipschitz is not None and entry.lipschitz.upper > goal:
+            value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+            if value is not None and value > goal:
+                fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
+    if fixes:
+        _write(fmt, dst, dst, fixes, key)
+        after = analyze(load(dst, key=key, input_shapes=settings.input_shape), settings)
+    return Result(before, after, plans, warnings)
+
+
+def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None) -> None:
+    if fmt is Format.TORCH:
+        from lipcheck.formats import torch_pickle
+
+        with replacing(dst) as (tmp,):
+            torch_pickle.save(src, tmp, edits, key)
+    elif fmt is Format.SAFETENSORS:
+        from lipcheck.formats import safetensors_file
+
+        with replacing(dst) as (tmp,):
+            safetensors_file.save(src, tmp, edits)
+    elif fmt is Format.TORCHSCRIPT:
+        from lipcheck.formats import torchscript
+
+        with replacing(dst) as (tmp,):
+            torchscript.save(src, tmp, edits)
+    elif fmt is Format.ONNX:
+        from lipcheck.formats import onnx_write
+
+        onnx_write.save(src, dst, edits)
+    else:  # pragma: no cover - the exhaustiveness test guards this
+        raise AssertionError(fmt)
+
+
+def _has_optimizer(path: Path) -> bool:
+    from lipcheck.formats import torch_pickle
+
+    obj = torch_pickle.read(path)
+    return isinstance(obj, dict) and any("optim" in str(k) for k in obj)

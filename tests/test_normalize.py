@@ -1,0 +1,211 @@
+"""`lipcheck normalize` for every format: the output loads with the format's own loader, each
+normalized layer's norm meets the target (float64 SVD / explicit conv operator), untouched
+tensors are identical, and the input is never changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lipcheck.api import inspect
+from lipcheck.errors import LipcheckError
+from lipcheck.normalize import normalize
+from tests.conftest import SAMPLES
+from tests.reference import exact_sigma, torch_convention_matrix
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _conv_norm(weight: torch.Tensor, padding: int, size: int, stride: int = 1) -> float:
+    w = weight.to(torch.float64)
+    x = torch.zeros(1, w.shape[1], size, size, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: torch.nn.functional.conv2d(t, w, padding=padding, stride=stride), x)
+    return exact_sigma(jac.reshape(-1, x.numel()))
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).eval()
+
+
+def test_state_dict_checkpoint_keeps_everything_else(tmp_path: Path) -> None:
+    net = _net()
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimizer.step()
+    src = tmp_path / "ckpt.pt"
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 7, "hparams": {"lr": 0.1}}, src)
+    digest = _sha(src)
+    result = normalize(src, tmp_path / "out.pt", target=2.0)
+    assert _sha(src) == digest
+    assert any("optimizer" in w for w in result.warnings)
+    before = torch.load(src, weights_only=True)
+    after = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert after["epoch"] == 7 and after["hparams"] == {"lr": 0.1}
+    assert torch.equal(after["optimizer"]["state"][0]["exp_avg"], before["optimizer"]["state"][0]["exp_avg"])
+    for name in ("0.bias", "3.bias", "5.bias"):
+        assert torch.equal(after["model"][name], before["model"][name])  # untouched: identical
+    for name in ("3.weight", "5.weight"):
+        sigma = exact_sigma(after["model"][name])
+        assert 2.0 * (1 - 1e-4) <= sigma <= 2.0
+    # A state_dict has no conv geometry: the conv is divided by its (loose) geometry-free bound.
+    assert _conv_norm(after["model"]["0.weight"], 1, 6) <= 2.0
+    report = inspect(tmp_path / "out.pt")
+    assert report.bound.product is not None and report.bound.product <= 2.0 ** 3
+
+
+def test_onnx_operator_norms_meet_the_target_and_the_file_runs(tmp_path: Path) -> None:
+    src = SAMPLES / "cnn.onnx"
+    digest = _sha(src)
+    dst = tmp_path / "cnn.onnx"
+    normalize(src, dst)
+    assert _sha(src) == digest
+    onnx.checker.check_model(str(dst))
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    assert session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 16, 16), np.float32)})[0].shape == (1, 10)
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(str(dst)).graph.initializer}
+    originals = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src)).graph.initializer}
+    for name, padding, size, stride in [("0.weight", 1, 16, 1), ("2.weight", 1, 16, 2)]:
+        norm = _conv_norm(weights[name], padding, size, stride)
+        assert 1.0 - 1e-4 <= norm <= 1.0
+    assert 1.0 - 1e-4 <= exact_sigma(weights["7.weight"]) <= 1.0
+    for name, array in originals.items():
+        if not name.endswith("weight"):
+            assert np.array_equal(array, weights[name].numpy())
+    assert inspect(dst).bound.product <= 1.0  # type: ignore[operator]
+
+
+def test_onnx_external_data_and_a_shared_weight(tmp_path: Path) -> None:
+    w = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32) * 3
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              initializer=[numpy_helper.from_array(w, "W")])
+    src = tmp_path / "in" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
+              save_as_external_data=True, location="m.weights", size_threshold=0)
+    dst = tmp_path / "out" / "n.onnx"
+    dst.parent.mkdir()
+    normalize(src, dst, target=0.5)
+    assert (dst.parent / "n.onnx.data").is_file() and sorted(os.listdir(dst.parent)) == ["n.onnx", "n.onnx.data"]
+    onnx.checker.check_model(str(dst))
+    ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    (tensor,) = onnx.load(str(dst)).graph.initializer
+    sigma = exact_sigma(torch.from_numpy(numpy_helper.to_array(tensor).copy()))
+    assert 0.5 * (1 - 1e-4) <= sigma <= 0.5  # divided once, not once per use
+
+
+def test_safetensors_keeps_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    tensors = {"fc.weight": torch.randn(8, 5), "fc.bias": torch.randn(8), "embed.weight": torch.randn(20, 5)}
+    src = tmp_path / "m.safetensors"
+    save_file(tensors, str(src), metadata={"format": "pt", "who": "test"})
+    normalize(src, tmp_path / "n.safetensors", target=3.0)
+    with safe_open(str(tmp_path / "n.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt", "who": "test"}
+        assert torch.equal(handle.get_tensor("fc.bias"), tensors["fc.bias"])
+        assert torch.equal(handle.get_tensor("embed.weight"), tensors["embed.weight"])  # skipped: untouched
+        assert 3.0 * (1 - 1e-4) <= exact_sigma(handle.get_tensor("fc.weight")) <= 3.0
+
+
+def test_torchscript_with_input_shape_and_torch_convention(tmp_path: Path) -> None:
+    from lipcheck.settings import Settings
+
+    src = tmp_path / "m.torchscript.pt"
+    torch.jit.script(_net()).save(str(src))
+    dst = tmp_path / "n.torchscript.pt"
+    normalize(src, dst, settings=Settings(input_shape=((1, 3, 6, 6),)))
+    module = torch.jit.load(str(dst))
+    conv = dict(module.named_parameters())["0.weight"].detach()
+    assert 1.0 - 1e-4 <= _conv_norm(conv, 1, 6) <= 1.0
+    normalize(src, dst, convention="torch", force=True)
+    conv = dict(torch.jit.load(str(dst)).named_parameters())["0.weight"].detach()
+    assert exact_sigma(torch_convention_matrix(conv)) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_clip_budget_and_layer_selection(tmp_path: Path) -> None:
+    state = {"a.weight": torch.eye(4) * 3.0, "b.weight": torch.eye(4) * 0.5, "c.weight": torch.eye(4) * 2.0}
+    src = tmp_path / "m.pt"
+    torch.save(state, src)
+    normalize(src, tmp_path / "clip.pt", clip=True)
+    out = torch.load(tmp_path / "clip.pt", weights_only=True)
+    assert torch.equal(out["b.weight"], state["b.weight"]) and exact_sigma(out["a.weight"]) <= 1.0
+    normalize(src, tmp_path / "budget.pt", budget=8.0)
+    out = torch.load(tmp_path / "budget.pt", weights_only=True)
+    assert all(exact_sigma(out[k]) == pytest.approx(2.0, rel=1e-4) for k in state)
+    normalize(src, tmp_path / "sel.pt", layers=("c.*",))
+    out = torch.load(tmp_path / "sel.pt", weights_only=True)
+    assert torch.equal(out["a.weight"], state["a.weight"]) and exact_sigma(out["c.weight"]) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(LipcheckError, match="no layer matches"):
+        normalize(src, tmp_path / "none.pt", layers=("zzz*",))
+
+
+def test_zero_layer_is_left_with_a_warning(tmp_path: Path) -> None:
+    src = tmp_path / "m.pt"
+    torch.save({"a.weight": torch.zeros(3, 3), "b.weight": torch.eye(3) * 4}, src)
+    result = normalize(src, tmp_path / "n.pt")
+    assert any("zero weights" in w for w in result.warnings)
+    out = torch.load(tmp_path / "n.pt", weights_only=True)
+    assert torch.equal(out["a.weight"], torch.zeros(3, 3))
+
+
+def test_spectral_norm_checkpoint_gets_exact_vectors(tmp_path: Path) -> None:
+    src = SAMPLES / "sn_discriminator.pt"
+    normalize(src, tmp_path / "sn.pt")
+    before = torch.load(src, weights_only=True)
+    after = torch.load(tmp_path / "sn.pt", weights_only=True)
+    for name, value in after.items():
+        if name.endswith("weight_orig"):
+            assert torch.equal(value, before[name])  # the scale-free weight itself is untouched
+            base = name.removesuffix("weight_orig")
+            w = value.to(torch.float64).reshape(value.shape[0], -1)
+            u, v = after[f"{base}weight_u"].double(), after[f"{base}weight_v"].double()
+            effective = w / torch.dot(u, w @ v)
+            assert exact_sigma(effective) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["same", "link", "hardlink", "exists"])
+def test_refuses_to_overwrite(tmp_path: Path, how: str) -> None:
+    src = tmp_path / "m.pt"
+    torch.save({"a.weight": torch.eye(3) * 2}, src)
+    digest = _sha(src)
+    dst = tmp_path / "out.pt"
+    if how == "same":
+        dst = src
+    elif how == "link":
+        dst.symlink_to(src)
+    elif how == "hardlink":
+        os.link(src, dst)
+    else:
+        dst.write_bytes(b"keep me")
+    with pytest.raises(LipcheckError):
+        normalize(src, dst, force=how != "exists")
+    assert _sha(src) == digest
+    if how == "exists":
+        assert dst.read_bytes() == b"keep me"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_normalize_prints_before_and_after(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli("normalize", str(SAMPLES / "mlp.onnx"), "-o", str(tmp_path / "n.onnx"), "--target", "0.5")
+    assert code == 0, err
+    assert "σ before" in out and "upper after" in out and "product bound:" in out
+    code, out, err = cli("normalize", str(SAMPLES / "mlp.onnx"), "-o", str(tmp_path / "n.onnx"))
+    assert code == 2 and "--force" in err and err.count("\n") == 1
+    code, out, err = cli("normalize", str(SAMPLES / "mlp.onnx"), "-o", str(tmp_path / "missing" / "n.onnx"))
+    assert code == 2 and "does not exist" in err
