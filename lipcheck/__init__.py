@@ -6,7 +6,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect", "bound", "check", "LipcheckError"]
+__all__ = ["__version__", "inspect", "bound", "check", "normalize", "spectral_normalize", "LipcheckError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,6 +15,14 @@ def __getattr__(name: str) -> Any:
         from lipcheck import api
 
         return getattr(api, name)
+    if name == "normalize":
+        from lipcheck.normalize import normalize
+
+        return normalize
+    if name == "spectral_normalize":
+        from lipcheck.training import spectral_normalize
+
+        return spectral_normalize
     if name == "LipcheckError":
         from lipcheck.errors import LipcheckError
 
