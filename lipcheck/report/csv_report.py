@@ -20,7 +20,7 @@ def render(run: Run) -> str:
         if result.report is None:
             writer.writerow([result.path, "(error)", "", "", "", "", "", "", result.error] + [""] * 4)
             continue
-        layer_checks = {c.subject: c for c in (result.outcome.checks if result.outcome else []) if c.name == "layer"}
+        layer_checks = {c.subject: c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "layer"}
         for layer in result.report.layers:
             lip = layer.lipschitz
             check = layer_checks.get(layer.display_name)
@@ -31,7 +31,7 @@ def render(run: Run) -> str:
                 str(layer.converged).lower(), _num(check.threshold if check else None),
                 "" if check is None else str(check.passed).lower(),
             ])
-        bound_checks = [c for c in (result.outcome.checks if result.outcome else []) if c.name == "bound"]
+        bound_checks = [c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "bound"]
         b = result.report.bound
         for subject, value in (("product", b.product), ("graph", b.graph)):
             check = next((c for c in bound_checks if c.subject == subject), None)
