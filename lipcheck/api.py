@@ -32,7 +32,7 @@ def inspect(
     """Load a model file (or take a live torch module) and estimate every layer and the bounds."""
     settings = settings or Settings()
     if isinstance(path, (str, Path)):
-        model = load(Path(path), key=key, input_shapes=settings.input_shape)
+        model = load(Path(path), key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     else:
         from lipcheck.formats import torch_module
 

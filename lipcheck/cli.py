@@ -81,6 +81,10 @@ ShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", envvar="LIPCHECK_INPUT_SHAPE",
     help="Shape of a model input, batch first (1x3x224x224); repeat once per input, in order. "
          "Gives conv operator norms at that size (ONNX, TorchScript).")]
+GlobalOpt = Annotated[Optional[list[str]], typer.Option(
+    "--allow-global", envvar="LIPCHECK_ALLOW_GLOBAL",
+    help="Allow one non-tensor object (module.Name, e.g. argparse.Namespace) in a PyTorch checkpoint; repeatable. "
+         "Only for files you trust: nothing else is ever unpickled.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", envvar="LIPCHECK_CONFIG",
                                                    help="A TOML file with a [tool.lipcheck] table (default: the nearest pyproject.toml).")]
 
@@ -114,7 +118,9 @@ class _Options:
         if isinstance(shapes, str):
             shapes = [shapes]
         parsed = tuple(_parse_shape(str(text)) for text in shapes) if shapes else None
-        return Settings(seed=int(self.get("seed")), tol=tol, max_iter=max_iter, input_shape=parsed)
+        allowed = tuple(str(name) for name in (self.get("allow-global") or ()))
+        return Settings(seed=int(self.get("seed")), tol=tol, max_iter=max_iter, input_shape=parsed,
+                        allow_globals=allowed)
 
     def output_format(self) -> OutputFormat:
         value = self.get("format")
@@ -302,6 +308,7 @@ def inspect(
     seed: SeedOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
+    allow_global: GlobalOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
@@ -311,7 +318,7 @@ def inspect(
 
     try:
         opts = _Options(config, {"format": output_format.value if output_format else None, "output": output,
-                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     fmt, settings = opts.output_format(), opts.settings()
@@ -345,6 +352,7 @@ def check(
     seed: SeedOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
+    allow_global: GlobalOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Gate CI on Lipschitz bounds: exit 1 when a model is above a threshold (design.md §4)."""
@@ -358,7 +366,7 @@ def check(
             "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
             "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
             "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
-            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     paths = opts.get("models")
@@ -408,6 +416,7 @@ def normalize(
     seed: SeedOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
+    allow_global: GlobalOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write a spectrally normalized copy of the model (W ← W/σ(W)) and show before/after."""
@@ -416,7 +425,7 @@ def normalize(
     from lipcheck.errors import LipcheckError
 
     try:
-        opts = _Options(config, {"tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape})
+        opts = _Options(config, {"tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
         settings = opts.settings()
         from lipcheck.normalize import normalize as run_normalize
 
@@ -452,6 +461,7 @@ def diff(
     seed: SeedOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
+    allow_global: GlobalOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Compare per-layer σ and bounds between two checkpoints (training drift)."""
@@ -464,7 +474,7 @@ def diff(
     try:
         opts = _Options(config, {"fail-if-grows": fail_if_grows, "format": output_format.value if output_format else None,
                                  "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "key": key,
-                                 "input-shape": input_shape})
+                                 "input-shape": input_shape, "allow-global": allow_global})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     fmt, settings = opts.output_format(), opts.settings()

@@ -28,6 +28,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "input-shape": (list, str),
     "key": (str,),
+    "allow-global": (list,),
     "fail-if-grows": (int, float),
     "plot": (str,),
 }

@@ -59,7 +59,8 @@ def _check_paths(src: Path, dst: Path, force: bool) -> None:
             raise LipcheckError(f"{dst} is a folder; give a file path with -o")
 
 
-def _sn_vectors(layer: Layer, model_path: Path, key: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _sn_vectors(layer: Layer, model_path: Path, key: str | None,
+                allow_globals: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top singular vectors of a spectral-norm layer's W_orig in its own reshape (dim 0 or 1)."""
     from lipcheck.formats import torch_pickle
 
@@ -69,7 +70,7 @@ def _sn_vectors(layer: Layer, model_path: Path, key: str | None) -> tuple[torch.
         with safe_open(str(model_path), framework="pt") as handle:
             w = handle.get_tensor(layer.name)
     else:
-        state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(model_path), key)
+        state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(model_path, allow_globals), key)
         w = dict(torch_pickle._flatten(state))[layer.name]
     w = w.to(torch.float64)
     mat = (w.transpose(0, 1) if layer.is_transposed else w).reshape(w.shape[1] if layer.is_transposed else w.shape[0], -1)
@@ -137,18 +138,18 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
     _check_paths(src, dst, force)
     settings = settings or Settings()
     fmt = detect(src)
-    model = load(src, key=key, input_shapes=settings.input_shape)
+    model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
     plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip,
                                   patterns=tuple(layers))
     by_name = {layer.name: layer for layer in model.layers}
-    edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key)) if e.vectors else e
+    edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e
              for e in edits]
-    _write(fmt, src, dst, edits, key)
-    if fmt is Format.TORCH and _has_optimizer(src):
+    _write(fmt, src, dst, edits, key, settings.allow_globals)
+    if fmt is Format.TORCH and _has_optimizer(src, settings.allow_globals):
         warnings.append("the checkpoint's optimizer state (moments) now describes the old weights; reset it "
                         "before resuming training")
-    after = analyze(load(dst, key=key, input_shapes=settings.input_shape), settings)
+    after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
     # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
     targets = {p.name: p.target for p in plans if p.divisor is not None}
     fixes = []
@@ -159,17 +160,19 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
             if value is not None and value > goal:
                 fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
     if fixes:
-        _write(fmt, dst, dst, fixes, key)
-        after = analyze(load(dst, key=key, input_shapes=settings.input_shape), settings)
+        _write(fmt, dst, dst, fixes, key, settings.allow_globals)
+        after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals),
+                        settings)
     return Result(before, after, plans, warnings)
 
 
-def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None) -> None:
+def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None,
+           allow_globals: tuple[str, ...] = ()) -> None:
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
         with replacing(dst) as (tmp,):
-            torch_pickle.save(src, tmp, edits, key)
+            torch_pickle.save(src, tmp, edits, key, allow_globals)
     elif fmt is Format.SAFETENSORS:
         from lipcheck.formats import safetensors_file
 
@@ -188,8 +191,8 @@ def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str 
         raise AssertionError(fmt)
 
 
-def _has_optimizer(path: Path) -> bool:
+def _has_optimizer(path: Path, allow_globals: tuple[str, ...] = ()) -> bool:
     from lipcheck.formats import torch_pickle
 
-    obj = torch_pickle.read(path)
+    obj = torch_pickle.read(path, allow_globals)
     return isinstance(obj, dict) and any("optim" in str(k) for k in obj)

@@ -17,3 +17,4 @@ class Settings:
     tol: float = DEFAULT_TOL
     max_iter: int = DEFAULT_MAX_ITER
     input_shape: tuple[tuple[int, ...], ...] | None = None
+    allow_globals: tuple[str, ...] = ()  # module.Name objects a checkpoint may contain (--allow-global)

@@ -73,27 +73,35 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return 2 <= size < 100_000_000 and head[8:9] == b"{"
 
 
-def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...], ...] | None = None,
+         allow_globals: tuple[str, ...] = ()) -> Model:
     """Load any supported model file into the neutral Model.
 
     ``input_shapes`` (one per model input) fixes the dynamic input sizes of a graph format.
     """
     fmt = detect(path)
+    if allow_globals and fmt is not Format.TORCH:
+        raise LipcheckError(f"--allow-global applies to PyTorch checkpoints; {path} is {fmt.value}")
     if key is not None and fmt is not Format.TORCH:
         raise LipcheckError(f"--key selects a model inside a PyTorch checkpoint; {path} is {fmt.value}")
     if input_shapes is not None and fmt not in (Format.ONNX, Format.TORCHSCRIPT):
-        model = _load(path, fmt, key)
+        model = _load(path, fmt, key, allow_globals=allow_globals)
         model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the "
                            "geometry-free bound")
         return model
-    return _load(path, fmt, key, input_shapes)
+    return _load(path, fmt, key, input_shapes, allow_globals)
 
 
-def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
+def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None = None,
+          allow_globals: tuple[str, ...] = ()) -> Model:
+    if fmt in (Format.TORCH, Format.TORCHSCRIPT):
+        from lipcheck.formats.limits import check_zip
+
+        check_zip(path)
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
-        return torch_pickle.load(path, key)
+        return torch_pickle.load(path, key, allow_globals)
     if fmt is Format.TORCHSCRIPT:
         from lipcheck.formats import torchscript
 

@@ -17,6 +17,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 
 from lipcheck.errors import CorruptFileError, RefusedFileError
 from lipcheck.formats import onnx_shapes
+from lipcheck.formats.limits import check_payload
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
@@ -77,6 +78,7 @@ class _Reader:
             self._check_external(tensor)
 
         def load() -> np.ndarray:
+            _check_payload(tensor, self.base)
             t = tensor
             if t.data_location == TensorProto.EXTERNAL:
                 t = TensorProto()
@@ -331,6 +333,25 @@ def _dequantize(x: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     return (xf - zf.reshape(shape)) * sf.reshape(shape)
 
 
+def _check_payload(tensor: TensorProto, base: str) -> None:
+    """Raw or external bytes must match the declared shape before anything is allocated."""
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize if tensor.data_type else 1
+    if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return  # packed two per byte
+    dims = tuple(tensor.dims)
+    if tensor.data_location == TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in tensor.external_data}
+        offset = int(info.get("offset", 0) or 0)
+        size = os.path.getsize(os.path.join(base, info.get("location", "")))
+        length = int(info["length"]) if info.get("length") else size - offset
+        if offset + length > size:
+            raise CorruptFileError(f"external data of tensor '{tensor.name}' ends past its file; the data file is truncated")
+        check_payload(tensor.name, dims, itemsize, length)
+    elif tensor.HasField("raw_data") or not any(
+            len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")):
+        check_payload(tensor.name, dims, itemsize, len(tensor.raw_data))
+
+
 def _to_torch(array: np.ndarray) -> torch.Tensor:
     if array.dtype.kind not in "fiu":  # bfloat16, float8 and friends: widen through numpy first
         array = array.astype(np.float32)
@@ -347,7 +368,12 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
         raise CorruptFileError(f"{path} parses as ONNX but holds an empty graph; is it really an ONNX model?")
     shapes, note = onnx_shapes.infer(proto, input_shapes)
     reader = _Reader(path, shapes)
-    reader.walk(proto.graph, "", None)
+    reader.walk(proto.graph, "", None)  # refuses external data outside the folder first
+    try:
+        onnx.checker.check_model(str(path))  # by path: external data is checked beside the model
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"{path} fails the ONNX checker ({first}); re-export the model") from None
     notes = [note] if note else []
     unknown = [layer for layer in reader.layers if layer.is_conv and layer.input_spatial is None]
     if unknown and not note:

@@ -24,22 +24,47 @@ _EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict", "ema_model"
 _NOT_MODEL = re.compile(r"optim|sched|scaler|callbacks|loops|hyper_param|hparams|amp|rng", re.IGNORECASE)
 
 
-def read(path: Path) -> Any:
-    """Load a torch.save file with weights_only=True, mapping failures to LipcheckErrors."""
-    try:
+def resolve_globals(names: tuple[str, ...]) -> list[Any]:
+    """Import the classes/functions named module.Name that the user allows in a checkpoint."""
+    import importlib
+
+    found: list[Any] = []
+    for dotted in names:
+        module_name, _, attr = dotted.rpartition(".")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # Files in the legacy (pre-zip) format cannot be memory-mapped.
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = getattr(importlib.import_module(module_name), attr) if module_name else None
+        except (ImportError, AttributeError, ValueError):
+            obj = None
+        if obj is None or not callable(obj):
+            raise LipcheckError(f"--allow-global {dotted}: no such class or function; write module.Name, "
+                                "e.g. argparse.Namespace")
+        found.append(obj)
+    return found
+
+
+def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
+    """Load a torch.save file with weights_only=True, mapping failures to LipcheckErrors.
+
+    ``allow_globals`` (module.Name) widens weights-only loading by exactly those objects.
+    """
+    allowed = resolve_globals(allow_globals)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Files in the legacy (pre-zip) format cannot be memory-mapped.
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
         needs = f" (it needs {', '.join(found)})" if found else ""
+        hint = (f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}"
+                if found else "")
         raise RefusedFileError(
             f"{path} holds Python objects that weights-only loading refuses{needs}; lipcheck never runs "
-            "pickled code: re-save the weights with torch.save(model.state_dict(), PATH)"
+            f"pickled code: re-save the weights with torch.save(model.state_dict(), PATH){hint}"
         ) from None
     except LipcheckError:
         raise
@@ -112,9 +137,9 @@ def _keys(obj: Mapping[str, Any]) -> str:
     return ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "") if keys else "(none)"
 
 
-def load(path: Path, key: str | None = None) -> Model:
+def load(path: Path, key: str | None = None, allow_globals: tuple[str, ...] = ()) -> Model:
     """Load a state_dict or a checkpoint dict that wraps one."""
-    obj = read(path)
+    obj = read(path, allow_globals)
     state, where, notes = select_state_dict(obj, key)
     entries = [
         TensorEntry(name, tuple(t.shape), t.dtype, (lambda t=t: t))
@@ -139,9 +164,10 @@ def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
-def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None) -> None:
+def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None,
+         allow_globals: tuple[str, ...] = ()) -> None:
     """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded."""
-    obj = read(src)
+    obj = read(src, allow_globals)
     state, _, _ = select_state_dict(obj, key)
     slots = {name: (container, k) for name, container, k in _slots(state)}
     for edit in edits:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral.conv import any_size_factor, operator_interval
@@ -50,6 +51,7 @@ def sigma_matrix(layer: Layer, weight: torch.Tensor) -> torch.Tensor:
 
 def estimate(layer: Layer, settings: Settings) -> LayerEstimate:
     """Estimate one layer: sigma by power iteration, and its Lipschitz interval."""
+    check_layer_size(layer.display_name, layer.shape)
     weight = layer.load().detach().to(torch.float64)
     if not bool(torch.isfinite(weight).all()):
         return LayerEstimate(None, None, None, 0, 0, False)
