@@ -108,9 +108,8 @@ def plan(model: Model, report: Report, *, target: float, budget: float | None, c
             edits.append(WeightEdit(layer.name, layer.scope, None, ("sn", "sn")))  # type: ignore[arg-type]
             continue
         if entry.lipschitz is None or entry.sigma is None:
-            warnings.append(f"{name}: non-finite weights, left unchanged")
-            plans.append(Plan(name, per_layer, None, "left: non-finite"))
-            continue
+            raise LipcheckError(f"non-finite weights (NaN or Inf) in {name}: no normalization exists; fix or retrain "
+                                "the layer, or leave it out with --layers")
         value = entry.sigma if convention == "torch" else entry.lipschitz.upper
         if value == 0.0:
             warnings.append(f"{name}: zero weights (σ = 0), left unchanged")
@@ -135,9 +134,9 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
         raise LipcheckError("--target and --budget must be positive numbers")
     if convention not in ("lipschitz", "torch"):
         raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
+    fmt = detect(src)  # the standard messages for a missing, empty or directory input
     _check_paths(src, dst, force)
     settings = settings or Settings()
-    fmt = detect(src)
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
     plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip,

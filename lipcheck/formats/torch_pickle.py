@@ -59,6 +59,9 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        if not found:  # no refused object named: the bytes are not a pickle lipcheck can read
+            raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(exc)}); is the file "
+                                   "complete?") from None
         needs = f" (it needs {', '.join(found)})" if found else ""
         hint = (f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}"
                 if found else "")
