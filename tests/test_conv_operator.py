@@ -73,6 +73,7 @@ CASES = [
     ("ConvTranspose", 4, 2, (4, 4), {"strides": [2, 2], "pads": [1, 0, 1, 0]}, (16, 16)),
     ("ConvTranspose", 4, 4, (3, 3), {"group": 2, "dilations": [2, 2]}, (8, 8)),
     ("ConvTranspose", 3, 2, (3,), {"auto_pad": "SAME_UPPER", "strides": [2]}, (20,)),
+    ("ConvTranspose", 2, 2, (2, 2, 2), {"strides": [2, 2, 2], "pads": [0, 1, 0, 0, 1, 0]}, (5, 5, 5)),
 ]
 
 

@@ -317,6 +317,20 @@ def test_allow_global_lets_exactly_the_named_objects_through(cli, tmp_path: Path
     assert code == 2 and "no such class" in err
 
 
+def test_allow_global_for_numpy_scalars_names_each_object_needed(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": {"fc.weight": torch.eye(3)}, "best_score": np.float64(0.5)}, path)
+    allowed: list[str] = []
+    for _ in range(5):  # torch names one refused object at a time; each message says which
+        args = [arg for name in allowed for arg in ("--allow-global", name)]
+        code, _, err = cli("inspect", str(path), "-f", "json", *args)
+        if code == 0:
+            break
+        assert code == 2 and "--allow-global " in err
+        allowed.append(err.rsplit("--allow-global ", 1)[1].strip())
+    assert code == 0 and any(name.startswith("numpy") for name in allowed)
+
+
 def test_same_input_same_json_bytes(cli) -> None:  # type: ignore[no-untyped-def]
     for sample in ("cnn.onnx", "sn_generator.pt"):
         first = cli("inspect", str(SAMPLES / sample), "-f", "json")[1]

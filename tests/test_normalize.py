@@ -133,6 +133,10 @@ def test_torchscript_with_input_shape_and_torch_convention(tmp_path: Path) -> No
     module = torch.jit.load(str(dst))
     conv = dict(module.named_parameters())["0.weight"].detach()
     assert 1.0 - 1e-4 <= _conv_norm(conv, 1, 6) <= 1.0
+    original = dict(torch.jit.load(str(src)).named_parameters())
+    for name, value in module.named_parameters():
+        if name.endswith("bias"):
+            assert torch.equal(value, original[name])  # untouched
     normalize(src, dst, convention="torch", force=True)
     conv = dict(torch.jit.load(str(dst)).named_parameters())["0.weight"].detach()
     assert exact_sigma(torch_convention_matrix(conv)) == pytest.approx(1.0, rel=1e-4)
@@ -209,3 +213,32 @@ def test_cli_normalize_prints_before_and_after(cli, tmp_path: Path) -> None:  # 
     assert code == 2 and "--force" in err and err.count("\n") == 1
     code, out, err = cli("normalize", str(SAMPLES / "mlp.onnx"), "-o", str(tmp_path / "missing" / "n.onnx"))
     assert code == 2 and "does not exist" in err
+
+
+def test_onnx_constant_node_and_if_branch_weights(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    w_const = rng.standard_normal((4, 4)).astype(np.float32)
+    w_then, w_else = (rng.standard_normal((4, 4)).astype(np.float32) * 5 for _ in range(2))
+
+    def branch(name: str, w: np.ndarray) -> onnx.GraphProto:
+        node = helper.make_node("MatMul", ["h", "Wb"], [f"out_{name}"])
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"out_{name}", TensorProto.FLOAT, [1, 4])],
+                                 initializer=[numpy_helper.from_array(w, "Wb")])  # same name in both branches
+
+    nodes = [helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(w_const, "Wc")),
+             helper.make_node("MatMul", ["x", "Wc"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", w_then), else_branch=branch("else", w_else))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    src = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    dst = tmp_path / "out.onnx"
+    normalize(src, dst)
+    onnx.checker.check_model(str(dst))
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.ones((1, 4), np.float32), "cond": np.array(True)})
+    report = inspect(dst)
+    assert len(report.layers) == 3
+    for layer in report.layers:
+        assert layer.sigma is not None and 1 - 1e-4 <= layer.sigma <= 1.0, layer.display_name

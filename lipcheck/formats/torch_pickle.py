@@ -58,7 +58,8 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
                 # Files in the legacy (pre-zip) format cannot be memory-mapped.
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        pairs = re.findall(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(exc))
+        found = sorted({name for pair in pairs for name in pair if name})
         if not found:  # no refused object named: the bytes are not a pickle lipcheck can read
             raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(exc)}); is the file "
                                    "complete?") from None
