@@ -85,6 +85,8 @@ GlobalOpt = Annotated[Optional[list[str]], typer.Option(
     "--allow-global", envvar="LIPCHECK_ALLOW_GLOBAL",
     help="Allow one non-tensor object (module.Name, e.g. argparse.Namespace) in a PyTorch checkpoint; repeatable. "
          "Only for files you trust: nothing else is ever unpickled.")]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", envvar="LIPCHECK_PLOT",
+                                                 help="Also draw σ and the Lipschitz upper bound per layer into FILE.png or FILE.svg (needs lipcheck[plot]).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", envvar="LIPCHECK_CONFIG",
                                                    help="A TOML file with a [tool.lipcheck] table (default: the nearest pyproject.toml).")]
 
@@ -268,6 +270,18 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _plot(run, target: Any) -> None:  # type: ignore[no-untyped-def]
+    if not target:
+        return
+    from lipcheck.errors import LipcheckError
+    from lipcheck.report import plot
+
+    try:
+        plot.write(run, Path(target))
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _finish(run, *, exit_zero: bool, strict: bool) -> None:  # type: ignore[no-untyped-def]
     from lipcheck.gate import exit_status
 
@@ -309,6 +323,7 @@ def inspect(
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
+    plot: PlotOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
@@ -318,7 +333,8 @@ def inspect(
 
     try:
         opts = _Options(config, {"format": output_format.value if output_format else None, "output": output,
-                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
+                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
+                                 "plot": plot})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     fmt, settings = opts.output_format(), opts.settings()
@@ -327,6 +343,7 @@ def inspect(
         raise _fail(run.errors[0].error or "")
     out = opts.get("output")
     _emit(run, fmt, Path(out) if out else None)
+    _plot(run, opts.get("plot"))
     _finish(run, exit_zero=False, strict=False)
 
 
@@ -353,6 +370,7 @@ def check(
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
+    plot: PlotOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Gate CI on Lipschitz bounds: exit 1 when a model is above a threshold (design.md §4)."""
@@ -366,7 +384,8 @@ def check(
             "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
             "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
             "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
-            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
+            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
+            "plot": plot})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     paths = opts.get("models")
@@ -390,6 +409,7 @@ def check(
     run = _analyse(_expand([str(p) for p in paths]), settings, opts.get("key"), spec, Console(stderr=True))
     out = opts.get("output")
     _emit(run, fmt, Path(out) if out else None)
+    _plot(run, opts.get("plot"))
     _finish(run, exit_zero=bool(opts.get("exit-zero")), strict=spec.strict)
 
 

@@ -229,3 +229,23 @@ def test_action_and_pre_commit_definitions_match_the_cli(cli, monkeypatch: pytes
         assert cli("check", CNN, "--format", "github")[0] == expected
         monkeypatch.delenv(variable)
     assert cli("check", CNN, "--format", "github")[0] == 0
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg"])
+def test_plot_draws_every_model(cli, tmp_path: Path, suffix: str) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    target = tmp_path / f"lipschitz.{suffix}"
+    code, _, err = cli("check", MLP, CNN, "--fail-layer-above", "1.2", "--plot", str(target), "-f", "json")
+    assert code == 1, err
+    data = target.read_bytes()
+    if suffix == "png":
+        assert data.startswith(b"\x89PNG")
+    else:
+        text = data.decode()
+        assert "<svg" in text and "fail-layer-above 1.2" in text and "product bound 1.11926" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_plot_needs_a_picture_suffix(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("inspect", MLP, "--plot", str(tmp_path / "x.txt"))
+    assert code == 2 and ".png or .svg" in err and err.count("\n") == 1
