@@ -37,7 +37,15 @@ def inspect(
         from lipcheck.formats import torch_module
 
         model = torch_module.load(path, settings.input_shape)
-    return analyze(model, settings, progress)
+    report = analyze(model, settings, progress)
+    if settings.lower and model.format == "onnx" and model.graph is not None and not report.non_finite_layers:
+        from lipcheck.graph.lower import onnx_lower
+
+        try:
+            report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed)  # type: ignore[arg-type]
+        except Exception as exc:  # onnxruntime refuses graphs it cannot run: no lower bound, say why
+            report.notes.append(f"no empirical lower bound: onnxruntime could not run the graph ({str(exc).splitlines()[0][:160]})")
+    return report
 
 
 def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
@@ -98,7 +106,21 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         notes.append("convs: this file records no stride, padding or input size, so their bound is the loose "
                      "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX or "
                      "TorchScript gives each conv's operator norm")
-    bound = BoundReport(product=product_from_log10(log10), product_log10=log10, graph=None, lower=None,
+    graph_value = None
+    if model.graph is not None:
+        from lipcheck.graph.walk import GraphBound, graph_bound
+
+        try:
+            found = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers])
+        except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
+            found = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
+        graph_value = found.value
+        if graph_value is not None:
+            assumptions.append("graph: follows the file's graph (residual adds, concatenations, norms, pools, "
+                               "activations) with each layer's certified upper bound; sound for the model as built")
+        else:
+            assumptions.extend(f"graph: no bound, {reason}" for reason in found.unbounded)
+    bound = BoundReport(product=product_from_log10(log10), product_log10=log10, graph=graph_value, lower=None,
                         assumptions=assumptions)
     settings_dict = asdict(settings)
     settings_dict["input_shape"] = [list(s) for s in settings.input_shape] if settings.input_shape else None

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     import torch
 
+    from lipcheck.graph.ir import Graph
+
 LINEAR_OPS = ("linear", "matmul", "gemm")
 CONV_OPS = ("conv1d", "conv2d", "conv3d")
 CONV_TRANSPOSE_OPS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -45,6 +47,7 @@ class Layer:
     warm_u: Callable[[], "torch.Tensor"] | None = None
     note: str | None = None
     input_spatial: tuple[int, ...] | None = None  # a conv's input height/width/... where the file fixes it
+    node: str | None = None  # the graph node that applies this weight (ONNX), for the graph bound
 
     @property
     def is_conv(self) -> bool:
@@ -80,6 +83,7 @@ class Model:
     layers: list[Layer] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    graph: "Graph | None" = None  # the computation graph, where the file has one (lipcheck.graph)
 
 
 @dataclass(frozen=True)

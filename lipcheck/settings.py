@@ -17,4 +17,5 @@ class Settings:
     tol: float = DEFAULT_TOL
     max_iter: int = DEFAULT_MAX_ITER
     input_shape: tuple[tuple[int, ...], ...] | None = None
-    allow_globals: tuple[str, ...] = ()  # module.Name objects a checkpoint may contain (--allow-global)
+    allow_globals: tuple[str, ...] = ()
+    lower: bool = True  # an empirical lower bound where the model can be run (ONNX via onnxruntime)  # module.Name objects a checkpoint may contain (--allow-global)

@@ -45,8 +45,9 @@ def test_check_is_truthy_and_explains_failures() -> None:
 
 def test_bound_kinds() -> None:
     assert lipcheck.bound(SAMPLES / "mlp.onnx", kind="product") == lipcheck.inspect(SAMPLES / "mlp.onnx").bound.product
+    assert lipcheck.bound(SAMPLES / "mlp.onnx", kind="graph") == lipcheck.inspect(SAMPLES / "mlp.onnx").bound.graph
     with pytest.raises(LipcheckError, match="no graph bound"):
-        lipcheck.bound(SAMPLES / "mlp.onnx", kind="graph")
+        lipcheck.bound(SAMPLES / "mlp.pt", kind="graph")  # a state_dict has no graph
 
 
 def test_wrong_input_shape_for_a_module_is_a_lipcheck_error() -> None:

@@ -67,8 +67,10 @@ def test_missing_bound_fails_the_gate() -> None:
     ([CNN, "--layer-threshold", "0.*=1.5", "--fail-layer-above", "1.0"], 1),
     ([CNN, "--layer-threshold", "*=1.5"], 0),
     ([CNN, "sample_models/missing.onnx", "--fail-above", "5"], 2),
-    ([CNN, "--fail-above", "5", "--bound", "graph"], 1),
-    ([CNN, "--fail-above", "5", "--bound", "graph", "--strict"], 2),
+    ([CNN, "--fail-above", "5", "--bound", "graph"], 0),
+    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph"], 1),
+    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph", "--strict"], 2),
+    (["sample_models/cnn.pt", "--fail-above", "12", "--bound", "product"], 1),
     ([CNN, "--layer-threshold", "nonsense"], 2),
     (["sample_models/*.onnx", "--fail-above", "1.0"], 1),
     (["sample_models/nope*.onnx", "--fail-above", "1.0"], 2),
@@ -83,7 +85,7 @@ def test_exit_codes(cli, args: list[str], code: int) -> None:  # type: ignore[no
 def test_failure_message_shows_the_exact_value(cli) -> None:  # type: ignore[no-untyped-def]
     code, out, err = cli("check", CNN, "--fail-above", "1.11925235989387")
     assert code == 1
-    assert "product bound 1.1192523598938728 is above --fail-above 1.11925235989387" in out
+    assert "graph bound 1.1192523598938728 is above --fail-above 1.11925235989387" in out
 
 
 def test_strict_turns_skipped_tensors_into_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +119,7 @@ def test_formats_match_golden(cli, fmt: str, suffix: str) -> None:  # type: igno
 def test_table_format_shows_the_gate(cli) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = cli("check", CNN, "--fail-above", "1.1")
     assert code == 1
-    assert "gate: FAILED" in out and "product bound 1.1192523598938728 is above --fail-above 1.1" in out
+    assert "gate: FAILED" in out and "graph bound 1.1192523598938728 is above --fail-above 1.1" in out
 
 
 def test_junit_is_the_xml_ci_systems_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

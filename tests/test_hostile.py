@@ -367,3 +367,13 @@ def test_fuzzed_files_raise_only_lipcheck_errors(tmp_path_factory: pytest.TempPa
         inspect(path)
     except LipcheckError:
         pass  # a clear, user-facing error is the right answer to a broken file
+
+
+def test_fuzz_regression_bad_utf8_in_an_onnx_attribute(tmp_path: Path) -> None:
+    """Found by the fuzzer: a flipped byte made a parser raise UnicodeDecodeError."""
+    blob = bytearray(VALID["mlp.onnx"])
+    blob[490] = 128
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(LipcheckError):
+        inspect(path)

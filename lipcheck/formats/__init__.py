@@ -7,7 +7,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from lipcheck.errors import LipcheckError, UnsupportedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, UnsupportedFileError
 from lipcheck.model import Model
 
 
@@ -94,6 +94,18 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
 
 def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None = None,
           allow_globals: tuple[str, ...] = ()) -> Model:
+    try:
+        return _dispatch(path, fmt, key, input_shapes, allow_globals)
+    except (LipcheckError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a parser tripping over malformed content: the file is corrupt
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first}); the file is "
+                               "malformed: re-export it") from None
+
+
+def _dispatch(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None,
+              allow_globals: tuple[str, ...]) -> Model:
     if fmt in (Format.TORCH, Format.TORCHSCRIPT):
         from lipcheck.formats.limits import check_zip
 

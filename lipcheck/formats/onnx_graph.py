@@ -18,6 +18,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from lipcheck.errors import CorruptFileError, RefusedFileError
 from lipcheck.formats import onnx_shapes
 from lipcheck.formats.limits import check_payload
+from lipcheck.graph.ir import Graph, Node
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
@@ -71,6 +72,7 @@ class _Reader:
         self.uses: dict[tuple[str, str], list[str]] = {}  # (scope, stored name) -> consumer ops
         self.layer_sources: set[tuple[str, str]] = set()
         self.scopes: list[_Scope] = []
+        self._label = ""
 
     # -- stored tensors -------------------------------------------------------------------
     def tensor_array(self, tensor: TensorProto) -> Array:
@@ -185,6 +187,7 @@ class _Reader:
                 self._use(scope, const, op)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         label = node.name or f"{op}_{index}"
+        self._label = label
         if op in ("Conv", "ConvTranspose") and len(consts) > 1 and consts[1] is not None and consts[0] is None:
             self._conv(scope, node, label, consts[1], attrs)
         elif op == "Gemm" and len(consts) >= 2 and (consts[0] is None) != (consts[1] is None):
@@ -202,7 +205,7 @@ class _Reader:
         self.layer_sources.add((self._owner(scope, const.source), const.source))
         self.layers.append(
             Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
-                  geometry=geometry, note=note + chain)
+                  geometry=geometry, note=note + chain, node=self._label)
         )
 
     def _gemm(self, scope: _Scope, label: str, consts: list[_Const | None], attrs: dict) -> None:
@@ -375,8 +378,23 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{path} fails the ONNX checker ({first}); re-export the model") from None
     notes = [note] if note else []
+    graph = _graph(proto, reader, shapes)
     unknown = [layer for layer in reader.layers if layer.is_conv and layer.input_spatial is None]
     if unknown and not note:
         notes.append(f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
                      "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm")
-    return Model(str(path), "onnx", reader.layers, reader.skipped(), notes)
+    return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph)
+
+
+def _graph(proto: onnx.ModelProto, reader: _Reader, shapes: dict[str, onnx_shapes.Dims]) -> Graph:
+    """The main graph as lipcheck's IR (subgraph ops such as If/Loop stay opaque nodes)."""
+    main = reader.scopes[0]
+    nodes = []
+    for index, node in enumerate(proto.graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.type != AttributeProto.GRAPH}
+        nodes.append(Node(node.op_type, node.name or f"{node.op_type}_{index}", tuple(node.input), tuple(node.output),
+                          attrs))
+    constants = {name: const.array for name, const in main.consts.items()}
+    layer_nodes = {layer.node: i for i, layer in enumerate(reader.layers) if not layer.scope and layer.node}
+    return Graph([v.name for v in onnx_shapes.model_inputs(proto.graph)], [v.name for v in proto.graph.output],
+                 nodes, constants, dict(shapes), layer_nodes)

@@ -43,7 +43,7 @@ class SkippedReport:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class BoundReport:
     """Whole-network bounds."""
 

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, interval_text, product_text, up
+from lipcheck.report.numbers import at_text, down, interval_text, product_text, up
 from lipcheck.report.run import FileResult, Run
 
 _BAR_WIDTH = 12
@@ -52,6 +52,11 @@ def build(report: Report, bars: bool = True) -> Group:
     lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), product_text(report))]
     graph = report.bound.graph
     lines.append(Text.assemble(("graph bound: ", "bold"), up(graph) if graph is not None else "n/a"))
+    lower = report.bound.lower
+    if lower is not None:
+        best = graph if graph is not None else report.bound.product
+        gap = f" (upper/lower {best / lower:.3g})" if best is not None and lower > 0 else ""
+        lines.append(Text.assemble(("empirical lower bound: ", "bold"), down(lower) + gap))
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
         lines.append(Text("* not converged within --max-iter: the interval is still certified, but wider than --tol", style="yellow"))
     for assumption in report.bound.assumptions:

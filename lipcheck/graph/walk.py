@@ -1,0 +1,237 @@
+"""A sound Lipschitz bound that follows the graph (AutoLip; design.md §2.5).
+
+Every value gets a bound on its Lipschitz constant with respect to the model input (the graph
+inputs together, each 1-Lipschitz as a projection); constants get 0. Composition multiplies, sums
+add, concatenation gives sqrt(sum L^2). A node that is not globally Lipschitz (a product of two
+activations, LayerNorm, exp, an op lipcheck does not know) makes every value downstream unbounded,
+and the graph bound is then None with the nodes named.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lipcheck.graph.ir import Graph, Node
+
+# max |f'| of elementwise activations with no parameters (design.md §2.5).
+_FIXED = {"Relu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Softplus": 1.0, "Abs": 1.0, "Softsign": 1.0,
+          "Gelu": 1.1289, "Mish": 1.0885, "HardSwish": 1.5, "Clip": 1.0, "Softmax": 0.5, "Erf": 2 / math.sqrt(math.pi)}
+# Ops that move, select or re-shape entries without changing any value (norm <= 1).
+_MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Cast",
+          "CastLike", "Split", "GlobalMaxPool", "DepthToSpace", "SpaceToDepth", "Neg", "ReduceMax", "ReduceMin"}
+# ONNX TensorProto float types: FLOAT, FLOAT16, DOUBLE, BFLOAT16 (and the float8 kinds).
+_FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
+# Ops whose outputs do not depend continuously on activations (shapes, sizes): constant, L = 0.
+_SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range", "EyeLike", "NonZero"}
+# Ops that are not globally Lipschitz, with the reason given to the user.
+_UNBOUNDED = {
+    "LayerNormalization": "LayerNorm is not globally Lipschitz (its constant grows like max|γ|/√eps)",
+    "GroupNormalization": "GroupNorm is not globally Lipschitz", "InstanceNormalization": "InstanceNorm is not globally Lipschitz",
+    "Exp": "exp is not globally Lipschitz", "Log": "log is not globally Lipschitz", "Sqrt": "sqrt is not globally Lipschitz",
+    "Pow": "pow is not globally Lipschitz", "Reciprocal": "1/x is not globally Lipschitz",
+    "LpNormalization": "normalization by the input's norm is not globally Lipschitz",
+}
+
+
+@dataclass
+class GraphBound:
+    """The bound per graph output and overall, or the nodes that prevent one."""
+
+    per_output: dict[str, float]
+    unbounded: list[str] = field(default_factory=list)
+
+    @property
+    def value(self) -> float | None:
+        """The largest output bound, or None when some output is unbounded."""
+        if self.unbounded or not self.per_output:
+            return None
+        return max(self.per_output.values())
+
+
+class _Walk:
+    def __init__(self, graph: Graph, layer_uppers: list[float | None]) -> None:
+        self.graph = graph
+        self.uppers = layer_uppers
+        self.lip: dict[str, float] = {name: 1.0 for name in graph.inputs}
+        self.reasons: dict[str, str] = {}  # node label -> why it is unbounded
+        self.producer: dict[str, Node] = {out: node for node in graph.nodes for out in node.outputs}
+
+    def of(self, name: str) -> float:
+        if not name:
+            return 0.0
+        if name in self.lip:
+            return self.lip[name]
+        if name in self.graph.constants:
+            return 0.0
+        return math.inf  # produced somewhere lipcheck cannot see
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name and name in self.graph.constants and self.lip.get(name, 0.0) == 0.0:
+            try:
+                return np.asarray(self.graph.constants[name](), dtype=np.float64)
+            except (ValueError, TypeError):
+                return None
+        return None
+
+    def unbounded(self, node: Node, why: str) -> float:
+        self.reasons[node.label] = f"{node.label} ({node.op}): {why}"
+        return math.inf
+
+    def run(self) -> GraphBound:
+        for node in self.graph.nodes:
+            ins = [self.of(name) for name in node.inputs]
+            if all(value == 0.0 for value in ins) or node.op in _SHAPE_OPS:
+                value = 0.0
+            else:
+                value = self.node(node, ins)
+            for out in node.outputs:
+                self.lip[out] = value
+        per_output = {name: self.of(name) for name in self.graph.outputs}
+        blocking = sorted(self.reasons.values()) if any(math.isinf(v) for v in per_output.values()) else []
+        if any(math.isinf(v) for v in per_output.values()) and not blocking:
+            blocking = ["an output depends on a value lipcheck cannot trace"]
+        return GraphBound({k: v for k, v in per_output.items() if math.isfinite(v)}, blocking)
+
+    # -- the rules -----------------------------------------------------------------------------------
+    def node(self, node: Node, ins: list[float]) -> float:
+        op, a = node.op, node.attrs
+        if node.label in self.graph.layer_nodes:
+            upper = self.uppers[self.graph.layer_nodes[node.label]]
+            if upper is None:
+                return self.unbounded(node, "non-finite weights")
+            # The data input(s) go through the weight; a Gemm's C is added after it.
+            data = sum(l for i, l in enumerate(ins[:2]) if self.const(node.inputs[i]) is None)
+            bias = ins[2] if op == "Gemm" and len(ins) > 2 else 0.0
+            return upper * data + bias
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"):
+            active = [name for name, l in zip(node.inputs, ins) if l > 0.0]
+            if len(active) > 1:
+                return self.unbounded(node, "a product of two activations (as in attention) is not globally Lipschitz")
+            return self.unbounded(node, "a weight lipcheck could not read")
+        if op in _UNBOUNDED:
+            return self.unbounded(node, _UNBOUNDED[op])
+        if op in _FIXED:
+            return _FIXED[op] * ins[0]
+        if op == "Cast" and int(a.get("to", 1)) not in _FLOAT_TYPES:
+            return self.unbounded(node, "a cast to an integer type rounds, which is not Lipschitz")
+        if op in _MOVES:
+            return ins[0]
+        if op in ("Add", "Sub", "Sum"):
+            return sum(ins)
+        if op in ("Max", "Min"):
+            return math.sqrt(sum(l * l for l in ins))
+        if op == "Concat":
+            return math.sqrt(sum(l * l for l in ins))
+        if op == "Mul":
+            return self.mul(node, ins)
+        if op == "Div":
+            c = self.const(node.inputs[1])
+            if ins[1] > 0.0 or c is None or c.size == 0 or float(np.abs(c).min()) == 0.0:
+                return self.unbounded(node, "division by an activation (or by zero) is not globally Lipschitz")
+            return ins[0] / float(np.abs(c).min())
+        if op == "LeakyRelu":
+            return max(1.0, abs(float(a.get("alpha", 0.01)))) * ins[0]
+        if op == "Elu" or op == "Celu":
+            return max(1.0, abs(float(a.get("alpha", 1.0)))) * ins[0]
+        if op == "Selu":
+            return float(a.get("gamma", 1.0507)) * max(1.0, float(a.get("alpha", 1.67326))) * ins[0]
+        if op == "HardSigmoid":
+            return abs(float(a.get("alpha", 0.2))) * ins[0]
+        if op == "PRelu":
+            slope = self.const(node.inputs[1])
+            if slope is None:
+                return self.unbounded(node, "a PRelu slope lipcheck could not read")
+            return max(1.0, float(np.abs(slope).max())) * ins[0]
+        if op == "BatchNormalization":
+            gamma, var = self.const(node.inputs[1]), self.const(node.inputs[4])
+            if gamma is None or var is None:
+                return self.unbounded(node, "batch-norm statistics lipcheck could not read")
+            return float(np.max(np.abs(gamma) / np.sqrt(var + float(a.get("epsilon", 1e-5))))) * ins[0]
+        if op in ("MaxPool", "AveragePool", "LpPool"):
+            return self.pool(node, ins[0])
+        if op in ("GlobalAveragePool", "ReduceMean"):
+            return self.mean(node, ins[0])
+        if op in ("Resize", "Upsample"):
+            return self.resize(node, ins[0])
+        if op == "Pad":
+            mode = a.get("mode", b"constant")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            if mode != "constant":
+                return self.unbounded(node, f"{mode} padding repeats entries; lipcheck does not bound it yet")
+            return ins[0] + sum(ins[1:])
+        if op == "Gather":
+            indices = self.const(node.inputs[1])
+            if ins[1] > 0.0 or indices is None:
+                return self.unbounded(node, "indices that depend on the input")
+            _, counts = np.unique(indices.astype(np.int64), return_counts=True)
+            return ins[0] * math.sqrt(float(counts.max())) if counts.size else 0.0  # repeated indices copy entries
+        return self.unbounded(node, "an op lipcheck does not know how to bound")
+
+    def mul(self, node: Node, ins: list[float]) -> float:
+        for i, j in ((0, 1), (1, 0)):
+            c = self.const(node.inputs[j])
+            if c is not None:
+                return float(np.abs(c).max()) * ins[i] if c.size else 0.0
+        # x * sigmoid(x) (SiLU/Swish as exporters write it): max |d/dx| = 1.0998.
+        for i, j in ((0, 1), (1, 0)):
+            other = self.producer.get(node.inputs[j])
+            if other is not None and other.op == "Sigmoid" and other.inputs[0] == node.inputs[i]:
+                return 1.0998 * ins[i]
+        return self.unbounded(node, "a product of two activations is not globally Lipschitz")
+
+    def pool(self, node: Node, lip: float) -> float:
+        a = node.attrs
+        kernel = [int(k) for k in a.get("kernel_shape", [])]
+        strides = [int(s) for s in a.get("strides", [1] * len(kernel))]
+        if not kernel:
+            return self.unbounded(node, "a pool without kernel_shape")
+        copies = math.prod(-(-k // s) for k, s in zip(kernel, strides))
+        if node.op == "MaxPool":
+            return lip * (1.0 if all(s >= k for k, s in zip(kernel, strides)) else math.sqrt(copies))
+        if node.op == "LpPool":
+            return lip * math.sqrt(copies)
+        pads = [int(p) for p in a.get("pads", [])]
+        if any(pads) and not int(a.get("count_include_pad", 0)):
+            return lip * math.sqrt(copies)  # border windows average fewer entries
+        return lip * math.sqrt(copies / math.prod(kernel))
+
+    def mean(self, node: Node, lip: float) -> float:
+        shape = self.graph.shapes.get(node.inputs[0])
+        if node.op == "GlobalAveragePool":
+            axes = list(range(2, len(shape))) if shape else []
+        else:
+            axes_const = self.const(node.inputs[1]) if len(node.inputs) > 1 else None
+            axes = [int(x) for x in (axes_const.ravel() if axes_const is not None else node.attrs.get("axes", []))]
+        if shape and axes and all(shape[ax] for ax in axes):
+            return lip / math.sqrt(math.prod(int(shape[ax]) for ax in axes))  # type: ignore[misc]
+        return lip  # a mean never increases the norm
+
+    def resize(self, node: Node, lip: float) -> float:
+        mode = node.attrs.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        scales = None
+        for index in (2, 1):  # Resize: (X, roi, scales, sizes); Upsample: (X, scales)
+            if len(node.inputs) > index:
+                c = self.const(node.inputs[index])
+                if c is not None and c.size:
+                    scales = c.ravel()
+                    break
+        if scales is None and len(node.inputs) > 3:
+            sizes, shape = self.const(node.inputs[3]), self.graph.shapes.get(node.inputs[0])
+            if sizes is not None and shape and all(shape):
+                scales = np.asarray(sizes, dtype=np.float64).ravel() / np.asarray(shape, dtype=np.float64)
+        if scales is None:
+            return self.unbounded(node, "resize scales lipcheck could not read")
+        copies = float(np.prod(np.ceil(np.maximum(scales, 1.0))))
+        if mode == "nearest":
+            return lip * math.sqrt(copies)
+        # Linear interpolation: rows sum to 1; each input feeds at most 2*ceil(s) outputs per axis.
+        return lip * math.sqrt(float(np.prod(2.0 * np.ceil(np.maximum(scales, 1.0)))))
+
+
+def graph_bound(graph: Graph, layer_uppers: list[float | None]) -> GraphBound:
+    """Bound every output's Lipschitz constant by walking the graph once."""
+    return _Walk(graph, layer_uppers).run()

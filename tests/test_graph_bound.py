@@ -1,0 +1,154 @@
+"""The graph bound on exported ONNX graphs: residual CNNs with batch norm, U-Net-like graphs,
+MLPs with various activations, and a transformer encoder (no number, nodes named).
+
+Each bound is compared with the same AutoLip formula written out by hand from exact float64
+norms (explicit conv operator matrices, SVDs), and with lower bounds: lipcheck's own and an
+independent one from torch autograd (largest ‖J(x)‖₂ at sampled inputs)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lipcheck.api import inspect
+from tests.reference import exact_sigma
+
+
+def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+    module.eval()
+    torch.onnx.export(module, torch.randn(*shape), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+def _conv_norm(conv: nn.Conv2d, size: int) -> float:
+    w = conv.weight.detach().double()
+    x = torch.zeros(1, w.shape[1], size, size, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(
+        lambda t: nn.functional.conv2d(t, w, stride=conv.stride, padding=conv.padding), x)
+    return exact_sigma(jac.reshape(-1, x.numel()))
+
+
+def _bn_scale(bn: nn.BatchNorm2d) -> float:
+    return float((bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)).max())
+
+
+def _autograd_lower(module: nn.Module, shape: tuple[int, ...], samples: int = 8) -> float:
+    module = module.double().eval()
+    best = 0.0
+    for seed in range(samples):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(module, x)
+        best = max(best, exact_sigma(jac.reshape(module(x).numel(), -1)))
+    return best
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 4 * 4, 5)
+        with torch.no_grad():
+            self.bn1.running_var.uniform_(0.5, 2.0)
+            self.bn1.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.conv2(torch.relu(self.bn1(self.conv1(x))))
+        h = nn.functional.avg_pool2d(torch.relu(h), 2)
+        return self.head(h.flatten(1))
+
+
+def test_residual_cnn_with_batch_norm(tmp_path: Path) -> None:
+    net = Residual()
+    report = inspect(_export(net, (1, 3, 8, 8), tmp_path / "res.onnx"))
+    c1, c2 = _conv_norm(net.conv1, 8), _conv_norm(net.conv2, 8)
+    head = exact_sigma(net.head.weight)
+    # The exporter folds the eval-mode batch norm into conv1: the exact norm of that composition...
+    w = net.conv1.weight.detach().double()
+    scale = (net.bn1.weight / torch.sqrt(net.bn1.running_var + net.bn1.eps)).detach().double()
+    bn_conv = nn.functional.conv2d
+    jac = torch.autograd.functional.jacobian(lambda t: bn_conv(t, w, padding=1) * scale.view(1, -1, 1, 1),
+                                             torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    folded = exact_sigma(jac.reshape(-1, 3 * 64))
+    tight = (1 + c2 * folded) * 0.5 * head  # avg pool 2x2: 1/2
+    separate = (1 + c2 * _bn_scale(net.bn1) * c1) * 0.5 * head  # every node's constant taken separately
+    graph = report.bound.graph
+    assert graph is not None and tight <= graph <= tight * (1 + 1e-5) and graph <= separate
+    lower = max(report.bound.lower or 0.0, _autograd_lower(net, (1, 3, 8, 8)))
+    assert 0 < lower <= graph
+
+
+class UNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.down, self.mid, self.out = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(6, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = torch.relu(self.down(x))
+        m = torch.relu(self.mid(nn.functional.max_pool2d(d, 2)))
+        up = nn.functional.interpolate(m, scale_factor=2.0, mode="nearest")
+        return self.out(torch.cat([up, x], dim=1))
+
+
+def test_unet_like_concat_and_upsample(tmp_path: Path) -> None:
+    net = UNetish()
+    report = inspect(_export(net, (1, 2, 8, 8), tmp_path / "unet.onnx"))
+    d, m = _conv_norm(net.down, 8), _conv_norm(net.mid, 4)
+    out = exact_sigma(net.out.weight.reshape(1, -1))  # a 1x1 conv: its norm is sigma(W)
+    up_branch = 2.0 * m * 1.0 * d  # nearest x2 in 2-D: sqrt(4) = 2; max pool 2/2: 1
+    by_hand = out * math.sqrt(up_branch**2 + 1.0)
+    graph = report.bound.graph
+    assert graph is not None and by_hand <= graph <= by_hand * (1 + 1e-5)
+    assert max(report.bound.lower or 0.0, _autograd_lower(net, (1, 2, 8, 8))) <= graph
+
+
+@pytest.mark.parametrize("act, constant", [
+    (nn.LeakyReLU(3.0), 3.0), (nn.ELU(alpha=2.0), 2.0), (nn.Sigmoid(), 0.25), (nn.Tanh(), 1.0),
+    (nn.SiLU(), 1.0998), (nn.Softplus(), 1.0), (nn.ReLU(), 1.0),
+])
+def test_mlp_activations(tmp_path: Path, act: nn.Module, constant: float) -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 8), act, nn.Linear(8, 3))
+    report = inspect(_export(net, (1, 6), tmp_path / "mlp.onnx"))
+    by_hand = exact_sigma(net[0].weight) * constant * exact_sigma(net[2].weight)
+    graph = report.bound.graph
+    assert graph is not None and by_hand <= graph <= by_hand * (1 + 1e-5)
+    assert max(report.bound.lower or 0.0, _autograd_lower(net, (1, 6))) <= graph
+
+
+class Encoder(nn.Module):
+    """One transformer encoder block written out (the exporter's fused attention path is avoided)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.norm1, self.ff1, self.ff2, self.norm2 = nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8), nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / math.sqrt(8)
+        h = self.norm1(x + self.o(torch.softmax(scores, dim=-1) @ self.v(x)))
+        return self.norm2(h + self.ff2(torch.relu(self.ff1(h))))
+
+
+def test_transformer_encoder_has_no_number_and_names_the_nodes(tmp_path: Path) -> None:
+    report = inspect(_export(Encoder(), (1, 5, 8), tmp_path / "enc.onnx"))
+    assert report.bound.graph is None
+    text = " ".join(report.bound.assumptions)
+    assert "graph: no bound" in text
+    assert "LayerNormalization" in text or "Sqrt" in text  # LayerNorm, fused or written out
+    assert "MatMul): a product of two activations" in text  # the attention scores, named
+
+
+def test_state_dict_has_no_graph_bound() -> None:
+    from tests.conftest import SAMPLES
+
+    report = inspect(SAMPLES / "cnn.pt")
+    assert report.bound.graph is None and report.bound.lower is None
+    assert any("file order" in a for a in report.bound.assumptions)
