@@ -111,10 +111,16 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         from lipcheck.graph.walk import GraphBound, graph_bound
 
         try:
-            found = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers])
+            found = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
+                                dict(settings.node_constants))
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             found = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
         graph_value = found.value
+        assumptions.extend(f"graph: user-supplied constant for node {text}" for text in found.supplied)
+        unknown = sorted(set(dict(settings.node_constants)) - {node.label for node in model.graph.nodes})
+        if unknown:
+            raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's "
+                                "assumptions name the nodes that need one")
         if graph_value is not None:
             assumptions.append("graph: follows the file's graph (residual adds, concatenations, norms, pools, "
                                "activations) with each layer's certified upper bound; sound for the model as built")

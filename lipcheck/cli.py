@@ -85,6 +85,9 @@ GlobalOpt = Annotated[Optional[list[str]], typer.Option(
     "--allow-global", envvar="LIPCHECK_ALLOW_GLOBAL",
     help="Allow one non-tensor object (module.Name, e.g. argparse.Namespace) in a PyTorch checkpoint; repeatable. "
          "Only for files you trust: nothing else is ever unpickled.")]
+NodeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--node-constant", envvar="LIPCHECK_NODE_CONSTANT",
+    help="LABEL=C: vouch that graph node LABEL is C-Lipschitz (for nodes lipcheck cannot bound; recorded in the report).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", envvar="LIPCHECK_PLOT",
                                                  help="Also draw σ and the Lipschitz upper bound per layer into FILE.png or FILE.svg (needs lipcheck[plot]).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", envvar="LIPCHECK_CONFIG",
@@ -121,8 +124,11 @@ class _Options:
             shapes = [shapes]
         parsed = tuple(_parse_shape(str(text)) for text in shapes) if shapes else None
         allowed = tuple(str(name) for name in (self.get("allow-global") or ()))
+        supplied = self.get("node-constant") or ()
+        pairs = tuple(supplied.items()) if isinstance(supplied, dict) else tuple(
+            _parse_pair(str(t), "--node-constant", "LABEL=C, e.g. '/attn/MatMul=4.0'") for t in supplied)
         return Settings(seed=int(self.get("seed")), tol=tol, max_iter=max_iter, input_shape=parsed,
-                        allow_globals=allowed)
+                        allow_globals=allowed, node_constants=tuple((k, float(v)) for k, v in pairs))
 
     def output_format(self) -> OutputFormat:
         value = self.get("format")
@@ -140,14 +146,18 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _parse_threshold(text: str) -> tuple[str, float]:
-    pattern, sep, value = text.rpartition("=")
+    return _parse_pair(text, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'")
+
+
+def _parse_pair(text: str, flag: str, form: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
     try:
-        limit = float(value)
+        number = float(value)
     except ValueError:
-        limit = float("nan")
-    if not sep or not pattern or limit != limit:
-        raise _fail(f"--layer-threshold {text!r}: write PATTERN=NUMBER, e.g. 'encoder.*=2.0'")
-    return pattern, limit
+        number = float("nan")
+    if not sep or not name or number != number or number < 0:
+        raise _fail(f"{flag} {text!r}: write {form}")
+    return name, number
 
 
 def _expand(models: list[str]) -> list[str]:
@@ -323,6 +333,7 @@ def inspect(
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
+    node_constant: NodeOpt = None,
     plot: PlotOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -334,7 +345,7 @@ def inspect(
     try:
         opts = _Options(config, {"format": output_format.value if output_format else None, "output": output,
                                  "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
-                                 "plot": plot})
+                                 "plot": plot, "node-constant": node_constant})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     fmt, settings = opts.output_format(), opts.settings()
@@ -370,6 +381,7 @@ def check(
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
+    node_constant: NodeOpt = None,
     plot: PlotOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -385,7 +397,7 @@ def check(
             "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
             "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
             "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
-            "plot": plot})
+            "plot": plot, "node-constant": node_constant})
     except LipcheckError as exc:
         raise _fail(str(exc)) from None
     paths = opts.get("models")

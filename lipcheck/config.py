@@ -29,6 +29,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "input-shape": (list, str),
     "key": (str,),
     "allow-global": (list,),
+    "node-constant": (dict, list),
     "fail-if-grows": (int, float),
     "plot": (str,),
 }

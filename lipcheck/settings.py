@@ -18,4 +18,5 @@ class Settings:
     max_iter: int = DEFAULT_MAX_ITER
     input_shape: tuple[tuple[int, ...], ...] | None = None
     allow_globals: tuple[str, ...] = ()
+    node_constants: tuple[tuple[str, float], ...] = ()  # --node-constant LABEL=C: user-vouched constants
     lower: bool = True  # an empirical lower bound where the model can be run (ONNX via onnxruntime)  # module.Name objects a checkpoint may contain (--allow-global)

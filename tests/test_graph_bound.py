@@ -152,3 +152,19 @@ def test_state_dict_has_no_graph_bound() -> None:
     report = inspect(SAMPLES / "cnn.pt")
     assert report.bound.graph is None and report.bound.lower is None
     assert any("file order" in a for a in report.bound.assumptions)
+
+
+def test_user_supplied_constants_are_opt_in_and_recorded(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from lipcheck.settings import Settings
+
+    path = _export(Encoder(), (1, 5, 8), tmp_path / "enc.onnx")
+    report = inspect(path)
+    labels = [a.removeprefix("graph: no bound, ").split(" (")[0] for a in report.bound.assumptions
+              if a.startswith("graph: no bound, ")]
+    assert labels
+    supplied = inspect(path, settings=Settings(node_constants=tuple((label, 3.0) for label in labels)))
+    assert supplied.bound.graph is not None
+    recorded = [a for a in supplied.bound.assumptions if "supplied by the user" in a]
+    assert len(recorded) == len(labels)
+    code, _, err = cli("inspect", str(path), "--node-constant", "no-such-node=2")
+    assert code == 2 and "names no node" in err and err.count("\n") == 1
