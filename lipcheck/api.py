@@ -38,6 +38,14 @@ def inspect(
 
         model = torch_module.load(path, settings.input_shape)
     report = analyze(model, settings, progress)
+    runnable = model.runnable
+    if settings.lower and settings.input_shape and runnable is not None and not report.non_finite_layers:
+        from lipcheck.graph.lower import torch_lower
+
+        try:
+            report.bound.lower = torch_lower(runnable, settings.input_shape, settings.seed)
+        except Exception as exc:  # the module refused the shapes or autograd: no lower bound, say why
+            report.notes.append(f"no empirical lower bound: the module could not be differentiated ({str(exc).splitlines()[0][:160]})")
     if settings.lower and model.format == "onnx" and model.graph is not None and not report.non_finite_layers:
         from lipcheck.graph.lower import onnx_lower
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +84,7 @@ class Model:
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     graph: "Graph | None" = None  # the computation graph, where the file has one (lipcheck.graph)
+    runnable: Any = None  # a torch module to differentiate for the empirical lower bound (TorchScript, API)
 
 
 @dataclass(frozen=True)

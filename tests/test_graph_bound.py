@@ -168,3 +168,34 @@ def test_user_supplied_constants_are_opt_in_and_recorded(tmp_path: Path, cli) ->
     assert len(recorded) == len(labels)
     code, _, err = cli("inspect", str(path), "--node-constant", "no-such-node=2")
     assert code == 2 and "names no node" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["script", "trace", "module"])
+def test_torchscript_and_module_front_ends(tmp_path: Path, how: str) -> None:
+    from lipcheck.settings import Settings
+
+    shape = (1, 3, 8, 8)
+    net = Residual().eval()
+    settings = Settings(input_shape=(shape,))
+    if how == "module":
+        report = inspect(net, settings=settings)
+    else:
+        scripted = torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(shape))
+        scripted.save(str(tmp_path / "m.pt"))
+        report = inspect(tmp_path / "m.pt", settings=settings)
+    c1, c2 = _conv_norm(net.conv1, 8), _conv_norm(net.conv2, 8)
+    separate = (1 + c2 * _bn_scale(net.bn1) * c1) * 0.5 * exact_sigma(net.head.weight)
+    graph = report.bound.graph
+    # Batch norm stays a separate node here (freezing keeps numerics), so the bound is the separate product.
+    assert graph is not None and separate <= graph <= separate * (1 + 1e-5)
+    assert report.bound.lower is not None and 0 < report.bound.lower <= graph
+    assert _autograd_lower(net, shape) <= graph
+
+
+def test_module_and_onnx_front_ends_agree(tmp_path: Path) -> None:
+    from lipcheck.settings import Settings
+
+    net = UNetish().eval()
+    onnx_graph = inspect(_export(net, (1, 2, 8, 8), tmp_path / "u.onnx")).bound.graph
+    module_graph = inspect(net, settings=Settings(input_shape=((1, 2, 8, 8),))).bound.graph
+    assert onnx_graph is not None and module_graph == pytest.approx(onnx_graph, rel=1e-6)

@@ -35,9 +35,10 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
                       note=f"module {prefix or '(root)'}: {type(sub).__name__}")
         layers.append(layer)
         by_module[id(sub)] = layer
-    model = Model(f"<{type(module).__name__}>", "module", layers)
+    model = Model(f"<{type(module).__name__}>", "module", layers, runnable=module)
     if input_shapes is not None:
         _input_sizes(module, by_module, input_shapes)
+        model.graph = _traced_graph(module, layers, input_shapes)
     return model
 
 
@@ -63,3 +64,20 @@ def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_sha
         module.train(was_training)
         for handle in handles:
             handle.remove()
+
+
+def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...]):  # type: ignore[no-untyped-def]
+    """Trace the caller's module at the given shapes and read its graph (None if tracing fails)."""
+    import warnings
+
+    from lipcheck.graph.torchscript_front import build
+
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module.eval(), tuple(torch.zeros(s, dtype=dtype) for s in input_shapes))
+    except Exception:  # untraceable modules keep the product bound
+        return None
+    return build(traced, layers)

@@ -56,7 +56,10 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
                     layer.note = f"module {prefix or '(root)'}: {kind}; role guessed from the name"
                 layers.extend(found)
                 skipped.extend(skips)
-    model = Model(str(path), "torchscript", layers, skipped)
+    from lipcheck.graph.torchscript_front import build
+
+    model = Model(str(path), "torchscript", layers, skipped, graph=build(module, layers))
+    model.runnable = module
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)
     elif any(layer.is_conv for layer in layers):
@@ -74,7 +77,7 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frozen = torch.jit.freeze(module.eval())
+            frozen = torch.jit.freeze(module.eval(), optimize_numerics=False)  # keep conv weights as stored
             graph = frozen.graph
             inputs = list(graph.inputs())[1:]
             if len(inputs) != len(input_shapes):

@@ -18,7 +18,7 @@ from lipcheck.graph.ir import Graph, Node
 
 # max |f'| of elementwise activations with no parameters (design.md §2.5).
 _FIXED = {"Relu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Softplus": 1.0, "Abs": 1.0, "Softsign": 1.0,
-          "Gelu": 1.1289, "Mish": 1.0885, "HardSwish": 1.5, "Clip": 1.0, "Softmax": 0.5, "Erf": 2 / math.sqrt(math.pi)}
+          "Gelu": 1.1289, "Silu": 1.0998, "Mish": 1.0885, "HardSwish": 1.5, "Clip": 1.0, "Softmax": 0.5, "Erf": 2 / math.sqrt(math.pi)}
 # Ops that move, select or re-shape entries without changing any value (norm <= 1).
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Cast",
           "CastLike", "Split", "GlobalMaxPool", "DepthToSpace", "SpaceToDepth", "Neg", "ReduceMax", "ReduceMin"}

@@ -1,0 +1,143 @@
+"""TorchScript front end: the frozen graph (batch norm kept separate) as lipcheck's graph IR.
+
+Freezing inlines the module and turns weights into constants; nothing is run. Each aten call
+becomes a node named like the ONNX ops the walk knows; an aten op without a mapping keeps its
+name, and the walk reports it as an op it cannot bound.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from lipcheck.graph.ir import Graph, Node
+from lipcheck.model import Layer
+
+_SIMPLE = {
+    "aten::relu": "Relu", "aten::relu_": "Relu", "aten::sigmoid": "Sigmoid", "aten::tanh": "Tanh",
+    "aten::softplus": "Softplus", "aten::gelu": "Gelu", "aten::silu": "Silu", "aten::hardswish": "HardSwish",
+    "aten::mish": "Mish", "aten::softmax": "Softmax", "aten::layer_norm": "LayerNormalization",
+    "aten::group_norm": "GroupNormalization", "aten::instance_norm": "InstanceNormalization",
+    "aten::exp": "Exp", "aten::log": "Log", "aten::sqrt": "Sqrt", "aten::abs": "Abs", "aten::neg": "Neg",
+    "aten::flatten": "Flatten", "aten::view": "Reshape", "aten::reshape": "Reshape", "aten::permute": "Transpose",
+    "aten::transpose": "Transpose", "aten::contiguous": "Identity", "aten::squeeze": "Squeeze",
+    "aten::unsqueeze": "Unsqueeze", "aten::dropout": "Dropout", "aten::slice": "Slice", "aten::select": "Slice",
+    "aten::size": "Shape", "aten::clamp": "Clip", "aten::hardtanh": "Clip", "aten::relu6": "Clip",
+    "aten::matmul": "MatMul", "aten::mm": "MatMul", "aten::bmm": "MatMul", "aten::mul": "Mul", "aten::div": "Div",
+    "aten::max_pool1d": "MaxPool", "aten::max_pool2d": "MaxPool", "aten::max_pool3d": "MaxPool",
+    "aten::avg_pool1d": "AveragePool", "aten::avg_pool2d": "AveragePool", "aten::avg_pool3d": "AveragePool",
+    "aten::batch_norm": "BatchNormalization", "aten::linear": "Gemm", "aten::cat": "Concat",
+    "aten::add": "Add", "aten::add_": "Add", "aten::sub": "Sub", "aten::leaky_relu": "LeakyRelu", "aten::elu": "Elu",
+    "aten::hardsigmoid": "HardSigmoid",
+}
+_CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"}
+_CONV_T = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
+
+
+def _value(v: torch._C.Value) -> Any:
+    try:
+        return v.toIValue()
+    except RuntimeError:
+        return None
+
+
+def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
+    """The module's frozen forward graph, or None when TorchScript cannot freeze it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(module.eval(), optimize_numerics=False)
+    except Exception:  # scripted code freezing does not support: no graph bound, the product stays
+        return None
+    graph = frozen.graph
+    by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
+    layer_index = {layer.name: i for i, layer in enumerate(layers)}
+    constants: dict[str, Any] = {}
+    nodes: list[Node] = []
+    lists: dict[str, list[str]] = {}
+    layer_nodes: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes()):
+        kind = node.kind()
+        outs = [o.debugName() for o in node.outputs()]
+        ins = [i.debugName() for i in node.inputs()]
+        if kind == "prim::Constant":
+            value = _value(node.output())
+            if isinstance(value, torch.Tensor):
+                constants[outs[0]] = (lambda t=value: t.detach().to(torch.float64).numpy())
+            elif isinstance(value, (int, float, bool)) or (isinstance(value, list) and all(isinstance(x, (int, float)) for x in value)):
+                constants[outs[0]] = (lambda v=value: np.asarray(v, dtype=np.float64))
+            else:
+                constants[outs[0]] = (lambda: np.zeros(0))
+            continue
+        if kind == "prim::ListConstruct":
+            lists[outs[0]] = ins
+            nodes.append(Node("Concat", f"{kind}_{index}", tuple(ins), tuple(outs)))  # a list: like a concatenation
+            continue
+        label = f"{kind.split('::')[-1]}_{index}"
+        attrs: dict[str, Any] = {}
+        op = _SIMPLE.get(kind, kind)
+        args = list(node.inputs())
+        if kind in _CONVS or kind in _CONV_T:
+            op = "ConvTranspose" if kind in _CONV_T or (kind == "aten::_convolution" and _value(args[6])) else "Conv"
+            ins = ins[:3]
+        if kind in _CONVS or kind in _CONV_T or kind == "aten::linear":
+            weight = _value(args[1])
+            name = by_storage.get(weight.data_ptr()) if isinstance(weight, torch.Tensor) else None
+            if name in layer_index:
+                layer_nodes[label] = layer_index[name]
+            ins = ins[:3]
+        elif op in ("Add", "Sub") and len(args) > 2:
+            alpha = _value(args[2])
+            if isinstance(alpha, (int, float)) and alpha != 1:
+                op = "Unknown_scaled_" + op  # alpha != 1: leave to the unknown-op rule
+            ins = ins[:2]
+        elif op == "Concat":
+            ins = lists.get(ins[0], [ins[0]])
+        elif op == "BatchNormalization":
+            eps = _value(args[7])
+            attrs["epsilon"] = float(eps) if isinstance(eps, (int, float)) else 1e-5
+            ins = [ins[0], ins[1], ins[2], ins[3], ins[4]]
+        elif op in ("MaxPool", "AveragePool"):
+            kernel = _value(args[1]) or []
+            stride = _value(args[2]) or kernel
+            attrs.update(kernel_shape=list(kernel), strides=list(stride))
+            pads = _value(args[3]) or []
+            attrs["pads"] = list(pads) * 2
+            if op == "AveragePool":
+                include = _value(args[5]) if len(args) > 5 else True
+                attrs["count_include_pad"] = int(bool(include))
+            ins = ins[:1]
+        elif op == "LeakyRelu":
+            slope = _value(args[1])
+            attrs["alpha"] = float(slope) if isinstance(slope, (int, float)) else 0.01
+            ins = ins[:1]
+        elif op == "Elu":
+            alpha, scale = _value(args[1]), _value(args[2])
+            attrs["alpha"] = float(alpha or 1.0) * float(scale or 1.0)
+            ins = ins[:1]
+        elif kind.startswith("aten::upsample_") and len(args) >= 3:
+            scales = _value(args[2]) if kind.endswith(("nearest1d", "nearest2d", "nearest3d")) or len(args) == 3 else None
+            if isinstance(scales, (list, tuple)) and scales and all(isinstance(v, (int, float)) for v in scales):
+                mode = "nearest" if "nearest" in kind else "linear"
+                name = f"{label}.scales"
+                constants[name] = (lambda v=[1.0, 1.0, *scales]: np.asarray(v, dtype=np.float64))
+                op, ins, attrs = "Resize", [ins[0], "", name], {"mode": mode}
+        elif op == "HardSigmoid":
+            attrs["alpha"] = 1.0 / 6.0
+        elif op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Silu", "HardSwish", "Mish", "Softmax", "Clip",
+                    "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Dropout", "Slice", "Abs",
+                    "Neg", "Exp", "Log", "Sqrt"):
+            ins = ins[:1]
+        nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs))
+    inputs = [v.debugName() for v in list(graph.inputs())[1:]]
+    outputs: list[str] = []
+    for value in graph.outputs():
+        producer = value.node()
+        if producer.kind() == "prim::TupleConstruct":
+            outputs.extend(i.debugName() for i in producer.inputs())
+        else:
+            outputs.append(value.debugName())
+    return Graph(inputs, outputs, nodes, constants, {}, layer_nodes)
