@@ -17,6 +17,7 @@ from lipcheck.settings import Settings
 from lipcheck.spectral.layer import estimate
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
@@ -120,7 +121,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
 
         try:
             found = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
-                                dict(settings.node_constants))
+                                dict(settings.node_constants), fuse=_fuser(model, settings))
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             found = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
         graph_value = found.value
@@ -148,3 +149,28 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         bound=bound,
         notes=notes,
     )
+
+
+def _fuser(model: Model, settings: Settings):  # type: ignore[no-untyped-def]
+    """Certify a layer with its output channels scaled (a batch norm folded into it)."""
+    import torch
+
+    def fuse(index: int, scale: "np.ndarray") -> float | None:
+        layer = model.layers[index]
+        if layer.is_transposed:
+            return None
+        factor = torch.as_tensor(scale, dtype=torch.float64)
+
+        def load() -> torch.Tensor:
+            weight = layer.load().to(torch.float64)
+            if weight.shape[0] != factor.numel():
+                raise ValueError("batch-norm channels do not match the layer's outputs")
+            return weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
+
+        try:
+            est = estimate(replace(layer, load=load, warm_u=None), settings)
+        except ValueError:
+            return None
+        return est.lipschitz.upper if est.lipschitz is not None else None
+
+    return fuse

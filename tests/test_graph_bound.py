@@ -66,9 +66,17 @@ class Residual(nn.Module):
 def test_residual_cnn_with_batch_norm(tmp_path: Path) -> None:
     net = Residual()
     report = inspect(_export(net, (1, 3, 8, 8), tmp_path / "res.onnx"))
+    tight, separate = _residual_bounds(net)
+    graph = report.bound.graph
+    assert graph is not None and tight <= graph <= tight * (1 + 1e-5) and graph <= separate
+    lower = max(report.bound.lower or 0.0, _autograd_lower(net, (1, 3, 8, 8)))
+    assert 0 < lower <= graph
+
+
+def _residual_bounds(net: Residual) -> tuple[float, float]:
+    """AutoLip by hand: with batch norm folded into conv1 (tight), and every node separately."""
     c1, c2 = _conv_norm(net.conv1, 8), _conv_norm(net.conv2, 8)
     head = exact_sigma(net.head.weight)
-    # The exporter folds the eval-mode batch norm into conv1: the exact norm of that composition...
     w = net.conv1.weight.detach().double()
     scale = (net.bn1.weight / torch.sqrt(net.bn1.running_var + net.bn1.eps)).detach().double()
     bn_conv = nn.functional.conv2d
@@ -77,10 +85,7 @@ def test_residual_cnn_with_batch_norm(tmp_path: Path) -> None:
     folded = exact_sigma(jac.reshape(-1, 3 * 64))
     tight = (1 + c2 * folded) * 0.5 * head  # avg pool 2x2: 1/2
     separate = (1 + c2 * _bn_scale(net.bn1) * c1) * 0.5 * head  # every node's constant taken separately
-    graph = report.bound.graph
-    assert graph is not None and tight <= graph <= tight * (1 + 1e-5) and graph <= separate
-    lower = max(report.bound.lower or 0.0, _autograd_lower(net, (1, 3, 8, 8)))
-    assert 0 < lower <= graph
+    return tight, separate
 
 
 class UNetish(nn.Module):
@@ -183,11 +188,10 @@ def test_torchscript_and_module_front_ends(tmp_path: Path, how: str) -> None:
         scripted = torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(shape))
         scripted.save(str(tmp_path / "m.pt"))
         report = inspect(tmp_path / "m.pt", settings=settings)
-    c1, c2 = _conv_norm(net.conv1, 8), _conv_norm(net.conv2, 8)
-    separate = (1 + c2 * _bn_scale(net.bn1) * c1) * 0.5 * exact_sigma(net.head.weight)
+    tight, separate = _residual_bounds(net)
     graph = report.bound.graph
-    # Batch norm stays a separate node here (freezing keeps numerics), so the bound is the separate product.
-    assert graph is not None and separate <= graph <= separate * (1 + 1e-5)
+    # Batch norm is a separate node in these graphs; lipcheck folds it into conv1 (the tight value).
+    assert graph is not None and tight <= graph <= tight * (1 + 1e-5) and graph <= separate
     assert report.bound.lower is not None and 0 < report.bound.lower <= graph
     assert _autograd_lower(net, shape) <= graph
 
@@ -199,3 +203,20 @@ def test_module_and_onnx_front_ends_agree(tmp_path: Path) -> None:
     onnx_graph = inspect(_export(net, (1, 2, 8, 8), tmp_path / "u.onnx")).bound.graph
     module_graph = inspect(net, settings=Settings(input_shape=((1, 2, 8, 8),))).bound.graph
     assert onnx_graph is not None and module_graph == pytest.approx(onnx_graph, rel=1e-6)
+
+
+def test_torch_transformer_encoder_layer_exported_by_dynamo(tmp_path: Path) -> None:
+    """torch's own nn.TransformerEncoderLayer, exported with torch.onnx.export(dynamo=True)."""
+    import warnings
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True).eval()
+    path = tmp_path / "enc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(1, 5, 8),), str(path), dynamo=True)
+    report = inspect(path)
+    assert report.bound.graph is None
+    text = " ".join(report.bound.assumptions)
+    assert "(LayerNormalization): LayerNorm is not globally Lipschitz" in text
+    assert "(MatMul): a product of two activations" in text

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from lipcheck.graph.ir import Graph, Node
+
+# (layer index, per-output-channel scale) -> certified upper bound of the layer with its outputs scaled.
+Fuse = Callable[[int, np.ndarray], "float | None"]
 
 # max |f'| of elementwise activations with no parameters (design.md §2.5).
 _FIXED = {"Relu": 1.0, "Tanh": 1.0, "Sigmoid": 0.25, "Softplus": 1.0, "Abs": 1.0, "Softsign": 1.0,
@@ -53,8 +57,16 @@ class GraphBound:
 
 
 class _Walk:
-    def __init__(self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float]) -> None:
+    def __init__(self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float],
+                 fuse: Fuse | None = None) -> None:
         self.graph = graph
+        self.fuse = fuse
+        self.consumers: dict[str, int] = {}
+        for node in graph.nodes:
+            for name in node.inputs:
+                self.consumers[name] = self.consumers.get(name, 0) + 1
+        for name in graph.outputs:
+            self.consumers[name] = self.consumers.get(name, 0) + 1
         self.uppers = layer_uppers
         self.supplied = supplied
         self.used: list[str] = []
@@ -159,7 +171,9 @@ class _Walk:
             gamma, var = self.const(node.inputs[1]), self.const(node.inputs[4])
             if gamma is None or var is None:
                 return self.unbounded(node, "batch-norm statistics lipcheck could not read")
-            return float(np.max(np.abs(gamma) / np.sqrt(var + float(a.get("epsilon", 1e-5))))) * ins[0]
+            scale = np.abs(gamma) / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+            separate = float(np.max(scale)) * ins[0]
+            return min(separate, self.folded(node, scale))
         if op in ("MaxPool", "AveragePool", "LpPool"):
             return self.pool(node, ins[0])
         if op in ("GlobalAveragePool", "ReduceMean"):
@@ -179,6 +193,18 @@ class _Walk:
             _, counts = np.unique(indices.astype(np.int64), return_counts=True)
             return ins[0] * math.sqrt(float(counts.max())) if counts.size else 0.0  # repeated indices copy entries
         return self.unbounded(node, "an op lipcheck does not know how to bound")
+
+    def folded(self, node: Node, scale: np.ndarray) -> float:
+        """Batch norm right after a conv/linear used nowhere else: bound the fused layer instead."""
+        producer = self.producer.get(node.inputs[0])
+        if (self.fuse is None or producer is None or producer.label not in self.graph.layer_nodes
+                or producer.op not in ("Conv", "Gemm") or self.consumers.get(node.inputs[0], 0) != 1):
+            return math.inf
+        fused = self.fuse(self.graph.layer_nodes[producer.label], scale)
+        if fused is None:
+            return math.inf
+        data = sum(self.of(name) for i, name in enumerate(producer.inputs[:2]) if self.const(name) is None)
+        return fused * data
 
     def mul(self, node: Node, ins: list[float]) -> float:
         for i, j in ((0, 1), (1, 0)):
@@ -242,9 +268,10 @@ class _Walk:
         return lip * math.sqrt(float(np.prod(2.0 * np.ceil(np.maximum(scales, 1.0)))))
 
 
-def graph_bound(graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float] | None = None) -> GraphBound:
+def graph_bound(graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float] | None = None,
+                fuse: Fuse | None = None) -> GraphBound:
     """Bound every output's Lipschitz constant by walking the graph once.
 
     ``supplied`` maps node labels to constants the user vouches for (``--node-constant``).
     """
-    return _Walk(graph, layer_uppers, supplied or {}).run()
+    return _Walk(graph, layer_uppers, supplied or {}, fuse).run()
