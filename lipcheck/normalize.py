@@ -186,6 +186,9 @@ def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str 
         from lipcheck.formats import onnx_write
 
         onnx_write.save(src, dst, edits)
+    elif fmt is Format.SHARDED:
+        raise LipcheckError("normalize writes single-file models; merge the shards (or normalize each "
+                            "framework's own copy) first")
     else:  # pragma: no cover - the exhaustiveness test guards this
         raise AssertionError(fmt)
 

@@ -18,6 +18,7 @@ class Format(str, enum.Enum):
     TORCHSCRIPT = "torchscript"
     SAFETENSORS = "safetensors"
     ONNX = "onnx"
+    SHARDED = "sharded"  # an index json naming the shard of each tensor
 
 
 _EXTENSIONS = {
@@ -31,6 +32,8 @@ def detect(path: Path) -> Format:
     """Tell a file's format from its first bytes, falling back to its extension."""
     if path.is_dir():
         raise LipcheckError(f"{path} is a directory; point lipcheck at a model file inside it")
+    if path.name.endswith(".index.json"):
+        return Format.SHARDED
     try:
         with path.open("rb") as handle:
             head = handle.read(16)
@@ -79,6 +82,10 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
 
     ``input_shapes`` (one per model input) fixes the dynamic input sizes of a graph format.
     """
+    if path.is_dir():
+        from lipcheck.formats.sharded import resolve_folder
+
+        path = resolve_folder(path)
     fmt = detect(path)
     if allow_globals and fmt is not Format.TORCH:
         raise LipcheckError(f"--allow-global applies to PyTorch checkpoints; {path} is {fmt.value}")
@@ -126,6 +133,10 @@ def _dispatch(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tupl
         from lipcheck.formats import onnx_graph
 
         return onnx_graph.load(path, input_shapes)
+    if fmt is Format.SHARDED:
+        from lipcheck.formats import sharded
+
+        return sharded.load(path)
     raise AssertionError(fmt)  # pragma: no cover - the exhaustiveness test guards this
 
 

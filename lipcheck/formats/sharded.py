@@ -1,0 +1,108 @@
+"""Sharded checkpoints: an index (``*.safetensors.index.json`` / ``*.bin.index.json``) whose
+``weight_map`` names the shard holding each tensor, and model folders that contain one.
+
+Shards are read lazily (safetensors) or memory-mapped (torch), one tensor at a time, and must
+lie inside the index's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key
+from lipcheck.model import Model
+
+# What a model folder may hold, most specific first.
+FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin", "model.onnx", "model.pt", "model.pth")
+_MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def resolve_folder(folder: Path) -> Path:
+    """The model file inside a folder: a known name, else the only model-looking file."""
+    for name in FOLDER_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    indexes = sorted(folder.glob("*.index.json"))
+    if len(indexes) == 1:
+        return indexes[0]
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _MODEL_SUFFIXES)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise LipcheckError(f"{folder} is a directory with no model file lipcheck recognizes "
+                            f"({', '.join(FOLDER_FILES[:2])}, …); point lipcheck at the model file")
+    names = ", ".join(p.name for p in candidates[:6])
+    raise LipcheckError(f"{folder} is a directory with several model files ({names}); name the one to inspect")
+
+
+def load(index: Path) -> Model:
+    """Load every shard's tensors named by the index, in natural name order."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map must map tensor names to shard file names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"cannot read {index} as a sharded-checkpoint index ({exc}); it needs a "
+                               "'weight_map' of tensor name -> shard file") from None
+    base = os.path.realpath(index.parent)
+    by_shard: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(name)
+    entries: list[TensorEntry] = []
+    kinds = set()
+    for shard, names in sorted(by_shard.items()):
+        target = os.path.realpath(os.path.join(base, shard))
+        if os.path.isabs(shard) or os.path.commonpath([base, target]) != base:
+            raise RefusedFileError(f"{index} names shard '{shard}' outside its folder; lipcheck only reads shards "
+                                   "beside the index")
+        if not os.path.isfile(target):
+            raise CorruptFileError(f"shard '{shard}' named by {index.name} is missing; download every shard")
+        kinds.add("safetensors" if shard.endswith(".safetensors") else "state_dict")
+        entries.extend(_safetensors_entries(Path(target), names) if shard.endswith(".safetensors")
+                       else _torch_entries(Path(target), names))
+    entries.sort(key=lambda e: natural_key(e.name))
+    layers, skipped = classify(entries)
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    return Model(str(index), f"sharded {kind}", layers, skipped, [f"{len(by_shard)} shards read through {index.name}"])
+
+
+def _safetensors_entries(path: Path, names: list[str]) -> list[TensorEntry]:
+    from safetensors import SafetensorError, safe_open
+
+    from lipcheck.formats.safetensors_file import _DTYPES
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            present = set(handle.keys())
+            meta = {n: (tuple(handle.get_slice(n).get_shape()), handle.get_slice(n).get_dtype()) for n in names if n in present}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptFileError(f"cannot read shard {path.name} as safetensors ({exc})") from None
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise CorruptFileError(f"shard {path.name} lacks {missing[0]} (and {len(missing) - 1} more) that the index names")
+
+    def loader(name: str):  # type: ignore[no-untyped-def]
+        def load_tensor() -> torch.Tensor:
+            with safe_open(str(path), framework="pt") as handle:
+                return handle.get_tensor(name)
+
+        return load_tensor
+
+    return [TensorEntry(n, shape, _DTYPES.get(dtype, torch.uint8), loader(n)) for n, (shape, dtype) in meta.items()]
+
+
+def _torch_entries(path: Path, names: list[str]) -> list[TensorEntry]:
+    from lipcheck.formats import torch_pickle
+
+    state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(path), None)
+    flat = dict(torch_pickle._flatten(state))
+    missing = [n for n in names if n not in flat]
+    if missing:
+        raise CorruptFileError(f"shard {path.name} lacks {missing[0]} (and {len(missing) - 1} more) that the index names")
+    return [TensorEntry(n, tuple(flat[n].shape), flat[n].dtype, (lambda t=flat[n]: t)) for n in names]
