@@ -61,3 +61,20 @@ def test_padded_conv_circular_bound_is_tight_at_32px() -> None:
     upper = circular_upper(weight, geometry, (32, 32), False)
     lower, _ = power_lower(weight, geometry, (32, 32), False, tol=1e-9, max_iter=5000, seed=0)
     assert lower <= upper <= lower * 1.01
+
+
+def test_fourier_warm_start_needs_fewer_iterations() -> None:
+    """The circular operator's top mode, windowed to the input, starts power iteration near the answer."""
+    from lipcheck.spectral.conv import circular_bound, fourier_start
+
+    weight = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for geometry in (ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 1), ConvGeometry((2, 2), (1, 1, 1, 1), (1, 1), 1),
+                     ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 2)):
+        w = weight[:, : 8 // geometry.groups]
+        upper, mode = circular_bound(w, geometry, (32, 32), False)
+        start = fourier_start(w, geometry, (32, 32), mode)
+        assert start is not None
+        cold, cold_it = power_lower(w, geometry, (32, 32), False, tol=1e-7, max_iter=5000, seed=0, upper=upper)
+        warm, warm_it = power_lower(w, geometry, (32, 32), False, tol=1e-7, max_iter=5000, seed=0, upper=upper,
+                                    start=start)
+        assert warm_it < cold_it and warm >= cold * (1 - 1e-5) and warm <= upper

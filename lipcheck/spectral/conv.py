@@ -116,7 +116,8 @@ def any_size_factor(kernel: tuple[int, ...], geometry: ConvGeometry) -> float:
 
 
 def power_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                tol: float, max_iter: int, seed: int, upper: float = math.inf) -> tuple[float, int]:
+                tol: float, max_iter: int, seed: int, upper: float = math.inf,
+                start: torch.Tensor | None = None) -> tuple[float, int]:
     """Power iteration on the operator: x <- A^T A x; returns (||A x|| for unit x, iterations).
 
     Stops when within ``tol`` of ``upper``, when the step changes sigma by under tol/10, or when
@@ -126,6 +127,8 @@ def power_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int
     apply = _conv_fn(weight, geometry, transposed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, input_channels(weight, geometry, transposed), *spatial, generator=g, dtype=torch.float64)
+    if start is not None and start.shape == x.shape:
+        x = start + 1e-3 * x * (start.norm() / x.norm())  # a little noise keeps every direction present
     sigma, previous, checkpoint = 0.0, -1.0, 0.0
     for it in range(1, max_iter + 1):
         x = x / x.norm()
@@ -165,25 +168,69 @@ def pad_norm(spatial: tuple[int, ...], geometry: ConvGeometry) -> float:
 
 def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
     """A certified upper bound on the operator norm from circular embeddings (see module doc)."""
+    return circular_bound(weight, geometry, spatial, transposed)[0]
+
+
+# The circular operator's top mode: (frequency per axis, group, that frequency's matrix).
+Mode = tuple[list[float], int, torch.Tensor]
+
+
+def circular_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
+                   transposed: bool) -> tuple[float, Mode | None]:
+    """The circular-embedding upper bound and the top mode of the smallest embedding (for a warm start)."""
     if transposed:
         # ConvTranspose is the adjoint of the conv with the same weight, taken at the output size.
         out_spatial = _transposed_output(weight, geometry, spatial)
-        return circular_upper(weight, geometry, out_spatial, transposed=False)
+        return circular_upper(weight, geometry, out_spatial, transposed=False), None
     n = weight.dim() - 2
     begin, end = _pads(geometry, n)
     if geometry.padding_mode != "zeros":
         # Non-zero padding = a padding map (norm computed exactly) followed by an unpadded conv.
         valid = replace(geometry, padding=(0,) * (2 * n), padding_mode="zeros")
         padded = tuple(size + b + e for size, b, e in zip(spatial, begin, end))
-        return pad_norm(spatial, geometry) * circular_upper(weight, valid, padded, transposed=False)
+        return pad_norm(spatial, geometry) * circular_upper(weight, valid, padded, transposed=False), None
     stride = geometry.stride
     base = [-(-(size + b + e) // s) * s for size, b, e, s in zip(spatial, begin, end, stride)]
     best = math.inf
     extras = _EXTRA_EMBEDDINGS if min(b // s for b, s in zip(base, stride)) < 16 else 0
+    mode = None
     for extra in range(extras + 1):
         sizes = [b + extra * s for b, s in zip(base, stride)]
-        best = min(best, _circular_norm(weight, geometry, sizes))
-    return best * (1.0 + GRAM_MARGIN)
+        value, found = _circular_norm(weight, geometry, sizes)
+        best = min(best, value)
+        if extra == 0:
+            mode = found
+    return best * (1.0 + GRAM_MARGIN), mode
+
+
+def fourier_start(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
+                  mode: Mode | None) -> torch.Tensor | None:
+    """A start vector for power iteration: the circular operator's top mode, windowed to the input.
+
+    At frequency w with top right singular vector v of K(w) (C_in/g * phases entries), the input
+    x[c, s*m + r] = Re(v[c*phases + r] e^{i w.m}) is the circular conv's top singular input; the
+    zero-padded operator's top input is close to it, so power iteration starts near the answer.
+    """
+    if mode is None:
+        return None
+    freq, group, matrix = mode
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    v = vh[0].conj()  # K v = sigma u  with v the first right singular vector
+    stride = geometry.stride
+    phases = math.prod(stride)
+    c_in_g = weight.shape[1]
+    channels = c_in_g * geometry.groups
+    x = torch.zeros(1, channels, *spatial, dtype=torch.float64)
+    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in spatial), indexing="ij")
+    m = [g // s for g, s in zip(grids, stride)]
+    residue = torch.zeros_like(grids[0], dtype=torch.long)
+    for g_axis, s in zip(grids, stride):
+        residue = residue * s + (g_axis.long() % s)
+    wave = torch.exp(1j * sum(f * mi for f, mi in zip(freq, m)))
+    for c in range(c_in_g):
+        coeff = v[c * phases + residue]
+        x[0, group * c_in_g + c] = (coeff * wave).real
+    return x if float(x.norm()) > 0 else None
 
 
 def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -199,7 +246,7 @@ def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tu
 _CHUNK_ENTRIES = 1 << 22
 
 
-def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int]) -> float:
+def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int]) -> tuple[float, Mode | None]:
     g = geometry.groups
     c_out, c_in_g = weight.shape[0], weight.shape[1]
     kernel = weight.shape[2:]
@@ -217,7 +264,7 @@ def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int
         for o, s in zip(offset, stride):
             r = r * s + o % s
         taps.append((tap, [o // s for o, s in zip(offset, stride)], r))
-    best = 0.0
+    best, mode = 0.0, None
     for start in range(0, reduced[0], rows):
         chunk = [freqs[0][start:start + rows], *freqs[1:]]
         # Per frequency: K[f] is (groups, C_out/g, C_in/g * phases).
@@ -230,8 +277,15 @@ def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int
                 phase = phase * torch.exp(1j * f * q).reshape(view)
             cols = torch.arange(c_in_g) * phases + r
             spectrum[..., cols] += phase[..., None, None, None] * w[(slice(None), slice(None), slice(None), *tap)]
-        best = max(best, float(torch.linalg.matrix_norm(spectrum, ord=2).max()))
-    return best
+        norms = torch.linalg.matrix_norm(spectrum, ord=2)  # (*freqs, groups)
+        top = float(norms.max())
+        if top > best:
+            flat = int(torch.argmax(norms))
+            where = list(torch.unravel_index(torch.tensor(flat), norms.shape))
+            freq = [float(f[int(i)]) for f, i in zip(chunk, where[:-1])]
+            mode = (freq, int(where[-1]), spectrum[tuple(int(i) for i in where)].clone())
+        best = max(best, top)
+    return best, mode
 
 
 METHOD_EXPLICIT = "explicit operator matrix at the input size: power iteration (lower), Gram iteration (upper)"
@@ -252,9 +306,11 @@ def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tup
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged)
-    upper = min(circular_upper(w64, geometry, spatial, transposed), upper_cap)
+    circular, mode = circular_bound(w64, geometry, spatial, transposed)
+    upper = min(circular, upper_cap)
+    start = None if transposed or geometry.padding_mode != "zeros" else fourier_start(w64, geometry, spatial, mode)
     lower, iterations = power_lower(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
-                                    upper=upper)
+                                    upper=upper, start=start)
     return ConvInterval(min(lower, upper), upper, METHOD_OPERATOR, iterations, upper - lower <= tol * upper)
 
 
