@@ -260,24 +260,14 @@ def _emit(run, output_format: OutputFormat, output: Path | None) -> None:  # typ
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
+    from lipcheck.atomic import replacing
+    from lipcheck.errors import LipcheckError
 
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise _fail(f"cannot write {path}: folder {folder} does not exist; create it first")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise _fail(f"cannot write {path} ({exc.strerror}); choose a writable folder") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with replacing(path) as (tmp,):
+            tmp.write_text(text, encoding="utf-8")
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _plot(run, target: Any) -> None:  # type: ignore[no-untyped-def]

@@ -77,14 +77,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[3]}-{c[4]}-{c[5]}" for c in CASES])
-def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case) -> None:  # type: ignore[no-untyped-def]
+def _case_model(tmp_path: Path, case) -> tuple[Path, float]:  # type: ignore[no-untyped-def]
+    """The case's ONNX file and its exact operator norm (from onnxruntime's operator matrix)."""
     op, c_in, c_out, kernel, attrs, spatial = case
     groups = attrs.get("group", 1)
     shape = (c_in, c_out // groups, *kernel) if op == "ConvTranspose" else (c_out, c_in // groups, *kernel)
     weight = np.random.default_rng(len(str(case))).standard_normal(shape).astype(np.float32)
     path = _onnx_conv(tmp_path, op, weight, [1, c_in, *spatial], **attrs)
-    exact = exact_sigma(torch.from_numpy(_ort_matrix(path, (1, c_in, *spatial))))
+    return path, exact_sigma(torch.from_numpy(_ort_matrix(path, (1, c_in, *spatial))))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[3]}-{c[4]}-{c[5]}" for c in CASES])
+def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case) -> None:  # type: ignore[no-untyped-def]
+    spatial = case[5]
+    path, exact = _case_model(tmp_path, case)
     (layer,) = inspect(path).layers
     assert layer.input_size == spatial
     lip = layer.lipschitz
@@ -98,12 +104,7 @@ def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case)
 def test_fft_path_contains_the_operator_norm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case) -> None:  # type: ignore[no-untyped-def]
     """Large operators skip the explicit matrix; force that path on small ones and check it too."""
     monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
-    op, c_in, c_out, kernel, attrs, spatial = case
-    groups = attrs.get("group", 1)
-    shape = (c_in, c_out // groups, *kernel) if op == "ConvTranspose" else (c_out, c_in // groups, *kernel)
-    weight = np.random.default_rng(len(str(case))).standard_normal(shape).astype(np.float32)
-    path = _onnx_conv(tmp_path, op, weight, [1, c_in, *spatial], **attrs)
-    exact = exact_sigma(torch.from_numpy(_ort_matrix(path, (1, c_in, *spatial))))
+    path, exact = _case_model(tmp_path, case)
     (layer,) = inspect(path, settings=Settings(tol=1e-6)).layers
     lip = layer.lipschitz
     assert lip is not None and lip.lower is not None
