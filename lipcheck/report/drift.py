@@ -10,10 +10,16 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.diff import Drift
+from lipcheck.report.numbers import up
 
 
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
+
+
+def _up(value: float | None) -> str:
+    """An upper bound, rounded up so the printed number stays a bound."""
+    return "—" if value is None else up(value)
 
 
 def _pct(value: float | None) -> str:
@@ -28,9 +34,9 @@ def render_table(drift: Drift, console: Console) -> None:
     for change in drift.layers:
         growth = change.growth
         style = "red" if drift.fail_if_grows is not None and growth is not None and growth > drift.fail_if_grows else ""
-        table.add_row(Text(change.name), _num(change.old_sigma), _num(change.new_sigma), _num(change.old_upper),
-                      _num(change.new_upper), Text(_pct(growth), style=style))
-    lines = [Text(f"product bound: {_num(drift.old.bound.product)} → {_num(drift.new.bound.product)} "
+        table.add_row(Text(change.name), _num(change.old_sigma), _num(change.new_sigma), _up(change.old_upper),
+                      _up(change.new_upper), Text(_pct(growth), style=style))
+    lines = [Text(f"product bound: {_up(drift.old.bound.product)} → {_up(drift.new.bound.product)} "
                   f"({_pct(drift.product_growth)})")]
     lines += [Text(f"FAILED: {message}", style="bold red") for message in drift.failures]
     console.print(Group(table, *lines))
@@ -41,9 +47,9 @@ def render_markdown(drift: Drift) -> str:
     lines = [f"## lipcheck diff `{drift.old.model_path}` → `{drift.new.model_path}`", "",
              "| layer | σ old | σ new | upper old | upper new | change |", "|---|---:|---:|---:|---:|---:|"]
     for c in drift.layers:
-        lines.append(f"| `{c.name}` | {_num(c.old_sigma)} | {_num(c.new_sigma)} | {_num(c.old_upper)} | "
-                     f"{_num(c.new_upper)} | {_pct(c.growth)} |")
-    lines += ["", f"product bound: {_num(drift.old.bound.product)} → {_num(drift.new.bound.product)} "
+        lines.append(f"| `{c.name}` | {_num(c.old_sigma)} | {_num(c.new_sigma)} | {_up(c.old_upper)} | "
+                     f"{_up(c.new_upper)} | {_pct(c.growth)} |")
+    lines += ["", f"product bound: {_up(drift.old.bound.product)} → {_up(drift.new.bound.product)} "
               f"({_pct(drift.product_growth)})"]
     lines += [f"- **failed:** {m}" for m in drift.failures]
     return "\n".join(lines) + "\n"
