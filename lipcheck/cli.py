@@ -138,6 +138,16 @@ class _Options:
             raise _fail(f"unknown format {value!r}; choose one of {', '.join(f.value for f in OutputFormat)}") from None
 
 
+def _options(config: Path | None, given: dict[str, Any]) -> _Options:
+    """Resolve options, turning a bad config file into the one-line error and exit 2."""
+    from lipcheck.errors import LipcheckError
+
+    try:
+        return _Options(config, given)
+    except LipcheckError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     parts = text.lower().replace(",", "x").split("x")
     if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) < 2:
@@ -330,14 +340,9 @@ def inspect(
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
     from rich.console import Console
 
-    from lipcheck.errors import LipcheckError
-
-    try:
-        opts = _Options(config, {"format": output_format.value if output_format else None, "output": output,
-                                 "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
-                                 "plot": plot, "node-constant": node_constant})
-    except LipcheckError as exc:
-        raise _fail(str(exc)) from None
+    opts = _options(config, {"format": output_format.value if output_format else None, "output": output,
+                             "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape,
+                             "allow-global": allow_global, "plot": plot, "node-constant": node_constant})
     fmt, settings = opts.output_format(), opts.settings()
     run = _analyse([str(model)], settings, opts.get("key"), None, Console(stderr=True))
     if run.errors:
@@ -378,18 +383,14 @@ def check(
     """Gate CI on Lipschitz bounds: exit 1 when a model is above a threshold (design.md §4)."""
     from rich.console import Console
 
-    from lipcheck.errors import LipcheckError
     from lipcheck.gate import GateSpec
 
-    try:
-        opts = _Options(config, {
-            "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
-            "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
-            "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
-            "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
-            "plot": plot, "node-constant": node_constant})
-    except LipcheckError as exc:
-        raise _fail(str(exc)) from None
+    opts = _options(config, {
+        "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
+        "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
+        "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
+        "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
+        "plot": plot, "node-constant": node_constant})
     paths = opts.get("models")
     if not paths:
         raise _fail("no model given; name files or globs (lipcheck check model.onnx) or set 'models' in [tool.lipcheck]")
@@ -490,15 +491,11 @@ def diff(
     from rich.console import Console
 
     from lipcheck.diff import compare
-    from lipcheck.errors import LipcheckError
     from lipcheck.report import drift as drift_render
 
-    try:
-        opts = _Options(config, {"fail-if-grows": fail_if_grows, "format": output_format.value if output_format else None,
-                                 "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "key": key,
-                                 "input-shape": input_shape, "allow-global": allow_global})
-    except LipcheckError as exc:
-        raise _fail(str(exc)) from None
+    opts = _options(config, {"fail-if-grows": fail_if_grows, "format": output_format.value if output_format else None,
+                             "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "key": key,
+                             "input-shape": input_shape, "allow-global": allow_global})
     fmt, settings = opts.output_format(), opts.settings()
     run = _analyse([str(old), str(new)], settings, opts.get("key"), None, Console(stderr=True))
     if run.errors:

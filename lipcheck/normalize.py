@@ -144,8 +144,7 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
     by_name = {layer.name: layer for layer in model.layers}
     edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e
              for e in edits]
-    _write(fmt, src, dst, edits, key, settings.allow_globals)
-    if fmt is Format.TORCH and _has_optimizer(src, settings.allow_globals):
+    if _write(fmt, src, dst, edits, key, settings.allow_globals):
         warnings.append("the checkpoint's optimizer state (moments) now describes the old weights; reset it "
                         "before resuming training")
     after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
@@ -166,12 +165,13 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
 
 
 def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None,
-           allow_globals: tuple[str, ...] = ()) -> None:
+           allow_globals: tuple[str, ...] = ()) -> bool:
+    """Write the edited copy; True when it is a checkpoint that also holds optimizer state."""
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
         with replacing(dst) as (tmp,):
-            torch_pickle.save(src, tmp, edits, key, allow_globals)
+            return torch_pickle.save(src, tmp, edits, key, allow_globals)
     elif fmt is Format.SAFETENSORS:
         from lipcheck.formats import safetensors_file
 
@@ -191,10 +191,4 @@ def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str 
                             "framework's own copy) first")
     else:  # pragma: no cover - the exhaustiveness test guards this
         raise AssertionError(fmt)
-
-
-def _has_optimizer(path: Path, allow_globals: tuple[str, ...] = ()) -> bool:
-    from lipcheck.formats import torch_pickle
-
-    obj = torch_pickle.read(path, allow_globals)
-    return isinstance(obj, dict) and any("optim" in str(k) for k in obj)
+    return False

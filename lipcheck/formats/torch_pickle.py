@@ -169,8 +169,11 @@ def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 
 def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None,
-         allow_globals: tuple[str, ...] = ()) -> None:
-    """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded."""
+         allow_globals: tuple[str, ...] = ()) -> bool:
+    """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded.
+
+    Returns whether the checkpoint also holds optimizer state (whose moments are now stale).
+    """
     obj = read(src, allow_globals)
     state, _, _ = select_state_dict(obj, key)
     slots = {name: (container, k) for name, container, k in _slots(state)}
@@ -184,3 +187,4 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None,
             tensor = container[k]
             container[k] = (tensor.to(torch.float64) / edit.divisor).to(tensor.dtype)
     torch.save(obj, dst)
+    return isinstance(obj, Mapping) and any("optim" in str(k) for k in obj)
