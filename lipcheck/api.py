@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from lipcheck import __version__
-from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_from_log10
+from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.errors import LipcheckError
 from lipcheck.formats import load
 from lipcheck.gate import GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.settings import Settings
-from lipcheck.spectral.layer import estimate
+from lipcheck.spectral.layer import estimate, estimate_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,21 +91,23 @@ def _with_shape(settings: Settings | None, input_shape: tuple[int, ...] | None) 
 
 def analyze(model: Model, settings: Settings, progress: Progress | None = None) -> Report:
     """Estimate every layer of a loaded model and combine the bounds."""
-    layers: list[LayerReport] = []
-    for index, layer in enumerate(model.layers):
-        if progress is not None:
-            progress(index, len(model.layers), layer)
-        est = estimate(layer, settings)
-        layers.append(
-            LayerReport(
-                name=layer.name, scope=layer.scope, op=layer.op, shape=layer.shape, dtype=layer.dtype,
-                sigma=est.sigma, sigma_upper=est.sigma_upper, lipschitz=est.lipschitz,
-                iterations=est.iterations, gram_steps=est.gram_steps, converged=est.converged, note=layer.note,
-                input_size=layer.input_spatial,
-            )
+    found: dict[int, LayerReport] = {}
+    total = len(model.layers)
+    if progress is not None and total:
+        progress(0, total, model.layers[0])
+    for index, est in estimate_all(model.layers, settings):
+        layer = model.layers[index]
+        found[index] = LayerReport(
+            name=layer.name, scope=layer.scope, op=layer.op, shape=layer.shape, dtype=layer.dtype,
+            sigma=est.sigma, sigma_upper=est.sigma_upper, lipschitz=est.lipschitz,
+            iterations=est.iterations, certificate_steps=est.certificate_steps, converged=est.converged,
+            note=layer.note, input_size=layer.input_spatial,
         )
+        if progress is not None and len(found) < total:
+            progress(len(found), total, layer)
     if progress is not None:
-        progress(len(model.layers), len(model.layers), None)
+        progress(total, total, None)
+    layers = [found[index] for index in range(total)]
     log10 = log10_product([entry.lipschitz.upper if entry.lipschitz else None for entry in layers])
     assumptions = [PRODUCT_ASSUMPTION]
     if model.format in ("state_dict", "checkpoint", "safetensors"):
@@ -135,7 +137,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
                                "activations) with each layer's certified upper bound; sound for the model as built")
         else:
             assumptions.extend(f"graph: no bound, {reason}" for reason in found.unbounded)
-    bound = BoundReport(product=product_from_log10(log10), product_log10=log10, graph=graph_value, lower=None,
+    bound = BoundReport(product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]), product_log10=log10, graph=graph_value, lower=None,
                         assumptions=assumptions)
     settings_dict = asdict(settings)
     settings_dict["input_shape"] = [list(s) for s in settings.input_shape] if settings.input_shape else None

@@ -20,7 +20,7 @@ from lipcheck import __version__
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure, certify and enforce the Lipschitz constant of trained networks.")
 
-DEFAULTS: dict[str, Any] = {"tol": 1e-6, "max-iter": 10_000, "seed": 0, "format": "table", "bound": "upper",
+DEFAULTS: dict[str, Any] = {"tol": 1e-6, "max-iter": 10_000, "seed": 0, "device": "cpu", "format": "table", "bound": "upper",
                             "strict": False, "exit-zero": False}
 
 
@@ -75,6 +75,7 @@ TolOpt = Annotated[Optional[float], typer.Option(envvar="LIPCHECK_TOL",
                                                  help="Relative width at which a layer's interval counts as converged. [default: 1e-6]")]
 MaxIterOpt = Annotated[Optional[int], typer.Option(envvar="LIPCHECK_MAX_ITER", help="Power-iteration cap per layer. [default: 10000]")]
 SeedOpt = Annotated[Optional[int], typer.Option(envvar="LIPCHECK_SEED", help="Seed of the power iteration's start vectors. [default: 0]")]
+DeviceOpt = Annotated[Optional[str], typer.Option(envvar="LIPCHECK_DEVICE", help="Where dense certificates run: cpu, cuda, cuda:N, or auto (cuda when present). Never required. [default: cpu]")]
 KeyOpt = Annotated[Optional[str], typer.Option(envvar="LIPCHECK_KEY",
                                                help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")]
 ShapeOpt = Annotated[Optional[list[str]], typer.Option(
@@ -128,7 +129,7 @@ class _Options:
         pairs = tuple(supplied.items()) if isinstance(supplied, dict) else tuple(
             _parse_pair(str(t), "--node-constant", "LABEL=C, e.g. '/attn/MatMul=4.0'") for t in supplied)
         return Settings(seed=int(self.get("seed")), tol=tol, max_iter=max_iter, input_shape=parsed,
-                        allow_globals=allowed, node_constants=tuple((k, float(v)) for k, v in pairs))
+                        device=_device(str(self.get("device"))), allow_globals=allowed, node_constants=tuple((k, float(v)) for k, v in pairs))
 
     def output_format(self) -> OutputFormat:
         value = self.get("format")
@@ -330,6 +331,7 @@ def inspect(
     tol: TolOpt = None,
     max_iter: MaxIterOpt = None,
     seed: SeedOpt = None,
+    device: DeviceOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
@@ -341,7 +343,7 @@ def inspect(
     from rich.console import Console
 
     opts = _options(config, {"format": output_format.value if output_format else None, "output": output,
-                             "tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape,
+                             "tol": tol, "max-iter": max_iter, "seed": seed, "device": device, "key": key, "input-shape": input_shape,
                              "allow-global": allow_global, "plot": plot, "node-constant": node_constant})
     fmt, settings = opts.output_format(), opts.settings()
     run = _analyse([str(model)], settings, opts.get("key"), None, Console(stderr=True))
@@ -373,6 +375,7 @@ def check(
     tol: TolOpt = None,
     max_iter: MaxIterOpt = None,
     seed: SeedOpt = None,
+    device: DeviceOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
@@ -389,7 +392,7 @@ def check(
         "models": models or None, "fail-above": fail_above, "bound": bound.value if bound else None,
         "fail-layer-above": fail_layer_above, "layer-threshold": layer_threshold or None, "exit-zero": exit_zero,
         "strict": strict, "format": output_format.value if output_format else None, "output": output, "tol": tol,
-        "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global,
+        "max-iter": max_iter, "seed": seed, "device": device, "key": key, "input-shape": input_shape, "allow-global": allow_global,
         "plot": plot, "node-constant": node_constant})
     paths = opts.get("models")
     if not paths:
@@ -437,6 +440,7 @@ def normalize(
     tol: TolOpt = None,
     max_iter: MaxIterOpt = None,
     seed: SeedOpt = None,
+    device: DeviceOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
@@ -448,7 +452,7 @@ def normalize(
     from lipcheck.errors import LipcheckError
 
     try:
-        opts = _Options(config, {"tol": tol, "max-iter": max_iter, "seed": seed, "key": key, "input-shape": input_shape, "allow-global": allow_global})
+        opts = _Options(config, {"tol": tol, "max-iter": max_iter, "seed": seed, "device": device, "key": key, "input-shape": input_shape, "allow-global": allow_global})
         settings = opts.settings()
         from lipcheck.normalize import normalize as run_normalize
 
@@ -482,6 +486,7 @@ def diff(
     tol: TolOpt = None,
     max_iter: MaxIterOpt = None,
     seed: SeedOpt = None,
+    device: DeviceOpt = None,
     key: KeyOpt = None,
     input_shape: ShapeOpt = None,
     allow_global: GlobalOpt = None,
@@ -494,7 +499,7 @@ def diff(
     from lipcheck.report import drift as drift_render
 
     opts = _options(config, {"fail-if-grows": fail_if_grows, "format": output_format.value if output_format else None,
-                             "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "key": key,
+                             "output": output, "tol": tol, "max-iter": max_iter, "seed": seed, "device": device, "key": key,
                              "input-shape": input_shape, "allow-global": allow_global})
     fmt, settings = opts.output_format(), opts.settings()
     run = _analyse([str(old), str(new)], settings, opts.get("key"), None, Console(stderr=True))
@@ -513,6 +518,23 @@ def diff(
         raise _fail(f"diff writes table, json or markdown, not {fmt.value}")
     if drift.failures:
         raise typer.Exit(1)
+
+
+def _device(text: str) -> str:
+    """Check a --device value against what this machine has."""
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return text
+    if text == "cuda" or text.startswith("cuda:") and text[5:].isdigit():
+        if not torch.cuda.is_available():
+            raise _fail(f"--device {text}: this torch build or machine has no CUDA GPU; use --device cpu (the default)")
+        if text != "cuda" and int(text[5:]) >= torch.cuda.device_count():
+            raise _fail(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return text
+    raise _fail(f"--device {text!r}: choose cpu, cuda, cuda:N or auto")
 
 
 def _float_or_none(value: Any) -> float | None:

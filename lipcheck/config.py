@@ -26,6 +26,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "tol": (float,),
     "max-iter": (int,),
     "seed": (int,),
+    "device": (str,),
     "input-shape": (list, str),
     "key": (str,),
     "allow-global": (list,),

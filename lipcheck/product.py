@@ -32,3 +32,22 @@ def product_from_log10(log10: float | None) -> float | None:
     if log10 > 308.0:
         return None
     return 10.0**log10
+
+
+def product_upper(uppers: Sequence[float | None]) -> float | None:
+    """Return the product of the bounds rounded up, so it is never below the exact product.
+
+    Each float multiplication rounds by at most one part in 2^53; the result is raised by that
+    much per factor. Falls back to 10**log10 (also raised) when the running product leaves float
+    range; None when a bound is unknown or the product is beyond float range.
+    """
+    log10 = log10_product(uppers)
+    if log10 is None or log10 == -math.inf:
+        return product_from_log10(log10)
+    raise_by = 1.0 + 4.0 * (len(uppers) + 1) * 2.0**-53
+    direct = math.prod(uppers)  # type: ignore[arg-type]
+    if direct != 0.0 and math.isfinite(direct) and direct > 1e-290:
+        return direct * raise_by
+    value = product_from_log10(log10)
+    # 10**x has a relative error of about |x| * ln(10) * 2^-53 from x's own rounding.
+    return None if value is None else value * (raise_by + 8.0 * (abs(log10) + 1.0) * 2.0**-53)

@@ -19,4 +19,5 @@ class Settings:
     input_shape: tuple[tuple[int, ...], ...] | None = None
     allow_globals: tuple[str, ...] = ()
     node_constants: tuple[tuple[str, float], ...] = ()  # --node-constant LABEL=C: user-vouched constants
+    device: str = "cpu"  # where dense certificates run: cpu, cuda, cuda:N (never required)
     lower: bool = True  # an empirical lower bound where the model can be run (ONNX via onnxruntime)  # module.Name objects a checkpoint may contain (--allow-global)

@@ -23,7 +23,7 @@ class LayerReport:
     sigma_upper: float | None
     lipschitz: Interval | None
     iterations: int
-    gram_steps: int
+    certificate_steps: int  # Cholesky factorizations the upper end took
     converged: bool
     note: str | None = None
     input_size: tuple[int, ...] | None = None  # a conv's input spatial size, where known

@@ -1,19 +1,41 @@
-"""Power iteration (the lower end) and Gram iteration (a certified upper end) for one matrix."""
+"""A certified interval for the largest singular value of dense matrices, several at a time.
+
+Lower end: Lanczos (power iteration accelerated by a Krylov space) on the Gram matrix G = AᵀA of
+the smaller side, in float32 when the tolerance allows; the value reported is the seed's
+ũᵀWṽ for the Lanczos vector, recomputed in float64 and rounded down.
+
+Upper end: a Cholesky factorization of τI − Ĝ in float64. If it completes, every eigenvalue of
+the computed Gram matrix is at most τ up to the factorization's rounding, so
+σ₁² ≤ τ + e with e the three rounding terms below (Higham, Accuracy and Stability of Numerical
+Algorithms, 2nd ed., eq. 3.13 for the products and Theorem 10.3 for Cholesky; both hold for any
+summation order, so for blocked BLAS too). One factorization costs q³/3 flops, a sixth of one
+Gram-iteration step, which is what makes the certificate cheaper than an SVD.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-# Relative safety margin on the Gram certificate. Each float64 product G^T G has a relative
-# Frobenius error below n*2^-53 (n: the inner size); the bound takes the 2^t-th root, so all
-# rounding together moves it by less than about 2*n*2^-53 (~2e-10 for n = 1e6). 1e-9 covers that.
-GRAM_MARGIN = 1e-9
-# Power iteration stops its first pass when sigma changes by less than this share of `tol`;
-# the certificate then decides whether the value is good enough.
-_PASS_ONE_FRACTION = 0.1
+UNIT_ROUNDOFF = 2.0**-53
+# Extra factor on every rounding term: the textbook bounds with room for fused multiply-adds and
+# the handful of operations the error terms themselves take.
+_SAFETY = 2.0
+# Chunk of rows converted to float64 at once, so a layer never exists whole in float64.
+_CHUNK_ELEMENTS = 1 << 22
+# The Gram matrix is computed as this many block rows of its lower triangle.
+_GRAM_BLOCKS = 4
+# Float32 matrix-vector products are accurate to ~1e-7 relative: fine below this tolerance.
+_FLOAT32_FROM_TOL = 1e-6
+# Lanczos stops once its error estimate is below this share of the tolerance (the Cholesky
+# certificate then decides); after a failed certificate it takes _CHECK_EVERY more steps at least.
+_CHECK_EVERY = 4
+_STOP_FRACTION = 0.5
+# The widest Krylov basis kept before an explicit restart from the current Ritz vector.
+_MAX_BASIS = 320
 
 
 @dataclass(frozen=True)
@@ -22,99 +44,225 @@ class SpectralEstimate:
 
     sigma: float
     upper: float
-    iterations: int
-    gram_steps: int
+    iterations: int  # Lanczos matrix-vector products
+    certificate_steps: int  # Cholesky factorizations tried
     converged: bool
 
 
-def _random_unit(n: int, generator: torch.Generator) -> torch.Tensor:
-    x = torch.randn(n, generator=generator, dtype=torch.float64)
-    return x / x.norm()
+def _gamma(k: int) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the relative error of a k-term float64 dot product."""
+    ku = k * UNIT_ROUNDOFF
+    return _SAFETY * ku / (1.0 - ku)
 
 
-class _PowerIteration:
-    """The seed's power iteration on one matrix, resumable so the certificate can ask for more."""
+class _Side:
+    """One matrix oriented so its Gram matrix is on the smaller side, scaled by a power of two."""
 
-    def __init__(self, w: torch.Tensor, u0: torch.Tensor | None, seed: int) -> None:
-        self.w = w
+    def __init__(self, w: torch.Tensor, device: torch.device) -> None:
+        wide = w.shape[0] <= w.shape[1]
+        self.a = w.mT if wide else w  # (p, q) with q <= p; G = aᵀa is q x q
+        self.wide = wide
+        self.device = device
+        peak = float(w.abs().max()) if w.numel() else 0.0
+        # Scaling by 2^-k is exact: it keeps the Gram matrix inside float32's range (for the
+        # iteration) and float64's (for the certificate). Weights of ordinary size are left alone.
+        exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
+        self.scale = 2.0 ** -exponent if abs(exponent) > 32 else 1.0
+        self.p, self.q = self.a.shape
+
+    def chunks(self):  # type: ignore[no-untyped-def]
+        """Row blocks of the scaled matrix in float64 on the device."""
+        step = max(1, _CHUNK_ELEMENTS // max(1, self.q))
+        for start in range(0, self.p, step):
+            block = self.a[start:start + step].to(device=self.device, dtype=torch.float64)
+            yield block if self.scale == 1.0 else block * self.scale
+
+    def gram(self) -> tuple[torch.Tensor, float]:
+        """Return Ĝ = fl(aᵀa) and an upper bound on ||a||_F² (both scaled).
+
+        Only the lower triangle's blocks are multiplied (a quarter fewer flops than one GEMM with
+        four block columns), then mirrored. ||a||_F² = trace(aᵀa), and each diagonal entry is a
+        sum of squares, so its computed value is within a factor (1 + gamma_p) of the truth.
+        """
+        q = self.q
+        g = torch.empty(q, q, dtype=torch.float64, device=self.device)
+        edges = [q * i // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)] if q >= 4 * _GRAM_BLOCKS else [0, q]
+        for number, block in enumerate(self.chunks()):
+            for lo, hi in zip(edges, edges[1:]):
+                rows = g[lo:hi, :hi]
+                if number == 0:
+                    torch.mm(block[:, lo:hi].mT, block[:, :hi], out=rows)
+                else:
+                    rows.addmm_(block[:, lo:hi].mT, block[:, :hi])
+        for lo, hi in zip(edges, edges[1:]):
+            g[:lo, lo:hi] = g[lo:hi, :lo].mT
+        fro2 = float(g.diagonal().sum()) * (1.0 + _gamma(self.p + q + 1))
+        return g, fro2
+
+    def transpose_apply(self, u: torch.Tensor) -> torch.Tensor:
+        """Return aᵀu (scaled) for a float64 vector u of length p."""
+        out = torch.zeros(self.q, dtype=torch.float64, device=self.device)
+        start = 0
+        for block in self.chunks():
+            out += block.mT @ u[start:start + block.shape[0]]
+            start += block.shape[0]
+        return out
+
+    def apply_norm_lower(self, v: torch.Tensor, fro2: float) -> float:
+        """Return a rounded-down ||a v|| / ||v|| for a float64 vector v (scaled)."""
+        v = v.to(device=self.device, dtype=torch.float64)
+        squares = 0.0
+        for block in self.chunks():
+            squares += float((block @ v).square().sum())
+        v_norm = float(v.norm())
+        if v_norm == 0.0 or not math.isfinite(v_norm):
+            return 0.0
+        # |fl(av) - av| <= gamma_q |a||v|, whose norm is at most gamma_q ||a||_F ||v||.
+        computed = math.sqrt(squares) * (1.0 - _gamma(self.p + 2))
+        slack = _gamma(self.q) * math.sqrt(fro2) * v_norm
+        return max(0.0, (computed - slack) / (v_norm * (1.0 + _gamma(self.q + 2))))
+
+
+class _Lanczos:
+    """Lanczos with full reorthogonalization on a batch of Gram matrices, resumable."""
+
+    def __init__(self, g: torch.Tensor, starts: torch.Tensor, low_precision: bool, seed: int) -> None:
+        self.g = g.to(torch.float32) if low_precision else g
+        self.b, self.q, _ = g.shape
         self.generator = torch.Generator().manual_seed(seed)
-        if u0 is not None and u0.numel() == w.shape[0] and float(u0.norm()) > 0:
-            self.u = u0.to(torch.float64) / u0.to(torch.float64).norm()
-        else:
-            self.u = _random_unit(w.shape[0], self.generator)
-        self.sigma = 0.0
         self.iterations = 0
+        self._restart(starts)
 
-    def step(self) -> float:
-        """One iteration: v <- W^T u/|W^T u|, u <- W v/|W v|, sigma = u^T W v (seed eqs. 5.1, 5.2)."""
-        v = self.w.mT @ self.u
-        nv = v.norm()
-        if float(nv) == 0.0:  # u is orthogonal to W's range: restart from a random vector
-            self.u = _random_unit(self.w.shape[0], self.generator)
-            v = self.w.mT @ self.u
-            nv = v.norm()
-        v = v / nv
-        wv = self.w @ v
-        self.u = wv / wv.norm()
-        self.sigma = float(self.u @ wv)
+    def _restart(self, starts: torch.Tensor) -> None:
+        width = min(self.q, _MAX_BASIS) + 1
+        self.basis = torch.zeros(self.b, width, self.q, dtype=torch.float64, device=self.g.device)
+        self.alpha = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
+        self.beta = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
+        self.basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
+        self.j = 0
+
+    def _orthogonalize(self, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Remove the basis' components from z: once, and again when that lost most of z (DGKS)."""
+        before = torch.linalg.vector_norm(z)
+        z = torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
+        if float(torch.linalg.vector_norm(z)) < 0.7 * float(before):
+            z = torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
+        return z
+
+    def step(self) -> None:
+        """Extend every Krylov space by one vector."""
+        if self.j + 1 >= self.basis.shape[1]:
+            self._restart(self.ritz()[1])
+        j = self.j
+        q = self.basis[:, j : j + 1].mT
+        z = torch.bmm(self.g, q.to(self.g.dtype)).to(torch.float64)
+        self.alpha[:, j] = torch.bmm(q.mT, z).reshape(self.b)
+        kept = self.basis[:, : j + 1]
+        z = self._orthogonalize(z, kept).squeeze(2)
+        beta = torch.linalg.vector_norm(z, dim=1)
+        tiny = beta <= 1e-12 * self.alpha[:, : j + 1].abs().amax(dim=1)
+        norm = beta
+        if bool(tiny.any()):
+            # An invariant subspace: continue with a fresh direction (beta 0 splits T in blocks).
+            fresh = torch.randn(self.b, self.q, 1, generator=self.generator, dtype=torch.float64).to(self.g.device)
+            fresh = self._orthogonalize(self._orthogonalize(fresh, kept), kept).squeeze(2)
+            fresh = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            z = torch.where(tiny.unsqueeze(1), fresh, z)
+            beta = torch.where(tiny, torch.zeros_like(beta), beta)
+            norm = torch.where(tiny, torch.ones_like(beta), beta)
+        self.beta[:, j] = beta
+        torch.div(z, norm.unsqueeze(1), out=self.basis[:, j + 1])
+        self.j = j + 1
         self.iterations += 1
-        return self.sigma
 
-    def run(self, max_iter: int, rel_change: float) -> None:
-        """Iterate until sigma changes by at most ``rel_change`` relative, or ``max_iter`` total."""
-        previous = self.sigma
-        while self.iterations < max_iter:
-            current = self.step()
-            if abs(current - previous) <= rel_change * current:
-                return
-            previous = current
+    def _tridiagonal_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        j = self.j
+        t = torch.diag_embed(self.alpha[:, :j])
+        if j > 1:
+            off = self.beta[:, : j - 1]
+            t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        return torch.linalg.eigh(t.cpu())
+
+    def error_estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top Ritz value and an estimate of its distance to the top eigenvalue, per matrix.
+
+        The residual of the Ritz pair is beta_j |y_j|; near convergence the eigenvalue error is
+        about residual² / (gap to the next Ritz value) (Parlett, The Symmetric Eigenvalue Problem,
+        ch. 11). Only a stopping rule: the certificate decides.
+        """
+        if self.j == 0:
+            zero = torch.zeros(self.b, dtype=torch.float64)
+            return zero, torch.full((self.b,), math.inf, dtype=torch.float64)
+        values, vectors = self._tridiagonal_eigh()
+        theta = values[:, -1]
+        residual = self.beta[:, self.j - 1].cpu().abs() * vectors[:, -1, -1].abs()
+        if self.j > 1:
+            gap = (theta - values[:, -2]).clamp_min(1e-300)
+            return theta, torch.minimum(residual, residual.square() / gap)
+        return theta, residual
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The largest Ritz value and its Ritz vector, per matrix."""
+        j = self.j
+        if j == 0:
+            return torch.zeros(self.b, dtype=torch.float64), self.basis[:, 0]
+        values, vectors = self._tridiagonal_eigh()
+        top = vectors[:, :, -1].to(self.g.device)
+        return values[:, -1], torch.bmm(top.unsqueeze(1), self.basis[:, :j]).squeeze(1)
+
+    @property
+    def exhausted(self) -> bool:
+        """The whole space is spanned: the Ritz value is the top eigenvalue, up to rounding."""
+        return self.j >= self.q and self.iterations >= self.q
 
 
-def gram_upper(w: torch.Tensor, stop_at: float = 0.0, max_steps: int = 40) -> tuple[float, int]:
-    """Return a certified upper bound on sigma_1(w) by Gram iteration, and the steps taken.
+def _cholesky_certifies(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Try to factor tau_i I - G_i; return success flags and the rounding term e3 per matrix."""
+    shifted = -g
+    shifted.diagonal(dim1=1, dim2=2).add_(tau.to(g.device).unsqueeze(1))
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    fro2 = torch.linalg.vector_norm(factor, dim=(1, 2)).square()
+    ok = (info == 0) & torch.isfinite(fro2)
+    e3 = fro2 * (1.0 + _gamma(g.shape[1] ** 2)) * _gamma(g.shape[1] + 1)
+    return ok.cpu(), e3.cpu()
 
-    G_0 = W, G_{t+1} = G_t^T G_t; sigma_1 <= ||G_t||_F^(1/2^t) (Delattre et al., 2023), with the
-    scale kept in log space. Stops once the bound is at most ``stop_at``, or stops improving.
+
+def certify_batch(
+    mats: Sequence[torch.Tensor],
+    *,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    u0s: Sequence[torch.Tensor | None] | None = None,
+    device: str | torch.device = "cpu",
+) -> list[SpectralEstimate]:
+    """Bracket sigma_1 of several same-shaped 2-D matrices at once (one batched iteration).
+
+    Converged means the interval's relative width is at most ``tol``. ``u0s`` are optional warm
+    starts (left singular vector guesses, e.g. a spectral-norm checkpoint's stored u).
     """
-    upper, steps, _ = _gram(w, stop_at, max_steps)
-    return upper, steps
-
-
-def _gram(w: torch.Tensor, stop_at: float, max_steps: int) -> tuple[float, int, torch.Tensor | None]:
-    """Gram iteration; also returns a left singular direction of w read off the last iterate.
-
-    The last iterate is (scaled) (W W^T)^(2^(t-1)) or (W^T W)^(2^(t-1)): applied to any vector it
-    acts like 2^t steps of power iteration, which separates nearly equal top singular values.
-    """
-    tall = w.shape[0] > w.shape[1]
-    h = w.to(torch.float64)
-    if tall:
-        h = h.mT
-    log_scale = 0.0
-    best = math.inf
-    steps = 0
-    while True:
-        norm = float(torch.linalg.matrix_norm(h))
-        if norm == 0.0:
-            return 0.0, steps, None
-        bound_log = (math.log(norm) + log_scale) / 2.0**steps
-        improved = bound_log < best - 1e-15 * abs(best) if math.isfinite(best) else True
-        best = min(best, bound_log)
-        upper = math.exp(best) * (1.0 + GRAM_MARGIN)
-        if upper <= stop_at or not improved or steps >= max_steps:
-            return upper, steps, (_direction(w, h, tall) if steps else None)
-        h = h / norm
-        log_scale = 2.0 * (log_scale + math.log(norm))
-        h = h @ h.mT
-        steps += 1
-
-
-def _direction(w: torch.Tensor, h: torch.Tensor, tall: bool) -> torch.Tensor | None:
-    column = h[:, int(torch.argmax(h.diagonal()))]  # the dominant eigenvector's largest component
-    if tall:  # h acts on W's row space: map the right singular direction to a left one
-        column = w.to(torch.float64) @ column
-    norm = float(column.norm())
-    return column / norm if norm > 0.0 and math.isfinite(norm) else None
+    if not mats:
+        return []
+    dev = torch.device(device)
+    sides = [_Side(w.detach(), dev) for w in mats]
+    results: list[SpectralEstimate | None] = [None] * len(mats)
+    live = []
+    grams = []
+    fro2s = []
+    for index, side in enumerate(sides):
+        g, fro2 = side.gram()
+        if fro2 == 0.0:
+            results[index] = SpectralEstimate(0.0, 0.0, 0, 0, True)
+            continue
+        live.append(index)
+        grams.append(g)
+        fro2s.append(fro2)
+    if live:
+        found = _certify_grams([sides[i] for i in live], torch.stack(grams), fro2s, tol=tol, max_iter=max_iter,
+                               seed=seed, u0s=[(u0s[i] if u0s else None) for i in live])
+        for index, estimate in zip(live, found):
+            results[index] = estimate
+    return [r for r in results if r is not None]
 
 
 def certify(
@@ -124,30 +272,97 @@ def certify(
     max_iter: int,
     seed: int,
     u0: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
 ) -> SpectralEstimate:
-    """Bracket sigma_1 of a 2-D matrix: power iteration below, Gram iteration above.
+    """Bracket sigma_1 of one 2-D matrix (see certify_batch)."""
+    return certify_batch([w], tol=tol, max_iter=max_iter, seed=seed, u0s=[u0], device=device)[0]
 
-    Converged means the interval's relative width is at most ``tol``. Power iteration first runs
-    until it stalls; the certificate then runs until it meets the estimate; if the two still
-    disagree (a small spectral gap stalls power iteration), power iteration resumes.
-    """
-    w64 = w.detach().to(torch.float64)
-    if w64.numel() == 0 or float(w64.abs().max()) == 0.0:
-        return SpectralEstimate(0.0, 0.0, 0, 0, True)
-    power = _PowerIteration(w64, u0, seed)
-    power.run(max_iter, _PASS_ONE_FRACTION * tol)
-    upper, steps, direction = _gram(w64, stop_at=power.sigma * (1.0 + tol), max_steps=40)
-    if upper - power.sigma > tol * upper and direction is not None:
-        # Nearly equal top singular values stall power iteration: restart it from the Gram
-        # iterate's direction (power iteration still produces the reported value).
-        power.u = direction
-    while power.iterations < max_iter and upper - power.sigma > tol * upper:
-        power.step()
-    sigma = min(power.sigma, upper)
-    return SpectralEstimate(
-        sigma=sigma,
-        upper=upper,
-        iterations=power.iterations,
-        gram_steps=steps,
-        converged=upper - sigma <= tol * upper,
-    )
+
+def _starts(sides: list[_Side], u0s: Sequence[torch.Tensor | None], seed: int, dev: torch.device) -> torch.Tensor:
+    """Start vectors on the Gram side: the warm start where given, else a seeded random vector."""
+    starts = []
+    for side, u0 in zip(sides, u0s):
+        start = None
+        rows = side.q if side.wide else side.p  # W's left singular vectors have W's row count
+        if u0 is not None and u0.numel() == rows:
+            u = u0.detach().reshape(-1).to(device=dev, dtype=torch.float64)
+            start = u if side.wide else side.transpose_apply(u)
+            if not bool(torch.isfinite(start).all()) or float(start.norm()) == 0.0:
+                start = None
+        if start is None:
+            start = torch.randn(side.q, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dev)
+        starts.append(start)
+    return torch.stack(starts)
+
+
+def _check_now(iterations: int) -> bool:
+    """Look at the Ritz values after 1, 2, 4, 6, 8 steps and every fourth step after that."""
+    return iterations <= 2 or iterations % (2 if iterations <= 8 else 4) == 0
+
+
+def _certify_grams(sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, tol: float, max_iter: int, seed: int,
+                   u0s: Sequence[torch.Tensor | None]) -> list[SpectralEstimate]:
+    b, q, _ = g.shape
+    dev = g.device
+    lanczos = _Lanczos(g, _starts(sides, u0s, seed, dev), low_precision=tol >= _FLOAT32_FROM_TOL and q > 1, seed=seed)
+    diag_max = [float(g[i].diagonal().max()) for i in range(b)]
+    fro2 = torch.tensor(fro2s, dtype=torch.float64)
+    e1 = fro2 * _gamma(max(side.p for side in sides))
+    # Eigenvalues of G are at least trace/q on top: a floor for tau when the iteration is poor.
+    floor = torch.tensor([float(g[i].diagonal().sum()) / q for i in range(b)], dtype=torch.float64) * (1 - 1e-9)
+    lower = torch.zeros(b, dtype=torch.float64)
+    upper = torch.full((b,), math.inf, dtype=torch.float64)
+    steps = [0] * b
+    pending = list(range(b))
+    certificate_for = torch.zeros(b, dtype=torch.float64)
+    while pending:
+        # Iterate until the Ritz values of the pending matrices settle (or the budget ends).
+        while lanczos.iterations < max_iter and not lanczos.exhausted:
+            lanczos.step()
+            if not _check_now(lanczos.iterations) and not lanczos.exhausted:
+                continue
+            theta, error = lanczos.error_estimate()
+            if bool((error[pending] <= _STOP_FRACTION * tol * theta[pending].abs()).all()):
+                break
+        _, vectors = lanczos.ritz()
+        for i in pending:
+            lower[i] = max(float(lower[i]), sides[i].apply_norm_lower(vectors[i], fro2s[i]))
+        budget_left = lanczos.iterations < max_iter and not lanczos.exhausted
+        # tau: the square of the upper end wanted, lower * (1 + tol/2), with the rounding terms.
+        wanted = torch.maximum(lower.square() * (1.0 + tol), floor)
+        if not budget_left:
+            wanted = torch.maximum(wanted, certificate_for)  # escalate after a failure at this size
+        tau = wanted[pending]
+        ok, e3 = _cholesky_certifies(g[pending], tau)
+        still = []
+        for k, i in enumerate(pending):
+            steps[i] += 1
+            if bool(ok[k]):
+                e2 = UNIT_ROUNDOFF * _SAFETY * (float(tau[k]) + diag_max[i])
+                bound = math.sqrt((float(tau[k]) + float(e1[i]) + e2 + float(e3[k])) * (1 + _gamma(4)))
+                upper[i] = min(float(upper[i]), bound)
+            elif budget_left:
+                still.append(i)
+            else:
+                # No more iterations: widen the certificate (tenfold, then twofold) until a
+                # factorization succeeds, ending at the Frobenius norm, which always bounds sigma_1.
+                rel = float(tau[k]) / max(float(lower[i]) ** 2, float(floor[i])) - 1.0
+                nxt = max(float(floor[i]), float(lower[i]) ** 2) * (1.0 + max(rel * (10.0 if rel < 0.1 else 2.0), tol))
+                if nxt >= fro2s[i]:
+                    upper[i] = math.sqrt(fro2s[i] * (1 + _gamma(4)))
+                else:
+                    certificate_for[i] = nxt
+                    still.append(i)
+        pending = still
+        if pending and budget_left:
+            for _ in range(_CHECK_EVERY):  # the factorization failed: the Ritz value is not there yet
+                if lanczos.iterations < max_iter and not lanczos.exhausted:
+                    lanczos.step()
+    out = []
+    for i, side in enumerate(sides):
+        lo = float(lower[i]) / side.scale
+        hi = float(upper[i]) / side.scale
+        lo = min(lo, hi)
+        out.append(SpectralEstimate(sigma=lo, upper=hi, iterations=lanczos.iterations, certificate_steps=steps[i],
+                                    converged=hi - lo <= tol * hi))
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -11,9 +12,13 @@ from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral.conv import any_size_factor, operator_interval
-from lipcheck.spectral.dense import SpectralEstimate, certify
+from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch
 
-METHOD_DENSE = "power iteration (lower), Gram iteration (upper)"
+METHOD_DENSE = "Lanczos (lower), Cholesky certificate (upper)"
+# Same-shaped layers are certified together while their Gram matrices stay this small (elements):
+# on a CPU the batch must stay in cache; a GPU takes far more.
+_BATCH_GRAM_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+_BATCH_WEIGHT_ELEMENTS = 1 << 24
 METHOD_CONV_NO_GEOMETRY = ("no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation, groups and "
                            "zero/circular padding; an ONNX or TorchScript file gives the operator norm")
 METHOD_CONV_ANY_SIZE = ("input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; "
@@ -38,7 +43,7 @@ class LayerEstimate:
     sigma_upper: float | None
     lipschitz: Interval | None
     iterations: int
-    gram_steps: int
+    certificate_steps: int  # Cholesky factorizations tried
     converged: bool
 
 
@@ -49,20 +54,64 @@ def sigma_matrix(layer: Layer, weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def matrix_shape(layer: Layer) -> tuple[int, int]:
+    """The shape of sigma_matrix(layer, weight), read off the stored shape without loading."""
+    shape = layer.shape
+    rows = shape[1] if layer.is_transposed else shape[0]
+    return rows, math.prod(shape) // max(1, rows)
+
+
 def estimate(layer: Layer, settings: Settings) -> LayerEstimate:
-    """Estimate one layer: sigma by power iteration, and its Lipschitz interval."""
-    check_layer_size(layer.display_name, layer.shape)
-    weight = layer.load().detach().to(torch.float64)
-    if not bool(torch.isfinite(weight).all()):
-        return LayerEstimate(None, None, None, 0, 0, False)
-    warm = layer.warm_u() if layer.warm_u is not None else None
-    mat = sigma_matrix(layer, weight)
-    est = certify(mat, tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed, u0=warm)
+    """Estimate one layer: sigma by Lanczos, and its Lipschitz interval."""
+    return next(iter(estimate_all([layer], settings)))[1]
+
+
+def _batches(layers: list[Layer], device: str) -> list[list[int]]:
+    """Indices of the layers grouped by matrix shape, each group cut to the batch budget."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, layer in enumerate(layers):
+        by_shape.setdefault(matrix_shape(layer), []).append(index)
+    gram_budget = _BATCH_GRAM_ELEMENTS["cuda" if device.startswith("cuda") else "cpu"]
+    batches = []
+    for (rows, cols), members in by_shape.items():
+        side = min(rows, cols)
+        size = max(1, min(gram_budget // max(1, side * side), _BATCH_WEIGHT_ELEMENTS // max(1, rows * cols)))
+        batches.extend(members[start:start + size] for start in range(0, len(members), size))
+    return sorted(batches, key=lambda batch: batch[0])
+
+
+def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int, LayerEstimate]]:
+    """Estimate layers, same-shaped ones in one batched iteration; yields (index, estimate) as done.
+
+    Weights are loaded a batch at a time and stay in their stored dtype; the certificate reads
+    them in float64 blocks, so memory tracks the largest batch, not the model.
+    """
+    for batch in _batches(layers, settings.device):
+        loaded: list[tuple[int, torch.Tensor]] = []
+        for index in batch:
+            layer = layers[index]
+            check_layer_size(layer.display_name, layer.shape)
+            weight = layer.load().detach()
+            if not bool(torch.isfinite(weight).all()):
+                yield index, LayerEstimate(None, None, None, 0, 0, False)
+                continue
+            loaded.append((index, weight))
+        if not loaded:
+            continue
+        warm = [layers[i].warm_u() if layers[i].warm_u is not None else None for i, _ in loaded]
+        found = certify_batch([sigma_matrix(layers[i], w) for i, w in loaded], tol=settings.tol,
+                              max_iter=settings.max_iter, seed=settings.seed, u0s=warm, device=settings.device)
+        for (index, weight), est in zip(loaded, found):
+            yield index, _layer_estimate(layers[index], weight, est, settings)
+        del loaded
+
+
+def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
     if not layer.is_conv:
         interval = Interval(est.sigma, est.upper, METHOD_DENSE)
-        return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.gram_steps, est.converged)
-    interval = _conv_interval(layer, weight, est, settings)
-    return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.gram_steps, est.converged)
+    else:
+        interval = _conv_interval(layer, weight.to(torch.float64), est, settings)
+    return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged)
 
 
 def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> Interval:
@@ -73,7 +122,7 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, se
     upper = est.upper
     if layer.is_transposed:
         upper = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
-                        seed=settings.seed).upper
+                        seed=settings.seed, device=settings.device).upper
     geometry = layer.geometry
     if geometry is None:
         return Interval(None, math.sqrt(math.prod(kernel)) * upper, METHOD_CONV_NO_GEOMETRY)
