@@ -106,3 +106,16 @@ def test_input_shape_gives_operator_norms_and_rejects_bad_values(run_cli) -> Non
         code, out, err = run_cli("inspect", "sample_models/cnn.onnx", *args)
         assert code == 2 and out == ""
         assert err.startswith("lipcheck: error: ") and needle in err and err.count("\n") == 1, err
+
+
+def test_device_option(cli) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    code, out, err = cli("inspect", "sample_models/mlp.onnx", "--device", "auto", "-f", "json")
+    assert code == 0, err
+    assert json.loads(out)["settings"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    code, _, err = cli("inspect", "sample_models/mlp.onnx", "--device", "tpu")
+    assert code == 2 and err.startswith("lipcheck: error: --device 'tpu'") and err.count("\n") == 1
+    if not torch.cuda.is_available():
+        code, _, err = cli("inspect", "sample_models/mlp.onnx", "--device", "cuda")
+        assert code == 2 and "no CUDA GPU; use --device cpu" in err and "Traceback" not in err

@@ -36,6 +36,8 @@ _CHECK_EVERY = 4
 _STOP_FRACTION = 0.5
 # The widest Krylov basis kept before an explicit restart from the current Ritz vector.
 _MAX_BASIS = 320
+# Every this many steps the new Lanczos vector is orthogonalized a second time.
+_REORTHOGONALIZE_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class _Side:
         self.a = w.mT if wide else w  # (p, q) with q <= p; G = aᵀa is q x q
         self.wide = wide
         self.device = device
-        peak = float(w.abs().max()) if w.numel() else 0.0
+        peak = float(torch.linalg.vector_norm(w, ord=math.inf)) if w.numel() else 0.0
         # Scaling by 2^-k is exact: it keeps the Gram matrix inside float32's range (for the
         # iteration) and float64's (for the certificate). Weights of ordinary size are left alone.
         exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
@@ -139,15 +141,12 @@ class _Lanczos:
         self.alpha = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
         self.beta = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
         self.basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
+        self.alpha_max = torch.zeros(self.b, dtype=torch.float64, device=self.g.device)
         self.j = 0
 
     def _orthogonalize(self, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """Remove the basis' components from z: once, and again when that lost most of z (DGKS)."""
-        before = torch.linalg.vector_norm(z)
-        z = torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
-        if float(torch.linalg.vector_norm(z)) < 0.7 * float(before):
-            z = torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
-        return z
+        """Remove the float64 basis' components from z (full reorthogonalization, one pass)."""
+        return torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
 
     def step(self) -> None:
         """Extend every Krylov space by one vector."""
@@ -156,11 +155,13 @@ class _Lanczos:
         j = self.j
         q = self.basis[:, j : j + 1].mT
         z = torch.bmm(self.g, q.to(self.g.dtype)).to(torch.float64)
-        self.alpha[:, j] = torch.bmm(q.mT, z).reshape(self.b)
+        alpha = torch.bmm(q.mT, z).reshape(self.b)
+        self.alpha[:, j] = alpha
+        self.alpha_max = torch.maximum(self.alpha_max, alpha.abs())
         kept = self.basis[:, : j + 1]
         z = self._orthogonalize(z, kept).squeeze(2)
         beta = torch.linalg.vector_norm(z, dim=1)
-        tiny = beta <= 1e-12 * self.alpha[:, : j + 1].abs().amax(dim=1)
+        tiny = beta <= 1e-12 * self.alpha_max
         norm = beta
         if bool(tiny.any()):
             # An invariant subspace: continue with a fresh direction (beta 0 splits T in blocks).
@@ -170,6 +171,10 @@ class _Lanczos:
             z = torch.where(tiny.unsqueeze(1), fresh, z)
             beta = torch.where(tiny, torch.zeros_like(beta), beta)
             norm = torch.where(tiny, torch.ones_like(beta), beta)
+        elif j % _REORTHOGONALIZE_EVERY == _REORTHOGONALIZE_EVERY - 1:
+            # A second pass now and then ("twice is enough") keeps the basis orthogonal to rounding.
+            z = self._orthogonalize(z.unsqueeze(2), kept).squeeze(2)
+            norm = beta = torch.linalg.vector_norm(z, dim=1)
         self.beta[:, j] = beta
         torch.div(z, norm.unsqueeze(1), out=self.basis[:, j + 1])
         self.j = j + 1

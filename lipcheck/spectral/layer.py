@@ -92,7 +92,7 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
             layer = layers[index]
             check_layer_size(layer.display_name, layer.shape)
             weight = layer.load().detach()
-            if not bool(torch.isfinite(weight).all()):
+            if weight.numel() and not math.isfinite(float(torch.linalg.vector_norm(weight, ord=math.inf))):
                 yield index, LayerEstimate(None, None, None, 0, 0, False)
                 continue
             loaded.append((index, weight))
