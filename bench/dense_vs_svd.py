@@ -23,7 +23,7 @@ def main() -> None:
     """Time both methods per shape and report the certified interval's position around the SVD value."""
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("| shape | exact SVD s | lipcheck s | iters | gram steps | (σ−exact)/exact | (upper−exact)/exact |")
+    print("| shape | exact SVD s | lipcheck s | iters | certificate steps | (σ−exact)/exact | (upper−exact)/exact |")
     print("|---|---|---|---|---|---|---|")
     for i, shape in enumerate(SHAPES):
         w = torch.randn(*shape, generator=torch.Generator().manual_seed(i)) / shape[1] ** 0.5
