@@ -130,27 +130,27 @@ def zip_bomb(tmp: Path) -> tuple[Path, str]:
     return path, "zip bomb"
 
 
+def _relocated(path: Path, location: str) -> Path:
+    """Point the first initializer's external data at ``location``, as a hostile file would."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
 def external_outside(tmp: Path) -> tuple[Path, str]:
     (tmp / "secret.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
     model = tmp / "inner"
     model.mkdir()
-    path = _matmul_onnx(model, save_as_external_data=True, location="w.bin", size_threshold=0)
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = "../secret.bin"
-    path.write_bytes(proto.SerializeToString())
-    return path, "outside the model's folder"
+    return _relocated(_matmul_onnx(model, save_as_external_data=True, location="w.bin", size_threshold=0),
+                      "../secret.bin"), "outside the model's folder"
 
 
 def external_absolute(tmp: Path) -> tuple[Path, str]:
-    path = _matmul_onnx(tmp, save_as_external_data=True, location="w.bin", size_threshold=0)
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = "/etc/passwd"
-    path.write_bytes(proto.SerializeToString())
-    return path, "outside the model's folder"
+    return _relocated(_matmul_onnx(tmp, save_as_external_data=True, location="w.bin", size_threshold=0),
+                      "/etc/passwd"), "outside the model's folder"
 
 
 def external_symlink(tmp: Path) -> tuple[Path, str]:
