@@ -60,24 +60,32 @@ def _gamma(k: int) -> float:
 class _Side:
     """One matrix oriented so its Gram matrix is on the smaller side, scaled by a power of two."""
 
-    def __init__(self, w: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, w: torch.Tensor, device: torch.device, peak: float | None = None) -> None:
         wide = w.shape[0] <= w.shape[1]
         self.a = w.mT if wide else w  # (p, q) with q <= p; G = aᵀa is q x q
         self.wide = wide
         self.device = device
-        peak = float(torch.linalg.vector_norm(w, ord=math.inf)) if w.numel() else 0.0
+        if peak is None:
+            peak = float(torch.linalg.vector_norm(w, ord=math.inf)) if w.numel() else 0.0
         # Scaling by 2^-k is exact: it keeps the Gram matrix inside float32's range (for the
         # iteration) and float64's (for the certificate). Weights of ordinary size are left alone.
         exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
         self.scale = 2.0 ** -exponent if abs(exponent) > 32 else 1.0
         self.p, self.q = self.a.shape
+        self._whole: torch.Tensor | None = None  # a one-block matrix, kept between passes
 
     def chunks(self):  # type: ignore[no-untyped-def]
         """Row blocks of the scaled matrix in float64 on the device."""
+        if self._whole is not None:
+            yield self._whole
+            return
         step = max(1, _CHUNK_ELEMENTS // max(1, self.q))
         for start in range(0, self.p, step):
             block = self.a[start:start + step].to(device=self.device, dtype=torch.float64)
-            yield block if self.scale == 1.0 else block * self.scale
+            block = block if self.scale == 1.0 else block * self.scale
+            if step >= self.p:
+                self._whole = block
+            yield block
 
     def gram(self) -> tuple[torch.Tensor, float]:
         """Return Ĝ = fl(aᵀa) and an upper bound on ||a||_F² (both scaled).
@@ -131,6 +139,8 @@ class _Lanczos:
     def __init__(self, g: torch.Tensor, starts: torch.Tensor, low_precision: bool, seed: int) -> None:
         self.g = g.to(torch.float32) if low_precision else g
         self.b, self.q, _ = g.shape
+        # beta below this is an invariant subspace (the largest diagonal entry is at most lambda_1).
+        self.tiny_at = 1e-12 * g.diagonal(dim1=1, dim2=2).amax(dim=1)
         self.generator = torch.Generator().manual_seed(seed)
         self.iterations = 0
         self._restart(starts)
@@ -141,7 +151,6 @@ class _Lanczos:
         self.alpha = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
         self.beta = torch.zeros(self.b, width, dtype=torch.float64, device=self.g.device)
         self.basis[:, 0] = starts / starts.norm(dim=1, keepdim=True)
-        self.alpha_max = torch.zeros(self.b, dtype=torch.float64, device=self.g.device)
         self.j = 0
 
     def _orthogonalize(self, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -153,15 +162,14 @@ class _Lanczos:
         if self.j + 1 >= self.basis.shape[1]:
             self._restart(self.ritz()[1])
         j = self.j
-        q = self.basis[:, j : j + 1].mT
-        z = torch.bmm(self.g, q.to(self.g.dtype)).to(torch.float64)
-        alpha = torch.bmm(q.mT, z).reshape(self.b)
-        self.alpha[:, j] = alpha
-        self.alpha_max = torch.maximum(self.alpha_max, alpha.abs())
         kept = self.basis[:, : j + 1]
-        z = self._orthogonalize(z, kept).squeeze(2)
+        z = torch.bmm(self.g, kept[:, j:].mT.to(self.g.dtype)).to(torch.float64)
+        # Full reorthogonalization; the coefficient on the newest vector is alpha_j = q_jᵀ G q_j.
+        coefficients = torch.bmm(kept, z)
+        self.alpha[:, j] = coefficients[:, j, 0]
+        z = torch.baddbmm(z, kept.mT, coefficients, alpha=-1.0).squeeze(2)
         beta = torch.linalg.vector_norm(z, dim=1)
-        tiny = beta <= 1e-12 * self.alpha_max
+        tiny = beta <= self.tiny_at
         norm = beta
         if bool(tiny.any()):
             # An invariant subspace: continue with a fresh direction (beta 0 splits T in blocks).
@@ -240,16 +248,18 @@ def certify_batch(
     seed: int,
     u0s: Sequence[torch.Tensor | None] | None = None,
     device: str | torch.device = "cpu",
+    peaks: Sequence[float] | None = None,
 ) -> list[SpectralEstimate]:
     """Bracket sigma_1 of several same-shaped 2-D matrices at once (one batched iteration).
 
     Converged means the interval's relative width is at most ``tol``. ``u0s`` are optional warm
-    starts (left singular vector guesses, e.g. a spectral-norm checkpoint's stored u).
+    starts (left singular vector guesses, e.g. a spectral-norm checkpoint's stored u); ``peaks``
+    the matrices' largest absolute entries where the caller already has them.
     """
     if not mats:
         return []
     dev = torch.device(device)
-    sides = [_Side(w.detach(), dev) for w in mats]
+    sides = [_Side(w.detach(), dev, peaks[i] if peaks else None) for i, w in enumerate(mats)]
     results: list[SpectralEstimate | None] = [None] * len(mats)
     live = []
     grams = []
@@ -263,7 +273,7 @@ def certify_batch(
         grams.append(g)
         fro2s.append(fro2)
     if live:
-        found = _certify_grams([sides[i] for i in live], torch.stack(grams), fro2s, tol=tol, max_iter=max_iter,
+        found = _certify_grams([sides[i] for i in live], torch.stack(grams) if len(grams) > 1 else grams[0].unsqueeze(0), fro2s, tol=tol, max_iter=max_iter,
                                seed=seed, u0s=[(u0s[i] if u0s else None) for i in live])
         for index, estimate in zip(live, found):
             results[index] = estimate
