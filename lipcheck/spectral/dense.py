@@ -2,7 +2,7 @@
 
 Lower end: Lanczos (power iteration accelerated by a Krylov space) on the Gram matrix G = AᵀA of
 the smaller side, in float32 when the tolerance allows; the value reported is the seed's
-ũᵀWṽ for the Lanczos vector, recomputed in float64 and rounded down.
+ũᵀWṽ = ‖Wṽ‖ for the Lanczos vector ṽ, recomputed in float64 from the Gram matrix and rounded down.
 
 Upper end: a Cholesky factorization of τI − Ĝ in float64. If it completes, every eigenvalue of
 the computed Gram matrix is at most τ up to the factorization's rounding, so
@@ -72,20 +72,13 @@ class _Side:
         exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
         self.scale = 2.0 ** -exponent if abs(exponent) > 32 else 1.0
         self.p, self.q = self.a.shape
-        self._whole: torch.Tensor | None = None  # a one-block matrix, kept between passes
 
     def chunks(self):  # type: ignore[no-untyped-def]
         """Row blocks of the scaled matrix in float64 on the device."""
-        if self._whole is not None:
-            yield self._whole
-            return
         step = max(1, _CHUNK_ELEMENTS // max(1, self.q))
         for start in range(0, self.p, step):
             block = self.a[start:start + step].to(device=self.device, dtype=torch.float64)
-            block = block if self.scale == 1.0 else block * self.scale
-            if step >= self.p:
-                self._whole = block
-            yield block
+            yield block if self.scale == 1.0 else block * self.scale
 
     def gram(self) -> tuple[torch.Tensor, float]:
         """Return Ĝ = fl(aᵀa) and an upper bound on ||a||_F² (both scaled).
@@ -118,19 +111,21 @@ class _Side:
             start += block.shape[0]
         return out
 
-    def apply_norm_lower(self, v: torch.Tensor, fro2: float) -> float:
-        """Return a rounded-down ||a v|| / ||v|| for a float64 vector v (scaled)."""
-        v = v.to(device=self.device, dtype=torch.float64)
-        squares = 0.0
-        for block in self.chunks():
-            squares += float((block @ v).square().sum())
-        v_norm = float(v.norm())
-        if v_norm == 0.0 or not math.isfinite(v_norm):
-            return 0.0
-        # |fl(av) - av| <= gamma_q |a||v|, whose norm is at most gamma_q ||a||_F ||v||.
-        computed = math.sqrt(squares) * (1.0 - _gamma(self.p + 2))
-        slack = _gamma(self.q) * math.sqrt(fro2) * v_norm
-        return max(0.0, (computed - slack) / (v_norm * (1.0 + _gamma(self.q + 2))))
+
+def _rayleigh_lower(g: torch.Tensor, v: torch.Tensor, fro2: float, e1: float) -> float:
+    """Return a rounded-down sqrt(vᵀ(aᵀa)v / vᵀv) from the computed Gram matrix Ĝ (scaled).
+
+    vᵀ(aᵀa)v >= vᵀĜv - e1 |v|², with e1 >= ||Ĝ - aᵀa||₂; computing vᵀĜv in float64 errs by at most
+    gamma_2q |v|ᵀ|Ĝ||v| <= gamma_2q ||Ĝ||_F |v|² <= gamma_2q ||a||_F² (1 + gamma_p) |v|².
+    """
+    q = g.shape[0]
+    v = v.to(device=g.device, dtype=torch.float64)
+    vv = float(v @ v) * (1.0 + _gamma(q + 1))
+    if vv == 0.0 or not math.isfinite(vv):
+        return 0.0
+    quad = float(v @ (g @ v))
+    slack = (e1 + _gamma(2 * q + 2) * fro2 * 1.01) * vv
+    return math.sqrt(max(0.0, quad - slack) / vv)
 
 
 class _Lanczos:
@@ -341,7 +336,7 @@ def _certify_grams(sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, t
                 break
         _, vectors = lanczos.ritz()
         for i in pending:
-            lower[i] = max(float(lower[i]), sides[i].apply_norm_lower(vectors[i], fro2s[i]))
+            lower[i] = max(float(lower[i]), _rayleigh_lower(g[i], vectors[i], fro2s[i], float(e1[i])))
         budget_left = lanczos.iterations < max_iter and not lanczos.exhausted
         # tau: the square of the upper end wanted, lower * (1 + tol/2), with the rounding terms.
         wanted = torch.maximum(lower.square() * (1.0 + tol), floor)

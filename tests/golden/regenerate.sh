@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Rewrite the golden files after an intended change of numbers or layout; review the diff before committing.
+# The pinned values in tests/test_check.py (CNN_PRODUCT and the graph-bound messages) need the same update:
+# this script prints the new ones.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+run() { env -i PATH=/usr/bin:/bin COLUMNS=200 NO_COLOR=1 .venv/bin/python -m lipcheck "$@"; }
+for pair in markdown:md github:txt junit:xml csv:csv; do
+  run check sample_models/mlp.onnx sample_models/cnn.onnx --fail-above 1.0 --layer-threshold '2.*=0.9' \
+    -f "${pair%%:*}" > "tests/golden/check_${pair%%:*}.${pair##*:}" || test $? -eq 1
+done
+for sample in cnn.onnx cnn.pt; do
+  run inspect "sample_models/$sample" > "tests/golden/inspect_${sample/./_}.txt"
+done
+run inspect sample_models/cnn.onnx -f json | .venv/bin/python -c \
+  "import json, sys; b = json.load(sys.stdin)['bound']; print('graph', repr(b['graph']), 'product', repr(b['product']))"
