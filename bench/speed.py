@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,62 +110,69 @@ def exact_sigmas(path: Path, names: list[str]) -> dict[str, float]:
     return out
 
 
-def bench_model(model: str, with_svd: bool, tmp: Path) -> list[str]:
+def measure(cmd: list[str], repeat: int, out: Path | None = None) -> tuple[float, float, float | None, dict | None]:
+    """Run a command ``repeat`` times; return the median wall s, the largest peak RSS, the median
+    ``compute_s`` it wrote to ``out`` (if any) and the last run's ``out`` contents."""
+    walls, rsss, computes = [], [], []
+    data = None
+    for _ in range(repeat):
+        wall, rss, code = run(cmd)
+        if code not in (0, 1):
+            raise SystemExit(f"failed (exit {code}): {' '.join(cmd[:4])} ...")
+        walls.append(wall)
+        rsss.append(rss)
+        if out is not None:
+            data = json.loads(out.read_text())
+            computes.append(data["compute_s"])
+    return statistics.median(walls), max(rsss), (statistics.median(computes) if computes else None), data
+
+
+def bench_model(model: str, with_svd: bool, tmp: Path, repeat: int) -> list[str]:
     """Run the contenders on one model; return markdown lines."""
     path = write(model, DATA / f"{model}.safetensors")
     size_gb = path.stat().st_size / 1e9
     report_path = tmp / f"{model}.json"
-    lc_wall, lc_rss, code = run([PY, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(report_path)])
-    if code != 0:
-        raise SystemExit(f"lipcheck inspect failed on {path} (exit {code})")
+    lc_wall, lc_rss, _, _ = measure([PY, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(report_path)],
+                                    repeat)
     report = json.loads(report_path.read_text())
     layers = report["layers"]
     names = [layer["name"] for layer in layers]
     lines = [f"### {model}: {len(names)} layers, {size_gb:.2f} GB safetensors ({len(report['skipped'])} tensors "
-             "skipped as embeddings)", "",
+             f"skipped as embeddings); medians of {repeat} runs", "",
              "| contender | wall s (process) | compute s | peak RSS MiB | max rel. error of σ | certified |",
              "|---|---|---|---|---|---|"]
-    idle_wall, idle_rss, _ = run([PY, "-c", "import torch"])
+    idle_wall, idle_rss, _, _ = measure([PY, "-c", "import torch"], repeat)
     exact = exact_sigmas(path, names) if with_svd else None
+    wide = max((l["sigma_upper"] - l["sigma"]) / l["sigma_upper"] for l in layers)
     if exact is not None:
         low = max((exact[l["name"]] - l["sigma"]) / exact[l["name"]] for l in layers)
-        wide = max((l["sigma_upper"] - l["sigma"]) / l["sigma_upper"] for l in layers)
         inside = all(l["sigma"] <= exact[l["name"]] <= l["sigma_upper"] for l in layers)
         err = f"{low:.1e} (interval width ≤ {wide:.1e}, contains exact: {'all' if inside else 'NO'})"
     else:
-        wide = max((l["sigma_upper"] - l["sigma"]) / l["sigma_upper"] for l in layers)
         err = f"— (interval width ≤ {wide:.1e})"
     timing = tmp / "lc.json"
-    run([PY, "-c", LC_SCRIPT, str(path), str(timing)])
-    lc_compute = json.loads(timing.read_text())["compute_s"]
+    _, _, lc_compute, _ = measure([PY, "-c", LC_SCRIPT, str(path), str(timing)], repeat, timing)
     lines.append(f"| lipcheck inspect | {lc_wall:.2f} | {lc_compute:.2f} | {lc_rss:.0f} | {err} | yes |")
     if with_svd:
         names_file = tmp / "names.json"
         names_file.write_text(json.dumps(names))
         out = tmp / "svd.json"
-        wall, rss, _ = run([PY, "-c", SVD_SCRIPT, str(path), str(names_file), str(out)])
-        svd = json.loads(out.read_text())
+        wall, rss, compute, svd = measure([PY, "-c", SVD_SCRIPT, str(path), str(names_file), str(out)], repeat, out)
         e = max(abs(svd["sigma"][n] - exact[n]) / exact[n] for n in names)  # type: ignore[index]
-        lines.append(f"| exact SVD (torch.linalg.matrix_norm ord=2, float32) | {wall:.2f} | {svd['compute_s']:.2f} | "
+        lines.append(f"| exact SVD (torch.linalg.matrix_norm ord=2, float32) | {wall:.2f} | {compute:.2f} | "
                      f"{rss:.0f} | {e:.1e} | no |")
+        lines.append(f"| *lipcheck speed-up over exact SVD* | {wall / lc_wall:.1f}× | {compute / lc_compute:.1f}× | | | |")
         try:
-            import weightwatcher  # noqa: F401
-            have_ww = True
+            import weightwatcher
         except ImportError:
-            have_ww = False
-        if have_ww:
-            out = tmp / "ww.json"
-            wall, rss, code = run([PY, "-c", WW_SCRIPT, str(path), str(names_file), str(out)])
-            if code == 0:
-                ww = json.loads(out.read_text())
-                dense = [n for n in names if n.replace(".", "_") in ww["sv_max"] and len(layers[names.index(n)]["shape"]) == 2]
-                e_ww = max((abs(ww["sv_max"][n.replace(".", "_")] - exact[n]) / exact[n] for n in dense), default=float("nan"))  # type: ignore[index]
-                lines.append(f"| WeightWatcher {weightwatcher.__version__} analyze() | {wall:.2f} | {ww['compute_s']:.2f} | "
-                             f"{rss:.0f} | {e_ww:.1e} (dense layers) | no |")
-            else:
-                lines.append(f"| WeightWatcher | failed (exit {code}) | | | | |")
-        else:
             lines.append("| WeightWatcher | not installed | | | | |")
+        else:
+            out = tmp / "ww.json"
+            wall, rss, compute, ww = measure([PY, "-c", WW_SCRIPT, str(path), str(names_file), str(out)], 1, out)
+            dense = [n for n in names if n.replace(".", "_") in ww["sv_max"] and len(layers[names.index(n)]["shape"]) == 2]
+            e_ww = max((abs(ww["sv_max"][n.replace(".", "_")] - exact[n]) / exact[n] for n in dense), default=float("nan"))  # type: ignore[index]
+            lines.append(f"| WeightWatcher {weightwatcher.__version__} analyze() (one run) | {wall:.2f} | {compute:.2f} | "
+                         f"{rss:.0f} | {e_ww:.1e} (dense layers) | no |")
     lines.append(f"| idle `python -c 'import torch'` | {idle_wall:.2f} | | {idle_rss:.0f} | | |")
     lines.append("")
     lines.append(f"lipcheck peak RSS above idle torch: {lc_rss - idle_rss:.0f} MiB. Compute s: lipcheck.inspect() or the "
@@ -178,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", action="store_true", help="also inspect the >2 GB file (no SVD: memory only)")
     parser.add_argument("--models", nargs="*", default=["bert-base", "resnet50"])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (medians reported)")
     args = parser.parse_args()
     start = time.perf_counter()
     version = subprocess.run([PY, "-m", "lipcheck", "--version"], capture_output=True, text=True).stdout.strip()
@@ -190,9 +199,9 @@ def main() -> None:
     print()
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            print("\n".join(bench_model(model, with_svd=True, tmp=Path(tmp))))
+            print("\n".join(bench_model(model, with_svd=True, tmp=Path(tmp), repeat=args.repeat)))
         if args.big:
-            print("\n".join(bench_model("big-transformer", with_svd=False, tmp=Path(tmp))))
+            print("\n".join(bench_model("big-transformer", with_svd=False, tmp=Path(tmp), repeat=1)))
     print(f"(benchmark total {time.perf_counter() - start:.0f} s)")
 
 
