@@ -141,3 +141,15 @@ def test_interval_contains_svd_for_any_shape_and_dtype(m: int, n: int, dtype: to
     assume(bool(torch.isfinite(w).all()))  # float16 overflows past 65504
     # The reference is the SVD of exactly the stored (rounded) values.
     _check(w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_peak_abs_finds_the_largest_entry_and_non_finite_ones(dtype: torch.dtype) -> None:
+    w = torch.tensor([[0.5, -3.0], [2.0, 1.0]], dtype=dtype)
+    assert dense.peak_abs(w) == 3.0
+    assert dense.peak_abs(torch.zeros(0, 3, dtype=dtype)) == 0.0
+    for bad, expect_nan in ((float("nan"), True), (float("inf"), False), (-float("inf"), False)):
+        v = w.clone()
+        v[1, 0] = bad
+        got = dense.peak_abs(v)
+        assert math.isnan(got) if expect_nan else got == math.inf

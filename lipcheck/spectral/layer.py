@@ -13,7 +13,7 @@ from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral.conv import any_size_factor, operator_interval
-from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch
+from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
 METHOD_DENSE = "Lanczos (lower), Cholesky certificate (upper)"
 # Same-shaped layers are certified together while their Gram matrices stay this small (elements):
@@ -119,7 +119,7 @@ def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -
         layer = layers[index]
         check_layer_size(layer.display_name, layer.shape)
         weight = layer.load().detach()
-        peak = float(torch.linalg.vector_norm(weight, ord=math.inf)) if weight.numel() else 0.0
+        peak = peak_abs(weight)
         if not math.isfinite(peak):
             done.append((index, LayerEstimate(None, None, None, 0, 0, False)))
         else:
