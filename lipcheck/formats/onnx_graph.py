@@ -387,14 +387,42 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
 
 
 def _graph(proto: onnx.ModelProto, reader: _Reader, shapes: dict[str, onnx_shapes.Dims]) -> Graph:
-    """The main graph as lipcheck's IR (subgraph ops such as If/Loop stay opaque nodes)."""
-    main = reader.scopes[0]
+    """The main graph as lipcheck's IR, each If/Loop/Scan body a subgraph of its node."""
+    scopes = {scope.path: scope for scope in reader.scopes}
+    inputs = [v.name for v in onnx_shapes.model_inputs(proto.graph)]
+    graph, _ = _ir(proto.graph, "", inputs, scopes, reader.layers, dict(shapes))
+    return graph
+
+
+def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scope], layers: list[Layer],
+        shapes: dict[str, tuple[int | None, ...]]) -> tuple[Graph, set[str]]:
+    """One graph as IR, and the names it reads from enclosing graphs (its bodies' reads included).
+
+    Labels and scope paths are the reader's, so a body's layers find their nodes: a node inside a
+    body is labelled ``<scope path>/<node label>``.
+    """
     nodes = []
-    for index, node in enumerate(proto.graph.node):
+    defined = set(inputs) | {init.name for init in proto.initializer}
+    read: set[str] = set()
+    for index, node in enumerate(proto.node):
+        local = node.name or f"{node.op_type}_{index}"
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.type != AttributeProto.GRAPH}
-        nodes.append(Node(node.op_type, node.name or f"{node.op_type}_{index}", tuple(node.input), tuple(node.output),
-                          attrs))
-    constants = {name: const.array for name, const in main.consts.items()}
-    layer_nodes = {layer.node: i for i, layer in enumerate(reader.layers) if not layer.scope and layer.node}
-    return Graph([v.name for v in onnx_shapes.model_inputs(proto.graph)], [v.name for v in proto.graph.output],
-                 nodes, constants, dict(shapes), layer_nodes)
+        subgraphs: dict[str, Graph] = {}
+        captured: set[str] = set()
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                body_path = f"{path}/{local}.{attr.name}" if path else f"{local}.{attr.name}"
+                body, free = _ir(attr.g, body_path, [v.name for v in attr.g.input], scopes, layers, shapes)
+                subgraphs[attr.name] = body
+                captured |= free
+        captured.discard("")
+        nodes.append(Node(node.op_type, f"{path}/{local}" if path else local, tuple(node.input), tuple(node.output),
+                          attrs, subgraphs, tuple(sorted(captured))))
+        read |= {name for name in node.input if name} | captured
+        defined |= set(node.output)
+    scope = scopes.get(path)
+    constants = {name: const.array for name, const in scope.consts.items()} if scope is not None else {}
+    layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i
+                   for i, layer in enumerate(layers) if layer.scope == path and layer.node}
+    graph = Graph(list(inputs), [v.name for v in proto.output], nodes, constants, shapes, layer_nodes)
+    return graph, read - defined

@@ -12,18 +12,30 @@ Constant = Callable[[], np.ndarray]
 
 @dataclass(frozen=True)
 class Node:
-    """One operation: its type, value names in and out, attributes, and a unique label."""
+    """One operation: its type, value names in and out, attributes, and a unique label.
+
+    A control-flow node (If, Loop, Scan) holds its bodies in ``subgraphs`` (by attribute name);
+    ``captures`` are the enclosing graphs' values those bodies read without naming them as
+    inputs, nested bodies included: the node depends on them as on its inputs.
+    """
 
     op: str
     label: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
+    subgraphs: dict[str, Graph] = field(default_factory=dict)
+    captures: tuple[str, ...] = ()
 
 
 @dataclass
 class Graph:
-    """Nodes in execution order, the model inputs and outputs, constant values and static shapes."""
+    """Nodes in execution order, the model inputs and outputs, constant values and static shapes.
+
+    For a subgraph, ``inputs`` are its formal parameters (a loop body's iteration number, state
+    and scanned slices; none for an If branch), and names it does not define belong to an
+    enclosing graph.
+    """
 
     inputs: list[str]
     outputs: list[str]

@@ -5,6 +5,12 @@ inputs together, each 1-Lipschitz as a projection); constants get 0. Composition
 add, concatenation gives sqrt(sum L^2). A node that is not globally Lipschitz (a product of two
 activations, LayerNorm, exp, an op lipcheck does not know) makes every value downstream unbounded,
 and the graph bound is then None with the nodes named.
+
+Control flow: an If whose condition is constant is bounded by its worst branch (or the branch a
+stored condition picks), each branch walked with the enclosing graph's bounds for the values it
+reads; a condition that depends on the input can switch branches, a jump no constant bounds.
+Loop and Scan bodies are not followed: they are unbounded unless nothing they read (inputs and
+captured outer values) depends on the input.
 """
 
 from __future__ import annotations
@@ -58,20 +64,22 @@ class GraphBound:
 
 class _Walk:
     def __init__(self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float],
-                 fuse: Fuse | None = None) -> None:
+                 fuse: Fuse | None = None, parent: _Walk | None = None) -> None:
         self.graph = graph
         self.fuse = fuse
+        self.parent = parent
         self.consumers: dict[str, int] = {}
         for node in graph.nodes:
-            for name in node.inputs:
+            for name in (*node.inputs, *node.captures):
                 self.consumers[name] = self.consumers.get(name, 0) + 1
         for name in graph.outputs:
             self.consumers[name] = self.consumers.get(name, 0) + 1
         self.uppers = layer_uppers
         self.supplied = supplied
-        self.used: list[str] = []
-        self.lip: dict[str, float] = {name: 1.0 for name in graph.inputs}
-        self.reasons: dict[str, str] = {}  # node label -> why it is unbounded
+        # A subgraph's walk shares what it finds with the walk of the graph around it.
+        self.used: list[str] = parent.used if parent is not None else []
+        self.reasons: dict[str, str] = parent.reasons if parent is not None else {}  # node label -> why unbounded
+        self.lip: dict[str, float] = {} if parent is not None else {name: 1.0 for name in graph.inputs}
         self.producer: dict[str, Node] = {out: node for node in graph.nodes for out in node.outputs}
 
     def of(self, name: str) -> float:
@@ -81,6 +89,8 @@ class _Walk:
             return self.lip[name]
         if name in self.graph.constants:
             return 0.0
+        if self.parent is not None:
+            return self.parent.of(name)  # a subgraph reads the enclosing graph's value
         return math.inf  # produced somewhere lipcheck cannot see
 
     def const(self, name: str) -> np.ndarray | None:
@@ -89,26 +99,36 @@ class _Walk:
                 return np.asarray(self.graph.constants[name](), dtype=np.float64)
             except (ValueError, TypeError):
                 return None
+        if name and name not in self.lip and self.parent is not None:
+            return self.parent.const(name)
         return None
 
     def unbounded(self, node: Node, why: str) -> float:
         self.reasons[node.label] = f"{node.label} ({node.op}): {why}"
         return math.inf
 
-    def run(self) -> GraphBound:
+    def walk(self) -> list[float]:
+        """Bound every node's outputs in order; return the graph outputs' bounds (inf: unbounded)."""
         for node in self.graph.nodes:
             ins = [self.of(name) for name in node.inputs]
-            if all(value == 0.0 for value in ins) or node.op in _SHAPE_OPS:
+            # Values a body reads from this graph are inputs of the node too: constant only if all are.
+            captured = [self.of(name) for name in node.captures]
+            value: float | tuple[float, ...]
+            if all(v == 0.0 for v in ins + captured) or node.op in _SHAPE_OPS:
                 value = 0.0
             elif node.label in self.supplied:
                 # The user vouches that this node is C-Lipschitz in its inputs taken together.
-                value = self.supplied[node.label] * sum(ins)
+                value = self.supplied[node.label] * (sum(ins) + sum(captured))
                 self.used.append(node.label)
             else:
                 value = self.node(node, ins)
-            for out in node.outputs:
-                self.lip[out] = value
-        per_output = {name: self.of(name) for name in self.graph.outputs}
+            values = value if isinstance(value, tuple) else (value,) * len(node.outputs)
+            for out, lip in zip(node.outputs, values):
+                self.lip[out] = lip
+        return [self.of(name) for name in self.graph.outputs]
+
+    def run(self) -> GraphBound:
+        per_output = dict(zip(self.graph.outputs, self.walk()))
         blocking = sorted(self.reasons.values()) if any(math.isinf(v) for v in per_output.values()) else []
         if any(math.isinf(v) for v in per_output.values()) and not blocking:
             blocking = ["an output depends on a value lipcheck cannot trace"]
@@ -118,7 +138,8 @@ class _Walk:
         return found
 
     # -- the rules -----------------------------------------------------------------------------------
-    def node(self, node: Node, ins: list[float]) -> float:
+    def node(self, node: Node, ins: list[float]) -> float | tuple[float, ...]:
+        """The bound of a node's outputs (one for all, or one per output) from its inputs' bounds."""
         op, a = node.op, node.attrs
         if node.label in self.graph.layer_nodes:
             upper = self.uppers[self.graph.layer_nodes[node.label]]
@@ -135,6 +156,11 @@ class _Walk:
             return self.unbounded(node, "a weight lipcheck could not read")
         if op in _UNBOUNDED:
             return self.unbounded(node, _UNBOUNDED[op])
+        if op == "If":
+            return self.branches(node, ins)
+        if op in ("Loop", "Scan"):
+            return self.unbounded(node, f"lipcheck does not bound {op} bodies, and this one reads values that "
+                                        "depend on the input")
         if op in _FIXED:
             return _FIXED[op] * ins[0]
         if op == "Cast" and int(a.get("to", 1)) not in _FLOAT_TYPES:
@@ -193,6 +219,26 @@ class _Walk:
             _, counts = np.unique(indices.astype(np.int64), return_counts=True)
             return ins[0] * math.sqrt(float(counts.max())) if counts.size else 0.0  # repeated indices copy entries
         return self.unbounded(node, "an op lipcheck does not know how to bound")
+
+    def branches(self, node: Node, ins: list[float]) -> float | tuple[float, ...]:
+        """If: per output, the worst bound over the branches the condition can take."""
+        if ins[0] > 0.0:
+            return self.unbounded(node, "its condition depends on the input, so the output can jump from one "
+                                        "branch to the other: not continuous, no Lipschitz bound")
+        names = ["then_branch", "else_branch"]
+        cond = self.const(node.inputs[0])
+        if cond is not None and cond.size == 1:
+            names = ["then_branch" if bool(cond.reshape(())) else "else_branch"]
+        worst = [0.0] * len(node.outputs)
+        for name in names:
+            body = node.subgraphs.get(name)
+            if body is None or len(body.outputs) != len(node.outputs):
+                return self.unbounded(node, f"a {name} lipcheck could not read")
+            found = _Walk(body, self.uppers, self.supplied, self.fuse, parent=self).walk()
+            worst = [max(w, f) for w, f in zip(worst, found)]
+        if any(math.isinf(w) for w in worst) and not any(label.startswith(f"{node.label}.") for label in self.reasons):
+            self.unbounded(node, "a branch output depends on a value lipcheck cannot trace")
+        return tuple(worst)
 
     def folded(self, node: Node, scale: np.ndarray) -> float:
         """Batch norm right after a conv/linear used nowhere else: bound the fused layer instead."""
