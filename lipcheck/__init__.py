@@ -6,7 +6,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect", "bound", "check", "normalize", "spectral_normalize", "LipcheckError"]
+__all__ = ["__version__", "inspect", "bound", "check", "normalize", "spectral_normalize", "LipcheckError", "Settings"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from lipcheck.errors import LipcheckError
 
         return LipcheckError
+    if name == "Settings":
+        from lipcheck.settings import Settings
+
+        return Settings
     raise AttributeError(name)

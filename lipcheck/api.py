@@ -10,7 +10,7 @@ from lipcheck import __version__
 from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.errors import LipcheckError
 from lipcheck.formats import load
-from lipcheck.gate import GateSpec, Outcome, evaluate
+from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.settings import Settings
@@ -19,6 +19,9 @@ from lipcheck.spectral.layer import estimate, estimate_all
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+NO_GRAPH_REASON = ("this file has no graph, so lipcheck cannot tell how the layers connect; inspect an ONNX or "
+                   "TorchScript export of the model")
 
 Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
@@ -59,16 +62,19 @@ def inspect(
 
 def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
           settings: Settings | None = None, key: str | None = None) -> float:
-    """Return the network's certified upper bound: the graph bound where there is one, else the product.
+    """Return the network's certified upper bound (``kind="upper"``), or the graph or product value.
 
-    ``kind`` is upper, graph or product (as ``check --bound``). Raises LipcheckError when that
-    bound does not exist (non-finite weights, or no graph bound).
+    ``kind`` is upper, graph or product (as ``check --bound``); the product is a network bound only
+    for a plain chain with 1-Lipschitz activations. Raises LipcheckError when the bound asked for
+    does not exist, naming what blocks it.
     """
     report = inspect(path, settings=_with_shape(settings, input_shape), key=key)
-    value = report.bound.graph if kind == "graph" or (kind == "upper" and report.bound.graph is not None) \
-        else report.bound.product
+    value = {"upper": report.bound.upper, "graph": report.bound.graph, "product": report.bound.product}.get(kind)
+    if kind not in BOUND_KINDS:
+        raise LipcheckError(f"unknown bound kind {kind!r}; choose one of {', '.join(BOUND_KINDS)}")
     if value is None:
-        raise LipcheckError(f"no {kind} bound for this model: {'; '.join(report.bound.assumptions) or 'see the report'}")
+        why = "; ".join(report.bound.blocking) if kind != "product" else "a layer bound is unknown or out of range"
+        raise LipcheckError(f"no {kind} bound for this model: {why}")
     return value
 
 
@@ -117,7 +123,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         notes.append("convs: this file records no stride, padding or input size, so their bound is the loose "
                      "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX or "
                      "TorchScript gives each conv's operator norm")
-    graph_value = None
+    graph_value, method, blocking = None, None, []
     if model.graph is not None:
         from lipcheck.graph.walk import GraphBound, graph_bound
 
@@ -133,12 +139,20 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's "
                                 "assumptions name the nodes that need one")
         if graph_value is not None:
+            method = "graph with user-supplied node constants" if found.supplied else "graph"
             assumptions.append("graph: follows the file's graph (residual adds, concatenations, norms, pools, "
                                "activations) with each layer's certified upper bound; sound for the model as built")
         else:
-            assumptions.extend(f"graph: no bound, {reason}" for reason in found.unbounded)
-    bound = BoundReport(product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]), product_log10=log10, graph=graph_value, lower=None,
-                        assumptions=assumptions)
+            blocking = list(found.unbounded) or ["the graph has no output lipcheck can follow"]
+            assumptions.extend(f"graph: no bound, {reason}" for reason in blocking)
+    else:
+        blocking = [NO_GRAPH_REASON]
+    if non_finite := [entry.display_name for entry in layers if entry.lipschitz is None]:
+        graph_value, method = None, None
+        blocking = [f"non-finite weights in {', '.join(non_finite)}"]
+    bound = BoundReport(upper=graph_value, method=method,
+                        product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]),
+                        product_log10=log10, graph=graph_value, lower=None, assumptions=assumptions, blocking=blocking)
     settings_dict = asdict(settings)
     settings_dict["input_shape"] = [list(s) for s in settings.input_shape] if settings.input_shape else None
     return Report(

@@ -307,6 +307,9 @@ def _finish(run, *, exit_zero: bool, strict: bool) -> None:  # type: ignore[no-u
         if bad:
             sys.stderr.write(f"lipcheck: error: {name}non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound "
                              "exists; fix or retrain these layers\n")
+        gate_errors = result.outcome.errors if result.outcome is not None else []
+        for message in gate_errors:
+            sys.stderr.write(f"lipcheck: error: {name}{message}\n")
         if result.outcome is not None and result.outcome.problems:
             problems += 1
             first = result.outcome.problems[0]
@@ -316,7 +319,8 @@ def _finish(run, *, exit_zero: bool, strict: bool) -> None:  # type: ignore[no-u
                 sys.stderr.write(f"lipcheck: error: {text}; --strict makes this an error\n")
             else:
                 _warn(text)
-    errors = len(run.errors) + sum(1 for r in run.results if r.report is not None and r.report.non_finite_layers)
+    errors = len(run.errors) + sum(1 for r in run.results if r.report is not None and (
+        r.report.non_finite_layers or (r.outcome is not None and r.outcome.errors)))
     code = exit_status(errors=errors, failed=len(run.failed), problems=problems, exit_zero=exit_zero, strict=strict)
     if code:
         raise typer.Exit(code)
@@ -361,7 +365,7 @@ def check(
     fail_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_ABOVE",
                                                         help="Fail when the network bound is above this.")] = None,
     bound: Annotated[Optional[BoundKind], typer.Option(envvar="LIPCHECK_BOUND",
-                                                       help="Bound judged by --fail-above: upper (graph bound where there is one, else the product), graph, or product. [default: upper]")] = None,
+                                                       help="Bound judged by --fail-above: upper (the network bound; exit 2 when there is none), graph, or product (the product of layer bounds, a network bound only for plain chains). [default: upper]")] = None,
     fail_layer_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE",
                                                               help="Fail when any layer's upper bound is above this.")] = None,
     layer_threshold: Annotated[Optional[list[str]], typer.Option(envvar="LIPCHECK_LAYER_THRESHOLD",

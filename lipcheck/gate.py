@@ -21,7 +21,7 @@ class GateSpec:
     """Thresholds for one run: a network bound, every layer, and layers by name pattern."""
 
     fail_above: float | None = None
-    bound: str = "upper"  # upper: the graph bound where there is one, else the product
+    bound: str = "upper"  # upper: the network bound (None when there is none); product: labelled, not a bound
     fail_layer_above: float | None = None
     layer_thresholds: tuple[tuple[str, float], ...] = ()
     strict: bool = False
@@ -50,11 +50,12 @@ class Outcome:
 
     checks: list[Check]
     problems: list[str] = field(default_factory=list)  # what --strict turns into exit 2
+    errors: list[str] = field(default_factory=list)  # why a requested check could not be made: exit 2
 
     @property
     def passed(self) -> bool:
-        """Whether every check passed."""
-        return all(check.passed for check in self.checks)
+        """Whether every check could be made and passed."""
+        return not self.errors and all(check.passed for check in self.checks)
 
     @property
     def failures(self) -> list[Check]:
@@ -74,28 +75,50 @@ def _exceeds(value: float | None, threshold: float) -> bool:
     return value is None or math.isnan(value) or value > threshold
 
 
+_NOT_A_BOUND = "the product of layer bounds, a network bound only for a plain chain with 1-Lipschitz activations"
+
+
 def _network_value(report: Report, kind: str) -> tuple[str, float | None]:
+    """The judged value and how a message names it."""
     b = report.bound
-    if kind == "graph" or (kind == "upper" and b.graph is not None):
-        return "graph", b.graph
-    if b.product is None and b.product_log10 is not None and b.product_log10 > 0:
-        return "product", math.inf  # beyond float range: above any threshold
-    return "product", b.product
+    if kind == "product":
+        if b.product is None and b.product_log10 is not None and b.product_log10 > 0:
+            return f"product ({_NOT_A_BOUND})", math.inf  # beyond float range: above any threshold
+        return f"product ({_NOT_A_BOUND})", b.product
+    value = b.graph if kind == "graph" else b.upper
+    return f"network bound ({b.method or kind})", value
 
 
 def evaluate(report: Report, spec: GateSpec) -> Outcome:
-    """Judge a report against the thresholds; the report itself is not changed."""
+    """Judge a report against the thresholds; the report itself is not changed.
+
+    A network threshold judges ``bound.upper``; with none, the outcome carries an error naming what
+    blocks it (exit 2), never a fallback number. Whatever is judged, an attained lower bound above
+    the threshold fails the check: the network provably exceeds it.
+    """
     checks: list[Check] = []
+    errors: list[str] = []
     if spec.fail_above is not None:
-        subject, value = _network_value(report, spec.bound)
-        failed = _exceeds(value, spec.fail_above)
-        if value is None:
-            why = "; ".join(report.bound.assumptions) or "no bound"
-            message = f"no {subject} bound for this model ({why}), so it cannot pass --fail-above {spec.fail_above!r}"
+        label, value = _network_value(report, spec.bound)
+        subject = "product" if spec.bound == "product" else "network"
+        lower = report.bound.lower
+        if value is None and spec.bound != "product":
+            blocking = report.bound.blocking[0] if report.bound.blocking else "no network bound"
+            errors.append(f"no network bound to judge against --fail-above {spec.fail_above!r}: {blocking} "
+                          "(--node-constant LABEL=C vouches for a node; --bound product judges the product of layer "
+                          "bounds, valid only for a plain chain with 1-Lipschitz activations)")
+            checks.append(Check("bound", subject, None, spec.fail_above, False,
+                                f"no network bound, so it cannot pass --fail-above {spec.fail_above!r}"))
+        elif lower is not None and lower > spec.fail_above:
+            message = (f"empirical lower bound {lower!r} is above --fail-above {spec.fail_above!r}: the network "
+                       f"provably exceeds it (the {label} is {value!r})")
+            checks.append(Check("bound", subject, lower, spec.fail_above, False, message))
         else:
+            failed = _exceeds(value, spec.fail_above)
             verb = "above" if failed else "within"
-            message = f"{subject} bound {value!r} is {verb} --fail-above {spec.fail_above!r}"
-        checks.append(Check("bound", subject, value, spec.fail_above, not failed, message))
+            shown = "unknown" if value is None else repr(value)
+            checks.append(Check("bound", subject, value, spec.fail_above, not failed,
+                                f"{label} {shown} is {verb} --fail-above {spec.fail_above!r}"))
     for layer in report.layers:
         threshold, source = None, ""
         for pattern, limit in spec.layer_thresholds:
@@ -112,9 +135,7 @@ def evaluate(report: Report, spec: GateSpec) -> Outcome:
         message = f"layer {layer.display_name}: upper bound {shown} is {'above' if failed else 'within'} {source}"
         checks.append(Check("layer", layer.display_name, value, threshold, not failed, message))
     problems = [f"{s.name} was skipped ({s.reason})" for s in report.skipped]
-    if spec.bound == "graph" and report.bound.graph is None:
-        problems.append("no graph bound: " + ("; ".join(report.bound.assumptions) or "no graph in the file"))
-    return Outcome(checks, problems)
+    return Outcome(checks, problems, errors)
 
 
 def gate_dict(spec: GateSpec, outcome: Outcome) -> dict[str, Any]:
@@ -125,16 +146,17 @@ def gate_dict(spec: GateSpec, outcome: Outcome) -> dict[str, Any]:
         "fail_layer_above": spec.fail_layer_above,
         "layer_thresholds": {pattern: limit for pattern, limit in spec.layer_thresholds},
         "passed": outcome.passed,
+        "errors": list(outcome.errors),
         "failures": [{"check": c.name, "subject": c.subject, "value": c.value, "threshold": c.threshold,
                       "message": c.message} for c in outcome.failures],
     }
 
 
 def exit_status(*, errors: int, failed: int, problems: int, exit_zero: bool, strict: bool) -> int:
-    """The process exit code of design.md section 4 for a run's tallies.
+    """The process exit code for a run's tallies.
 
-    Errors (and, with --strict, skipped or unbounded nodes) give 2; a failed gate gives 1 unless
-    --exit-zero; otherwise 0.
+    Errors (a file that could not be read, a network bound that does not exist, and with --strict
+    skipped tensors) give 2; a failed gate gives 1 unless --exit-zero; otherwise 0.
     """
     if errors or (strict and problems):
         return 2

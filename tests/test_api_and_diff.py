@@ -29,16 +29,20 @@ def test_bound_of_a_live_module_is_certified_at_its_input_size() -> None:
     exact_linear = exact_sigma(linear.weight)
     sized = lipcheck.bound(net, input_shape=(1, 3, 8, 8))
     assert exact_conv * exact_linear <= sized <= exact_conv * exact_linear * (1 + 1e-5)
-    free = lipcheck.bound(net)  # no size: the bound for every input size, looser
+    free = lipcheck.bound(net, kind="product")  # no size: the product for every input size, looser
     assert free >= sized
+    with pytest.raises(LipcheckError, match="no upper bound.*no graph"):
+        lipcheck.bound(net)  # without an input shape there is no graph to follow: no network bound
     report = lipcheck.inspect(net)
     assert [layer.name for layer in report.layers] == ["0.weight", "3.weight"]
 
 
 def test_check_is_truthy_and_explains_failures() -> None:
     net = _net()
-    assert lipcheck.check(net, fail_above=100.0)
-    failed = lipcheck.check(net, fail_above=1e-3)
+    assert lipcheck.check(net, fail_above=100.0, input_shape=(1, 3, 8, 8))
+    unbounded = lipcheck.check(net, fail_above=100.0)  # no input shape, no graph: no network bound to judge
+    assert not unbounded and unbounded.errors and "no graph" in unbounded.errors[0]
+    failed = lipcheck.check(net, fail_above=1e-3, input_shape=(1, 3, 8, 8))
     assert not failed and "is above --fail-above 0.001" in repr(failed)
     assert not lipcheck.check(SAMPLES / "cnn.onnx", layer_thresholds={"0.*": 1.0})
 
@@ -72,3 +76,11 @@ def test_diff_reports_growth_and_gates_it(cli, tmp_path: Path) -> None:  # type:
     assert code == 0 and "+5.000%" in out
     code, _, err = cli("diff", str(SAMPLES / "mlp.pt"), str(tmp_path / "missing.pt"))
     assert code == 2 and err.startswith("lipcheck: error:")
+
+
+def test_the_api_leaves_the_modules_training_flag_as_it_found_it() -> None:
+    for training in (True, False):
+        net = _net().train(training)
+        lipcheck.inspect(net, settings=lipcheck.Settings(input_shape=((1, 3, 8, 8),)))
+        assert net.training is training
+        assert all(sub.training is training for sub in net.modules())

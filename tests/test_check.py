@@ -16,16 +16,28 @@ from lipcheck.report.data import BoundReport, LayerReport, Report
 from lipcheck.report.run import FileResult, Run
 from lipcheck.spectral.layer import Interval
 from tests.conftest import SAMPLES
+from tests.golden_text import assert_matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
 CNN, MLP = "sample_models/cnn.onnx", "sample_models/mlp.onnx"
-CNN_PRODUCT = 1.1192545878879194  # pinned by the golden files too
+CNN_UPPER = 1.1192545878879  # the sample CNN's network bound to ~13 digits; exact values come from the run
 
 
-def _report(product: float, layer_names: tuple[str, ...] = ("a",), upper: float = 1.0) -> Report:
+def _report(network: float | None, layer_names: tuple[str, ...] = ("a",), upper: float = 1.0,
+            product: float | None = None, lower: float | None = None) -> Report:
     layers = [LayerReport(name, "", "linear", (2, 2), "float32", upper, upper, Interval(upper, upper, "m"), 1, 1, True)
               for name in layer_names]
-    return Report("0", "m.pt", "state_dict", {}, layers, [], BoundReport(product, None, None, None, []))
+    bound = BoundReport(network, "graph" if network is not None else None, product, None, network, lower, [],
+                        [] if network is not None else ["Foo_3 (Foo): an op lipcheck does not know how to bound"])
+    return Report("0", "m.onnx", "onnx", {}, layers, [], bound)
+
+
+def _network_bound(cli, model: str = CNN) -> float:  # type: ignore[no-untyped-def]
+    code, out, err = cli("inspect", model, "-f", "json")
+    assert code == 0, err
+    value = json.loads(out)["bound"]["upper"]
+    assert value == pytest.approx(CNN_UPPER, rel=1e-9) or model != CNN
+    return float(value)
 
 
 # -- the rule itself ---------------------------------------------------------------------------------
@@ -53,14 +65,34 @@ def test_layer_patterns_first_match_wins_over_the_global_layer_threshold() -> No
     assert [(c.subject, c.passed) for c in outcome.checks] == [("enc.0", True), ("enc.1", True), ("head", False)]
 
 
-def test_missing_bound_fails_the_gate() -> None:
-    outcome = evaluate(_report(1.0), GateSpec(fail_above=5.0, bound="graph"))
-    assert not outcome.passed and outcome.problems
+def test_missing_network_bound_is_an_error_naming_the_node() -> None:
+    outcome = evaluate(_report(None, product=0.5), GateSpec(fail_above=5.0))
+    assert not outcome.passed and len(outcome.errors) == 1
+    assert "Foo_3 (Foo)" in outcome.errors[0] and "--bound product" in outcome.errors[0]
+    assert exit_status(errors=len(outcome.errors), failed=1, problems=0, exit_zero=True, strict=False) == 2
+
+
+def test_the_product_is_never_judged_silently_in_place_of_a_missing_bound() -> None:
+    """A product far below the threshold must not pass a network with no bound."""
+    outcome = evaluate(_report(None, product=0.931, lower=1.405), GateSpec(fail_above=1.2))
+    assert not outcome.passed and outcome.errors
+    assert all(check.value != 0.931 for check in outcome.checks)
+
+
+def test_a_lower_bound_above_the_threshold_fails_whatever_is_judged() -> None:
+    """--bound product below the threshold, yet an attained ratio above it: the network provably exceeds it."""
+    outcome = evaluate(_report(None, product=0.931, lower=1.405), GateSpec(fail_above=1.2, bound="product"))
+    assert not outcome.passed and not outcome.errors
+    (check,) = outcome.failures
+    assert check.value == 1.405 and "lower bound 1.405 is above --fail-above 1.2" in check.message
+    within = evaluate(_report(None, product=0.931, lower=0.5), GateSpec(fail_above=1.2, bound="product"))
+    assert within.passed and "not a network bound" not in within.checks[0].message
+    assert "only for a plain chain" in within.checks[0].message
 
 
 # -- the command line ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, code", [
-    ([CNN, "--fail-above", repr(CNN_PRODUCT)], 0),
+    ([CNN, "--fail-above", "1.12"], 0),
     ([CNN, "--fail-above", "1.1"], 1),
     ([CNN, "--fail-above", "1.1", "--exit-zero"], 0),
     ([CNN, "--fail-layer-above", "1.4"], 1),
@@ -68,9 +100,11 @@ def test_missing_bound_fails_the_gate() -> None:
     ([CNN, "--layer-threshold", "*=1.5"], 0),
     ([CNN, "sample_models/missing.onnx", "--fail-above", "5"], 2),
     ([CNN, "--fail-above", "5", "--bound", "graph"], 0),
-    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph"], 1),
-    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph", "--strict"], 2),
+    (["sample_models/cnn.pt", "--fail-above", "100"], 2),
+    (["sample_models/cnn.pt", "--fail-above", "100", "--exit-zero"], 2),
+    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph"], 2),
     (["sample_models/cnn.pt", "--fail-above", "12", "--bound", "product"], 1),
+    (["sample_models/cnn.pt", "--fail-above", "13", "--bound", "product"], 0),
     ([CNN, "--layer-threshold", "nonsense"], 2),
     (["sample_models/*.onnx", "--fail-above", "1.0"], 1),
     (["sample_models/nope*.onnx", "--fail-above", "1.0"], 2),
@@ -83,9 +117,20 @@ def test_exit_codes(cli, args: list[str], code: int) -> None:  # type: ignore[no
 
 
 def test_failure_message_shows_the_exact_value(cli) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = cli("check", CNN, "--fail-above", "1.11925458788791")
-    assert code == 1
-    assert "graph bound 1.119254587887917 is above --fail-above 1.11925458788791" in out
+    value = _network_bound(cli)
+    threshold = value * (1 - 1e-14)  # below the bound by a few ulps: still a failure, shown in full
+    code, out, err = cli("check", CNN, "--fail-above", repr(threshold))
+    assert code == 1, err
+    assert f"network bound (graph) {value!r} is above --fail-above {threshold!r}" in out
+    assert cli("check", CNN, "--fail-above", repr(value))[0] == 0  # at the bound: passes (value > threshold fails)
+
+
+def test_no_network_bound_exits_2_with_one_line_naming_the_file(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli("check", "sample_models/cnn.pt", "--fail-above", "100", "-f", "json")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("lipcheck: error: no network bound") and "has no graph" in err
+    report = json.loads(out)
+    assert report["bound"]["upper"] is None and report["gate"]["passed"] is False
 
 
 def test_strict_turns_skipped_tensors_into_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -93,9 +138,9 @@ def test_strict_turns_skipped_tensors_into_errors(cli, tmp_path: Path) -> None: 
 
     path = tmp_path / "m.pt"
     torch.save({"embed.weight": torch.randn(10, 4), "fc.weight": torch.randn(3, 4)}, path)
-    code, _, err = cli("check", str(path), "--fail-above", "100")
+    code, _, err = cli("check", str(path), "--fail-layer-above", "100")
     assert code == 0 and "lipcheck: warning:" in err and "embed.weight was skipped" in err
-    code, _, err = cli("check", str(path), "--fail-above", "100", "--strict")
+    code, _, err = cli("check", str(path), "--fail-layer-above", "100", "--strict")
     assert code == 2 and "--strict makes this an error" in err
 
 
@@ -113,13 +158,13 @@ def test_non_finite_weights_exit_2(cli, tmp_path: Path) -> None:  # type: ignore
 def test_formats_match_golden(cli, fmt: str, suffix: str) -> None:  # type: ignore[no-untyped-def]
     code, out, err = cli("check", MLP, CNN, "--fail-above", "1.0", "--layer-threshold", "2.*=0.9", "-f", fmt)
     assert code == 1, err
-    assert out == (GOLDEN / f"check_{fmt}.{suffix}").read_text()
+    assert_matches_golden(out, (GOLDEN / f"check_{fmt}.{suffix}").read_text())
 
 
 def test_table_format_shows_the_gate(cli) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = cli("check", CNN, "--fail-above", "1.1")
     assert code == 1
-    assert "gate: FAILED" in out and "graph bound 1.119254587887917 is above --fail-above 1.1" in out
+    assert "gate: FAILED" in out and f"network bound (graph) {_network_bound(cli)!r} is above --fail-above 1.1" in out
 
 
 def test_junit_is_the_xml_ci_systems_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -244,10 +289,33 @@ def test_plot_draws_every_model(cli, tmp_path: Path, suffix: str) -> None:  # ty
         assert data.startswith(b"\x89PNG")
     else:
         text = data.decode()
-        assert "<svg" in text and "fail-layer-above 1.2" in text and "product bound 1.11926" in text
+        assert "<svg" in text and "fail-layer-above 1.2" in text and "bound 1.1192" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
 def test_plot_needs_a_picture_suffix(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("inspect", MLP, "--plot", str(tmp_path / "x.txt"))
     assert code == 2 and ".png or .svg" in err and err.count("\n") == 1
+
+
+def test_gate_on_a_network_with_no_bound_exits_2_naming_the_node(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Linear-GELU-Linear-GELU-LayerNorm-Linear: the product is no bound, so check must not pass on it."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16), torch.nn.GELU(),
+                              torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
+    path = tmp_path / "ln.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 8),), str(path), dynamo=False, opset_version=17)
+    code, out, err = cli("inspect", str(path), "-f", "json")
+    assert code == 0, err
+    bound = json.loads(out)["bound"]
+    assert bound["upper"] is None and bound["product"] is not None
+    assert any("LayerNorm" in reason for reason in bound["blocking"])
+    threshold = bound["product"] * 10  # far above the product: a gate judging the product would pass
+    code, out, err = cli("check", str(path), "--fail-above", repr(threshold))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("lipcheck: error: no network bound")
+    assert bound["blocking"][0].split(" ")[0] in err and "gate: passed" not in out  # names the first blocking node
+    code, out, err = cli("check", str(path), "--fail-above", repr(threshold), "--bound", "product", "-f", "json")
+    gate = json.loads(out)["gate"]
+    assert code == 0 and gate["passed"] is True and "only for a plain chain" in err + json.dumps(gate) + out

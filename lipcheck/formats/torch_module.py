@@ -74,10 +74,13 @@ def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tu
 
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    was_training = module.training
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(module.eval(), tuple(torch.zeros(s, dtype=dtype) for s in input_shapes))
-    except Exception:  # untraceable modules keep the product bound
+    except Exception:  # an untraceable module has no graph, so no network bound
         return None
+    finally:
+        module.train(was_training)
     return build(traced, layers)

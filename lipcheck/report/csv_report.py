@@ -1,4 +1,4 @@
-"""CSV: one row per layer of every model, then one row per model with its network bound."""
+"""CSV: one row per layer of every model, then rows for its network bound and the product."""
 
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ def render(run: Run) -> str:
             ])
         bound_checks = [c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "bound"]
         b = result.report.bound
-        for subject, value in (("product", b.product), ("graph", b.graph)):
+        rows = (("network bound", b.lower, b.upper, b.method or "; ".join(b.blocking)),
+                ("product of layer bounds", None, b.product, "a network bound only for a plain chain"))
+        for (label, lower, upper, method), subject in zip(rows, ("network", "product")):
             check = next((c for c in bound_checks if c.subject == subject), None)
-            writer.writerow([result.path, f"({subject} bound)", "", "", "", "", _num(b.lower if subject == "graph" else None),
-                             _num(value), "", "", "", _num(check.threshold if check else None),
+            writer.writerow([result.path, f"({label})", "", "", "", "", _num(lower), _num(upper), method, "", "",
+                             _num(check.threshold if check else None),
                              "" if check is None else str(check.passed).lower()])
     return out.getvalue()
 

@@ -45,13 +45,16 @@ class SkippedReport:
 
 @dataclass
 class BoundReport:
-    """Whole-network bounds."""
+    """Whole-network bounds: ``upper`` is the one sound for the file as built, the rest show where it came from."""
 
-    product: float | None
+    upper: float | None  # the network bound check judges; None when lipcheck cannot bound the network
+    method: str | None  # how ``upper`` was obtained (graph, graph with user-supplied node constants)
+    product: float | None  # the product of layer bounds: a network bound only for a plain chain
     product_log10: float | None
     graph: float | None
-    lower: float | None
+    lower: float | None  # an attained ratio: never above the true constant
     assumptions: list[str]
+    blocking: list[str] = field(default_factory=list)  # why ``upper`` is None, naming nodes where there are any
 
 
 @dataclass

@@ -26,7 +26,11 @@ def render(run: Run) -> str:
             name = f"{check.name} {check.subject} <= {check.threshold!r}"
             case = ET.SubElement(suite, "testcase", classname=classname, name=name)
             tests += 1
-            if not check.passed:
+            if check.value is None and result.outcome is not None and result.outcome.errors:
+                errors += 1
+                text = "; ".join(result.outcome.errors)
+                ET.SubElement(case, "error", message=text, type="NoNetworkBound").text = text
+            elif not check.passed:
                 failures += 1
                 ET.SubElement(case, "failure", message=check.message, type="LipschitzGate").text = check.message
     suite.set("tests", str(tests))

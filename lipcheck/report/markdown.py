@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, down, interval_text, product_text, up
+from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text
 from lipcheck.report.run import FileResult, Run
 
 
@@ -23,9 +23,9 @@ def _report(report: Report) -> list[str]:
              "|---:|---|---|---|---:|---:|---:|---|"]
     lines += [_layer_row(i, layer) for i, layer in enumerate(report.layers)]
     b = report.bound
-    lines += ["", f"- product bound ∏ upper: **{product_text(report)}**",
-              f"- graph bound: {up(b.graph) if b.graph is not None else 'n/a'}",
-              f"- empirical lower bound: {down(b.lower) if b.lower is not None else 'n/a'}"]
+    lines += ["", f"- network bound: **{_cell(network_text(report))}**",
+              f"- attained lower bound: {lower_text(report)}",
+              f"- product of layer bounds (plain chains only): {product_text(report)}"]
     lines += [f"- assumes: {_cell(a)}" for a in b.assumptions]
     lines += [f"- note: {_cell(n)}" for n in report.notes]
     if report.skipped:

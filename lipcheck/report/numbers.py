@@ -57,3 +57,20 @@ def product_text(report: Report) -> str:
     if b.product is not None and 1e-4 <= b.product < 1e7:
         return up(b.product)
     return f"10^{b.product_log10:.4f}"
+
+
+def network_text(report: Report) -> str:
+    """The network bound rounded up with how it was found, or why there is none."""
+    b = report.bound
+    if b.upper is None:
+        return "none: " + (b.blocking[0] if b.blocking else "lipcheck cannot bound this network")
+    return f"{up(b.upper)} ({b.method})"
+
+
+def lower_text(report: Report) -> str:
+    """The attained lower bound rounded down, with its gap to the network bound where there is one."""
+    b = report.bound
+    if b.lower is None:
+        return "n/a"
+    gap = f" (upper/lower {b.upper / b.lower:.3g})" if b.upper is not None and b.lower > 0 else ""
+    return down(b.lower) + gap

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, down, interval_text, product_text, up
+from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text
 from lipcheck.report.run import FileResult, Run
 
 _BAR_WIDTH = 12
@@ -49,14 +49,10 @@ def build(report: Report, bars: bool = True) -> Group:
         table.add_row(str(index), Text(layer.display_name), Text(layer.op), Text("×".join(map(str, layer.shape))),
                       _sigma(layer), Text(interval_text(layer)), Text(at_text(layer), style="dim"), iters,
                       *([_bar(layer, largest)] if bars else []))
-    lines: list[Text] = [Text.assemble(("product bound ∏ upper: ", "bold"), product_text(report))]
-    graph = report.bound.graph
-    lines.append(Text.assemble(("graph bound: ", "bold"), up(graph) if graph is not None else "n/a"))
-    lower = report.bound.lower
-    if lower is not None:
-        best = graph if graph is not None else report.bound.product
-        gap = f" (upper/lower {best / lower:.3g})" if best is not None and lower > 0 else ""
-        lines.append(Text.assemble(("empirical lower bound: ", "bold"), down(lower) + gap))
+    lines: list[Text] = [Text.assemble(("network bound: ", "bold"), network_text(report))]
+    if report.bound.lower is not None:
+        lines.append(Text.assemble(("attained lower bound: ", "bold"), lower_text(report)))
+    lines.append(Text.assemble(("product of layer bounds (plain chains only): ", "dim"), (product_text(report), "dim")))
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
         lines.append(Text("* not converged within --max-iter: the interval is still certified, but wider than --tol", style="yellow"))
     for assumption in report.bound.assumptions:

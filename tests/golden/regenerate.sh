@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Rewrite the golden files after an intended change of numbers or layout; review the diff before committing.
-# The pinned values in tests/test_check.py (CNN_PRODUCT and the graph-bound messages) need the same update:
-# this script prints the new ones.
+# The tests compare numbers with a tolerance (tests/golden_text.py), so files made on any CPU serve every CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 run() { env -i PATH=/usr/bin:/bin COLUMNS=200 NO_COLOR=1 .venv/bin/python -m lipcheck "$@"; }
@@ -12,5 +11,3 @@ done
 for sample in cnn.onnx cnn.pt; do
   run inspect "sample_models/$sample" > "tests/golden/inspect_${sample/./_}.txt"
 done
-run inspect sample_models/cnn.onnx -f json | .venv/bin/python -c \
-  "import json, sys; b = json.load(sys.stdin)['bound']; print('graph', repr(b['graph']), 'product', repr(b['product']))"
