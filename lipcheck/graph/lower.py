@@ -1,88 +1,178 @@
-"""An empirical lower bound on the true Lipschitz constant: ratios ‖f(x)−f(y)‖/‖x−y‖ at inputs
-onnxruntime actually evaluates (random pairs, then a short random-search attack).
+"""An empirical lower bound on the true Lipschitz constant: ratios ‖f(x)−f(y)‖/‖x−y‖ attained by
+pairs of inputs, each ratio computed in float64.
 
-Every reported value is attained by evaluated pairs, shrunk by 0.1% for float32 rounding of the
-outputs, so it is a true lower bound. onnxruntime runs the graph's standard ops only (no custom-op
-libraries are registered); nothing from the file is executed as Python.
+Pairs are searched cheaply (onnxruntime in float32 for ONNX files, autograd power iteration for
+torch modules), but the value reported is the ratio of the float64 function (lipcheck.graph.evaluate
+for ONNX, a float64 copy of a torch module) at the best pairs found, minus a rounding slack. A ratio
+of float32 outputs is never reported: float32 rounding of two nearby outputs can push their
+difference well past the truth (a constant-24 chain reads 24.6 in float32).
+
+The slack: float64 rounding moves each output by about a few ulps of the magnitudes computed along
+the way, per node. The reported value subtracts, per output k,
+max(nodes · 2⁻⁴⁰ · max(‖f_k(x)‖, ‖f_k(y)‖), 2⁻¹⁹ · (‖g_k(x)−f_k(x)‖ + ‖g_k(y)−f_k(y)‖)) from
+‖f_k(x)−f_k(y)‖, where g is the float32 evaluation where there is one. The first term allows 4096
+ulps of the output's size per node (a sum of 4096 terms rounded at worst, with no cancellation);
+the second is 1024 times the float32 error scaled to float64 (2⁻²⁹), which grows when intermediate
+values are much larger than the outputs. Neither is a proof of the rounding error, but each is
+orders of magnitude above the float64 error seen in practice, and the slack is below 1e-9 of the
+ratio for ordinary networks.
+
+Several outputs: the value is the largest per-output ratio, matching the graph bound's
+max over outputs.
 """
 
 from __future__ import annotations
 
+import copy
+import heapq
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from lipcheck.graph.ir import Graph
 
+if TYPE_CHECKING:
+    import torch
+
 _PAIRS = 16
 _ATTACK_STEPS = 48
-_ROUNDING = 1e-3
 _JACOBIAN_MAX_INPUTS = 4096
+_SLOW_JACOBIAN_MAX_INPUTS = 256  # when only the reference evaluator (numpy) runs the graph
 _JACOBIAN_POINTS = 1
+_CHECKED = 4  # best pairs of the float32 search whose float64 ratio is computed
+_PER_NODE = 2.0**-40
+_FLOAT32_ERROR_SCALE = 2.0**-19
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 def onnx_lower(path: Path, graph: Graph, seed: int) -> float | None:
-    """The largest ratio found, or None when the input shapes are not fully known or not float."""
-    import onnxruntime as ort
+    """The largest certified float64 ratio found, or None when the input shapes are not fully known
+    or not float.
+
+    Raises NoFloat64Evaluation when no runtime evaluates the graph in float64, and onnxruntime's
+    errors when it cannot run the graph at all: a float32 ratio is never returned instead.
+    """
+    import onnx
+
+    from lipcheck.graph.evaluate import Float64Model, node_count
 
     shapes = [graph.shapes.get(name) for name in graph.inputs]
     if not shapes or any(s is None or not all(s) for s in shapes):
         return None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = session.get_inputs()
-    if any(f.type != "tensor(float)" for f in feeds):
+    model = onnx.load(str(path))
+    exact = Float64Model(model)
+    search, dtypes = _float32_session(path)
+    if search is None:
+        search = exact
+        dtypes = _declared_types(model, exact.input_names)
+    if dtypes is None or any(d is None for d in dtypes):
         return None
     rng = np.random.default_rng(seed)
+    # The search takes a float32 grid wherever the file's inputs are float32.
+    grid = [np.dtype(d) for d in dtypes]  # type: ignore[arg-type]
+    fast = search is not exact or exact.backend == "onnxruntime"
+    found = _search(search, shapes, grid, rng, _JACOBIAN_MAX_INPUTS if fast else _SLOW_JACOBIAN_MAX_INPUTS)  # type: ignore[arg-type]
+    if not found:
+        return None
+    float32 = search if search is not exact else None
+    nodes = node_count(model)
+    return max(_certified(exact, float32, xs, ys, nodes) for xs, ys in found)
 
-    def run(xs: list[np.ndarray]) -> list[np.ndarray]:
+
+def _float32_session(path: Path) -> tuple[Run | None, list[type | None] | None]:
+    """onnxruntime on the file itself (the fast search), or None when it refuses the graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # no float32 kernel for some op (old opsets): the float64 twin searches
+        return None, None
+    feeds = session.get_inputs()
+
+    def run(xs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o, dtype=np.float64) for o in session.run(None, {f.name: x for f, x in zip(feeds, xs)})]
 
-    def ratio(xs: list[np.ndarray], us: list[np.ndarray]) -> float:
-        ys = [(x + u).astype(np.float32) for x, u in zip(xs, us)]
-        dx = np.sqrt(sum(float(np.sum((y.astype(np.float64) - x.astype(np.float64)) ** 2)) for x, y in zip(xs, ys)))
-        if dx == 0.0:
-            return 0.0
-        fx, fy = run(xs), run(ys)
-        return max(float(np.linalg.norm(b - a)) for a, b in zip(fx, fy)) / dx
+    return run, [_FLOAT_TYPES.get(f.type) for f in feeds]
 
-    best, best_pair = 0.0, None
-    size = sum(int(np.prod(s)) for s in shapes)  # type: ignore[arg-type]
-    if size <= _JACOBIAN_MAX_INPUTS:
-        # Small inputs: a finite-difference Jacobian at a few points shows the worst direction; the
-        # value kept is still the ratio of the evaluated pair (x, x + delta*v).
+
+def _declared_types(model: "onnx.ModelProto", names: list[str]) -> list[type | None]:  # type: ignore[name-defined]
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+    kinds = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
+    return [kinds.get(declared.get(name, 0)) for name in names]
+
+
+def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator,
+            jacobian_limit: int) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """The best pairs (x, y) by the search's own ratio: a Jacobian direction, random pairs, an attack."""
+    best: list[tuple[float, int, list[np.ndarray], list[np.ndarray]]] = []  # a min-heap of the top pairs
+    counter = [0]
+
+    def keep(value: float, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+        counter[0] += 1
+        item = (value, counter[0], xs, ys)
+        if len(best) < _CHECKED:
+            heapq.heappush(best, item)
+        elif value > best[0][0]:
+            heapq.heapreplace(best, item)
+
+    def ratio(xs: list[np.ndarray], us: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        ys = [(x + u).astype(g) for x, u, g in zip(xs, us, grid)]
+        dx = _distance(xs, ys)
+        if dx == 0.0:
+            return 0.0, ys
+        fx, fy = run(xs), run(ys)
+        value = max((float(np.linalg.norm(b - a)) for a, b in zip(fx, fy)), default=0.0) / dx
+        return (value if math.isfinite(value) else 0.0), ys
+
+    def point() -> list[np.ndarray]:
+        return [rng.standard_normal(s).astype(g) for s, g in zip(shapes, grid)]
+
+    size = sum(int(np.prod(s)) for s in shapes)
+    if size <= jacobian_limit:
+        # Small inputs: a finite-difference Jacobian shows the worst direction at a point.
         for _ in range(_JACOBIAN_POINTS):
-            xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]  # type: ignore[arg-type]
-            direction = _top_direction(run, xs, size)
+            xs = point()
+            direction = _top_direction(run, xs, grid, size)
             if direction is None:
                 continue
             us, offset = [], 0
             for x in xs:
                 us.append(direction[offset:offset + x.size].reshape(x.shape) * 1e-2 * np.sqrt(size))
                 offset += x.size
-            value = ratio(xs, us)
-            if value > best:
-                best, best_pair = value, (xs, us)
+            value, ys = ratio(xs, us)
+            keep(value, xs, ys)
     for _ in range(_PAIRS):
-        xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]  # type: ignore[arg-type]
-        us = [rng.standard_normal(s) * 1e-2 for s in shapes]  # type: ignore[arg-type]
-        value = ratio(xs, us)
-        if value > best:
-            best, best_pair = value, (xs, us)
-    if best_pair is None:
-        return None
-    xs, us = best_pair
+        xs = point()
+        value, ys = ratio(xs, [rng.standard_normal(s) * 1e-2 for s in shapes])
+        keep(value, xs, ys)
+    if not best:
+        return []
+    top = max(best)
+    xs, us = top[2], [y.astype(np.float64) - x.astype(np.float64) for x, y in zip(top[2], top[3])]
+    current = top[0]
     for _ in range(_ATTACK_STEPS):
-        trial_x = [(x + rng.standard_normal(x.shape) * 0.1).astype(np.float32) for x in xs]
+        trial_x = [(x + rng.standard_normal(x.shape) * 0.1).astype(g) for x, g in zip(xs, grid)]
         trial_u = [u + rng.standard_normal(u.shape) * 3e-3 for u in us]
-        value = ratio(trial_x, trial_u)
-        if value > best:
-            best, xs, us = value, trial_x, trial_u
-    return float(best * (1.0 - _ROUNDING))
+        value, ys = ratio(trial_x, trial_u)
+        keep(value, trial_x, ys)
+        if value > current:
+            current, xs, us = value, trial_x, trial_u
+    return [(xs, ys) for value, _, xs, ys in best if value > 0.0]
 
 
-def _top_direction(run, xs: list[np.ndarray], size: int) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+def _distance(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum((y.astype(np.float64) - x.astype(np.float64)) ** 2)) for x, y in zip(xs, ys)))
+
+
+def _top_direction(run: Run, xs: list[np.ndarray], grid: list[np.dtype], size: int) -> np.ndarray | None:
     """The top right singular vector of a forward-difference Jacobian at xs (all outputs stacked)."""
     base = np.concatenate([o.ravel() for o in run(xs)])
     step = 1e-2
@@ -92,10 +182,10 @@ def _top_direction(run, xs: list[np.ndarray], size: int) -> np.ndarray | None:  
         bumped = flat.copy()
         bumped[i] += step
         parts, offset = [], 0
-        for x in xs:
-            parts.append(bumped[offset:offset + x.size].reshape(x.shape).astype(np.float32))
+        for x, g in zip(xs, grid):
+            parts.append(bumped[offset:offset + x.size].reshape(x.shape).astype(g))
             offset += x.size
-        actual = float(parts_delta(parts, xs, i))
+        actual = float(np.concatenate([p.ravel() for p in parts]).astype(np.float64)[i] - flat[i])
         columns.append((np.concatenate([o.ravel() for o in run(parts)]) - base) / actual if actual else base * 0)
     jac = np.stack(columns, axis=1)
     if not np.all(np.isfinite(jac)):
@@ -104,46 +194,93 @@ def _top_direction(run, xs: list[np.ndarray], size: int) -> np.ndarray | None:  
     return vh[0]
 
 
-def parts_delta(parts: list[np.ndarray], xs: list[np.ndarray], index: int) -> float:
-    """The float32 step actually taken at flat coordinate ``index``."""
-    offset = 0
-    for p, x in zip(parts, xs):
-        if index < offset + x.size:
-            return float(p.ravel()[index - offset]) - float(x.ravel()[index - offset])
-        offset += x.size
-    return 0.0
+def _certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+               nodes: int) -> float:
+    """The float64 ratio of the pair (x, y), largest over outputs, less the rounding slack."""
+    dx = _distance(xs, ys)
+    if dx == 0.0:
+        return 0.0
+    fx, fy = exact(xs), exact(ys)
+    gx, gy = (float32(xs), float32(ys)) if float32 is not None else (None, None)
+    best = 0.0
+    for k, (a, b) in enumerate(zip(fx, fy)):
+        slack = nodes * _PER_NODE * max(float(np.linalg.norm(a)), float(np.linalg.norm(b)))
+        if gx is not None and gy is not None:
+            drift = float(np.linalg.norm(gx[k] - a)) + float(np.linalg.norm(gy[k] - b))
+            slack = max(slack, _FLOAT32_ERROR_SCALE * drift)
+        value = (float(np.linalg.norm(b - a)) - slack) / dx
+        if math.isfinite(value):
+            best = max(best, value)
+    return best * (1.0 - 2.0**-40)  # the two norms and the division, rounded down
 
 
 def torch_lower(module: "torch.nn.Module", input_shapes: tuple[tuple[int, ...], ...], seed: int,
                 points: int = 4, steps: int = 25) -> float | None:
-    """max ‖J(x) v‖ over a few random x, v refined by power iteration on JᵀJ (autograd).
+    """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the directions v found by power
+    iteration on JᵀJ (autograd) at a few random x, or None when every ratio is 0.
 
-    ‖J(x) v‖ with ‖v‖ = 1 never exceeds the Lipschitz constant; shrunk by 0.1% for rounding.
+    The module runs as a float64 copy in eval mode; the caller's module, its dtype and its training
+    flag are left as they were. Autograd only finds directions: ‖J(x)v‖ itself could exceed the
+    constant where f is not differentiable, so the value is an attained finite-difference ratio
+    less the rounding slack of the module docstring (one node per submodule).
     """
     import torch
 
-    param = next(iter(module.parameters()), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    twin = copy.deepcopy(module).double().eval()
+    param = next(iter(twin.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
-    module.eval()
+    nodes = max(8, sum(1 for _ in twin.modules()))
 
-    def f(*xs: torch.Tensor) -> torch.Tensor:
-        out = module(*xs)
-        if isinstance(out, (tuple, list)):
-            return torch.cat([o.reshape(-1) for o in out])
-        return out.reshape(-1)
+    def outputs(*xs: torch.Tensor) -> list[torch.Tensor]:
+        out = twin(*xs)
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [o.reshape(-1) for o in flat if isinstance(o, torch.Tensor)]
 
-    best = 0.0
+    def draw() -> tuple[torch.Tensor, ...]:
+        return tuple(torch.randn(s, generator=generator, dtype=torch.float64).to(device) for s in input_shapes)
+
+    with torch.no_grad():
+        count = len(outputs(*draw()))
+    candidates: list[tuple[float, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = []
     for _ in range(points):
-        xs = tuple(torch.randn(s, generator=generator).to(dtype) for s in input_shapes)
-        vs = tuple(torch.randn(s, generator=generator).to(dtype) for s in input_shapes)
-        for _ in range(steps):
-            norm = torch.sqrt(sum((v.double() ** 2).sum() for v in vs))
-            vs = tuple(v / norm.to(v.dtype) for v in vs)
-            _, jv = torch.autograd.functional.jvp(f, xs, vs)
-            best = max(best, float(jv.double().norm()))
-            _, back = torch.autograd.functional.vjp(f, xs, jv)
-            vs = back if isinstance(back, tuple) else (back,)
-            if float(sum((v.double() ** 2).sum() for v in vs)) == 0.0:
-                break
-    return best * (1.0 - _ROUNDING) if best > 0 else None
+        xs = draw()
+        for k in range(min(count, 4)):
+            vs = draw()
+            best = (0.0, xs, vs)
+            for _ in range(steps):
+                norm = torch.sqrt(sum((v ** 2).sum() for v in vs))
+                if float(norm) == 0.0 or not math.isfinite(float(norm)):
+                    break
+                vs = tuple(v / norm for v in vs)
+                _, jv = torch.autograd.functional.jvp(lambda *a: outputs(*a)[k], xs, vs)
+                value = float(jv.norm())
+                if math.isfinite(value) and value > best[0]:
+                    best = (value, xs, vs)
+                _, back = torch.autograd.functional.vjp(lambda *a: outputs(*a)[k], xs, jv)
+                vs = back if isinstance(back, tuple) else (back,)
+            candidates.append(best)
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    found = 0.0
+    with torch.no_grad():
+        for _, xs, vs in candidates[:_CHECKED]:
+            scale = math.sqrt(sum(float((x ** 2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs)))
+            for h in (1e-3, 1e-5):
+                ys = tuple(x + h * max(1.0, scale) * v for x, v in zip(xs, vs))
+                found = max(found, _certified_torch(outputs, xs, ys, nodes))
+    return found if found > 0.0 else None
+
+
+def _certified_torch(outputs: Callable[..., list["torch.Tensor"]], xs: tuple["torch.Tensor", ...],
+                     ys: tuple["torch.Tensor", ...], nodes: int) -> float:
+    """The float64 ratio of a torch pair, largest over outputs, less the rounding slack."""
+    dx = math.sqrt(sum(float(((y - x) ** 2).sum()) for x, y in zip(xs, ys)))
+    if dx == 0.0:
+        return 0.0
+    best = 0.0
+    for a, b in zip(outputs(*xs), outputs(*ys)):
+        slack = nodes * _PER_NODE * max(float(a.norm()), float(b.norm()))
+        value = (float((b - a).norm()) - slack) / dx
+        if math.isfinite(value):
+            best = max(best, value)
+    return best * (1.0 - 2.0**-40)

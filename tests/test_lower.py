@@ -1,0 +1,119 @@
+"""The empirical lower bound is a ratio the float64 function attains, so it never exceeds the true
+Lipschitz constant: checked on chains whose constant is known exactly (24), with biases large
+enough that float32 differences of their outputs overshoot, and on live torch modules, whose
+training flag and dtype lipcheck must leave as it found them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from lipcheck.api import inspect
+from lipcheck.graph.evaluate import Float64Model, float64_twin
+from lipcheck.settings import Settings
+
+
+class Chain(nn.Module):
+    """x -> 4 relu(3 relu(2 <a, x> + b1) + b2) + b3 with ‖a‖ = 1: Lipschitz constant exactly 24
+    (every weight is a power of two times 1 or 3, so float32 holds them exactly)."""
+
+    def __init__(self, width: int, biases: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(width, 1), nn.Linear(1, 1), nn.Linear(1, 1)
+        self.drop = nn.Dropout(0.5)
+        with torch.no_grad():
+            self.a.weight.fill_(2.0 / width ** 0.5)  # width 1 or 4: 2 * a with ‖a‖ = 1, exact in float32
+            self.b.weight.fill_(3.0)
+            self.c.weight.fill_(4.0)
+            for layer, bias in zip((self.a, self.b, self.c), biases):
+                layer.bias.fill_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(self.drop(torch.relu(self.a(x))))))
+
+
+def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), torch.zeros(shape), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+# Biases up to 1e4: the outputs are large, so float32 rounding of f(x) - f(y) is large too.
+@pytest.mark.parametrize("biases", [(10.0, 100.0, 1000.0), (1000.0, 1.0, 1.0), (0.5, 1.0, 0.25)])
+def test_onnx_lower_bound_of_a_constant_24_chain_stays_at_or_below_24(tmp_path: Path,
+                                                                      biases: tuple[float, float, float]) -> None:
+    report = inspect(_export(Chain(1, biases), (1, 1), tmp_path / "chain.onnx"))
+    assert report.bound.lower is not None
+    assert 23.0 <= report.bound.lower <= 24.0
+
+
+def test_torch_lower_bound_leaves_the_module_as_it_was() -> None:
+    net = Chain(4, (5.0, 1.0, 0.0)).train()
+    flags = [m.training for m in net.modules()]
+    before = {name: p.detach().clone() for name, p in net.state_dict().items()}
+    report = inspect(net, settings=Settings(input_shape=((1, 4),)))
+    assert [m.training for m in net.modules()] == flags
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[name]) for name, p in net.state_dict().items())
+    # Dropout is off in the evaluation (eval mode), so the chain's constant is exactly 24.
+    assert report.bound.lower is not None and 23.0 <= report.bound.lower <= 24.0
+
+
+def test_float64_twin_evaluates_conv_resize_and_constants_in_double() -> None:
+    """Conv (the reference evaluator's torch path), Resize with float32-only scales, Constant
+    value_floats and a Cast to float: the twin's outputs match a float64 torch computation."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 1, 2], strides=[1, 2]),
+        helper.make_node("Cast", ["c"], ["c32"], to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["k"], value_floats=[0.1, -0.3]),
+        helper.make_node("Constant", [], ["shape"], value_ints=[1, 2, 1, 1]),
+        helper.make_node("Reshape", ["k", "shape"], ["k4"]),
+        helper.make_node("Add", ["c32", "k4"], ["s"]),
+        helper.make_node("Resize", ["s", "", "scales"], ["y"], mode="nearest"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 6])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b"),
+         numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    twin = float64_twin(model)
+    assert all(init.data_type in (TensorProto.DOUBLE, TensorProto.INT64) or init.name.startswith("scales")
+               for init in twin.graph.initializer)
+    x = rng.standard_normal((1, 1, 5, 6)).astype(np.float32)
+    (y,) = Float64Model(model)([x])
+
+    xt = torch.nn.functional.pad(torch.from_numpy(x).double(), (0, 2, 1, 1))
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), torch.from_numpy(bias).double(), stride=(1, 2))
+    ref = ref + torch.tensor([0.1, -0.3], dtype=torch.float32).double().reshape(1, 2, 1, 1)
+    ref = ref.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    assert y.dtype == np.float64 and y.shape == tuple(ref.shape)
+    # Both sides are float64 sums of 9 products: they agree to a few ulps of the largest term.
+    assert np.max(np.abs(y - ref.numpy())) <= 1e-13 * max(1.0, float(np.max(np.abs(ref.numpy()))))
+
+
+def test_no_float64_evaluation_gives_no_lower_bound_and_says_why(tmp_path: Path) -> None:
+    """A contrib op onnxruntime runs in float32 only, unknown to the reference evaluator: no number."""
+    w = np.full((3, 3), 0.5, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Gelu", ["h"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "gelu.onnx"
+    onnx.save(model, str(path))
+    report = inspect(path)
+    assert report.bound.lower is None
+    assert any("no empirical lower bound" in note and "float64" in note for note in report.notes)
