@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,39 @@ def test_folder_with_several_models_asks_which(tmp_path: Path) -> None:
         inspect(tmp_path)
     (tmp_path / "two.pt").unlink()
     assert inspect(tmp_path).layers[0].name == "a.weight"
+
+
+def _zip_bomb(path: Path) -> None:
+    """A torch-looking zip whose one entry inflates 200 MiB of zeros from about 200 KiB."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data.pkl", "w", force_zip64=True) as handle:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(200):
+                handle.write(chunk)
+
+
+def _huge_safetensors(path: Path) -> None:
+    """A safetensors header declaring a 10^12-element weight over 16 bytes of data."""
+    header = b'{"layers.0.weight": {"dtype": "F32", "shape": [1000000, 1000000], "data_offsets": [0, 16]}}'
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+
+
+@pytest.mark.parametrize(("kind", "build", "words"), [("bin", _zip_bomb, "zip bomb"),
+                                                       ("safetensors", _huge_safetensors, "safetensors")])
+@pytest.mark.parametrize("command", ["inspect", "check"])
+def test_a_hostile_shard_meets_the_single_file_guard(cli, tmp_path: Path, kind: str, build, words: str,  # type: ignore[no-untyped-def]
+                                                     command: str) -> None:
+    index = _shard(tmp_path, _state(), kind)
+    shard = tmp_path / json.loads(index.read_text())["weight_map"]["layers.0.weight"]
+    build(shard)
+    single = tmp_path / "single" / shard.name
+    single.parent.mkdir()
+    single.write_bytes(shard.read_bytes())
+    extra = ["--fail-above", "10"] if command == "check" else []
+    code, out, err = cli(command, str(index), *extra)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("lipcheck: error: "), (out, err)
+    assert words in err and "Traceback" not in err + out
+    code, _, single_err = cli(command, str(single), *extra)
+    assert code == 2
+    assert (err.replace(os.path.realpath(shard), "SHARD").replace(str(shard), "SHARD")
+            == single_err.replace(os.path.realpath(single), "SHARD").replace(str(single), "SHARD"))  # word for word  # the same guard, word for word

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ _DTYPES = {
 }
 
 
-def load(path: Path) -> Model:
-    """Load every tensor's name and shape now, and its data only when a layer asks for it."""
+def entries(path: Path) -> list[TensorEntry]:
+    """Every tensor's name, shape and dtype now; its data only when a layer asks for it."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = sorted(handle.keys(), key=natural_key)
@@ -28,18 +29,19 @@ def load(path: Path) -> Model:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CorruptFileError(f"cannot read {path} as safetensors ({exc}); is the file complete?") from None
 
-    def loader(name: str):
+    def loader(name: str) -> Callable[[], torch.Tensor]:
         def load_tensor() -> torch.Tensor:
             with safe_open(str(path), framework="pt") as handle:
                 return handle.get_tensor(name)
 
         return load_tensor
 
-    entries = [
-        TensorEntry(name, shape, _DTYPES.get(dtype, torch.uint8), loader(name))
-        for name, (shape, dtype) in meta.items()
-    ]
-    layers, skipped = classify(entries)
+    return [TensorEntry(name, shape, _DTYPES.get(dtype, torch.uint8), loader(name)) for name, (shape, dtype) in meta.items()]
+
+
+def load(path: Path) -> Model:
+    """Load every tensor's name and shape now, and its data only when a layer asks for it."""
+    layers, skipped = classify(entries(path))
     return Model(str(path), "safetensors", layers, skipped)
 
 

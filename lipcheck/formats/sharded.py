@@ -1,8 +1,8 @@
 """Sharded checkpoints: an index (``*.safetensors.index.json`` / ``*.bin.index.json``) whose
 ``weight_map`` names the shard holding each tensor, and model folders that contain one.
 
-Shards are read lazily (safetensors) or memory-mapped (torch), one tensor at a time, and must
-lie inside the index's folder.
+Shards must lie inside the index's folder. Each is read like a single file of its format (told
+from its bytes), through the same guarded loader: lazily (safetensors) or memory-mapped (torch).
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, UnsupportedFileError
 from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key
 from lipcheck.model import Model
 
@@ -63,46 +61,33 @@ def load(index: Path) -> Model:
                                    "beside the index")
         if not os.path.isfile(target):
             raise CorruptFileError(f"shard '{shard}' named by {index.name} is missing; download every shard")
-        kinds.add("safetensors" if shard.endswith(".safetensors") else "state_dict")
-        entries.extend(_safetensors_entries(Path(target), names) if shard.endswith(".safetensors")
-                       else _torch_entries(Path(target), names))
+        kind, found = _shard_entries(Path(target), names)
+        kinds.add(kind)
+        entries.extend(found)
     entries.sort(key=lambda e: natural_key(e.name))
     layers, skipped = classify(entries)
     kind = kinds.pop() if len(kinds) == 1 else "mixed"
     return Model(str(index), f"sharded {kind}", layers, skipped, [f"{len(by_shard)} shards read through {index.name}"])
 
 
-def _safetensors_entries(path: Path, names: list[str]) -> list[TensorEntry]:
-    from safetensors import SafetensorError, safe_open
+def _shard_entries(path: Path, names: list[str]) -> tuple[str, list[TensorEntry]]:
+    """The named tensors of one shard, read by the same guarded entry point as a single file of its format."""
+    from lipcheck.formats import Format, detect
 
-    from lipcheck.formats.safetensors_file import _DTYPES
+    fmt = detect(path)
+    if fmt is Format.SAFETENSORS:
+        from lipcheck.formats import safetensors_file
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            present = set(handle.keys())
-            meta = {n: (tuple(handle.get_slice(n).get_shape()), handle.get_slice(n).get_dtype()) for n in names if n in present}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptFileError(f"cannot read shard {path.name} as safetensors ({exc})") from None
-    missing = [n for n in names if n not in present]
+        kind, found = "safetensors", safetensors_file.entries(path)
+    elif fmt is Format.TORCH:
+        from lipcheck.formats import torch_pickle
+
+        kind, found = "state_dict", torch_pickle.tensor_entries(path)[0]
+    else:
+        raise UnsupportedFileError(f"shard {path.name} is a {fmt.value} file; shards must be safetensors or "
+                                   "torch.save files")
+    by_name = {entry.name: entry for entry in found}
+    missing = [n for n in names if n not in by_name]
     if missing:
         raise CorruptFileError(f"shard {path.name} lacks {missing[0]} (and {len(missing) - 1} more) that the index names")
-
-    def loader(name: str):  # type: ignore[no-untyped-def]
-        def load_tensor() -> torch.Tensor:
-            with safe_open(str(path), framework="pt") as handle:
-                return handle.get_tensor(name)
-
-        return load_tensor
-
-    return [TensorEntry(n, shape, _DTYPES.get(dtype, torch.uint8), loader(n)) for n, (shape, dtype) in meta.items()]
-
-
-def _torch_entries(path: Path, names: list[str]) -> list[TensorEntry]:
-    from lipcheck.formats import torch_pickle
-
-    state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(path), None)
-    flat = dict(torch_pickle._flatten(state))
-    missing = [n for n in names if n not in flat]
-    if missing:
-        raise CorruptFileError(f"shard {path.name} lacks {missing[0]} (and {len(missing) - 1} more) that the index names")
-    return [TensorEntry(n, tuple(flat[n].shape), flat[n].dtype, (lambda t=flat[n]: t)) for n in names]
+    return kind, [by_name[n] for n in names]

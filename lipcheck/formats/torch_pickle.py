@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, sn_vector_names
 from lipcheck.model import WeightEdit, Model
 
@@ -45,8 +46,11 @@ def resolve_globals(names: tuple[str, ...]) -> list[Any]:
 def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
     """Load a torch.save file with weights_only=True, mapping failures to LipcheckErrors.
 
-    ``allow_globals`` (module.Name) widens weights-only loading by exactly those objects.
+    Every torch.save file lipcheck reads comes through here, so each one (single file or shard)
+    passes the zip-inflation guard first. ``allow_globals`` (module.Name) widens weights-only
+    loading by exactly those objects.
     """
+    check_zip(path)
     allowed = resolve_globals(allow_globals)
     try:
         with torch.serialization.safe_globals(allowed):
@@ -141,14 +145,17 @@ def _keys(obj: Mapping[str, Any]) -> str:
     return ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "") if keys else "(none)"
 
 
+def tensor_entries(path: Path, key: str | None = None,
+                   allow_globals: tuple[str, ...] = ()) -> tuple[list[TensorEntry], str | None, list[str]]:
+    """Every tensor of the file's state_dict, with the key path it sits under and notes (see select_state_dict)."""
+    state, where, notes = select_state_dict(read(path, allow_globals), key)
+    entries = [TensorEntry(name, tuple(t.shape), t.dtype, (lambda t=t: t)) for name, t in _flatten(state)]
+    return entries, where, notes
+
+
 def load(path: Path, key: str | None = None, allow_globals: tuple[str, ...] = ()) -> Model:
     """Load a state_dict or a checkpoint dict that wraps one."""
-    obj = read(path, allow_globals)
-    state, where, notes = select_state_dict(obj, key)
-    entries = [
-        TensorEntry(name, tuple(t.shape), t.dtype, (lambda t=t: t))
-        for name, t in _flatten(state)
-    ]
+    entries, where, notes = tensor_entries(path, key, allow_globals)
     layers, skipped = classify(entries)
     model = Model(str(path), "state_dict" if where is None else "checkpoint", layers, skipped, notes)
     if where is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lipcheck.errors import CorruptFileError, LipcheckError
+from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, dtype_name, op_for_weight
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped, WeightEdit
 
@@ -17,17 +18,24 @@ _CONVS = {"Conv1d", "Conv2d", "Conv3d"} | _TRANSPOSED
 _LINEARS = {"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"}
 
 
+def _read(path: Path) -> torch.jit.ScriptModule:
+    """Load a TorchScript archive on the CPU; every archive lipcheck reads passes the zip-inflation guard here first."""
+    check_zip(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch.jit raises RuntimeError and friends for bad archives
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptFileError(f"cannot read {path} as a TorchScript archive ({first})") from None
+
+
 def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
     """Load a TorchScript archive with torch.jit.load and read each module's own parameters.
 
     With ``input_shapes``, static shape analysis of the frozen graph gives each conv's input size.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch.jit raises RuntimeError and friends for bad archives
-        raise CorruptFileError(f"cannot read {path} as a TorchScript archive ({str(exc).strip().splitlines()[0][:200]})") from None
+    module = _read(path)
     layers: list[Layer] = []
     skipped: list[Skipped] = []
     for prefix, sub in module.named_modules():
@@ -197,9 +205,9 @@ def _constant_list(value: torch._C.Value) -> tuple[int, ...]:
 
 def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
     """Write ``src`` with the listed parameters divided, via torch.jit.save."""
+    module = _read(src)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(src), map_location="cpu")
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         with torch.no_grad():
             for edit in edits:
