@@ -11,12 +11,33 @@ from pathlib import Path
 from lipcheck.errors import LipcheckError
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    # os.umask can only be read by setting it: put the old value straight back.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode a newly created file gets from ``open``: 0666 less the umask."""
+    return 0o666 & ~umask()
+
+
 @contextlib.contextmanager
-def replacing(*targets: Path) -> Iterator[list[Path]]:
+def replacing(*targets: Path, mode: int | None = None) -> Iterator[list[Path]]:
     """Yield temporary paths in each target's folder; on success rename them over the targets in order.
 
-    On any error (or interruption) the temporaries are removed and the targets are untouched.
+    Each written file gets ``mode`` (permission bits), or, when None, the mode a new file gets
+    under the current umask (temporary files are created 0600 otherwise). On any error (or
+    interruption) the temporaries are removed and the targets are untouched.
     """
+    final_mode = default_mode() if mode is None else mode & 0o7777
     temps: list[Path] = []
     try:
         for target in targets:
@@ -32,6 +53,8 @@ def replacing(*targets: Path) -> Iterator[list[Path]]:
         yield temps
         for temp in temps:
             with open(temp, "rb") as handle:
+                # Set after writing: a writer may have replaced the temporary rather than written into it.
+                os.fchmod(handle.fileno(), final_mode)
                 os.fsync(handle.fileno())
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
