@@ -7,7 +7,7 @@ from typing import Any
 
 from lipcheck.spectral.layer import Interval
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # report.schema.json beside this module describes it
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class BoundReport:
     lower: float | None  # an attained ratio: never above the true constant
     assumptions: list[str]
     blocking: list[str] = field(default_factory=list)  # why ``upper`` is None, naming nodes where there are any
+    tight: float | None = None  # a certified bound tighter than the graph walk, where one was computed
 
 
 @dataclass
