@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,10 +66,9 @@ def _sn_vectors(layer: Layer, model_path: Path, key: str | None,
     from lipcheck.formats import torch_pickle
 
     if detect(model_path) is Format.SAFETENSORS:
-        from safetensors import safe_open
+        from lipcheck.formats import safetensors_file
 
-        with safe_open(str(model_path), framework="pt") as handle:
-            w = handle.get_tensor(layer.name)
+        w = next(e for e in safetensors_file.entries(model_path) if e.name == layer.name).load()
     else:
         state, _, _ = torch_pickle.select_state_dict(torch_pickle.read(model_path, allow_globals), key)
         w = dict(torch_pickle._flatten(state))[layer.name]
@@ -144,9 +144,8 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
     by_name = {layer.name: layer for layer in model.layers}
     edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e
              for e in edits]
-    if _write(fmt, src, dst, edits, key, settings.allow_globals):
-        warnings.append("the checkpoint's optimizer state (moments) now describes the old weights; reset it "
-                        "before resuming training")
+    mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
+    warnings.extend(_write(fmt, src, dst, edits, key, settings.allow_globals, mode))
     after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
     # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
     targets = {p.name: p.target for p in plans if p.divisor is not None}
@@ -158,37 +157,39 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
             if value is not None and value > goal:
                 fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
     if fixes:
-        _write(fmt, dst, dst, fixes, key, settings.allow_globals)
+        warnings.extend(w for w in _write(fmt, dst, dst, fixes, key, settings.allow_globals, mode) if w not in warnings)
         after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals),
                         settings)
     return Result(before, after, plans, warnings)
 
 
 def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None,
-           allow_globals: tuple[str, ...] = ()) -> bool:
-    """Write the edited copy; True when it is a checkpoint that also holds optimizer state."""
+           allow_globals: tuple[str, ...] = (), mode: int | None = None) -> list[str]:
+    """Write the edited copy with permission bits ``mode``; return warnings for the user."""
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
-        with replacing(dst) as (tmp,):
-            return torch_pickle.save(src, tmp, edits, key, allow_globals)
+        with replacing(dst, mode=mode) as (tmp,):
+            if torch_pickle.save(src, tmp, edits, key, allow_globals):
+                return ["the checkpoint's optimizer state (moments) now describes the old weights; reset it "
+                        "before resuming training"]
     elif fmt is Format.SAFETENSORS:
         from lipcheck.formats import safetensors_file
 
-        with replacing(dst) as (tmp,):
+        with replacing(dst, mode=mode) as (tmp,):
             safetensors_file.save(src, tmp, edits)
     elif fmt is Format.TORCHSCRIPT:
         from lipcheck.formats import torchscript
 
-        with replacing(dst) as (tmp,):
+        with replacing(dst, mode=mode) as (tmp,):
             torchscript.save(src, tmp, edits)
     elif fmt is Format.ONNX:
         from lipcheck.formats import onnx_write
 
-        onnx_write.save(src, dst, edits)
+        return onnx_write.save(src, dst, edits, mode)
     elif fmt is Format.SHARDED:
         raise LipcheckError("normalize writes single-file models; merge the shards (or normalize each "
                             "framework's own copy) first")
     else:  # pragma: no cover - the exhaustiveness test guards this
         raise AssertionError(fmt)
-    return False
+    return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,148 @@ def test_onnx_constant_node_and_if_branch_weights(tmp_path: Path) -> None:
     assert len(report.layers) == 3
     for layer in report.layers:
         assert layer.sigma is not None and 1 - 1e-4 <= layer.sigma <= 1.0, layer.display_name
+
+
+class _PooledCNN(torch.nn.Module):
+    """Two convs, a stored offset (not a layer), a global average pool and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.register_buffer("offset", torch.randn(16, 8, 8))  # 4 KiB: the exporter stores it externally
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        h = torch.relu(self.conv2(h) + self.offset)
+        return self.fc(self.pool(h).flatten(1))
+
+
+def _stored(path: Path) -> dict[str, tuple[int, np.ndarray]]:
+    """Every initializer of an ONNX file: its data location and its values (read from beside the file)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for tensor in proto.graph.initializer:
+        location = tensor.data_location
+        if location == TensorProto.EXTERNAL:
+            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
+        out[tensor.name] = (location, numpy_helper.to_array(tensor).copy())
+    return out
+
+
+def test_dynamo_export_with_a_global_pool_runs_after_normalize(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    net = _PooledCNN().eval()
+    src = tmp_path / "in" / "cnn.onnx"
+    src.parent.mkdir()
+    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(src), dynamo=True)
+    os.chmod(src, 0o640)
+    proto = onnx.load(str(src), load_external_data=False)
+    assert {"ReduceMean", "GlobalAveragePool"} & {node.op_type for node in proto.graph.node}
+    before = _stored(src)
+    assert any(location == TensorProto.EXTERNAL for location, _ in before.values())
+    assert any(array.dtype == np.int64 and location != TensorProto.EXTERNAL for location, array in before.values())
+    digests = {p.name: _sha(p) for p in src.parent.iterdir()}
+
+    dst = tmp_path / "out" / "n.onnx"
+    dst.parent.mkdir()
+    normalize(src, dst)
+    assert {p.name: _sha(p) for p in src.parent.iterdir()} == digests
+    assert sorted(os.listdir(dst.parent)) == ["n.onnx", "n.onnx.data"]  # the data stays beside the output
+    onnx.checker.check_model(str(dst))
+    after = _stored(dst)
+    assert after.keys() == before.keys()
+    weights = {"conv1.weight", "conv2.weight", "fc.weight"}
+    for name, (location, array) in before.items():
+        assert after[name][0] == location, name  # inline stays inline, external stays external
+        if name not in weights:
+            assert after[name][1].dtype == array.dtype and np.array_equal(after[name][1], array), name
+    scales = {}
+    for name in weights:
+        old, new = before[name][1].astype(np.float64), after[name][1].astype(np.float64)
+        scales[name] = float(np.abs(new).max() / np.abs(old).max())
+        assert abs(scales[name] - 1.0) > 1e-3, name  # rewritten
+        np.testing.assert_allclose(new, old * scales[name], rtol=1e-6, atol=1e-7 * np.abs(old).max())
+
+    # The written file runs, and computes the original network with each layer's weight scaled.
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        for name, scale in scales.items():
+            net.get_parameter(name).mul_(scale)
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for written in dst.parent.iterdir():
+        assert stat.S_IMODE(written.stat().st_mode) == 0o640, written.name  # the input's mode
+
+
+def test_normalize_keeps_the_input_mode_and_reports_follow_the_umask(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "m.pt"
+    torch.save({"a.weight": torch.eye(3) * 2}, src)
+    os.chmod(src, 0o640)
+    old = os.umask(0o022)
+    try:
+        for mask in (0o022, 0o077, 0o002):
+            os.umask(mask)
+            out, report, picture = (tmp_path / f"{mask:o}{name}" for name in ("n.pt", "r.json", "p.png"))
+            code, _, err = cli("normalize", str(src), "-o", str(out))
+            assert code == 0, err
+            code, _, err = cli("inspect", str(src), "-f", "json", "-o", str(report), "--plot", str(picture))
+            assert code == 0, err
+            assert stat.S_IMODE(out.stat().st_mode) == 0o640  # the input's mode, whatever the umask
+            assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~mask
+            assert stat.S_IMODE(picture.stat().st_mode) == 0o666 & ~mask
+    finally:
+        os.umask(old)
+
+
+def _external_matmul(folder: Path) -> Path:
+    w = np.random.default_rng(5).standard_normal((6, 6)).astype(np.float32) * 3
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
+                              initializer=[numpy_helper.from_array(w, "W")])
+    src = folder / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
+              save_as_external_data=True, location="m.weights", size_threshold=0)
+    return src
+
+
+def test_an_output_onnxruntime_cannot_run_is_not_written(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from lipcheck.formats import onnx_write
+
+    src = _external_matmul(tmp_path)
+    dst = tmp_path / "n.onnx"
+    dst.write_bytes(b"keep me")
+    real = onnx_write.run_error
+    checked = []
+
+    def broken_output(path: Path) -> str | None:
+        checked.append(path)
+        return "simulated load failure" if path.parent.name.startswith(".n.onnx.") else real(path)
+
+    monkeypatch.setattr(onnx_write, "run_error", broken_output)
+    before = {p.name: _sha(p) for p in tmp_path.iterdir()}
+    code, out, err = cli("normalize", str(src), "-o", str(dst), "--force")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("lipcheck: error: "), err
+    assert "onnxruntime" in err and "simulated load failure" in err and "nothing was written" in err
+    assert {p.name: _sha(p) for p in tmp_path.iterdir()} == before  # no model, no data file, no temporary
+    assert checked[-1] == src  # the input was run to tell a broken output from an unrunnable model
+
+
+def test_a_model_onnxruntime_cannot_run_at_all_is_written_with_a_warning(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipcheck.formats import onnx_write
+
+    src = _external_matmul(tmp_path)
+    monkeypatch.setattr(onnx_write, "run_error", lambda path: "no kernel for this op")
+    result = normalize(src, tmp_path / "n.onnx")
+    assert any("cannot run the input either" in w and "no kernel" in w for w in result.warnings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.weights", "n.onnx", "n.onnx.data"]
+    monkeypatch.undo()
+    assert onnx_write.run_error(tmp_path / "n.onnx") is None  # the output itself does run

@@ -1,8 +1,10 @@
 """Rewrite an ONNX file's layer weights (initializers and Constant nodes, in subgraphs too).
 
-A stored tensor used by several layers is divided once, by the largest divisor asked for. External
-data is written afresh beside the output (``OUT.data``); the model and its data are written in a
-temporary folder next to the output and renamed into place, data first.
+A stored tensor used by several layers is divided once, by the largest divisor asked for. Only
+the rewritten weights change: every other tensor keeps its bytes and its place, inline tensors
+stay inline and external ones stay external. External data is written afresh into one file
+beside the output (``OUT.data``). The model and its data are written in a temporary folder next
+to the output, loaded and run once in onnxruntime, and only then renamed into place, data first.
 """
 
 from __future__ import annotations
@@ -11,14 +13,26 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, TensorProto, numpy_helper
 
-from lipcheck.errors import LipcheckError
+from lipcheck.atomic import default_mode
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
 from lipcheck.model import WeightEdit
+
+_CHUNK = 16 << 20
+# onnxruntime's input type names and the arrays that feed them.
+_FEED_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
 
 
 def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProto]) -> None:
@@ -36,6 +50,28 @@ def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProt
                 _tensors(attr.g, f"{path}/{label}" if path else label, out)
 
 
+def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every TensorProto a graph stores (initializers, sparse ones, attribute tensors), subgraphs included."""
+    for init in graph.initializer:
+        yield init
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sparse in [*sparse_tensors, *attr.sparse_tensors]:
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
 def _find(index: dict[tuple[str, str], TensorProto], scope: str, name: str) -> tuple[str, TensorProto]:
     path = scope
     while True:
@@ -46,45 +82,182 @@ def _find(index: dict[tuple[str, str], TensorProto], scope: str, name: str) -> t
         path = path.rpartition("/")[0]
 
 
-def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
-    """Write ``src`` with the edits applied to ``dst`` (and ``dst.data`` when the source used external data)."""
+def _is_external(tensor: TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL
+
+
+def _source(tensor: TensorProto, base: str) -> tuple[str, int, int]:
+    """Where an external tensor's bytes lie: (file inside ``base``, offset, length)."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    target = os.path.realpath(os.path.join(base, location))
+    if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != base:
+        raise RefusedFileError(f"tensor '{tensor.name}' points to external data '{location}' outside the model's "
+                               "folder; lipcheck only reads external data beside the model: move the data file next to it")
+    try:
+        size = os.path.getsize(target)
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else size - offset
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"cannot read the external data of tensor '{tensor.name}' ({exc}); copy the model's "
+                               "data file next to it") from None
+    if offset < 0 or length < 0 or offset + length > size:
+        raise CorruptFileError(f"external data of tensor '{tensor.name}' ends past its file; the data file is truncated")
+    return target, offset, length
+
+
+def _inline_copy(tensor: TensorProto, base: str) -> TensorProto:
+    """A copy of ``tensor`` holding its bytes inline."""
+    copy = TensorProto()
+    copy.CopyFrom(tensor)
+    if _is_external(tensor):
+        target, offset, length = _source(tensor, base)
+        with open(target, "rb") as handle:
+            handle.seek(offset)
+            copy.raw_data = handle.read(length)
+        copy.data_location = TensorProto.DEFAULT
+        del copy.external_data[:]
+    return copy
+
+
+def _point_at(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` refer to ``length`` bytes at ``offset`` of ``location``."""
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _copy_range(source: str, offset: int, length: int, sink: BinaryIO) -> None:
+    with open(source, "rb") as handle:
+        handle.seek(offset)
+        left = length
+        while left:
+            chunk = handle.read(min(_CHUNK, left))
+            if not chunk:
+                raise CorruptFileError(f"external data file {source} shrank while it was copied; try again")
+            sink.write(chunk)
+            left -= len(chunk)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def run_error(path: Path) -> str | None:
+    """Load ``path`` in onnxruntime and run it once on zeros; the error's first line, or None when it ran.
+
+    Unknown dimensions are fed as 1. A model whose inputs cannot be built as arrays (sequences,
+    strings, bfloat16) is only loaded.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for arg in session.get_inputs():
+            dtype = _FEED_DTYPES.get(arg.type)
+            if dtype is None:
+                return None
+            shape = [dim if isinstance(dim, int) and dim >= 0 else 1 for dim in arg.shape]
+            feeds[arg.name] = np.zeros(shape, dtype)
+        session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types for every kind of failure
+        return _first_line(exc)
+    return None
+
+
+def _input_files(src: Path, tensors: list[TensorProto]) -> list[str]:
+    base = os.path.realpath(src.parent)
+    return [str(src)] + sorted({_source(t, base)[0] for t in tensors if _is_external(t)})
+
+
+def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None) -> list[str]:
+    """Write ``src`` with the edits applied to ``dst`` (and ``dst.data`` when the source used external data).
+
+    The written files get ``mode`` (default: what the umask gives a new file). Returns warnings
+    for the user; raises a LipcheckError, and writes nothing, when onnxruntime cannot run the
+    output although it runs the input.
+    """
     proto = onnx.load(str(src), load_external_data=False)
+    base = os.path.realpath(src.parent)
     index: dict[tuple[str, str], TensorProto] = {}
     _tensors(proto.graph, "", index)
-    external = any(t.data_location == TensorProto.EXTERNAL for t in index.values())
-    if external:
-        onnx.load_external_data_for_model(proto, str(src.parent))
     divisors: dict[tuple[str, str], float] = {}
     for edit in edits:
         if edit.divisor is None:
             continue
         key = _find(index, edit.scope, edit.name)[0], edit.name
         divisors[key] = max(divisors.get(key, 0.0), edit.divisor)
+
+    folder = dst.parent
+    if not folder.is_dir():
+        raise LipcheckError(f"cannot write {dst}: folder {folder} does not exist; create it first")
+    data_name = f"{dst.name}.data"
+    data_target = folder / data_name
+    stored = list(_all_tensors(proto.graph))
+    if data_target.is_dir():
+        raise LipcheckError(f"cannot write {dst}: its external data goes to {data_target}, which is a folder; "
+                            "choose another output name")
+    same_model = dst.exists() and os.path.samefile(src, dst)
+    if data_target.exists() and not same_model and any(
+            os.path.samefile(data_target, used) for used in _input_files(src, stored)):
+        raise LipcheckError(f"the output's data file {data_target} is one of the input's files; choose another "
+                            "output name or folder")
+
+    # Bytes of external tensors stay where they are read from until the data file is written.
+    rewritten: dict[tuple[str, str], bool] = {}
     for key, divisor in divisors.items():
         tensor = index[key]
-        array = numpy_helper.to_array(tensor)
+        array = numpy_helper.to_array(_inline_copy(tensor, base))
         if array.dtype.kind not in "f" and array.dtype.name not in ("bfloat16",):
             raise LipcheckError(f"weight '{key[1]}' is stored as {array.dtype.name} (quantized); lipcheck cannot "
                                 "rescale it exactly: exclude it with --layers or normalize the float model")
         scaled = (array.astype(np.float64) / divisor).astype(array.dtype)
+        rewritten[key] = _is_external(tensor)
         tensor.CopyFrom(numpy_helper.from_array(scaled, tensor.name))
-    folder = dst.parent
-    if not folder.is_dir():
-        raise LipcheckError(f"cannot write {dst}: folder {folder} does not exist; create it first")
+
+    final_mode = default_mode() if mode is None else mode & 0o7777
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=folder))
     try:
-        data_name = f"{dst.name}.data"
+        external = any(_is_external(t) for t in stored) or any(rewritten.values())
         if external:
-            onnx.save(proto, str(work / dst.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data_name, size_threshold=0)
-        else:
-            onnx.save(proto, str(work / dst.name))
+            with open(work / data_name, "wb") as sink:
+                for tensor in stored:
+                    if _is_external(tensor):
+                        source, offset, length = _source(tensor, base)
+                        start = sink.tell()
+                        _copy_range(source, offset, length, sink)
+                        _point_at(tensor, data_name, start, length)
+                for key, was_external in rewritten.items():
+                    if was_external:
+                        tensor = index[key]
+                        start = sink.tell()
+                        sink.write(tensor.raw_data)
+                        _point_at(tensor, data_name, start, sink.tell() - start)
+        onnx.save(proto, str(work / dst.name))
         for written in work.iterdir():
             with open(written, "rb") as handle:
+                os.fchmod(handle.fileno(), final_mode)
                 os.fsync(handle.fileno())
+        warnings: list[str] = []
+        problem = run_error(work / dst.name)
+        if problem is not None:
+            baseline = run_error(src)
+            if baseline is None:
+                raise LipcheckError(f"the normalized model would not run in onnxruntime ({problem}); nothing was "
+                                    f"written to {dst}: please report this model")
+            warnings.append(f"onnxruntime cannot run the input either ({baseline}); the output was written without "
+                            "that check")
         if external:
-            os.replace(work / data_name, folder / data_name)
+            os.replace(work / data_name, data_target)
         os.replace(work / dst.name, dst)
+        return warnings
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
