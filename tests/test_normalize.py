@@ -388,3 +388,17 @@ def test_a_model_onnxruntime_cannot_run_at_all_is_written_with_a_warning(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.weights", "n.onnx", "n.onnx.data"]
     monkeypatch.undo()
     assert onnx_write.run_error(tmp_path / "n.onnx") is None  # the output itself does run
+
+
+def test_onnx_output_data_file_never_overwrites_the_input_data(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32) * 3, "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
+              save_as_external_data=True, location="n.onnx.data", size_threshold=0)  # what n.onnx's data would be
+    before = {p.name: _sha(p) for p in tmp_path.iterdir()}
+    with pytest.raises(LipcheckError, match="data file .* is one of the input's files"):
+        normalize(src, tmp_path / "n.onnx")
+    assert {p.name: _sha(p) for p in tmp_path.iterdir()} == before
