@@ -29,13 +29,18 @@ _EXTRA_EMBEDDINGS = 3
 
 @dataclass(frozen=True)
 class ConvInterval:
-    """A certified interval for a conv's operator norm, and how it was obtained."""
+    """A certified interval for a conv's operator norm, and how it was obtained.
+
+    ``iterations`` and ``converged`` describe this interval: the explicit matrix's Lanczos steps,
+    or the power iteration's on the operator; converged when upper - lower <= tol * upper.
+    """
 
     lower: float
     upper: float
     method: str
     iterations: int
     converged: bool
+    certificate_steps: int = 0  # Cholesky factorizations behind the upper end (none for the FFT bound)
 
 
 def _pads(geometry: ConvGeometry, n: int) -> tuple[list[int], list[int]]:
@@ -308,13 +313,14 @@ def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tup
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed)
-        return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged)
+        return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps)
     circular, mode = circular_bound(w64, geometry, spatial, transposed)
     upper = min(circular, upper_cap)
     start = None if transposed or geometry.padding_mode != "zeros" else fourier_start(w64, geometry, spatial, mode)
     lower, iterations = power_lower(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
                                     upper=upper, start=start)
-    return ConvInterval(min(lower, upper), upper, METHOD_OPERATOR, iterations, upper - lower <= tol * upper)
+    lower = min(lower, upper)
+    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= tol * upper)
 
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterator
@@ -12,7 +13,7 @@ import torch
 from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Layer
 from lipcheck.settings import Settings
-from lipcheck.spectral.conv import any_size_factor, operator_interval
+from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
 METHOD_DENSE = "Lanczos (lower), Cholesky certificate (upper)"
@@ -40,7 +41,14 @@ class Interval:
 
 @dataclass(frozen=True)
 class LayerEstimate:
-    """What lipcheck knows about one layer's weight; all None when the weight is not finite."""
+    """What lipcheck knows about one layer's weight; all None when the weight is not finite.
+
+    ``iterations``, ``certificate_steps`` and ``converged`` describe the ``lipschitz`` interval:
+    for a conv at a known input size, the iteration on its operator (converged when
+    upper - lower <= tol * upper), which is not the one behind ``sigma``. An interval with no lower
+    end (a conv bound for every input size) is a multiple of a certified sigma bound, and reports
+    that certificate. ``sigma_iterations`` and ``sigma_converged`` describe [sigma, sigma_upper].
+    """
 
     sigma: float | None
     sigma_upper: float | None
@@ -48,6 +56,8 @@ class LayerEstimate:
     iterations: int
     certificate_steps: int  # Cholesky factorizations tried
     converged: bool
+    sigma_iterations: int = 0
+    sigma_converged: bool = False
 
 
 def sigma_matrix(layer: Layer, weight: torch.Tensor) -> torch.Tensor:
@@ -91,6 +101,7 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
     CPU with several threads, batches run side by side, one per thread, each single-threaded: the
     iteration's many small operations then overlap instead of leaving cores idle (1.4x on
     BERT-base on two cores), and every operation's rounding is independent of the schedule.
+    The caller's torch thread settings are the same at every yield and after as before.
     """
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
@@ -99,14 +110,39 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
         for batch in batches:
             yield from _estimate_batch(layers, batch, settings)
         return
-    torch.set_num_threads(1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
     try:
+        _single_threaded_workers(pool, workers, threads)
         futures = [pool.submit(_estimate_batch, layers, batch, settings) for batch in batches]
         for future in as_completed(futures):
             yield from future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: int) -> None:
+    """Start the pool's threads, each with one intra-op thread, and leave the caller's count as it was.
+
+    With OpenMP, torch.set_num_threads sets the calling thread's own count, and also the count
+    that threads not yet started take, which the caller's thread restores at once. Each start
+    waits at a barrier until all have run, so each runs on a thread of its own.
+    """
+    barrier = threading.Barrier(workers + 1)
+
+    def start() -> None:
+        # A thread's first torch call sets its count from the shared one: make it now, not later.
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        barrier.wait()
+
+    try:
+        for _ in range(workers):
+            pool.submit(start)
+        barrier.wait()
+    except BaseException:
+        barrier.abort()
+        raise
+    finally:
         torch.set_num_threads(threads)
 
 
@@ -138,29 +174,33 @@ def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -
 def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
     if not layer.is_conv:
         interval = Interval(est.sigma, est.upper, METHOD_DENSE)
-    else:
-        interval = _conv_interval(layer, weight.to(torch.float64), est, settings)
-    return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged)
+        return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged,
+                             est.iterations, est.converged)
+    interval, behind = _conv_interval(layer, weight.to(torch.float64), est, settings)
+    return LayerEstimate(est.sigma, est.upper, interval, behind.iterations, behind.certificate_steps, behind.converged,
+                         est.iterations, est.converged)
 
 
-def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> Interval:
-    """The operator norm of a conv: exact-ish at a known input size, else a bound for every size."""
+def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
+                   settings: Settings) -> tuple[Interval, SpectralEstimate | ConvInterval]:
+    """The operator norm of a conv (exact-ish at a known input size, else a bound for every size),
+    and the iteration that interval comes from."""
     kernel = tuple(weight.shape[2:])
     # A ConvTranspose is the adjoint of the conv with the same weight read as (out = dim 0), so
     # the dim-0 matrix bounds both; for a Conv that is sigma's own matrix.
-    upper = est.upper
+    bound = est
     if layer.is_transposed:
-        upper = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
-                        seed=settings.seed, device=settings.device).upper
+        bound = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
+                        seed=settings.seed, device=settings.device)
     geometry = layer.geometry
     if geometry is None:
-        return Interval(None, math.sqrt(math.prod(kernel)) * upper, METHOD_CONV_NO_GEOMETRY)
-    any_size = any_size_factor(kernel, geometry) * upper
+        return Interval(None, math.sqrt(math.prod(kernel)) * bound.upper, METHOD_CONV_NO_GEOMETRY), bound
+    any_size = any_size_factor(kernel, geometry) * bound.upper
     if math.prod(kernel) == 1 and geometry.groups == 1 and not any(geometry.padding):
         # A 1x1 conv applies W at every position: its norm is sigma(W) at any size.
-        return Interval(est.sigma, est.upper, METHOD_CONV_1X1)
+        return Interval(est.sigma, est.upper, METHOD_CONV_1X1), est
     if layer.input_spatial is None:
-        return Interval(None, any_size, METHOD_CONV_ANY_SIZE)
+        return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
     found = operator_interval(weight, geometry, layer.input_spatial, layer.is_transposed, tol=settings.tol,
                               max_iter=settings.max_iter, seed=settings.seed, upper_cap=any_size)
-    return Interval(found.lower, found.upper, found.method)
+    return Interval(found.lower, found.upper, found.method), found
