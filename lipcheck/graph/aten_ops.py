@@ -1,0 +1,25 @@
+"""ATen operator names mapped to the ONNX op names the graph walk knows, shared by the torch front ends.
+
+Keys are schema names (``aten::relu``) as TorchScript node kinds and ``OpOverload._schema.name`` spell
+them; ops whose arguments need reading (convolutions, pools, batch norm) are handled by each front end.
+"""
+
+from __future__ import annotations
+
+SIMPLE: dict[str, str] = {
+    "aten::relu": "Relu", "aten::relu_": "Relu", "aten::sigmoid": "Sigmoid", "aten::tanh": "Tanh",
+    "aten::softplus": "Softplus", "aten::gelu": "Gelu", "aten::silu": "Silu", "aten::hardswish": "HardSwish",
+    "aten::mish": "Mish", "aten::softmax": "Softmax", "aten::layer_norm": "LayerNormalization",
+    "aten::group_norm": "GroupNormalization", "aten::instance_norm": "InstanceNormalization",
+    "aten::exp": "Exp", "aten::log": "Log", "aten::sqrt": "Sqrt", "aten::abs": "Abs", "aten::neg": "Neg",
+    "aten::flatten": "Flatten", "aten::view": "Reshape", "aten::reshape": "Reshape", "aten::permute": "Transpose",
+    "aten::transpose": "Transpose", "aten::contiguous": "Identity", "aten::squeeze": "Squeeze",
+    "aten::unsqueeze": "Unsqueeze", "aten::dropout": "Dropout", "aten::slice": "Slice", "aten::select": "Slice",
+    "aten::size": "Shape", "aten::clamp": "Clip", "aten::hardtanh": "Clip", "aten::relu6": "Clip",
+    "aten::matmul": "MatMul", "aten::mm": "MatMul", "aten::bmm": "MatMul", "aten::mul": "Mul", "aten::div": "Div",
+    "aten::max_pool1d": "MaxPool", "aten::max_pool2d": "MaxPool", "aten::max_pool3d": "MaxPool",
+    "aten::avg_pool1d": "AveragePool", "aten::avg_pool2d": "AveragePool", "aten::avg_pool3d": "AveragePool",
+    "aten::batch_norm": "BatchNormalization", "aten::linear": "Gemm", "aten::cat": "Concat",
+    "aten::add": "Add", "aten::add_": "Add", "aten::sub": "Sub", "aten::leaky_relu": "LeakyRelu", "aten::elu": "Elu",
+    "aten::hardsigmoid": "HardSigmoid",
+}
