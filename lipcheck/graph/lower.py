@@ -26,14 +26,16 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lipcheck.graph.ir import Graph
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
 _PAIRS = 16
@@ -101,7 +103,7 @@ def _float32_session(path: Path) -> tuple[Run | None, list[type | None] | None]:
     return run, [_FLOAT_TYPES.get(f.type) for f in feeds]
 
 
-def _declared_types(model: "onnx.ModelProto", names: list[str]) -> list[type | None]:  # type: ignore[name-defined]
+def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | None]:  # type: ignore[name-defined]
     from onnx import TensorProto
 
     declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
@@ -214,7 +216,7 @@ def _certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Se
     return best * (1.0 - 2.0**-40)  # the two norms and the division, rounded down
 
 
-def torch_lower(module: "torch.nn.Module", input_shapes: tuple[tuple[int, ...], ...], seed: int,
+def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int,
                 points: int = 4, steps: int = 25) -> float | None:
     """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the directions v found by power
     iteration on JᵀJ (autograd) at a few random x, or None when every ratio is 0.
@@ -253,11 +255,11 @@ def torch_lower(module: "torch.nn.Module", input_shapes: tuple[tuple[int, ...], 
                 if float(norm) == 0.0 or not math.isfinite(float(norm)):
                     break
                 vs = tuple(v / norm for v in vs)
-                _, jv = torch.autograd.functional.jvp(lambda *a: outputs(*a)[k], xs, vs)
+                _, jv = torch.autograd.functional.jvp(lambda *a, k=k: outputs(*a)[k], xs, vs)
                 value = float(jv.norm())
                 if math.isfinite(value) and value > best[0]:
                     best = (value, xs, vs)
-                _, back = torch.autograd.functional.vjp(lambda *a: outputs(*a)[k], xs, jv)
+                _, back = torch.autograd.functional.vjp(lambda *a, k=k: outputs(*a)[k], xs, jv)
                 vs = back if isinstance(back, tuple) else (back,)
             candidates.append(best)
     candidates.sort(key=lambda c: c[0], reverse=True)
@@ -271,8 +273,8 @@ def torch_lower(module: "torch.nn.Module", input_shapes: tuple[tuple[int, ...], 
     return found if found > 0.0 else None
 
 
-def _certified_torch(outputs: Callable[..., list["torch.Tensor"]], xs: tuple["torch.Tensor", ...],
-                     ys: tuple["torch.Tensor", ...], nodes: int) -> float:
+def _certified_torch(outputs: Callable[..., list[torch.Tensor]], xs: tuple[torch.Tensor, ...],
+                     ys: tuple[torch.Tensor, ...], nodes: int) -> float:
     """The float64 ratio of a torch pair, largest over outputs, less the rounding slack."""
     dx = math.sqrt(sum(float(((y - x) ** 2).sum()) for x, y in zip(xs, ys)))
     if dx == 0.0:
