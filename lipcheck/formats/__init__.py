@@ -19,11 +19,12 @@ class Format(str, enum.Enum):
     SAFETENSORS = "safetensors"
     ONNX = "onnx"
     SHARDED = "sharded"  # an index json naming the shard of each tensor
+    TORCH_EXPORT = "torch_export"  # torch.export.save output (.pt2): an ExportedProgram
 
 
 _EXTENSIONS = {
     ".pt": Format.TORCH, ".pth": Format.TORCH, ".bin": Format.TORCH, ".ckpt": Format.TORCH, ".tar": Format.TORCH,
-    ".safetensors": Format.SAFETENSORS, ".onnx": Format.ONNX,
+    ".safetensors": Format.SAFETENSORS, ".onnx": Format.ONNX, ".pt2": Format.TORCH_EXPORT,
 }
 _PICKLE_PROTOCOL_2 = b"\x80\x02"
 
@@ -54,7 +55,7 @@ def detect(path: Path) -> Format:
         return by_ext
     raise UnsupportedFileError(
         f"cannot tell the format of {path}; lipcheck reads PyTorch (.pt/.pth/.bin/.ckpt), TorchScript, "
-        "safetensors and ONNX files"
+        "torch.export (.pt2), safetensors and ONNX files"
     )
 
 
@@ -66,6 +67,10 @@ def _zip_kind(path: Path) -> Format:
         return Format.TORCH  # let the torch loader report what is wrong
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return Format.TORCHSCRIPT
+    # torch.export archives: <root>/archive_format and <root>/models/<name>.json (before torch 2.8, the
+    # program's JSON at the top level); torch.save zips hold <root>/data.pkl instead.
+    if any(n.endswith("/archive_format") or n == "serialized_exported_program.json" for n in names):
+        return Format.TORCH_EXPORT
     return Format.TORCH
 
 
@@ -91,6 +96,10 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
         raise LipcheckError(f"--allow-global applies to PyTorch checkpoints; {path} is {fmt.value}")
     if key is not None and fmt is not Format.TORCH:
         raise LipcheckError(f"--key selects a model inside a PyTorch checkpoint; {path} is {fmt.value}")
+    if input_shapes is not None and fmt is Format.TORCH_EXPORT:
+        model = _load(path, fmt, key)
+        model.notes.append("--input-shape does not change a .pt2's conv bounds: the export fixes each conv's input size")
+        return model
     if input_shapes is not None and fmt not in (Format.ONNX, Format.TORCHSCRIPT):
         model = _load(path, fmt, key, allow_globals=allow_globals)
         model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the "
@@ -113,10 +122,6 @@ def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[in
 
 def _dispatch(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None,
               allow_globals: tuple[str, ...]) -> Model:
-    if fmt in (Format.TORCH, Format.TORCHSCRIPT):
-        from lipcheck.formats.limits import check_zip
-
-        check_zip(path)
     if fmt is Format.TORCH:
         from lipcheck.formats import torch_pickle
 
@@ -137,6 +142,10 @@ def _dispatch(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tupl
         from lipcheck.formats import sharded
 
         return sharded.load(path)
+    if fmt is Format.TORCH_EXPORT:
+        from lipcheck.formats import torch_export
+
+        return torch_export.load(path)
     raise AssertionError(fmt)  # pragma: no cover - the exhaustiveness test guards this
 
 
