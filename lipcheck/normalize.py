@@ -183,6 +183,11 @@ def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str 
 
         with replacing(dst, mode=mode) as (tmp,):
             torchscript.save(src, tmp, edits)
+    elif fmt is Format.TORCH_EXPORT:
+        from lipcheck.formats import torch_export
+
+        with replacing(dst, mode=mode) as (tmp,):
+            torch_export.save(src, tmp, edits)
     elif fmt is Format.ONNX:
         from lipcheck.formats import onnx_write
 
