@@ -217,7 +217,9 @@ def _screen(path: Path, data: bytes) -> None:
         raise CorruptFileError(f"{path}: the graph (models/model.json) is not valid JSON; re-save the model") from None
     _check_strings(path, graph)
     try:
-        torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")), map_location="cpu", weights_only=True)
+        with _quiet():
+            torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")), map_location="cpu",
+                       weights_only=True)
     except Exception:  # anything weights-only loading refuses would send torch to weights_only=False
         raise _refuse(path, "its sample inputs hold objects that weights-only loading refuses") from None
 
