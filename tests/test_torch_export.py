@@ -302,3 +302,20 @@ def test_sample_inputs_pickle_would_run_under_torch_alone(files: dict[str, dict[
         except Exception:
             pass
     assert (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_decomposed_program_gives_the_same_numbers(files: dict[str, dict[str, Path]], tmp_path: Path, name: str) -> None:
+    """After run_decompositions (aten.convolution, addmm of a permuted weight, batch norm with getitem), same σ and bound."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(_module(name), (torch.randn(SHAPES[name]),)).run_decompositions()
+        torch.export.save(ep, tmp_path / "d.pt2")
+    kinds = {str(node.target) for node in ep.graph.nodes}
+    assert "aten.addmm.default" in kinds and ("aten.convolution.default" in kinds) == (name == "cnn")
+    decomposed = inspect(tmp_path / "d.pt2", settings=Settings(lower=False))
+    plain = inspect(files[name]["pt2"], settings=Settings(lower=False))
+    assert [(e.name, e.op, e.input_size) for e in decomposed.layers] == [(e.name, e.op, e.input_size) for e in plain.layers]
+    for a, b in zip(decomposed.layers, plain.layers):
+        assert a.sigma == pytest.approx(b.sigma, rel=1e-12)
+    assert decomposed.bound.upper == pytest.approx(plain.bound.upper, rel=1e-12)
