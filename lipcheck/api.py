@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from lipcheck import __version__
 from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
@@ -13,6 +13,7 @@ from lipcheck.formats import load
 from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
+from lipcheck.report.run import FileResult, Run
 from lipcheck.settings import Settings
 from lipcheck.spectral.layer import estimate, estimate_all
 
@@ -90,6 +91,34 @@ def check(path: "str | Path | torch.nn.Module", *, fail_above: float | None = No
     return evaluate(inspect(path, settings=_with_shape(settings, input_shape)), spec)
 
 
+def analyse_files(paths: Sequence[str], settings_for: Callable[[str], Settings], *, key: str | None = None,
+                  spec: GateSpec | None = None, progress: Progress | None = None,
+                  on_file: Callable[[str], None] | None = None) -> Run:
+    """Inspect (and gate, with ``spec``) each file in turn; a file that fails becomes an error entry.
+
+    ``settings_for`` gives each path its settings (input shapes may differ per model); ``on_file``
+    is told which file starts. Errors are one-line messages: the run goes on with the next file.
+    """
+    results: list[FileResult] = []
+    for path in paths:
+        if on_file is not None:
+            on_file(path)
+        try:
+            report = inspect(path, settings=settings_for(path), key=key, progress=progress)
+        except LipcheckError as exc:
+            results.append(FileResult(path, error=str(exc)))
+            continue
+        except MemoryError:
+            results.append(FileResult(path, error=f"ran out of memory reading {path}; try a machine with more memory"))
+            continue
+        except Exception as exc:  # an internal error still becomes one line and exit 2
+            results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {exc}); please report it "
+                                                  "with the model's layout"))
+            continue
+        results.append(FileResult(path, report=report, outcome=evaluate(report, spec) if spec is not None else None))
+    return Run(results, spec)
+
+
 def _with_shape(settings: Settings | None, input_shape: tuple[int, ...] | None) -> Settings:
     settings = settings or Settings()
     return replace(settings, input_shape=(tuple(input_shape),)) if input_shape is not None else settings
@@ -107,7 +136,8 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             name=layer.name, scope=layer.scope, op=layer.op, shape=layer.shape, dtype=layer.dtype,
             sigma=est.sigma, sigma_upper=est.sigma_upper, lipschitz=est.lipschitz,
             iterations=est.iterations, certificate_steps=est.certificate_steps, converged=est.converged,
-            note=layer.note, input_size=layer.input_spatial,
+            note=layer.note, input_size=layer.input_spatial, node=layer.node,
+            sigma_iterations=est.sigma_iterations, sigma_converged=est.sigma_converged,
         )
         if progress is not None and len(found) < total:
             progress(len(found), total, layer)

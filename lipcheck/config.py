@@ -1,11 +1,16 @@
 """Settings from ``[tool.lipcheck]`` in pyproject.toml (or ``--config PATH``).
 
-Keys are the command-line flag names (``fail-above``; ``fail_above`` is accepted too). The CLI
-applies the precedence: command line > ``LIPCHECK_*`` environment > config file > defaults.
+Keys are the command-line flag names (``fail-above``; ``fail_above`` is accepted too). Paths in
+the file (models, output, plot) are relative to the file's folder, as ruff and coverage read
+theirs. ``input-shape`` may be a table from model glob to shape(s), for projects with several
+models. The CLI feeds the values to its framework as defaults, so the precedence is: command
+line > ``LIPCHECK_*`` environment > config file > built-in defaults.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "max-iter": (int,),
     "seed": (int,),
     "device": (str,),
-    "input-shape": (list, str),
+    "input-shape": (list, str, dict),
     "key": (str,),
     "allow-global": (list,),
     "node-constant": (dict, list),
@@ -76,3 +81,47 @@ def load(path: Path | None, *, explicit: bool) -> tuple[dict[str, Any], Path | N
                                 f"not {type(value).__name__}")
         out[key] = value
     return out, path
+
+
+_PATH_KEYS = ("models", "output", "plot")
+_PARAMETER = {"format": "output_format"}  # keys whose command-line parameter has another Python name
+
+
+def _relative_to(base: Path, value: str) -> str:
+    """A config path made relative to the working directory, read from the config's folder."""
+    return value if os.path.isabs(value) else os.path.relpath(base / value)
+
+
+def default_map(config: dict[str, Any], path: Path | None, params: set[str]) -> dict[str, Any]:
+    """The framework's defaults for one command's ``params`` (Python names) from a loaded config.
+
+    Pairs given as tables (layer-threshold, node-constant) become PATTERN=VALUE strings; a table
+    of input shapes is left to :func:`shapes_for` and is not a default of the option.
+    """
+    out: dict[str, Any] = {}
+    base = path.parent if path is not None else Path.cwd()
+    for key, value in config.items():
+        name = _PARAMETER.get(key, key.replace("-", "_"))
+        if name not in params or (key == "input-shape" and isinstance(value, dict)):
+            continue
+        if key in _PATH_KEYS:
+            value = [_relative_to(base, str(v)) for v in value] if isinstance(value, list) else _relative_to(base, value)
+        elif isinstance(value, dict):
+            value = [f"{k}={v}" for k, v in value.items()]
+        elif key == "input-shape" and isinstance(value, str):
+            value = [value]
+        out[name] = value
+    return out
+
+
+def shapes_for(config: dict[str, Any], path: Path | None, model: str) -> list[str] | None:
+    """The input shapes the config's ``input-shape`` table gives one model (first matching glob)."""
+    table = config.get("input-shape")
+    if not isinstance(table, dict):
+        return None
+    base = path.parent if path is not None else Path.cwd()
+    for pattern, shapes in table.items():
+        full = _relative_to(base, str(pattern))
+        if fnmatch.fnmatch(model, full) or fnmatch.fnmatch(os.path.basename(model), str(pattern)):
+            return [shapes] if isinstance(shapes, str) else [str(s) for s in shapes]
+    return None

@@ -16,6 +16,8 @@ class LayerChange:
     new_sigma: float | None
     old_upper: float | None
     new_upper: float | None
+    in_old: bool = True
+    in_new: bool = True
 
     @property
     def growth(self) -> float | None:
@@ -36,6 +38,21 @@ class Drift:
     def product_growth(self) -> float | None:
         """Relative change of the product bound, in percent."""
         return _growth(self.old.bound.product, self.new.bound.product)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user should know before trusting the comparison: layers that match nothing."""
+        added = [c.name for c in self.layers if not c.in_old]
+        removed = [c.name for c in self.layers if not c.in_new]
+        out = []
+        if self.layers and len(added) + len(removed) == len(self.layers):
+            out.append("no layer names match between the two files: are they checkpoints of the same model?")
+        else:
+            if added:
+                out.append(f"{len(added)} layer(s) only in the new file: {', '.join(added[:5])}" + (" ..." if len(added) > 5 else ""))
+            if removed:
+                out.append(f"{len(removed)} layer(s) only in the old file: {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""))
+        return out
 
     @property
     def failures(self) -> list[str]:
@@ -70,5 +87,6 @@ def compare(old: Report, new: Report, fail_if_grows: float | None = None) -> Dri
             name,
             a.sigma if a else None, b.sigma if b else None,
             a.lipschitz.upper if a and a.lipschitz else None, b.lipschitz.upper if b and b.lipschitz else None,
+            a is not None, b is not None,
         ))
     return Drift(old, new, changes, fail_if_grows)

@@ -38,7 +38,7 @@ def cli(capsys, monkeypatch):  # type: ignore[no-untyped-def]
 
     Returns (exit code, stdout, stderr). ``run_cli`` is for what needs a real process boundary.
     """
-    from lipcheck.cli import app
+    from lipcheck.cli import main
 
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("NO_COLOR", "1")
@@ -50,7 +50,7 @@ def cli(capsys, monkeypatch):  # type: ignore[no-untyped-def]
         monkeypatch.chdir(cwd)
         capsys.readouterr()
         try:
-            app(list(args))
+            main(list(args))
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

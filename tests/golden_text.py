@@ -12,29 +12,34 @@ import math
 import re
 
 REL_TOL = 1e-4  # displayed values have 6 significant digits, full-precision ones vary in the last ~6
+# Attained lower bounds come from a seeded search whose float32 steps can pick another pair on
+# another CPU, so lines that carry one compare their numbers to 2%.
+LOWER_REL_TOL = 2e-2
+_LOWER_LINES = ("lower bound", "(network bound)")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 _RUNS = re.compile(r" +|[█▏▎▍▌▋▊▉]+|━+|─+")
 
 
-def _skeleton(text: str) -> tuple[str, list[str]]:
-    numbers = _NUMBER.findall(text)
+def _skeleton(text: str) -> tuple[str, list[tuple[str, float]]]:
+    numbers = [(found, LOWER_REL_TOL if any(mark in line for mark in _LOWER_LINES) else REL_TOL)
+               for line in text.splitlines() for found in _NUMBER.findall(line)]
     shape = _RUNS.sub(lambda m: m.group(0)[0], _NUMBER.sub("#", text))
     return shape, numbers
 
 
-def _close(a: str, b: str) -> bool:
+def _close(a: str, b: str, rel: float) -> bool:
     if a == b:
         return True
     if not any(c in a + b for c in ".eE"):
         return False  # integers (shapes, counts) must match exactly
-    return math.isclose(float(a), float(b), rel_tol=REL_TOL, abs_tol=1e-300)
+    return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-300)
 
 
 def assert_matches_golden(actual: str, expected: str) -> None:
-    """Fail unless ``actual`` has ``expected``'s text and numbers within REL_TOL."""
+    """Fail unless ``actual`` has ``expected``'s text, and its numbers within their tolerance."""
     shape_a, nums_a = _skeleton(actual)
     shape_e, nums_e = _skeleton(expected)
     assert shape_a == shape_e, f"layout differs:\n{actual}\n--- expected ---\n{expected}"
     assert len(nums_a) == len(nums_e)
-    bad = [(a, e) for a, e in zip(nums_a, nums_e) if not _close(a, e)]
-    assert not bad, f"numbers differ beyond rel {REL_TOL}: {bad[:5]}"
+    bad = [(a, e) for (a, rel), (e, _) in zip(nums_a, nums_e) if not _close(a, e, rel)]
+    assert not bad, f"numbers differ beyond their tolerance: {bad[:5]}"

@@ -27,6 +27,9 @@ class LayerReport:
     converged: bool
     note: str | None = None
     input_size: tuple[int, ...] | None = None  # a conv's input spatial size, where known
+    node: str | None = None  # the graph node that applies the weight, where the file has a graph
+    sigma_iterations: int = 0  # iterations behind [sigma, sigma_upper], the weight-as-a-matrix interval
+    sigma_converged: bool = False
 
     @property
     def display_name(self) -> str:

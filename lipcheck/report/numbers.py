@@ -30,6 +30,17 @@ def _directed(x: float, digits: int, rounding: Callable[[float], int]) -> str:
     return f"{value:.{digits - 1}e}"
 
 
+def upper_text(layer: LayerReport) -> str:
+    """A layer's upper bound rounded up, with the interval's relative width (``1.47420 ±4e-7``)."""
+    lip = layer.lipschitz
+    if lip is None:
+        return "n/a"
+    if lip.lower is None:
+        return f"{up(lip.upper)} (no lower)"
+    width = (lip.upper - lip.lower) / lip.upper if lip.upper > 0 else 0.0
+    return f"{up(lip.upper)} ±{width:.0e}" if width > 0 else f"{up(lip.upper)} exact"
+
+
 def interval_text(layer: LayerReport) -> str:
     """A layer's Lipschitz interval, rounded outward; ? for an unknown lower end."""
     lip = layer.lipschitz

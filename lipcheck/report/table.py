@@ -1,4 +1,4 @@
-"""The terminal renderer: a rich table of layers with the bounds and the gate beneath it."""
+"""The terminal renderer: a table of layers, one line each, with the bounds and the gate beneath it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text
+from lipcheck.report.numbers import at_text, lower_text, network_text, product_text, up, upper_text
 from lipcheck.report.run import FileResult, Run
 
 _BAR_WIDTH = 12
-# Narrower terminals get the table without the bar column.
-_BARS_FROM_WIDTH = 110
+_WIDE = 120  # from this width on: shape, σ, iterations and a bar per layer
+_NAME_MIN = 16
 
 
 def _sigma(layer: LayerReport) -> Text:
@@ -22,39 +22,79 @@ def _sigma(layer: LayerReport) -> Text:
 
 
 def _bar(layer: LayerReport, largest: float) -> Text:
-    """The layer's upper end as a bar, relative to the largest layer of the model."""
+    """The layer's upper end as a bar; a full bar is the largest layer of the model."""
     if layer.lipschitz is None or largest <= 0:
         return Text("")
     eighths = round(8 * _BAR_WIDTH * layer.lipschitz.upper / largest)
     return Text("█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8], style="cyan")
 
 
-def build(report: Report, bars: bool = True) -> Group:
-    """Build the rich renderable of a report; ``bars`` adds a column of per-layer bars."""
-    table = Table(title=Text(f"{report.model_path} ({report.model_format})"), title_justify="left")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("layer")
-    table.add_column("op")
-    table.add_column("shape")
-    table.add_column("σ (torch)", justify="right")
-    table.add_column(Text("Lipschitz [lower, upper]"), justify="right")
-    table.add_column("at", justify="right")
-    table.add_column("iters", justify="right")
-    if bars:
-        table.add_column("upper", no_wrap=True)
+def _shown_name(layer: LayerReport) -> str:
+    """The layer's name, or its graph node's where the name is an exporter's number (onnx::Conv_12)."""
+    if layer.node and layer.name.startswith("onnx::"):
+        return f"{layer.scope}/{layer.node}" if layer.scope else layer.node
+    return layer.display_name
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The dotted or slashed prefix every name shares (empty for one name)."""
+    if len(names) < 2:
+        return ""
+    first, last = min(names), max(names)
+    cut = 0
+    for i, (a, b) in enumerate(zip(first, last)):
+        if a != b:
+            break
+        if a in "./":
+            cut = i + 1
+    return first[:cut]
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """Shorten text to ``width`` characters by an ellipsis in the middle, keeping both ends readable."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2 + (width - 1) % 2
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
+
+
+def build(report: Report, width: int = 80) -> Group:
+    """Build the rich renderable of a report for a terminal ``width`` columns wide, one line per layer."""
+    wide = width >= _WIDE
+    names = [_shown_name(layer) for layer in report.layers]
+    prefix = _common_prefix(names)
+    if len(prefix) < 6:
+        prefix = ""
     largest = max((layer.lipschitz.upper for layer in report.layers if layer.lipschitz is not None), default=0.0)
-    for index, layer in enumerate(report.layers):
-        iters = str(layer.iterations) + ("" if layer.converged else "*")
-        # Text cells: names from a file must never be read as rich markup.
-        table.add_row(str(index), Text(layer.display_name), Text(layer.op), Text("×".join(map(str, layer.shape))),
-                      _sigma(layer), Text(interval_text(layer)), Text(at_text(layer), style="dim"), iters,
-                      *([_bar(layer, largest)] if bars else []))
+    table = Table(title=Text(f"{report.model_path} ({report.model_format})"), title_justify="left")
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    fixed = 4 + 16 + 20 + 12 + (10 + 12 + 8 + _BAR_WIDTH + 10 if wide else 0)
+    name_width = max(_NAME_MIN, width - fixed - 3 * (9 if wide else 5))
+    table.add_column(Text(f"layer (in {prefix}…)" if prefix else "layer"), no_wrap=True, max_width=name_width)
+    table.add_column("op", no_wrap=True)
+    if wide:
+        table.add_column("shape", no_wrap=True)
+        table.add_column("σ (torch)", justify="right", no_wrap=True)
+    table.add_column(Text("Lipschitz ≤ (width)"), justify="right", no_wrap=True)
+    table.add_column("at", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("iters", justify="right", no_wrap=True)
+        table.add_column(Text(f"0 ┄ {up(largest, 3)}") if largest > 0 else "", no_wrap=True)
+    for index, (layer, name) in enumerate(zip(report.layers, names)):
+        cells: list[RenderableType] = [str(index), Text(middle_ellipsis(name[len(prefix):], name_width)), Text(layer.op)]
+        if wide:
+            cells += [Text("×".join(map(str, layer.shape))), _sigma(layer)]
+        star = "" if layer.converged else "*"
+        cells += [Text(upper_text(layer) + star), Text(at_text(layer), style="dim")]
+        if wide:
+            cells += [str(layer.iterations), _bar(layer, largest)]
+        table.add_row(*cells)
     lines: list[Text] = [Text.assemble(("network bound: ", "bold"), network_text(report))]
     if report.bound.lower is not None:
         lines.append(Text.assemble(("attained lower bound: ", "bold"), lower_text(report)))
     lines.append(Text.assemble(("product of layer bounds (plain chains only): ", "dim"), (product_text(report), "dim")))
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
-        lines.append(Text("* not converged within --max-iter: the interval is still certified, but wider than --tol", style="yellow"))
+        lines.append(Text("* not converged within --max-iter: the bound is still certified, but wider than --tol", style="yellow"))
     for assumption in report.bound.assumptions:
         lines.append(Text(f"assumes: {assumption}", style="dim"))
     for note in report.notes:
@@ -66,11 +106,11 @@ def build(report: Report, bars: bool = True) -> Group:
     return Group(table, *lines)
 
 
-def _result(result: FileResult, bars: bool) -> list[RenderableType]:
+def _result(result: FileResult, width: int) -> list[RenderableType]:
     if result.error is not None:
         return [Text(f"{result.path}: error: {result.error}", style="bold red")]
     assert result.report is not None
-    parts: list[RenderableType] = [build(result.report, bars)]
+    parts: list[RenderableType] = [build(result.report, width)]
     if result.outcome is not None:
         if result.failed:
             parts.append(Text("gate: FAILED", style="bold red"))
@@ -85,4 +125,14 @@ def render(run: Run, console: Console) -> None:
     for index, result in enumerate(run.results):
         if index:
             console.print()
-        console.print(Group(*_result(result, bars=console.width >= _BARS_FROM_WIDTH)))
+        console.print(Group(*_result(result, console.width)))
+
+
+def render_text(run: Run) -> str:
+    """The table as plain text (for -o FILE), as wide as $COLUMNS or 80 columns."""
+    import os
+
+    console = Console(record=True, file=open(os.devnull, "w"), no_color=True,  # noqa: SIM115
+                      width=int(os.environ.get("COLUMNS", 0)) or 80)
+    render(run, console)
+    return console.export_text(styles=False)
