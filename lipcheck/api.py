@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from lipcheck import __version__
 from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
-from lipcheck.errors import LipcheckError
+from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import load
 from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-NO_GRAPH_REASON = ("this file has no graph, so lipcheck cannot tell how the layers connect; inspect an ONNX or "
-                   "TorchScript export of the model")
+NO_GRAPH_REASON = ("this file has no graph, so lipcheck cannot tell how the layers connect; inspect an ONNX, "
+                   "TorchScript or torch.export (.pt2) export of the model")
 
 Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
@@ -44,21 +44,32 @@ def inspect(
         model = torch_module.load(path, settings.input_shape)
     report = analyze(model, settings, progress)
     runnable = model.runnable
-    if settings.lower and settings.input_shape and runnable is not None and not report.non_finite_layers:
+    shapes = settings.input_shape or _exported_shapes(model)
+    if settings.lower and shapes and runnable is not None and not report.non_finite_layers:
         from lipcheck.graph.lower import torch_lower
 
         try:
-            report.bound.lower = torch_lower(runnable, settings.input_shape, settings.seed)
+            report.bound.lower = torch_lower(runnable, shapes, settings.seed)
         except Exception as exc:  # the module refused the shapes or autograd: no lower bound, say why
-            report.notes.append(f"no empirical lower bound: the module could not be differentiated ({str(exc).splitlines()[0][:160]})")
+            report.notes.append(f"no empirical lower bound: the module could not be differentiated ({first_line(exc)})")
     if settings.lower and model.format == "onnx" and model.graph is not None and not report.non_finite_layers:
         from lipcheck.graph.lower import onnx_lower
 
         try:
             report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed)  # type: ignore[arg-type]
-        except Exception as exc:  # onnxruntime refuses graphs it cannot run: no lower bound, say why
-            report.notes.append(f"no empirical lower bound: onnxruntime could not run the graph ({str(exc).splitlines()[0][:160]})")
+        except Exception as exc:  # a graph that cannot be evaluated in float64: no lower bound, say why
+            report.notes.append(f"no empirical lower bound: the graph could not be evaluated ({first_line(exc)})")
     return report
+
+
+def _exported_shapes(model: Model) -> tuple[tuple[int, ...], ...] | None:
+    """The input shapes a torch.export archive fixes, when every one is fully static."""
+    if model.format != "torch_export" or model.graph is None:
+        return None
+    found = [model.graph.shapes.get(name) for name in model.graph.inputs]
+    if not found or not all(s and all(isinstance(d, int) for d in s) for s in found):
+        return None
+    return tuple(tuple(s) for s in found)  # type: ignore[arg-type]
 
 
 def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
@@ -151,8 +162,8 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     notes = list(model.notes)
     if any(layer.is_conv and layer.geometry is None for layer in model.layers):
         notes.append("convs: this file records no stride, padding or input size, so their bound is the loose "
-                     "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX or "
-                     "TorchScript gives each conv's operator norm")
+                     "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX, "
+                     "TorchScript or .pt2 gives each conv's operator norm")
     graph_value, method, blocking = None, None, []
     if model.graph is not None:
         from lipcheck.graph.walk import GraphBound, graph_bound

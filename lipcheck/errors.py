@@ -23,3 +23,9 @@ class RefusedFileError(LipcheckError):
 
 class NonFiniteWeightsError(LipcheckError):
     """A layer's weights contain NaN or Inf, so no bound exists."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message, shortened; its type name when it has none."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -7,7 +7,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from lipcheck.errors import CorruptFileError, LipcheckError, UnsupportedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, UnsupportedFileError, first_line
 from lipcheck.model import Model
 
 
@@ -115,7 +115,7 @@ def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[in
     except (LipcheckError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a parser tripping over malformed content: the file is corrupt
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        first = first_line(exc)
         raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first}); the file is "
                                "malformed: re-export it") from None
 
