@@ -16,6 +16,15 @@ CONV_TRANSPOSE_OPS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A certified interval for a layer's Lipschitz constant; ``lower`` may be unknown."""
+
+    lower: float | None
+    upper: float
+    method: str
+
+
+@dataclass(frozen=True)
 class ConvGeometry:
     """Hyper-parameters of a convolution, where the file records them."""
 

@@ -14,7 +14,7 @@ from lipcheck.gate import Check, GateSpec, Outcome, evaluate, exit_status
 from lipcheck.report import github
 from lipcheck.report.data import BoundReport, LayerReport, Report
 from lipcheck.report.run import FileResult, Run
-from lipcheck.spectral.layer import Interval
+from lipcheck.model import Interval
 from tests.conftest import SAMPLES
 from tests.golden_text import assert_matches_golden
 

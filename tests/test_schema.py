@@ -53,3 +53,14 @@ def test_schema_version_matches_the_code() -> None:
 
     assert SCHEMA["$defs"]["report"]["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     assert Path(resources.files("lipcheck").joinpath("py.typed")).exists()  # type: ignore[arg-type]
+
+
+def test_the_report_data_and_renderers_load_without_torch() -> None:
+    """Report consumers (renderers, the schema) need no torch: the data model is plain."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import lipcheck.report.data, lipcheck.report.markdown, lipcheck.report.json_report, "
+            "lipcheck.report.csv_report, lipcheck.report.github, lipcheck.report.junit, lipcheck.report.table; "
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lipcheck.spectral.layer import Interval
+from lipcheck.model import Interval
 
 SCHEMA_VERSION = 1  # report.schema.json beside this module describes it
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from lipcheck.formats.limits import check_layer_size
-from lipcheck.model import Layer
+from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
@@ -28,15 +28,6 @@ METHOD_CONV_NO_GEOMETRY = ("no geometry in the file: sqrt(kernel taps) * upper s
 METHOD_CONV_ANY_SIZE = ("input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; "
                         "pass --input-shape for the operator norm")
 METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A certified interval for a layer's Lipschitz constant; ``lower`` may be unknown."""
-
-    lower: float | None
-    upper: float
-    method: str
 
 
 @dataclass(frozen=True)
