@@ -94,7 +94,8 @@ def _finish(run: Any, *, exit_zero: bool, strict: bool) -> None:
         name = "" if single else f"{result.path}: "
         if result.error is not None:
             errors += 1
-            sys.stderr.write(f"lipcheck: error: {name}{result.error}\n")
+            prefix = "" if result.error.startswith(result.path) else name
+            sys.stderr.write(f"lipcheck: error: {prefix}{result.error}\n")
             continue
         bad = result.report.non_finite_layers
         gate_errors = result.outcome.errors if result.outcome is not None else []

@@ -210,12 +210,12 @@ def test_github_annotation_escaping() -> None:
     spec = GateSpec(fail_above=1.0, fail_layer_above=1.0)
     result = FileResult("dir,x/m%1:2.pt", report=report, outcome=evaluate(report, spec))
     out = github.render(Run([result], spec))
-    first = out.splitlines()[0]
-    assert first.startswith("::error file=dir%2Cx/m%251%3A2.pt,title=lipcheck%3A Lipschitz gate failed::")
-    message = first.split("::", 2)[2]
-    assert "\n" not in message and "%0A" in message  # two failures, one annotation, newline-escaped
-    assert "odd%25name,with:colon%0Aand newline" in message  # data: % and newline escaped, , and : kept
-    assert len(out.splitlines()) == 2  # the annotation and the summary line
+    lines = out.splitlines()
+    assert len(lines) == 3  # one annotation per failing check (network, layer), then the summary line
+    assert lines[0].startswith("::error file=dir%2Cx/m%251%3A2.pt,title=lipcheck%3A Lipschitz gate failed::")
+    assert lines[1].startswith("::error file=dir%2Cx/m%251%3A2.pt,title=lipcheck%3A layer above its threshold::")
+    message = lines[1].split("::", 2)[2]
+    assert "\n" not in message and "odd%25name,with:colon%0Aand newline" in message  # % and newline escaped
 
 
 # -- configuration ---------------------------------------------------------------------------------------
@@ -289,7 +289,8 @@ def test_plot_draws_every_model(cli, tmp_path: Path, suffix: str) -> None:  # ty
         assert data.startswith(b"\x89PNG")
     else:
         text = data.decode()
-        assert "<svg" in text and "fail-layer-above 1.2" in text and "bound 1.1192" in text
+        assert "<svg" in text and "fail-layer-above 1.2" in text and "network bound 1.1192" in text
+        assert "above its threshold" in text and "Lipschitz constant" in text  # failing layers marked, axis labelled
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 

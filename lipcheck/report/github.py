@@ -1,4 +1,4 @@
-"""GitHub Actions: one ``::error`` annotation per failing model, and a job-summary table.
+"""GitHub Actions: one ``::error`` annotation per failing check (network or layer), and a job summary.
 
 Escaping follows the runner's workflow-command rules: in the message, % CR LF are
 percent-encoded; in properties (file, title) also : and ,.
@@ -21,16 +21,22 @@ def escape_property(text: str) -> str:
 
 
 def render(run: Run) -> str:
-    """Annotation lines for failing and unreadable models, then one plain summary line."""
+    """One annotation per failing check or unreadable model, then one plain summary line."""
     lines = []
     for result in run.results:
         if result.error is not None:
             lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: cannot analyse')}"
                          f"::{escape_data(result.error)}")
-        elif result.failed and result.outcome is not None:
-            message = "\n".join(check.message for check in result.outcome.failures)
-            lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: Lipschitz gate failed')}"
-                         f"::{escape_data(message)}")
+        elif result.outcome is not None:
+            for message in result.outcome.errors:
+                lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: no network bound')}"
+                             f"::{escape_data(message)}")
+            for check in result.outcome.failures:
+                if check.value is None and result.outcome.errors:
+                    continue  # already annotated as the error it is
+                title = "lipcheck: layer above its threshold" if check.name == "layer" else "lipcheck: Lipschitz gate failed"
+                lines.append(f"::error file={escape_property(result.path)},title={escape_property(title)}"
+                             f"::{escape_data(check.message)}")
     lines.append(f"lipcheck: {len(run.results)} model(s), {len(run.failed)} failed, {len(run.errors)} error(s)")
     return "\n".join(lines) + "\n"
 
