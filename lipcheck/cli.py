@@ -168,11 +168,11 @@ def check(
     pairs = tuple(parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
     spec = GateSpec(fail_above=fail_above, bound=bound.value, fail_layer_above=fail_layer_above,
                     layer_thresholds=pairs, strict=strict)
-    if not spec.active:
-        warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
     common = dict(tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
                   allow_global=allow_global, node_constant=node_constant)
     run = _analyse(ctx, expand(models), common, key, spec)
+    if not spec.active:
+        warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
     _emit(run, output_format.value, output)
     _plot(run, plot)
     _finish(run, exit_zero=exit_zero, strict=strict)

@@ -66,11 +66,17 @@ def build(report: Report, width: int = 80) -> Group:
     if len(prefix) < 6:
         prefix = ""
     largest = max((layer.lipschitz.upper for layer in report.layers if layer.lipschitz is not None), default=0.0)
-    table = Table(title=Text(f"{report.model_path} ({report.model_format})"), title_justify="left")
+    title = f"{report.model_path} ({report.model_format})" + (f"; layer names below follow {prefix}" if prefix else "")
+    table = Table(title=Text(title), title_justify="left")
+    shapes = ["×".join(map(str, layer.shape)) for layer in report.layers]
+    widths = {"#": len(str(len(names))), "op": max((len(layer.op) for layer in report.layers), default=2),
+             "upper": max([len(upper_text(layer)) + 1 for layer in report.layers] + [19]),
+             "at": max([len(at_text(layer)) for layer in report.layers] + [2])}
+    if wide:
+        widths |= {"shape": max(len(text) for text in [*shapes, "shape"]), "sigma": 10, "iters": 5, "bar": _BAR_WIDTH}
+    name_width = max(_NAME_MIN, width - sum(widths.values()) - 3 * (len(widths) + 1) - 1)
     table.add_column("#", justify="right", style="dim", no_wrap=True)
-    fixed = 4 + 16 + 20 + 12 + (10 + 12 + 8 + _BAR_WIDTH + 10 if wide else 0)
-    name_width = max(_NAME_MIN, width - fixed - 3 * (9 if wide else 5))
-    table.add_column(Text(f"layer (in {prefix}…)" if prefix else "layer"), no_wrap=True, max_width=name_width)
+    table.add_column("layer", no_wrap=True, max_width=name_width)
     table.add_column("op", no_wrap=True)
     if wide:
         table.add_column("shape", no_wrap=True)
@@ -83,7 +89,7 @@ def build(report: Report, width: int = 80) -> Group:
     for index, (layer, name) in enumerate(zip(report.layers, names)):
         cells: list[RenderableType] = [str(index), Text(middle_ellipsis(name[len(prefix):], name_width)), Text(layer.op)]
         if wide:
-            cells += [Text("×".join(map(str, layer.shape))), _sigma(layer)]
+            cells += [Text(shapes[index]), _sigma(layer)]
         star = "" if layer.converged else "*"
         cells += [Text(upper_text(layer) + star), Text(at_text(layer), style="dim")]
         if wide:
