@@ -1,4 +1,4 @@
-"""Spectral normalization of a model file (the seed's eq. 22, W <- W / sigma(W)), in its own format.
+"""Spectral normalization of a model file (W <- W / sigma(W)), in its own format.
 
 By default each selected layer is divided by its certified Lipschitz upper end over the target,
 so the written layer's Lipschitz constant is at most the target (for dense layers this is

@@ -1,4 +1,4 @@
-"""Spectral normalization for training code, with a conv's true operator norm (the seed's Algorithm 1).
+"""Spectral normalization for training code, with a conv's true operator norm (power iteration carried across training steps).
 
 torch's ``spectral_norm`` divides a conv weight by the reshaped kernel's sigma, which is not the
 conv's Lipschitz constant. ``spectral_normalize(module)`` registers a parametrization on every

@@ -1,4 +1,4 @@
-"""Operator-norm spectral normalization for training (the seed's Algorithm 1 with the true conv norm)."""
+"""Operator-norm spectral normalization for training (one power step per forward, with the true conv norm)."""
 
 from __future__ import annotations
 

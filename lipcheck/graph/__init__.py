@@ -1,1 +1,1 @@
-"""The computation graph and the Lipschitz bound that follows it (design.md §2.5)."""
+"""The computation graph and the Lipschitz bound that follows it (AutoLip: composition multiplies, sums add)."""

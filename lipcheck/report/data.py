@@ -81,7 +81,7 @@ class Report:
         return [layer.display_name for layer in self.layers if layer.sigma is None]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the report as the JSON contract's object (design.md section 3)."""
+        """Return the report as the object report.schema.json describes."""
         def layer(entry: LayerReport) -> dict[str, Any]:
             out = asdict(entry)
             out["shape"] = list(entry.shape)

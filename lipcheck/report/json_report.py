@@ -1,4 +1,4 @@
-"""The JSON renderer: one object per design.md section 3."""
+"""The JSON renderer: one report object per file, as lipcheck/report/report.schema.json describes."""
 
 from __future__ import annotations
 

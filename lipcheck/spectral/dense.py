@@ -1,7 +1,7 @@
 """A certified interval for the largest singular value of dense matrices, several at a time.
 
 Lower end: Lanczos (power iteration accelerated by a Krylov space) on the Gram matrix G = AᵀA of
-the smaller side, in float32 when the tolerance allows; the value reported is the seed's
+the smaller side, in float32 when the tolerance allows; the value reported is the power-iteration estimate
 ũᵀWṽ = ‖Wṽ‖ for the Lanczos vector ṽ, recomputed in float64 from the Gram matrix and rounded down.
 
 Upper end: a Cholesky factorization of τI − Ĝ in float64. If it completes, every eigenvalue of
