@@ -212,6 +212,8 @@ def _fuser(model: Model, settings: Settings):  # type: ignore[no-untyped-def]
     """Certify a layer with its output channels scaled (a batch norm folded into it)."""
     import torch
 
+    from lipcheck.spectral.layer import fused_upper
+
     def fuse(index: int, scale: "np.ndarray") -> float | None:
         layer = model.layers[index]
         if layer.is_transposed:
@@ -225,9 +227,8 @@ def _fuser(model: Model, settings: Settings):  # type: ignore[no-untyped-def]
             return weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
 
         try:
-            est = estimate(replace(layer, load=load, warm_u=None), settings)
+            return fused_upper(layer, load, settings)
         except ValueError:
             return None
-        return est.lipschitz.upper if est.lipschitz is not None else None
 
     return fuse

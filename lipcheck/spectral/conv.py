@@ -1,16 +1,18 @@
 """Operator norms of convolutions at a known input shape: a certified interval.
 
-Lower end: power iteration on the operator itself (the conv and its exact adjoint, by autograd).
-Upper end: the zero-padded conv at n is a restriction of the circular conv at any N >= n + pads;
-a strided conv is, after a polyphase split of its input (a permutation), a stride-1 conv with
-s^D times the input channels on N/s. Its norm is the largest singular value over the Fourier
-frequencies of the per-frequency C_out x (C_in*s^D) matrices (Sedghi, Gupta & Long 2019), per
-group. Small operators are built explicitly and bracketed like any dense matrix.
+Upper end: the zero-padded conv is a submatrix of a circular conv on a slightly larger ring, whose
+norm is the largest per-frequency sigma_1 of the polyphase symbol (conv_fourier.py derives the
+embedding and certifies it with rounding accounted). A ConvTranspose has the norm of the conv it
+transposes at its output size; non-zero padding is a padding map (norm computed exactly) then an
+unpadded conv. Small operators are built explicitly and bracketed like any dense matrix.
+
+Lower end: the circular operator's top mode, windowed to the real input, starts Lanczos on the
+real operator (the conv and its adjoint at the input shape, real padding and stride) in float32;
+the reported value is ||A x|| / ||x|| for the Ritz vector x, recomputed in float64 and rounded down.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -18,13 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from lipcheck.model import ConvGeometry
+from lipcheck.spectral import conv_fourier
 from lipcheck.spectral.dense import certify
 
-# Build the operator as a dense matrix when its smaller side has at most this many entries.
-EXPLICIT_MAX_SIDE = 1536
-# Circular embeddings tried beyond the smallest on small inputs (< 16 after striding): each is a
-# valid bound and the least is kept; they tighten it by up to ~0.3%, not worth 4x the time on larger ones.
-_EXTRA_EMBEDDINGS = 3
+# Build the operator as a dense matrix when its smaller side has at most this many entries
+# (a 512-channel layer on a 2x2 map).
+EXPLICIT_MAX_SIDE = 2048
+# Relative width at which a conv's operator interval counts as converged (when --tol is smaller):
+# the circular bound sits a fraction of a percent above the zero-padded norm at moderate sizes,
+# so the dense tolerance (1e-6) is out of reach for the operator path.
+CONV_TOL = 1e-3
+# Lanczos on the operator: basis width before a restart from the Ritz vector.
+_MAX_BASIS = 40
+# The lower end has stopped moving once Lanczos' error estimate is below this share of the tolerance.
+_SETTLED = 0.02
 
 
 @dataclass(frozen=True)
@@ -120,38 +129,6 @@ def any_size_factor(kernel: tuple[int, ...], geometry: ConvGeometry) -> float:
     return math.sqrt(m)
 
 
-def power_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                tol: float, max_iter: int, seed: int, upper: float = math.inf,
-                start: torch.Tensor | None = None) -> tuple[float, int]:
-    """Power iteration on the operator: x <- A^T A x; returns (||A x|| for unit x, iterations).
-
-    Stops when within ``tol`` of ``upper``, when the step changes sigma by under tol/10, or when
-    50 more steps closed less than 1% of the remaining gap (a slowly converging tail: the value is
-    a true lower bound wherever it stops).
-    """
-    apply = _conv_fn(weight, geometry, transposed)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, input_channels(weight, geometry, transposed), *spatial, generator=g, dtype=torch.float64)
-    if start is not None and start.shape == x.shape:
-        x = start + 1e-3 * x * (start.norm() / x.norm())  # a little noise keeps every direction present
-    sigma, previous, checkpoint = 0.0, -1.0, 0.0
-    for it in range(1, max_iter + 1):
-        x = x / x.norm()
-        y, vjp = torch.func.vjp(apply, x)
-        sigma = max(sigma, float(y.norm()))
-        if (math.isfinite(upper) and upper - sigma <= tol * upper) or abs(sigma - previous) <= 0.1 * tol * sigma:
-            return sigma, it
-        if it % 50 == 0:
-            if math.isfinite(upper) and sigma - checkpoint < 0.01 * (upper - sigma):
-                return sigma, it
-            checkpoint = sigma
-        previous = sigma
-        (x,) = vjp(y)
-        if float(x.norm()) == 0.0:
-            return sigma, it
-    return sigma, max_iter
-
-
 def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> torch.Tensor:
     """The operator as a dense matrix (outputs x inputs), by applying it to every basis vector."""
     apply = _conv_fn(weight, geometry, transposed)
@@ -171,73 +148,6 @@ def pad_norm(spatial: tuple[int, ...], geometry: ConvGeometry) -> float:
     return math.sqrt(int(torch.bincount(padded).max()))
 
 
-def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
-    """A certified upper bound on the operator norm from circular embeddings (see module doc)."""
-    return circular_bound(weight, geometry, spatial, transposed)[0]
-
-
-# The circular operator's top mode: (frequency per axis, group, that frequency's matrix).
-Mode = tuple[list[float], int, torch.Tensor]
-
-
-def circular_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
-                   transposed: bool) -> tuple[float, Mode | None]:
-    """The circular-embedding upper bound and the top mode of the smallest embedding (for a warm start)."""
-    if transposed:
-        # ConvTranspose is the adjoint of the conv with the same weight, taken at the output size.
-        out_spatial = _transposed_output(weight, geometry, spatial)
-        return circular_upper(weight, geometry, out_spatial, transposed=False), None
-    n = weight.dim() - 2
-    begin, end = _pads(geometry, n)
-    if geometry.padding_mode != "zeros":
-        # Non-zero padding = a padding map (norm computed exactly) followed by an unpadded conv.
-        valid = replace(geometry, padding=(0,) * (2 * n), padding_mode="zeros")
-        padded = tuple(size + b + e for size, b, e in zip(spatial, begin, end))
-        return pad_norm(spatial, geometry) * circular_upper(weight, valid, padded, transposed=False), None
-    stride = geometry.stride
-    base = [-(-(size + b + e) // s) * s for size, b, e, s in zip(spatial, begin, end, stride)]
-    best = math.inf
-    extras = _EXTRA_EMBEDDINGS if min(b // s for b, s in zip(base, stride)) < 16 else 0
-    mode = None
-    for extra in range(extras + 1):
-        sizes = [b + extra * s for b, s in zip(base, stride)]
-        value, found = _circular_norm(weight, geometry, sizes)
-        best = min(best, value)
-        if extra == 0:
-            mode = found
-    return best * (1.0 + SVD_MARGIN), mode
-
-
-def fourier_start(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
-                  mode: Mode | None) -> torch.Tensor | None:
-    """A start vector for power iteration: the circular operator's top mode, windowed to the input.
-
-    At frequency w with top right singular vector v of K(w) (C_in/g * phases entries), the input
-    x[c, s*m + r] = Re(v[c*phases + r] e^{i w.m}) is the circular conv's top singular input; the
-    zero-padded operator's top input is close to it, so power iteration starts near the answer.
-    """
-    if mode is None:
-        return None
-    freq, group, matrix = mode
-    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-    v = vh[0].conj()  # K v = sigma u  with v the first right singular vector
-    stride = geometry.stride
-    phases = math.prod(stride)
-    c_in_g = weight.shape[1]
-    channels = c_in_g * geometry.groups
-    x = torch.zeros(1, channels, *spatial, dtype=torch.float64)
-    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in spatial), indexing="ij")
-    m = [g // s for g, s in zip(grids, stride)]
-    residue = torch.zeros_like(grids[0], dtype=torch.long)
-    for g_axis, s in zip(grids, stride):
-        residue = residue * s + (g_axis.long() % s)
-    wave = torch.exp(1j * sum(f * mi for f, mi in zip(freq, m)))
-    for c in range(c_in_g):
-        coeff = v[c * phases + residue]
-        x[0, group * c_in_g + c] = (coeff * wave).real
-    return x if float(x.norm()) > 0 else None
-
-
 def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...]) -> tuple[int, ...]:
     n = weight.dim() - 2
     begin, end = _pads(geometry, n)
@@ -247,63 +157,148 @@ def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tu
                                                      weight.shape[2:], out_pad))
 
 
-# Relative margin on per-frequency norms from LAPACK's SVD, whose singular values are accurate to
-# a few n*2^-53 relative for these block sizes (n <= a few thousand); 1e-9 covers that.
-SVD_MARGIN = 1e-9
-# Largest per-chunk spectrum, in complex entries (16 bytes each): bounds the memory of the FFT bound.
-_CHUNK_ENTRIES = 1 << 22
-
-
-def _circular_norm(weight: torch.Tensor, geometry: ConvGeometry, sizes: list[int]) -> tuple[float, Mode | None]:
-    g = geometry.groups
-    c_out, c_in_g = weight.shape[0], weight.shape[1]
-    kernel = weight.shape[2:]
-    stride, dilation = geometry.stride, geometry.dilation
-    reduced = [size // s for size, s in zip(sizes, stride)]
-    phases = math.prod(stride)
-    w = weight.to(torch.float64).reshape(g, c_out // g, c_in_g, *kernel).to(torch.complex128)
-    freqs = [2 * math.pi * torch.arange(m, dtype=torch.float64) / m for m in reduced]
-    block = g * (c_out // g) * c_in_g * phases
-    rows = max(1, _CHUNK_ENTRIES // max(1, block * math.prod(reduced[1:])))
-    taps = []
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        offset = [t * d for t, d in zip(tap, dilation)]
-        r = 0
-        for o, s in zip(offset, stride):
-            r = r * s + o % s
-        taps.append((tap, [o // s for o, s in zip(offset, stride)], r))
-    best, mode = 0.0, None
-    for start in range(0, reduced[0], rows):
-        chunk = [freqs[0][start:start + rows], *freqs[1:]]
-        # Per frequency: K[f] is (groups, C_out/g, C_in/g * phases).
-        spectrum = torch.zeros(*(len(f) for f in chunk), g, c_out // g, c_in_g * phases, dtype=torch.complex128)
-        for tap, shift, r in taps:
-            phase = torch.ones((), dtype=torch.complex128)
-            for axis, (f, q) in enumerate(zip(chunk, shift)):
-                view = [1] * len(chunk)
-                view[axis] = -1
-                phase = phase * torch.exp(1j * f * q).reshape(view)
-            cols = torch.arange(c_in_g) * phases + r
-            spectrum[..., cols] += phase[..., None, None, None] * w[(slice(None), slice(None), slice(None), *tap)]
-        norms = torch.linalg.matrix_norm(spectrum, ord=2)  # (*freqs, groups)
-        top = float(norms.max())
-        if top > best:
-            flat = int(torch.argmax(norms))
-            where = list(torch.unravel_index(torch.tensor(flat), norms.shape))
-            freq = [float(f[int(i)]) for f, i in zip(chunk, where[:-1])]
-            mode = (freq, int(where[-1]), spectrum[tuple(int(i) for i in where)].clone())
-        best = max(best, top)
-    return best, mode
-
-
 METHOD_EXPLICIT = "explicit operator matrix at the input size: Lanczos (lower), Cholesky certificate (upper)"
-METHOD_OPERATOR = "power iteration on the operator at the input size (lower), circular-embedding FFT bound (upper)"
+METHOD_OPERATOR = ("Lanczos on the operator at the input size from the windowed top Fourier mode (lower), "
+                   "circular-embedding per-frequency Cholesky certificate (upper)")
+
+
+def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
+    x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64)
+    return _conv_fn(weight, geometry, transposed)(x).numel()
+
+
+def conv_tolerance(tol: float) -> float:
+    """The relative width a conv operator interval aims at: the dense tolerance, at least CONV_TOL."""
+    return max(tol, CONV_TOL)
+
+
+@dataclass(frozen=True)
+class UpperEnd:
+    """A certified upper bound on a conv's norm at an input size, and a start vector for its lower end."""
+
+    upper: float
+    start: torch.Tensor | None  # float64 input-shaped start vector, or None
+    certificates: int
+
+
+def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
+              rel: float, device: str = "cpu") -> UpperEnd:
+    """The circular-embedding bound for this conv at this input size (resolved geometry)."""
+    n = weight.dim() - 2
+    if transposed:
+        # ConvTranspose is the adjoint of the conv with the same weight, taken at the output size.
+        out_spatial = _transposed_output(weight, geometry, spatial)
+        conv_geometry = replace(geometry, output_padding=())
+        found = upper_end(weight, conv_geometry, out_spatial, False, rel=rel, device=device)
+        return UpperEnd(found.upper, None, found.certificates)
+    begin, end = _pads(geometry, n)
+    if geometry.padding_mode != "zeros":
+        valid = replace(geometry, padding=(0,) * (2 * n), padding_mode="zeros")
+        padded = tuple(size + b + e for size, b, e in zip(spatial, begin, end))
+        found = upper_end(weight, valid, padded, False, rel=rel, device=device)
+        return UpperEnd(pad_norm(spatial, geometry) * found.upper * (1 + 2.0**-50), None, found.certificates)
+    kernel = tuple(weight.shape[2:])
+    sizes = conv_fourier.ring_sizes(spatial, kernel, geometry.stride, geometry.dilation, begin, end)
+    found_c = conv_fourier.circular_certificate(weight, geometry.groups, geometry.stride, geometry.dilation, sizes,
+                                                rel=rel, device=device)
+    start = conv_fourier.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin)
+    return UpperEnd(found_c.upper, start if float(start.norm()) > 0 else None, found_c.certificates)
+
+
+def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
+    """A certified upper bound on the operator norm from a circular embedding (module doc)."""
+    w64 = weight.to(torch.float64)
+    return upper_end(w64, resolve(w64, geometry, spatial, transposed), spatial, transposed, rel=1e-4).upper
+
+
+def certified_ratio(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool, x: torch.Tensor) -> float:
+    """A rounded-down ||A x|| / ||x|| evaluated in float64.
+
+    Each output is a dot product of at most L = C_in * taps terms, so |fl(Ax) - Ax| <= gamma_L |A||x|
+    entrywise, and || |A||x| || <= || |A| || ||x|| <= any_size_factor * ||W||_F * ||x|| (|A| is the
+    same conv with |W|). The norms themselves are within (1 +- gamma_N).
+    """
+    w = weight.to(torch.float64)
+    x = x.to(torch.float64)
+    y = _conv_fn(w, geometry, transposed)(x)
+    taps = math.prod(weight.shape[2:])
+    dot = taps * max(weight.shape[0], weight.shape[1] * geometry.groups)
+    g_dot = conv_fourier._gamma(dot + 2)
+    abs_norm = any_size_factor(tuple(weight.shape[2:]), geometry) * float(w.norm()) * (1 + conv_fourier._gamma(w.numel()))
+    g_x = conv_fourier._gamma(x.numel() + 2)
+    g_y = conv_fourier._gamma(y.numel() + 2)
+    x_norm = float(x.norm()) * (1 + g_x)
+    if x_norm == 0.0:
+        return 0.0
+    y_low = float(y.norm()) * (1 - g_y) - g_dot * abs_norm * x_norm
+    return max(0.0, y_low / x_norm * (1 - conv_fourier._gamma(2)))
+
+
+def operator_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
+                   upper: float, tol: float, max_iter: int, seed: int,
+                   start: torch.Tensor | None = None) -> tuple[float, int]:
+    """Lanczos on A^T A at the input size in float32; returns (certified lower end, iterations).
+
+    Stops when the lower end is within ``tol`` of ``upper`` (the interval meets the tolerance),
+    when Lanczos' error estimate says the top Ritz value has settled to a small share of ``tol``
+    (the remaining width is the upper end's, which more steps cannot close), or at ``max_iter``.
+    """
+    w32 = weight.to(torch.float32)
+    apply = _conv_fn(w32, geometry, transposed)
+    channels = input_channels(weight, geometry, transposed)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, channels, *spatial, generator=g, dtype=torch.float64)
+    x0 = noise if start is None else start + 1e-3 * noise * (start.norm() / noise.norm())
+    shape = x0.shape
+    q = (x0 / x0.norm()).to(torch.float32).reshape(-1)
+    basis: list[torch.Tensor] = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    best_vec = q
+    theta = 0.0
+    it = 0
+    while it < max_iter:
+        it += 1
+        xq = basis[-1].reshape(shape)
+        y, vjp = torch.func.vjp(apply, xq)
+        (z,) = vjp(y)
+        z = z.reshape(-1)
+        kept = torch.stack(basis)
+        coeff = kept @ z
+        alphas.append(float(coeff[-1]))
+        z = z - kept.T @ coeff
+        z = z - kept.T @ (kept @ z)
+        beta = float(z.norm())
+        j = len(alphas)
+        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        values, vectors = torch.linalg.eigh(t)
+        theta = max(0.0, float(values[-1]))
+        residual = beta * abs(float(vectors[-1, -1]))
+        error = residual if j == 1 else min(residual, residual**2 / max(float(values[-1] - values[-2]), 1e-300))
+        best_vec = (vectors[:, -1].to(torch.float32) @ kept).reshape(-1)
+        sigma = math.sqrt(theta)
+        met = sigma >= upper * (1 - 0.9 * tol)
+        settled = error <= _SETTLED * tol * theta
+        if met or settled or beta <= 1e-7 * max(theta, 1e-300):
+            break
+        if j >= _MAX_BASIS:
+            basis, alphas, betas = [best_vec / best_vec.norm()], [], []
+            continue
+        betas.append(beta)
+        basis.append(z / beta)
+    lower = certified_ratio(weight, geometry, transposed, best_vec.reshape(shape))
+    return min(lower, upper), it
 
 
 def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                      tol: float, max_iter: int, seed: int, upper_cap: float = math.inf) -> ConvInterval:
+                      tol: float, max_iter: int, seed: int, upper_cap: float = math.inf,
+                      device: str = "cpu") -> ConvInterval:
     """Bracket a conv's operator norm at the given input spatial size.
 
+    Small operators take the dense path at ``tol``; the others aim at conv_tolerance(tol).
     ``upper_cap`` is any other valid upper bound (the size-free one); the smaller end is kept.
     """
     w64 = weight.to(torch.float64)
@@ -312,17 +307,24 @@ def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tup
     in_size = c * math.prod(spatial)
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
-        est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed)
+        est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed,
+                      device=device)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps)
-    circular, mode = circular_bound(w64, geometry, spatial, transposed)
-    upper = min(circular, upper_cap)
-    start = None if transposed or geometry.padding_mode != "zeros" else fourier_start(w64, geometry, spatial, mode)
-    lower, iterations = power_lower(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
-                                    upper=upper, start=start)
-    lower = min(lower, upper)
-    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= tol * upper)
+    ctol = conv_tolerance(tol)
+    found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device)
+    upper = min(found.upper, upper_cap)
+    lower, iterations = operator_lower(w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter,
+                                       seed=seed, start=found.start)
+    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates)
 
 
-def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
-    x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64)
-    return _conv_fn(weight, geometry, transposed)(x).numel()
+def operator_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
+                   tol: float, max_iter: int, seed: int, device: str = "cpu") -> float:
+    """Only the certified upper end of operator_interval (no lower end is computed where avoidable)."""
+    w64 = weight.to(torch.float64)
+    geometry = resolve(w64, geometry, spatial, transposed)
+    in_size = input_channels(weight, geometry, transposed) * math.prod(spatial)
+    if min(in_size, _output_size(w64, geometry, spatial, transposed)) <= EXPLICIT_MAX_SIDE:
+        return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
+                                 device=device).upper
+    return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device).upper

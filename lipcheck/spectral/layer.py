@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from typing import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 import torch
 
 from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
-from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval
+from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
 METHOD_DENSE = "Lanczos (lower), Cholesky certificate (upper)"
@@ -23,6 +24,11 @@ _BATCH_GRAM_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 _BATCH_WEIGHT_ELEMENTS = 1 << 24
 # Batches certified side by side on a CPU (each holds its weights while it runs).
 _MAX_WORKERS = 4
+# Conv operator results kept per (weight, geometry, input size, settings): a layer seen twice
+# (shared weights, or the same file inspected again) is worked out once.
+_CONV_CACHE_SIZE = 512
+_conv_cache: dict[tuple[object, ...], object] = {}
+_conv_cache_lock = threading.Lock()
 METHOD_CONV_NO_GEOMETRY = ("no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation, groups and "
                            "zero/circular padding; an ONNX or TorchScript file gives the operator norm")
 METHOD_CONV_ANY_SIZE = ("input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; "
@@ -91,22 +97,35 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
     them in float64 blocks, so memory tracks the largest batches in flight, not the model. On a
     CPU with several threads, batches run side by side, one per thread, each single-threaded: the
     iteration's many small operations then overlap instead of leaving cores idle (1.4x on
-    BERT-base on two cores), and every operation's rounding is independent of the schedule.
+    BERT-base on two cores), and every operation's rounding is independent of the schedule. A
+    conv whose operator norm is wanted at a known input size becomes a task of its own once its
+    batch is done, so convs run side by side too and each is yielded as it finishes.
     The caller's torch thread settings are the same at every yield and after as before.
     """
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
-    workers = 1 if settings.device != "cpu" else max(1, min(_MAX_WORKERS, threads, len(batches)))
+    workers = 1 if settings.device != "cpu" else max(1, min(_MAX_WORKERS, threads, len(layers)))
     if workers == 1:
         for batch in batches:
-            yield from _estimate_batch(layers, batch, settings)
+            for index, result in _estimate_batch(layers, batch, settings):
+                yield index, result() if callable(result) else result
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
     try:
         _single_threaded_workers(pool, workers, threads)
-        futures = [pool.submit(_estimate_batch, layers, batch, settings) for batch in batches]
-        for future in as_completed(futures):
-            yield from future.result()
+        pending: set[Future] = {pool.submit(_estimate_batch, layers, batch, settings) for batch in batches}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                if isinstance(result, tuple):  # one conv's operator interval
+                    yield result
+                    continue
+                for index, found in result:
+                    if callable(found):
+                        pending.add(pool.submit(lambda i=index, f=found: (i, f())))
+                    else:
+                        yield index, found
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -137,9 +156,17 @@ def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: in
         torch.set_num_threads(threads)
 
 
-def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -> list[tuple[int, LayerEstimate]]:
-    """Load one batch of same-shaped layers, certify them together and release their weights."""
-    done: list[tuple[int, LayerEstimate]] = []
+Pending = Callable[[], LayerEstimate]
+
+
+def _estimate_batch(layers: list[Layer], batch: list[int],
+                    settings: Settings) -> list[tuple[int, LayerEstimate | Pending]]:
+    """Load one batch of same-shaped layers and certify them together.
+
+    A conv that needs its operator norm at an input size comes back as a function that computes
+    it (holding its weight until then); every other layer's estimate is final.
+    """
+    done: list[tuple[int, LayerEstimate | Pending]] = []
     loaded: list[tuple[int, torch.Tensor]] = []
     peaks: list[float] = []
     for index in batch:
@@ -157,9 +184,22 @@ def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -
         found = certify_batch([sigma_matrix(layers[i], w) for i, w in loaded], tol=settings.tol,
                               max_iter=settings.max_iter, seed=settings.seed, u0s=warm, device=settings.device,
                               peaks=peaks)
-        done.extend((index, _layer_estimate(layers[index], weight, est, settings))
-                    for (index, weight), est in zip(loaded, found))
+        for (index, weight), est in zip(loaded, found):
+            layer = layers[index]
+            if _needs_operator(layer):
+                done.append((index, lambda l=layer, w=weight, e=est: _layer_estimate(l, w, e, settings)))
+            else:
+                done.append((index, _layer_estimate(layer, weight, est, settings)))
     return done
+
+
+def _needs_operator(layer: Layer) -> bool:
+    """Whether a conv's interval comes from its operator at a known input size (the costly path)."""
+    geometry = layer.geometry
+    if not layer.is_conv or geometry is None or layer.input_spatial is None:
+        return False
+    trivial = math.prod(layer.shape[2:]) == 1 and geometry.groups == 1 and not any(geometry.padding)
+    return not trivial
 
 
 def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
@@ -192,6 +232,67 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
         return Interval(est.sigma, est.upper, METHOD_CONV_1X1), est
     if layer.input_spatial is None:
         return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
-    found = operator_interval(weight, geometry, layer.input_spatial, layer.is_transposed, tol=settings.tol,
-                              max_iter=settings.max_iter, seed=settings.seed, upper_cap=any_size)
+    key = _conv_key("interval", weight, layer, settings)
+    found = _cached(key, lambda: operator_interval(weight, geometry, layer.input_spatial, layer.is_transposed,
+                                                   tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed,
+                                                   upper_cap=any_size, device=settings.device))
+    assert isinstance(found, ConvInterval)
     return Interval(found.lower, found.upper, found.method), found
+
+
+def _conv_key(kind: str, weight: torch.Tensor, layer: Layer, settings: Settings) -> tuple[object, ...]:
+    digest = hashlib.blake2b(weight.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+    return (kind, digest, str(weight.dtype), tuple(weight.shape), layer.geometry, layer.input_spatial,
+            layer.is_transposed, settings.tol, settings.max_iter, settings.seed, settings.device)
+
+
+def _cached(key: tuple[object, ...], compute: Callable[[], object]) -> object:
+    with _conv_cache_lock:
+        if key in _conv_cache:
+            return _conv_cache[key]
+    value = compute()
+    with _conv_cache_lock:
+        if len(_conv_cache) >= _CONV_CACHE_SIZE:
+            _conv_cache.pop(next(iter(_conv_cache)))
+        _conv_cache[key] = value
+    return value
+
+
+def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settings) -> float | None:
+    """A certified upper bound for a layer whose weight ``load`` returns (a batch norm folded in).
+
+    A conv at a known input size takes only the operator's upper end (the circular certificate):
+    the graph bound needs no lower end. The weight given is the float64 product of the layer and
+    the batch-norm scales, each entry within a relative 2^-53 of the exact product, so the exact
+    fused operator differs by at most 2^-53 * ||W||_F times the taps-per-input factor
+    (any_size_factor; 1 for a matrix), which is added.
+    """
+    weight = load().to(torch.float64)
+    if not math.isfinite(peak_abs(weight)):
+        return None
+    geometry = layer.geometry
+    if layer.is_conv and geometry is not None:
+        factor = any_size_factor(tuple(weight.shape[2:]), geometry)
+    elif layer.is_conv:
+        factor = math.sqrt(math.prod(weight.shape[2:]) * 3 ** (weight.dim() - 2))
+    else:
+        factor = 1.0
+    margin = 2.0**-52 * factor * float(weight.norm()) * 1.01
+    if _needs_operator(layer) and not layer.is_transposed:
+        assert geometry is not None and layer.input_spatial is not None
+        key = _conv_key("upper", weight, layer, settings)
+        value = _cached(key, lambda: operator_upper(weight, geometry, layer.input_spatial, False, tol=settings.tol,
+                                                    max_iter=settings.max_iter, seed=settings.seed,
+                                                    device=settings.device))
+        sized = min(float(value), _any_size_upper(layer, weight, settings))  # type: ignore[arg-type]
+        return sized + margin
+    est = estimate(replace(layer, load=lambda: weight, warm_u=None), settings)
+    return est.lipschitz.upper + margin if est.lipschitz is not None else None
+
+
+def _any_size_upper(layer: Layer, weight: torch.Tensor, settings: Settings) -> float:
+    """The size-free conv bound: any_size_factor times a certified sigma of the reshaped weight."""
+    assert layer.geometry is not None
+    est = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
+                  seed=settings.seed, device=settings.device)
+    return any_size_factor(tuple(weight.shape[2:]), layer.geometry) * est.upper

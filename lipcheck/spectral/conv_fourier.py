@@ -1,0 +1,382 @@
+"""A certified upper bound on a zero-padded conv's operator norm from one circular embedding.
+
+Embedding. Per axis, pad the input with b zeros in front and read output o at padded positions
+o*s + t*d (t < k). Place the input at [b, b+n) in a ring of N cells, N a multiple of s with
+N >= b + n, N >= n_out * s and N > max read - b: every read past the ring's end lands in [0, b),
+which holds zeros, so the zero-padded operator is a submatrix (rows and columns restricted) of the
+circular conv on N cells, and its norm is at most the circular one. That admits N = n + max(b, e)
+for "same" padding, one less than n + b + e.
+
+Polyphase. Split the ring's positions i = s*m + r (residue r of s^D). Tap t reads offset
+t*d = s*q_t + r_t, so y[o] = sum_t W_t z_{r_t}[o + q_t], a stride-1 circular conv on N/s cells
+from C_in/g * s^D channels. On the Fourier mode z_r[m] = v_r e^{i w.m} it gives K(w) v e^{i w.o}
+with K(w) = sum_t e^{i w.q_t} W_t E_{r_t} (Sedghi, Gupta & Long 2019), so the circular norm is the
+largest sigma_1(K(w)) over the (N/s)^D frequencies w and the g groups.
+
+Gram taps. sigma_1(K)^2 = lambda_max of the smaller of K K^H (C_out/g, "out") and K^H K
+(C_in/g * s^D, "in"). Both are trigonometric polynomials G(w) = sum_delta e^{i w.delta} H_delta
+with real coefficients from products of taps: out: H_{q_t - q_t'} += W_t W_t'^T over taps of one
+residue; in: block (r_t, r_t') of H_{q_t' - q_t} += W_t^T W_t'. One real product of the stacked
+taps gives every H; G(w) for all frequencies is then two real matrix products with cos and sin
+tables. G(-w) = conj G(w), so half the frequencies suffice.
+
+Rounding. Let E(w) = fl(G(w)) - G(w). With u = 2^-53: each H entry is a sum of at most T dot
+products of length L, so |fl(H) - H| <= gamma_{L+T} sum |W_t||W_t'|^T, whose spectral norm is at
+most (sum_t ||W_t||_F)^2. The phase angle 2*pi*(sum_a (j_a delta_a mod M_a)/M_a) is exact up
+to a few ulps, and cos/sin to about one more: |c_hat - c| <= mu = 128 u. The sum over delta errs
+by gamma_{Delta+1} sum |c_hat||H|. So |E| <= sqrt2 [(mu + gamma_{Delta+1}(1+mu)) sum_delta |fl H|
++ (1+mu)(1+gamma_{Delta+1}) |fl H - H|] entrywise (sqrt2: real and imaginary parts), and
+||E||_2 <= the Frobenius norm of that bound: one number e_G for every frequency (Weyl).
+
+Certificate. For each frequency, a Cholesky factorization of tau I - fl(G) in complex128 that
+completes gives R^H R = tau I - fl(G) + D1 + D2 with |D1_ii| <= u (tau + |g_ii|) (forming the
+shift) and ||D2||_2 <= gamma~ ||R||_F^2 (Higham, Accuracy and Stability of Numerical Algorithms,
+Theorem 10.3, with gamma~ = gamma_{4n+8} for complex arithmetic). R^H R is positive
+semidefinite, so lambda_max(fl G) <= tau + u (tau + max|g_ii|) + gamma~ ||R||_F^2, and
+lambda_max(G) <= that + e_G. tau comes from Lanczos on the frequencies whose power-iteration
+estimate is largest; a frequency whose factorization fails is refined and retried, and the
+Frobenius norm of fl(G) (never below lambda_max) is the last resort.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+UNIT_ROUNDOFF = 2.0**-53
+_SAFETY = 2.0
+# Phase table error in units of u (angle to a few ulps, then cos/sin): see the module doc.
+_PHASE_ERROR = 128.0
+# Complex entries per frequency chunk of Gram blocks (16 bytes each): bounds the memory.
+_CHUNK_ENTRIES = 1 << 22
+# Frequencies refined by Lanczos before the first certificate.
+_CANDIDATES = 4
+_SCREEN_STEPS = 3
+
+
+def _gamma(k: int) -> float:
+    """Higham's gamma_k = k u / (1 - k u) with a safety factor: a k-term float64 sum's relative error."""
+    ku = k * UNIT_ROUNDOFF
+    return _SAFETY * ku / (1.0 - ku)
+
+
+def ring_sizes(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+               dilation: tuple[int, ...], begin: list[int], end: list[int]) -> list[int]:
+    """The smallest ring per axis whose circular conv contains the zero-padded one (module doc)."""
+    sizes = []
+    for n, k, s, d, b, e in zip(spatial, kernel, stride, dilation, begin, end):
+        span = (k - 1) * d + 1
+        n_out = max(1, (n + b + e - span) // s + 1)
+        last_read = (n_out - 1) * s + (k - 1) * d
+        need = max(b + n, last_read - b + 1, n_out * s, 1)
+        sizes.append(-(-need // s) * s)
+    return sizes
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Every tap's shift q_t on the reduced grid and residue r_t, and the geometry around them."""
+
+    shifts: list[tuple[int, ...]]
+    residues: list[int]
+    phases: int
+    reduced: list[int]
+
+
+def _taps(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int]) -> _Taps:
+    shifts, residues = [], []
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        offsets = [t * d for t, d in zip(tap, dilation)]
+        r = 0
+        for o, s in zip(offsets, stride):
+            r = r * s + o % s
+        shifts.append(tuple(o // s for o, s in zip(offsets, stride)))
+        residues.append(r)
+    return _Taps(shifts, residues, math.prod(stride), [n // s for n, s in zip(sizes, stride)])
+
+
+@dataclass
+class GramTaps:
+    """G(w) = sum_delta e^{i w.delta} H_delta per group, and the rounding bound of the products."""
+
+    deltas: list[tuple[int, ...]]
+    coefficients: torch.Tensor  # (Delta, groups, n, n) float64
+    side: str  # "out": K K^H, "in": K^H K
+    product_error: float  # spectral-norm bound on fl(H_delta) - H_delta summed over delta
+    taps: _Taps
+
+
+def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...],
+              sizes: list[int]) -> GramTaps:
+    """The Gram polynomial's coefficients on the smaller side (see the module doc)."""
+    w = weight.to(torch.float64)
+    c_out, c_in = w.shape[0], w.shape[1]
+    m = c_out // groups
+    kernel = tuple(w.shape[2:])
+    taps = _taps(kernel, stride, dilation, sizes)
+    t_count = len(taps.shifts)
+    per_tap = w.reshape(groups, m, c_in, t_count).permute(0, 3, 1, 2)  # (g, T, m, c)
+    side = "out" if m <= c_in * taps.phases else "in"
+    index: dict[tuple[int, ...], int] = {}
+    blocks: list[torch.Tensor] = []
+
+    def slot(delta: tuple[int, ...], n: int) -> torch.Tensor:
+        if delta not in index:
+            index[delta] = len(blocks)
+            blocks.append(torch.zeros(groups, n, n, dtype=torch.float64))
+        return blocks[index[delta]]
+
+    if side == "out":
+        for r in sorted(set(taps.residues)):
+            members = [t for t, rr in enumerate(taps.residues) if rr == r]
+            stacked = per_tap[:, members].reshape(groups, len(members) * m, c_in)
+            products = torch.bmm(stacked, stacked.mT).reshape(groups, len(members), m, len(members), m)
+            for a, ta in enumerate(members):
+                for b, tb in enumerate(members):
+                    delta = tuple(x - y for x, y in zip(taps.shifts[ta], taps.shifts[tb]))
+                    slot(delta, m).add_(products[:, a, :, b, :])
+        length = c_in
+    else:
+        n = c_in * taps.phases
+        cols = per_tap.permute(0, 2, 1, 3).reshape(groups, m, t_count * c_in)
+        products = torch.bmm(cols.mT, cols).reshape(groups, t_count, c_in, t_count, c_in)
+        for a in range(t_count):
+            for b in range(t_count):
+                delta = tuple(y - x for x, y in zip(taps.shifts[a], taps.shifts[b]))
+                # Input column of channel c at residue r: c * phases + r.
+                block = slot(delta, n).view(groups, c_in, taps.phases, c_in, taps.phases)
+                block[:, :, taps.residues[a], :, taps.residues[b]] += products[:, a, :, b, :]
+        length = m
+    tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()  # max over groups of sum_t ||W_t||_F
+    product_error = _gamma(length + t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))
+    deltas = sorted(index, key=index.get)  # type: ignore[arg-type]
+    return GramTaps(deltas, torch.stack(blocks), side, product_error, taps)
+
+
+def _half_frequencies(reduced: list[int]) -> torch.Tensor:
+    """Integer frequency indices covering every class of {j, -j}: first axis up to M_0 / 2."""
+    axes = [torch.arange(reduced[0] // 2 + 1)] + [torch.arange(m) for m in reduced[1:]]
+    grid = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grid], dim=1)
+
+
+def _phase_tables(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of w.delta for each frequency row and delta column, from exact integer residues."""
+    d = torch.tensor(deltas, dtype=torch.int64).reshape(len(deltas), -1)
+    angle = torch.zeros(freqs.shape[0], len(deltas), dtype=torch.float64)
+    for axis, m in enumerate(reduced):
+        angle += torch.remainder(freqs[:, axis:axis + 1] * d[:, axis], m).to(torch.float64) / m
+    angle *= 2 * math.pi
+    return torch.cos(angle), torch.sin(angle)
+
+
+def gram_blocks(taps: GramTaps, freqs: torch.Tensor) -> torch.Tensor:
+    """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128."""
+    cos, sin = _phase_tables(freqs, taps.deltas, taps.taps.reduced)
+    flat = taps.coefficients.reshape(len(taps.deltas), -1)
+    shape = (freqs.shape[0], *taps.coefficients.shape[1:])
+    return torch.complex(cos @ flat, sin @ flat).reshape(shape)
+
+
+def gram_error(taps: GramTaps) -> float:
+    """A spectral-norm bound on fl(G(w)) - G(w) valid at every frequency (module doc)."""
+    mu = _PHASE_ERROR * UNIT_ROUNDOFF
+    g_sum = _gamma(len(taps.deltas) + 1)
+    abs_sum = taps.coefficients.abs().sum(dim=0)  # (groups, n, n)
+    fro = float(abs_sum.square().sum(dim=(1, 2)).sqrt().max()) * (1 + _gamma(abs_sum[0].numel() + len(taps.deltas)))
+    bound = math.sqrt(2) * ((mu + g_sum * (1 + mu)) * fro + (1 + mu) * (1 + g_sum) * taps.product_error)
+    return bound * (1 + 1e-12)
+
+
+def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound."""
+    n = g.shape[-1]
+    shifted = -g
+    shifted.diagonal(dim1=-2, dim2=-1).add_(tau.unsqueeze(-1).to(g.dtype))
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    fro2 = torch.linalg.vector_norm(factor, dim=(-2, -1)).square() * (1 + _gamma(n * n + 2))
+    diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
+    bound = tau + UNIT_ROUNDOFF * _SAFETY * (tau + diag) + _gamma(4 * n + 8) * fro2
+    ok = (info == 0) & torch.isfinite(fro2)
+    return ok, bound * (1 + _gamma(4))
+
+
+def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = None,
+                  max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lanczos with full reorthogonalization on a batch of Hermitian matrices: top Ritz values and vectors.
+
+    Stops when every top Ritz value moved by under ``rel`` (relative) over the last two steps or the
+    space is exhausted. An estimate only: the Cholesky certificate decides.
+    """
+    b, n, _ = g.shape
+    steps = n if max_steps is None else min(n, max_steps)
+    gen = torch.Generator().manual_seed(0)
+    q = start if start is not None else torch.randn(b, n, generator=gen, dtype=torch.float64).to(g.dtype)
+    q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
+    basis = [q]
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    history: list[torch.Tensor] = []
+    values = torch.zeros(b, dtype=torch.float64)
+    vectors = torch.zeros(b, 1, dtype=torch.float64)
+    for j in range(steps):
+        z = torch.bmm(g, basis[-1].unsqueeze(2)).squeeze(2)
+        kept = torch.stack(basis, dim=1)  # (b, j+1, n)
+        for _ in range(2):
+            coeff = torch.bmm(kept.conj(), z.unsqueeze(2))
+            z = z - torch.bmm(kept.mT, coeff).squeeze(2)
+            if _ == 0:
+                alphas.append(coeff[:, j, 0].real + 0)
+        beta = torch.linalg.vector_norm(z, dim=1)
+        t = torch.diag_embed(torch.stack(alphas, dim=1))
+        if betas:
+            off = torch.stack(betas, dim=1)
+            t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        values_all, vectors = torch.linalg.eigh(t)
+        values = values_all[:, -1]
+        history.append(values)
+        if len(history) >= 3 and bool(((history[-1] - history[-3]).abs() <= rel * history[-1].abs()).all()):
+            break
+        tiny = beta <= 1e-13 * values.abs().clamp_min(1e-300)
+        if bool(tiny.all()):
+            break
+        fresh = torch.randn(b, n, generator=gen, dtype=torch.float64).to(g.dtype)
+        z = torch.where(tiny.unsqueeze(1), fresh, z)
+        for _ in range(2):
+            z = z - torch.bmm(kept.mT, torch.bmm(kept.conj(), z.unsqueeze(2))).squeeze(2)
+        z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(1e-300)
+        betas.append(torch.where(tiny, torch.zeros_like(beta), beta))
+        basis.append(z)
+    kept = torch.stack(basis[: len(alphas)], dim=1)
+    top = vectors[:, :, -1].to(g.dtype)
+    return values, torch.bmm(top.unsqueeze(1), kept).squeeze(1)
+
+
+@dataclass
+class CircularBound:
+    """The certified circular bound and its top mode (integer frequency, group, Gram eigenvector)."""
+
+    upper: float
+    frequency: tuple[int, ...]
+    group: int
+    vector: torch.Tensor  # top eigenvector of G at that frequency (side-dependent)
+    taps: GramTaps
+    certificates: int  # Cholesky factorizations behind the bound
+
+
+def circular_certificate(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...],
+                         sizes: list[int], *, rel: float, device: str = "cpu") -> CircularBound:
+    """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
+    taps = gram_taps(weight, groups, stride, dilation, sizes)
+    freqs = _half_frequencies(taps.taps.reduced)
+    n = taps.coefficients.shape[-1]
+    e_g = gram_error(taps)
+    per_chunk = max(1, _CHUNK_ENTRIES // max(1, groups * n * n))
+    chunks = [freqs[i:i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
+    dev = torch.device(device)
+    # Screen: a few power steps on every frequency and group, then Lanczos on the best few.
+    screen = []
+    for chunk in chunks:
+        g = gram_blocks(taps, chunk).to(dev).reshape(-1, n, n)
+        screen.append(_power_screen(g))
+    rho = torch.cat(screen)
+    picks = torch.topk(rho, min(_CANDIDATES, rho.numel())).indices
+    cand = _blocks_at(taps, freqs, picks, groups, n).to(dev)
+    values, vectors = hermitian_top(cand, rel=rel / 20)
+    best = int(torch.argmax(values))
+    tau = float(values[best]) * (1 + rel)
+    top_index, top_vector = int(picks[best]), vectors[best].cpu()
+    bound, steps = 0.0, 0
+    for chunk_number, chunk in enumerate(chunks):
+        g = gram_blocks(taps, chunk).to(dev).reshape(-1, n, n)
+        taus = torch.full((g.shape[0],), tau, dtype=torch.float64, device=dev)
+        ok, found = _cholesky_bounds(g, taus)
+        steps += g.shape[0]
+        failed = torch.nonzero(~ok).flatten()
+        for _ in range(3):
+            if failed.numel() == 0:
+                break
+            values, vectors = hermitian_top(g[failed], rel=rel / 20)
+            sub_tau = torch.maximum(values * (1 + rel), taus[failed] * (1 + rel))
+            sub_ok, sub_found = _cholesky_bounds(g[failed], sub_tau)
+            steps += failed.numel()
+            found[failed] = sub_found
+            ok[failed] = sub_ok
+            taus[failed] = sub_tau
+            worst = int(torch.argmax(torch.where(sub_ok, sub_found, torch.zeros_like(sub_found))))
+            if float(sub_found[worst]) > tau and bool(sub_ok[worst]):
+                offset = sum(c.shape[0] for c in chunks[:chunk_number]) * groups
+                top_index, top_vector = offset + int(failed[worst]), vectors[worst].cpu()
+                tau = float(sub_found[worst])
+            failed = failed[~sub_ok]
+        if failed.numel():
+            fro = torch.linalg.matrix_norm(g[failed], ord="fro") * (1 + _gamma(n * n + 2))
+            found[failed] = fro
+        bound = max(bound, float(found.max()))
+    upper = math.sqrt((bound + e_g) * (1 + _gamma(4))) * (1 + _gamma(2))
+    freq_row, group = divmod(top_index, groups)
+    return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps, steps)
+
+
+def _power_screen(g: torch.Tensor) -> torch.Tensor:
+    """Rayleigh quotients after a few power steps: a cheap ranking of the frequencies."""
+    x = torch.ones(g.shape[0], g.shape[1], 1, dtype=g.dtype, device=g.device)
+    x[:, ::2] = -1  # not orthogonal to a top vector for any real structure in practice; only a ranking
+    x = x + 0.1j * torch.arange(g.shape[1], dtype=torch.float64, device=g.device).reshape(1, -1, 1) / g.shape[1]
+    for _ in range(_SCREEN_STEPS):
+        x = torch.bmm(g, x)
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
+    return torch.bmm(x.mH, torch.bmm(g, x)).real.reshape(-1).cpu()
+
+
+def _blocks_at(taps: GramTaps, freqs: torch.Tensor, picks: torch.Tensor, groups: int, n: int) -> torch.Tensor:
+    rows = torch.div(picks, groups, rounding_mode="floor")
+    blocks = gram_blocks(taps, freqs[rows])  # (P, groups, n, n)
+    return blocks[torch.arange(picks.numel()), picks % groups]
+
+
+def symbol_at(weight: torch.Tensor, groups: int, group: int, taps: _Taps, frequency: tuple[int, ...]) -> torch.Tensor:
+    """K(w) = sum_t e^{i w.q_t} W_t E_{r_t} of one group at one frequency: (C_out/g, C_in/g * s^D)."""
+    w = weight.to(torch.float64)
+    m, c_in = w.shape[0] // groups, w.shape[1]
+    per_tap = w[group * m:(group + 1) * m].reshape(m, c_in, -1)
+    k = torch.zeros(m, c_in, taps.phases, dtype=torch.complex128)
+    for t, (shift, r) in enumerate(zip(taps.shifts, taps.residues)):
+        angle = 2 * math.pi * sum((f * q % mm) / mm for f, q, mm in zip(frequency, shift, taps.reduced))
+        k[:, :, r] += complex(math.cos(angle), math.sin(angle)) * per_tap[:, :, t]
+    return k.reshape(m, c_in * taps.phases)
+
+
+def windowed_mode(weight: torch.Tensor, groups: int, found: CircularBound, spatial: tuple[int, ...],
+                  stride: tuple[int, ...], begin: list[int]) -> torch.Tensor:
+    """The circular operator's top input mode on the real input, under a sine window per axis.
+
+    With v the top right singular vector of K(w) at the top frequency, the ring input
+    z[s*m + r] = Re(v[c * phases + r] e^{i w.m}) is the circular conv's top input; the input pixel
+    i sits at ring position i + b. The zero-padded operator's top input is close to it away from
+    the borders; the window sin(pi (i+1)/(n+1)) tapers it to zero there.
+    """
+    taps = found.taps.taps
+    c_in = weight.shape[1]
+    if found.taps.side == "in":
+        v = found.vector
+    else:
+        v = symbol_at(weight, groups, found.group, taps, found.frequency).mH @ found.vector
+    v = v / v.norm().clamp_min(1e-300)
+    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.int64) + b for n, b in zip(spatial, begin)), indexing="ij")
+    residue = torch.zeros_like(grids[0])
+    angle = torch.zeros(grids[0].shape, dtype=torch.float64)
+    window = torch.ones(grids[0].shape, dtype=torch.float64)
+    for axis, (g, s, m, n) in enumerate(zip(grids, stride, taps.reduced, spatial)):
+        residue = residue * s + g % s
+        angle += (found.frequency[axis] * (g // s) % m).to(torch.float64) / m
+        pos = torch.arange(n, dtype=torch.float64).reshape([-1 if a == axis else 1 for a in range(len(spatial))])
+        window = window * torch.sin(math.pi * (pos + 1) / (n + 1))
+    wave = torch.polar(torch.ones_like(angle), 2 * math.pi * angle)
+    x = torch.zeros(1, c_in * groups, *spatial, dtype=torch.float64)
+    for c in range(c_in):
+        x[0, found.group * c_in + c] = (v[c * taps.phases + residue] * wave).real * window
+    return x
