@@ -115,7 +115,7 @@ def test_unet_like_concat_and_upsample(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("act, constant", [
     (nn.LeakyReLU(3.0), 3.0), (nn.ELU(alpha=2.0), 2.0), (nn.Sigmoid(), 0.25), (nn.Tanh(), 1.0),
-    (nn.SiLU(), 1.0998), (nn.Softplus(), 1.0), (nn.ReLU(), 1.0),
+    (nn.SiLU(), 1.09984), (nn.Softplus(), 1.0), (nn.ReLU(), 1.0),
 ])
 def test_mlp_activations(tmp_path: Path, act: nn.Module, constant: float) -> None:
     torch.manual_seed(2)
@@ -218,5 +218,6 @@ def test_torch_transformer_encoder_layer_exported_by_dynamo(tmp_path: Path) -> N
     report = inspect(path)
     assert report.bound.graph is None
     text = " ".join(report.bound.assumptions)
-    assert "(LayerNormalization): LayerNorm is not globally Lipschitz" in text
+    # LayerNorm is globally Lipschitz (max|γ|/√ε): it is named only as the node computing the lost output.
+    assert "(LayerNormalization): computes output" in text and "LayerNorm is not globally Lipschitz" not in text
     assert "(MatMul): a product of two activations" in text

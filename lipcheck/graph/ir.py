@@ -43,3 +43,5 @@ class Graph:
     constants: dict[str, Constant]
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     layer_nodes: dict[str, int] = field(default_factory=dict)  # node label -> index into Model.layers
+    # Labels of nodes that multiply an integer product back by scales already folded into a layer's weight.
+    dequantize: set[str] = field(default_factory=set)

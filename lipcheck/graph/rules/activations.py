@@ -1,0 +1,97 @@
+"""Elementwise activations: the bound is ``max |f'|`` times the input's bound.
+
+Constants of smooth activations are the supremum of ``|f'|`` computed on a fine float64 grid and
+rounded up in the last digit kept (SiLU: 1.0998393 -> 1.09984; GELU erf form 1.1289041 and tanh
+form 1.1289931 -> 1.12900; Mish 1.0884982 -> 1.0885). ``tests/test_coverage_ops.py`` checks
+each against a float64 numerical derivative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from typing import TYPE_CHECKING
+
+from lipcheck.graph.rules import not_lipschitz, rule, scaled
+
+if TYPE_CHECKING:
+    from lipcheck.graph.ir import Node
+    from lipcheck.graph.walk import Walk
+
+SILU = 1.09984
+GELU = 1.12900
+MISH = 1.0885
+
+rule("Relu", "Abs", "Softplus", "Softsign", "Tanh", "Clip", "Relu6", constant=1.0)(scaled)
+rule("Sigmoid", constant=0.25)(scaled)
+rule("Silu", "Swish", constant=SILU)(scaled)
+rule("Gelu", "FastGelu", "BiasGelu", constant=GELU)(scaled)
+rule("Mish", constant=MISH)(scaled)
+rule("HardSwish", constant=1.5)(scaled)
+rule("Erf", constant=2 / math.sqrt(math.pi))(scaled)
+rule("Sin", "Cos", constant=1.0)(scaled)
+# Softmax's Jacobian diag(p) - p p^T has spectral norm <= 1/2.
+rule("Softmax", constant=0.5)(scaled)
+
+rule("Exp", reason="exp is not globally Lipschitz")(not_lipschitz)
+rule("Log", reason="log is not globally Lipschitz (its slope is unbounded near 0)")(not_lipschitz)
+rule("Sqrt", reason="sqrt is not globally Lipschitz (its slope is unbounded near 0)")(not_lipschitz)
+rule("Reciprocal", reason="1/x is not globally Lipschitz")(not_lipschitz)
+rule("Tan", reason="tan is not globally Lipschitz")(not_lipschitz)
+
+
+@rule("Pow", reason="x^p is not globally Lipschitz for p > 1 or p < 1 (other than p = 1)")
+def power(walk: Walk, node: Node, ins: list[float]) -> float:
+    """x^1 is the identity and x^0 a constant; every other power of an activation is unbounded."""
+    p = walk.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if ins[1] == 0.0 and p is not None and p.size == 1:
+        if float(p.reshape(())) == 1.0:
+            return ins[0]
+        if float(p.reshape(())) == 0.0:
+            return 0.0
+    if ins[1] > 0.0:
+        return walk.unbounded(node, "an exponent that depends on the input is not globally Lipschitz")
+    return walk.unbounded(node, "x^p is not globally Lipschitz for a constant p other than 0 and 1")
+
+
+@rule("LeakyRelu")
+def leaky_relu(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Slopes 1 and alpha."""
+    return max(1.0, abs(float(node.attrs.get("alpha", 0.01)))) * ins[0]
+
+
+@rule("Elu", "Celu")
+def elu(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Slopes 1 and alpha·e^x (x < 0), so at most max(1, |alpha|)."""
+    return max(1.0, abs(float(node.attrs.get("alpha", 1.0)))) * ins[0]
+
+
+@rule("Selu")
+def selu(walk: Walk, node: Node, ins: list[float]) -> float:
+    """gamma times Elu's bound."""
+    return abs(float(node.attrs.get("gamma", 1.0507))) * max(1.0, abs(float(node.attrs.get("alpha", 1.67326)))) * ins[0]
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(walk: Walk, node: Node, ins: list[float]) -> float:
+    """clip(alpha·x + beta, 0, 1): slope |alpha| or 0."""
+    return abs(float(node.attrs.get("alpha", 0.2))) * ins[0]
+
+
+@rule("ThresholdedRelu", reason="ThresholdedRelu jumps at its threshold: not continuous")
+def thresholded(walk: Walk, node: Node, ins: list[float]) -> float:
+    """x for x > alpha else 0: a jump of size alpha unless alpha is 0."""
+    if float(node.attrs.get("alpha", 1.0)) == 0.0:
+        return ins[0]
+    return walk.unbounded(node, "ThresholdedRelu jumps at its threshold: not continuous")
+
+
+@rule("PRelu")
+def prelu(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Slopes 1 and the per-channel slope."""
+    slope = walk.const(node.inputs[1])
+    if slope is None:
+        return walk.unbounded(node, "a PRelu slope lipcheck could not read")
+    return max(1.0, float(np.abs(slope).max())) * ins[0]

@@ -1,0 +1,115 @@
+"""Layers and arithmetic: weights, sums, products with constants, concatenation, gathers."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lipcheck.graph.rules import rule
+
+if TYPE_CHECKING:
+    from lipcheck.graph.ir import Node
+    from lipcheck.graph.walk import Walk
+
+_PRODUCT = "a product of two activations (as in attention) is not globally Lipschitz"
+
+
+def layer(walk: Walk, node: Node, ins: list[float]) -> float:
+    """A node whose weight is a reported layer: that layer's certified bound times its data input's."""
+    upper = walk.uppers[walk.graph.layer_nodes[node.label]]
+    if upper is None:
+        return walk.unbounded(node, "non-finite weights")
+    # The data input(s) go through the weight; a Gemm's C (or a conv's bias) is added after it.
+    data = sum(lip for i, lip in enumerate(ins[:2]) if walk.const(node.inputs[i]) is None)
+    if node.op in ("Gemm",) and len(ins) > 2:
+        return upper * data + ins[2]
+    if node.op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+        data = ins[0]
+        from lipcheck.graph.rules.quantized import ROUNDING
+
+        walk.note(ROUNDING)
+    return upper * data
+
+
+@rule("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulInteger", "ConvInteger", "QLinearConv",
+      "QLinearMatMul")
+def unread_weight(walk: Walk, node: Node, ins: list[float]) -> float:
+    """A linear op that is not a reported layer: two activations multiplied, or a weight not read."""
+    data = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "MatMulInteger": (0, 1), "ConvInteger": (0, 1)}.get(node.op)
+    pick = [ins[i] for i in data if i < len(ins)] if data else ins[:2]
+    if sum(1 for lip in pick if lip > 0.0) > 1:
+        return walk.unbounded(node, _PRODUCT)
+    return walk.unbounded(node, "a weight lipcheck could not read")
+
+
+@rule("Add", "Sub", "Sum")
+def add(walk: Walk, node: Node, ins: list[float]) -> float:
+    """‖f + g‖_Lip <= ‖f‖_Lip + ‖g‖_Lip."""
+    return sum(ins)
+
+
+@rule("Max", "Min", "Concat")
+def stack(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Concatenation (and elementwise max/min, each entry one of its inputs'): sqrt(sum L^2)."""
+    return math.sqrt(sum(lip * lip for lip in ins))
+
+
+@rule("Where")
+def where(walk: Walk, node: Node, ins: list[float]) -> float:
+    """A constant condition selects entries of the two branches: at most sqrt(L1^2 + L2^2)."""
+    if ins[0] > 0.0:
+        return walk.unbounded(node, "a condition that depends on the input can switch values: not continuous")
+    return math.sqrt(ins[1] ** 2 + ins[2] ** 2)
+
+
+@rule("Mul")
+def mul(walk: Walk, node: Node, ins: list[float]) -> float:
+    """By a constant: max|c| times; a gate x·g(x) or a normalization: its own constant; else unbounded."""
+    from lipcheck.graph.rules.gates import gate
+    from lipcheck.graph.rules.norms import normalization
+    from lipcheck.graph.rules.quantized import rescaled
+
+    for i, j in ((0, 1), (1, 0)):
+        c = walk.const(node.inputs[j])
+        if c is not None:
+            return float(np.abs(c).max()) * ins[i] if c.size else 0.0
+    found = rescaled(walk, node)
+    if found is None:
+        found = gate(walk, node)
+    if found is None:
+        found = normalization(walk, node)
+    if found is not None:
+        return found
+    return walk.unbounded(node, "a product of two activations is not globally Lipschitz")
+
+
+@rule("Div")
+def div(walk: Walk, node: Node, ins: list[float]) -> float:
+    """By a nonzero constant: 1/min|c| times; a normalization x/sqrt(mean(x²)+eps): its constant."""
+    from lipcheck.graph.rules.norms import normalization
+
+    c = walk.const(node.inputs[1])
+    if ins[1] == 0.0 and c is not None and c.size and float(np.abs(c).min()) > 0.0:
+        return ins[0] / float(np.abs(c).min())
+    found = normalization(walk, node)
+    if found is not None:
+        return found
+    return walk.unbounded(node, "division by an activation (or by zero) is not globally Lipschitz")
+
+
+@rule("Gather", "GatherElements", "GatherND")
+def gather(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Constant indices copy entries: an entry copied k times contributes sqrt(k)."""
+    indices = walk.const(node.inputs[1])
+    if ins[1] > 0.0 or indices is None:
+        return walk.unbounded(node, "indices that depend on the input")
+    if node.op == "GatherND":
+        rows = indices.reshape(-1, indices.shape[-1]) if indices.ndim else indices.reshape(1, 1)
+        _, counts = np.unique(rows.astype(np.int64), axis=0, return_counts=True)
+    else:
+        _, counts = np.unique(indices.astype(np.int64), return_counts=True)
+    if node.op == "GatherElements":
+        return ins[0] * math.sqrt(float(indices.size)) if indices.size else 0.0  # indices along one axis repeat freely
+    return ins[0] * math.sqrt(float(counts.max())) if counts.size else 0.0
