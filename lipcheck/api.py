@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from lipcheck import __version__
-from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import load
 from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
 from lipcheck.model import Layer, Model
+from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.report.run import FileResult, Run
 from lipcheck.settings import Settings
-from lipcheck.spectral.layer import estimate, estimate_all
+from lipcheck.spectral.layer import estimate_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,7 +29,7 @@ Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
 
 def inspect(
-    path: "str | Path | torch.nn.Module",
+    path: str | Path | torch.nn.Module,
     *,
     settings: Settings | None = None,
     key: str | None = None,
@@ -72,7 +73,7 @@ def _exported_shapes(model: Model) -> tuple[tuple[int, ...], ...] | None:
     return tuple(tuple(s) for s in found)  # type: ignore[arg-type]
 
 
-def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
+def bound(path: str | Path | torch.nn.Module, *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
           settings: Settings | None = None, key: str | None = None) -> float:
     """Return the network's certified upper bound (``kind="upper"``), or the graph or product value.
 
@@ -90,7 +91,7 @@ def bound(path: "str | Path | torch.nn.Module", *, kind: str = "upper", input_sh
     return value
 
 
-def check(path: "str | Path | torch.nn.Module", *, fail_above: float | None = None, bound: str = "upper",
+def check(path: str | Path | torch.nn.Module, *, fail_above: float | None = None, bound: str = "upper",
           fail_layer_above: float | None = None, layer_thresholds: dict[str, float] | None = None,
           input_shape: tuple[int, ...] | None = None, settings: Settings | None = None) -> Outcome:
     """Gate a model as ``lipcheck check`` does; the outcome is truthy when every check passed.
@@ -169,22 +170,22 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         from lipcheck.graph.walk import GraphBound, graph_bound
 
         try:
-            found = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
-                                dict(settings.node_constants), fuse=_fuser(model, settings))
+            walked = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
+                                 dict(settings.node_constants), fuse=_fuser(model, settings))
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
-            found = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
-        graph_value = found.value
-        assumptions.extend(f"graph: user-supplied constant for node {text}" for text in found.supplied)
+            walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
+        graph_value = walked.value
+        assumptions.extend(f"graph: user-supplied constant for node {text}" for text in walked.supplied)
         unknown = sorted(set(dict(settings.node_constants)) - {node.label for node in model.graph.nodes})
         if unknown:
             raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's "
                                 "assumptions name the nodes that need one")
         if graph_value is not None:
-            method = "graph with user-supplied node constants" if found.supplied else "graph"
+            method = "graph with user-supplied node constants" if walked.supplied else "graph"
             assumptions.append("graph: follows the file's graph (residual adds, concatenations, norms, pools, "
                                "activations) with each layer's certified upper bound; sound for the model as built")
         else:
-            blocking = list(found.unbounded) or ["the graph has no output lipcheck can follow"]
+            blocking = list(walked.unbounded) or ["the graph has no output lipcheck can follow"]
             assumptions.extend(f"graph: no bound, {reason}" for reason in blocking)
     else:
         blocking = [NO_GRAPH_REASON]
@@ -208,13 +209,13 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     )
 
 
-def _fuser(model: Model, settings: Settings):  # type: ignore[no-untyped-def]
+def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], float | None]:
     """Certify a layer with its output channels scaled (a batch norm folded into it)."""
     import torch
 
     from lipcheck.spectral.layer import fused_upper
 
-    def fuse(index: int, scale: "np.ndarray") -> float | None:
+    def fuse(index: int, scale: np.ndarray) -> float | None:
         layer = model.layers[index]
         if layer.is_transposed:
             return None

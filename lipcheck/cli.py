@@ -9,14 +9,33 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from lipcheck import __version__
 from lipcheck.cli_options import (
-    AllowGlobalOpt, BoundKind, ConfigOpt, Convention, DeviceOpt, Failure, Fmt, KeyOpt, MaxIterOpt, NodeOpt,
-    OutputOpt, PlotOpt, SeedOpt, ShapeOpt, TolOpt, expand, format_option, number, parse_pair, settings_for, warn,
+    AllowGlobalOpt,
+    BoundKind,
+    ConfigOpt,
+    Convention,
+    DeviceOpt,
+    Failure,
+    Fmt,
+    KeyOpt,
+    MaxIterOpt,
+    NodeOpt,
+    OutputOpt,
+    PlotOpt,
+    SeedOpt,
+    ShapeOpt,
+    TolOpt,
+    expand,
+    format_option,
+    number,
+    parse_pair,
+    settings_for,
+    warn,
 )
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
@@ -31,13 +50,13 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option(
+def _root(version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
     """Measure, certify and enforce the Lipschitz constant of trained networks."""
 
 
 # -- running and reporting ---------------------------------------------------------------------------
-def _analyse(ctx: typer.Context, paths: list[str], common: dict[str, Any], key: str | None, spec: Any = None):  # type: ignore[no-untyped-def]
+def _analyse(ctx: typer.Context, paths: list[str], common: dict[str, Any], key: str | None, spec: Any = None) -> Any:
     from rich.console import Console
 
     from lipcheck.api import analyse_files
@@ -142,14 +161,14 @@ def inspect(
 @app.command()
 def check(
     ctx: typer.Context,
-    models: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL...", help="Model files or glob patterns (default: 'models' from the config).")] = None,
-    fail_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_ABOVE", parser=number, metavar="X",
+    models: Annotated[list[str] | None, typer.Argument(metavar="MODEL...", help="Model files or glob patterns (default: 'models' from the config).")] = None,
+    fail_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_ABOVE", parser=number, metavar="X",
                                                         help="Fail when the network bound is above X.")] = None,
     bound: Annotated[BoundKind, typer.Option(envvar="LIPCHECK_BOUND", metavar="upper|graph|product",
-                                             help="What --fail-above judges: upper (the network bound; exit 2 when there is none), graph, or product (the product of layer bounds, a network bound only for plain chains).")] = BoundKind.upper,
-    fail_layer_above: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE", parser=number, metavar="X",
+                                             help="What --fail-above judges: upper (the network bound; exit 2 when there is none), graph, or product (the product of layer bounds, a network bound only for plain chains).")] = BoundKind.network,
+    fail_layer_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE", parser=number, metavar="X",
                                                               help="Fail when any layer's upper bound is above X.")] = None,
-    layer_threshold: Annotated[Optional[list[str]], typer.Option(envvar="LIPCHECK_LAYER_THRESHOLD", metavar="PATTERN=X",
+    layer_threshold: Annotated[list[str] | None, typer.Option(envvar="LIPCHECK_LAYER_THRESHOLD", metavar="PATTERN=X",
                                                                  help="Fail when a layer matching the glob PATTERN is above X (first match wins; repeatable).")] = None,
     exit_zero: Annotated[bool, typer.Option("--exit-zero/--no-exit-zero", envvar="LIPCHECK_EXIT_ZERO",
                                             help="Exit 0 even when a gate fails (errors still exit 2).")] = False,
@@ -184,10 +203,10 @@ def normalize(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file to normalize (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the normalized copy (same format).")],
     target: Annotated[float, typer.Option(parser=number, metavar="X", help="Each selected layer's Lipschitz bound after normalization.")] = 1.0,
-    budget: Annotated[Optional[float], typer.Option(parser=number, metavar="K", help="A whole-network target K: each of the L selected layers gets K^(1/L).")] = None,
+    budget: Annotated[float | None, typer.Option(parser=number, metavar="K", help="A whole-network target K: each of the L selected layers gets K^(1/L).")] = None,
     convention: Annotated[Convention, typer.Option(metavar="lipschitz|torch", help="lipschitz: divide by the certified Lipschitz upper bound (conv operator norm); torch: by the reshaped σ, as torch's spectral_norm.")] = Convention.lipschitz,
     clip: Annotated[bool, typer.Option("--clip", help="Only shrink layers above the target.")] = False,
-    layers: Annotated[Optional[list[str]], typer.Option("--layers", metavar="GLOB", help="Layer names to normalize (repeatable; default all).")] = None,
+    layers: Annotated[list[str] | None, typer.Option("--layers", metavar="GLOB", help="Layer names to normalize (repeatable; default all).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     output_format: Annotated[Fmt, format_option(("table", "json"))] = Fmt.table,
     tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER, seed: SeedOpt = DEFAULT_SEED,
@@ -220,7 +239,7 @@ def diff(
     ctx: typer.Context,
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The earlier checkpoint.")],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="The later checkpoint of the same model.")],
-    fail_if_grows: Annotated[Optional[float], typer.Option(envvar="LIPCHECK_FAIL_IF_GROWS", parser=number, metavar="PCT",
+    fail_if_grows: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_IF_GROWS", parser=number, metavar="PCT",
                                                            help="Exit 1 when a layer's upper bound or the product grows by more than PCT percent.")] = None,
     output_format: Annotated[Fmt, format_option(("table", "json", "markdown"))] = Fmt.table,
     output: OutputOpt = None, tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER,

@@ -7,7 +7,7 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,7 +28,7 @@ class Fmt(str, enum.Enum):
 class BoundKind(str, enum.Enum):
     """Which network bound --fail-above judges."""
 
-    upper = "upper"
+    network = "upper"  # the member name avoids shadowing str.upper
     graph = "graph"
     product = "product"
 
@@ -40,7 +40,7 @@ class Convention(str, enum.Enum):
     torch = "torch"
 
 
-def _config(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+def _config(ctx: typer.Context, value: Path | None) -> Path | None:
     """Read the config first (an eager option) and hand its values to the framework as defaults."""
     from lipcheck import config
 
@@ -81,7 +81,7 @@ def format_option(allowed: tuple[str, ...]) -> Any:
                         help=f"Report format: {', '.join(allowed)}.")
 
 
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", envvar="LIPCHECK_OUTPUT", metavar="FILE",
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", envvar="LIPCHECK_OUTPUT", metavar="FILE",
                                                    help="Write the report to FILE (atomically) instead of stdout.")]
 TolOpt = Annotated[float, typer.Option(envvar="LIPCHECK_TOL", metavar="REL", parser=number,
                                        help="Relative width at which a layer's interval counts as converged.")]
@@ -89,22 +89,22 @@ MaxIterOpt = Annotated[int, typer.Option(envvar="LIPCHECK_MAX_ITER", metavar="N"
 SeedOpt = Annotated[int, typer.Option(envvar="LIPCHECK_SEED", metavar="N", parser=_integer, help="Seed of the start vectors.")]
 DeviceOpt = Annotated[str, typer.Option(envvar="LIPCHECK_DEVICE", metavar="DEVICE",
                                         help="Where dense certificates run: cpu, cuda, cuda:N, or auto. Never required.")]
-KeyOpt = Annotated[Optional[str], typer.Option(envvar="LIPCHECK_KEY", metavar="KEY",
+KeyOpt = Annotated[str | None, typer.Option(envvar="LIPCHECK_KEY", metavar="KEY",
                                                help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")]
-ShapeOpt = Annotated[Optional[list[str]], typer.Option(
+ShapeOpt = Annotated[list[str] | None, typer.Option(
     "--input-shape", envvar="LIPCHECK_INPUT_SHAPE", metavar="1x3x224x224",
     help="Shape of a model input, batch first; repeat once per input, in order. Gives conv operator norms at that "
          "size (ONNX, TorchScript). In the config, a table from model glob to shape sets it per model.")]
-AllowGlobalOpt = Annotated[Optional[list[str]], typer.Option(
+AllowGlobalOpt = Annotated[list[str] | None, typer.Option(
     "--allow-global", envvar="LIPCHECK_ALLOW_GLOBAL", metavar="module.Name",
     help="Allow one non-tensor object (e.g. argparse.Namespace) in a PyTorch checkpoint; repeatable. "
          "Only for files you trust: nothing else is ever unpickled.")]
-NodeOpt = Annotated[Optional[list[str]], typer.Option(
+NodeOpt = Annotated[list[str] | None, typer.Option(
     "--node-constant", envvar="LIPCHECK_NODE_CONSTANT", metavar="LABEL=C",
     help="Vouch that graph node LABEL is C-Lipschitz (for nodes lipcheck cannot bound; recorded in the report).")]
-PlotOpt = Annotated[Optional[Path], typer.Option("--plot", envvar="LIPCHECK_PLOT", metavar="FILE",
+PlotOpt = Annotated[Path | None, typer.Option("--plot", envvar="LIPCHECK_PLOT", metavar="FILE",
                                                  help="Also draw each layer's bounds into FILE.png or FILE.svg (needs lipcheck[plot]).")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(
+ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", envvar="LIPCHECK_CONFIG", metavar="TOML", is_eager=True, callback=_config,
     help="A TOML file with a [tool.lipcheck] table (default: the nearest pyproject.toml).")]
 
@@ -118,7 +118,8 @@ def settings_for(ctx: typer.Context, model: str, *, tol: float, max_iter: int, s
     if not 0.0 < tol < 1.0 or max_iter < 1:
         raise Failure("--tol must be between 0 and 1 (e.g. 1e-6) and --max-iter at least 1")
     if input_shape is None and "lipcheck.config" in ctx.meta:
-        input_shape = config.shapes_for(*ctx.meta["lipcheck.config"], model)
+        loaded, path = ctx.meta["lipcheck.config"]
+        input_shape = config.shapes_for(loaded, path, model)
     shapes = tuple(_parse_shape(text) for text in input_shape) if input_shape else None
     pairs = tuple(parse_pair(text, "--node-constant", "LABEL=C, e.g. '/attn/MatMul=4.0'") for text in node_constant or ())
     return Settings(seed=seed, tol=tol, max_iter=max_iter, input_shape=shapes, device=_device(device),

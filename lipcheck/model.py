@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -50,10 +51,10 @@ class Layer:
     op: str
     shape: tuple[int, ...]
     dtype: str
-    load: Callable[[], "torch.Tensor"]
+    load: Callable[[], torch.Tensor]
     scope: str = ""
     geometry: ConvGeometry | None = None
-    warm_u: Callable[[], "torch.Tensor"] | None = None
+    warm_u: Callable[[], torch.Tensor] | None = None
     note: str | None = None
     input_spatial: tuple[int, ...] | None = None  # a conv's input height/width/... where the file fixes it
     node: str | None = None  # the graph node that applies this weight (ONNX), for the graph bound
@@ -92,7 +93,7 @@ class Model:
     layers: list[Layer] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    graph: "Graph | None" = None  # the computation graph, where the file has one (lipcheck.graph)
+    graph: Graph | None = None  # the computation graph, where the file has one (lipcheck.graph)
     runnable: Any = None  # a torch module to differentiate for the empirical lower bound (TorchScript, API)
 
 
@@ -103,4 +104,4 @@ class WeightEdit:
     name: str
     scope: str = ""
     divisor: float | None = None
-    vectors: tuple["torch.Tensor", "torch.Tensor"] | None = None
+    vectors: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -2,12 +2,15 @@
 
 torch's ``spectral_norm`` divides a conv weight by the reshaped kernel's sigma, which is not the
 conv's Lipschitz constant. ``spectral_normalize(module)`` registers a parametrization on every
-Linear and Conv that divides by the operator's own norm, estimated like Algorithm 1: a persistent
+Linear and Conv that divides by the operator's own norm, estimated as torch's power iteration is: a persistent
 vector, one power-iteration step (the layer and its exact adjoint) per training forward, no
 gradient through the vector. Convs learn their input size from the first forward.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,12 @@ class OperatorNorm(nn.Module):
         super().__init__()
         self.n_power_iterations = n_power_iterations
         self.eps = eps
-        self._conv = None
+        self._conv: Callable[..., torch.Tensor] | None = None
+        self.stride: Any = 1
+        self.padding: Any = 0
+        self.dilation: Any = 1
+        self.groups: Any = 1
+        self._x: torch.Tensor
         for cls, fn in _CONVS.items():
             if type(layer) is cls:
                 self._conv = fn
@@ -60,7 +68,7 @@ class OperatorNorm(nn.Module):
                         (g,) = torch.autograd.grad(y, xr, y)
                     x = g / (g.norm() + self.eps)
                 self._x = x
-        y = self._apply_op(weight, x)  # gradient flows through the weight, as in Algorithm 1
+        y = self._apply_op(weight, x)  # the gradient flows through the weight, not through the vector
         return weight / (y.norm() + self.eps)
 
 
@@ -76,10 +84,11 @@ def spectral_normalize(module: nn.Module, n_power_iterations: int = 1) -> nn.Mod
     return module
 
 
-def _size_hook(norm: OperatorNorm):  # type: ignore[no-untyped-def]
-    def hook(layer: nn.Module, args: tuple) -> None:  # type: ignore[type-arg]
+def _size_hook(norm: OperatorNorm) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+    def hook(layer: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0]
         if norm._x.numel() == 0 or norm._x.shape[1:] != x.shape[1:]:
-            norm.start(x.shape, layer.parametrizations.weight.original.detach())
+            original: torch.Tensor = layer.parametrizations["weight"].original  # type: ignore[union-attr, index]
+            norm.start(x.shape, original.detach())
 
     return hook

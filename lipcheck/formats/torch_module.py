@@ -6,6 +6,8 @@ module is run once on zeros (under no_grad) to learn each conv's input size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from lipcheck.errors import LipcheckError
@@ -31,7 +33,7 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
             continue
         name = f"{prefix}.weight" if prefix else "weight"
         layer = Layer(name, op, tuple(weight.shape), dtype_name(weight.dtype),
-                      (lambda s=sub: s.weight.detach()), geometry=None if op == "linear" else _geometry(sub),
+                      _weight_of(sub), geometry=None if op == "linear" else _geometry(sub),
                       note=f"module {prefix or '(root)'}: {type(sub).__name__}")
         layers.append(layer)
         by_module[id(sub)] = layer
@@ -42,8 +44,18 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
     return model
 
 
+def _weight_of(sub: torch.nn.Module) -> Callable[[], torch.Tensor]:
+    """A loader of the module's current weight (read when the layer is certified)."""
+    def load() -> torch.Tensor:
+        weight = sub.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.detach()
+
+    return load
+
+
 def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_shapes: tuple[tuple[int, ...], ...]) -> None:
-    def hook(sub: torch.nn.Module, args: tuple) -> None:  # type: ignore[type-arg]
+    def hook(sub: torch.nn.Module, args: tuple[object, ...]) -> None:
         layer = by_module.get(id(sub))
         if layer is not None and layer.is_conv and args and isinstance(args[0], torch.Tensor):
             layer.input_spatial = tuple(args[0].shape[2:])

@@ -20,7 +20,8 @@ RENDERERS = {"table": "table", "json": "json_report", "markdown": "markdown", "g
 def render(run: Run, fmt: str) -> str:
     """Render a run in one of RENDERERS' formats."""
     module = importlib.import_module(f"lipcheck.report.{RENDERERS[fmt]}")
-    return module.render_text(run) if fmt == "table" else module.render(run)  # type: ignore[no-any-return]
+    text: str = module.render_text(run) if fmt == "table" else module.render(run)
+    return text
 
 
 __all__ = ["RENDERERS", "BoundReport", "LayerReport", "Report", "SkippedReport", "render"]

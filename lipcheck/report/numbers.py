@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
 from lipcheck.report.data import LayerReport, Report

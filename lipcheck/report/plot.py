@@ -11,7 +11,6 @@ from lipcheck.errors import LipcheckError
 from lipcheck.report.numbers import up
 from lipcheck.report.run import FileResult, Run
 
-
 _SIGMA, _UPPER, _FAIL = "#9ab", "#27b", "#d33"
 
 
@@ -29,7 +28,7 @@ def _draw(axis: Any, result: FileResult, run: Run) -> None:
 
     axis.bar([p - 0.2 for p in positions], sigma, width=0.4, color=_SIGMA)
     axis.bar([p + 0.2 for p in positions], upper, width=0.4, color=[_FAIL if n in failing else _UPPER for n in names])
-    legend = [Patch(color=_SIGMA, label="σ (torch, reshaped kernel)"), Patch(color=_UPPER, label="Lipschitz upper bound")]
+    legend: list[Any] = [Patch(color=_SIGMA, label="σ (torch, reshaped kernel)"), Patch(color=_UPPER, label="Lipschitz upper bound")]
     if failing:
         legend.append(Patch(color=_FAIL, label="above its threshold"))
     spec = run.spec
@@ -59,8 +58,8 @@ def write(run: Run, path: Path) -> None:
     results = [r for r in run.results if r.report is not None]
     if not results:
         raise LipcheckError("--plot: no model could be analysed, nothing to draw")
-    figure, axes = plt.subplots(len(results), 1, figsize=(max(6.0, 0.5 * max(len(r.report.layers) for r in results) + 2),
-                                                          3.2 * len(results)), squeeze=False)
+    most = max(len(r.report.layers) for r in results if r.report is not None)
+    figure, axes = plt.subplots(len(results), 1, figsize=(max(6.0, 0.5 * most + 2), 3.2 * len(results)), squeeze=False)
     for axis, result in zip(axes[:, 0], results):
         _draw(axis, result, run)
     figure.tight_layout()
