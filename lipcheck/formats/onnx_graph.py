@@ -18,6 +18,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from lipcheck.errors import CorruptFileError, RefusedFileError
 from lipcheck.formats import onnx_shapes
 from lipcheck.formats.limits import check_payload
+from lipcheck.graph.fold import fold
 from lipcheck.graph.ir import Graph, Node
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
@@ -72,7 +73,9 @@ class _Reader:
         self.uses: dict[tuple[str, str], list[str]] = {}  # (scope, stored name) -> consumer ops
         self.layer_sources: set[tuple[str, str]] = set()
         self.scopes: list[_Scope] = []
+        self.dequantize: set[str] = set()  # Mul nodes whose weight scale a layer's weight already includes
         self._label = ""
+        self._index: dict[int, int] = {}
 
     # -- stored tensors -------------------------------------------------------------------
     def tensor_array(self, tensor: TensorProto) -> Array:
@@ -163,6 +166,8 @@ class _Reader:
             if node.op_type == "Constant" and node.output:
                 self._constant_node(scope, node)
         for index, node in enumerate(graph.node):
+            self._index[id(node)] = index
+        for index, node in enumerate(graph.node):
             self._node(scope, node, index)
             for attr in node.attribute:
                 if attr.type == AttributeProto.GRAPH:
@@ -192,6 +197,8 @@ class _Reader:
             self._conv(scope, node, label, consts[1], attrs)
         elif op == "Gemm" and len(consts) >= 2 and (consts[0] is None) != (consts[1] is None):
             self._gemm(scope, label, consts, attrs)
+        elif op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+            self._quantized(scope, node, label, consts, attrs)
         elif op == "MatMul" and len(consts) == 2 and (consts[0] is None) != (consts[1] is None):
             weight_first = consts[0] is not None
             const = consts[0] if weight_first else consts[1]
@@ -199,6 +206,73 @@ class _Reader:
             if len(const.value_shape) == 2:
                 load = const.array if weight_first else (lambda c=const: c.array().T)
                 self._add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+
+    def _quantized(self, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None], attrs: dict) -> None:
+        """Integer and QLinear layers: the weight dequantized as scale·(q − zero point), per tensor or channel."""
+        op = node.op_type
+        w_at, scale_at, zero_at = {"QLinearConv": (3, 4, 5), "QLinearMatMul": (3, 4, 5),
+                                   "MatMulInteger": (1, None, 3), "ConvInteger": (1, None, 3)}[op]
+        weight = consts[w_at] if len(consts) > w_at else None
+        if weight is None or consts[0] is not None:
+            return
+        zero = consts[zero_at] if zero_at is not None and len(consts) > zero_at else None
+        scale = consts[scale_at] if scale_at is not None else None
+        mul = None
+        if scale is None:  # MatMulInteger/ConvInteger: the weight scale is multiplied in after the product
+            scale, mul = self._weight_scale(scope, node)
+        conv = op in ("QLinearConv", "ConvInteger")
+        axis = 0 if conv else 1
+
+        def load(w: _Const = weight, z: _Const | None = zero, sc: _Const | None = scale) -> np.ndarray:
+            q = w.array()
+            zp = z.array() if z is not None else None
+            s = sc.array() if sc is not None else np.ones(())
+            return _dequantize(q, s, zp, axis, 0)
+
+        how = "dequantized scale·(q − zero point)" if scale is not None else "q − zero point (no weight scale found)"
+        if mul is not None:
+            self.dequantize.add(mul)
+        if conv:
+            self._conv(scope, node, label, weight, attrs, load=load, note=f"node {label}: {op}, {how}")
+        elif len(weight.value_shape) == 2:
+            self._add(scope, weight, "matmul", lambda f=load: f().T, note=f"node {label}: {op}, {how}")
+
+    def _weight_scale(self, scope: _Scope, node: NodeProto) -> tuple[_Const | None, str | None]:
+        """After MatMulInteger: Cast, then Mul by (input scale · weight scale); the weight scale and that Mul."""
+        consumers = self._consumers(scope)
+        name = node.output[0]
+        for _ in range(2):
+            users = consumers.get(name, [])
+            if len(users) != 1:
+                return None, None
+            user = users[0]
+            if user.op_type == "Cast":
+                name = user.output[0]
+                continue
+            if user.op_type != "Mul":
+                return None, None
+            other = user.input[1] if user.input[0] == name else user.input[0]
+            scale_mul = self._producer(scope, other)
+            if scale_mul is None or scale_mul.op_type != "Mul":
+                return None, None
+            for candidate in scale_mul.input:
+                const = self.resolve(scope, candidate)
+                if const is not None:
+                    local = user.name or f"{user.op_type}_{self._index[id(user)]}"
+                    return const, f"{scope.path}/{local}" if scope.path else local
+            return None, None
+        return None, None
+
+    def _consumers(self, scope: _Scope) -> dict[str, list[NodeProto]]:
+        found: dict[str, list[NodeProto]] = {}
+        seen: set[int] = set()
+        for node in scope.producers.values():
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            for name in node.input:
+                found.setdefault(name, []).append(node)
+        return found
 
     def _add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
         chain = f" via {'→'.join(const.chain)}" if const.chain else ""
@@ -222,7 +296,8 @@ class _Reader:
         scaled: Array = load if alpha == 1.0 else (lambda f=load: f().astype(np.float64) * alpha)
         self._add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
 
-    def _conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict) -> None:
+    def _conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None,
+              note: str | None = None) -> None:
         n = len(const.value_shape) - 2
         if n not in (1, 2, 3):
             return
@@ -236,7 +311,7 @@ class _Reader:
             auto_pad=bytes(attrs.get("auto_pad", b"NOTSET")).decode(),
         )
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
-        self._add(scope, const, op, const.array, note=f"node {label}: {node.op_type}", geometry=geometry)
+        self._add(scope, const, op, load or const.array, note=note or f"node {label}: {node.op_type}", geometry=geometry)
         dims = self.shapes.get(node.input[0])
         if dims is not None and len(dims) == n + 2 and all(d is not None for d in dims[2:]):
             self.layers[-1].input_spatial = tuple(int(d) for d in dims[2:])  # type: ignore[arg-type]
@@ -390,12 +465,14 @@ def _graph(proto: onnx.ModelProto, reader: _Reader, shapes: dict[str, onnx_shape
     """The main graph as lipcheck's IR, each If/Loop/Scan body a subgraph of its node."""
     scopes = {scope.path: scope for scope in reader.scopes}
     inputs = [v.name for v in onnx_shapes.model_inputs(proto.graph)]
-    graph, _ = _ir(proto.graph, "", inputs, scopes, reader.layers, dict(shapes))
+    opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
+    graph, _ = _ir(proto.graph, "", inputs, scopes, reader.layers, dict(shapes), opsets)
+    graph.dequantize = set(reader.dequantize)
     return graph
 
 
 def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scope], layers: list[Layer],
-        shapes: dict[str, tuple[int | None, ...]]) -> tuple[Graph, set[str]]:
+        shapes: dict[str, tuple[int | None, ...]], opsets: dict[str, int]) -> tuple[Graph, set[str]]:
     """One graph as IR, and the names it reads from enclosing graphs (its bodies' reads included).
 
     Labels and scope paths are the reader's, so a body's layers find their nodes: a node inside a
@@ -412,7 +489,7 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scop
         for attr in node.attribute:
             if attr.type == AttributeProto.GRAPH:
                 body_path = f"{path}/{local}.{attr.name}" if path else f"{local}.{attr.name}"
-                body, free = _ir(attr.g, body_path, [v.name for v in attr.g.input], scopes, layers, shapes)
+                body, free = _ir(attr.g, body_path, [v.name for v in attr.g.input], scopes, layers, shapes, opsets)
                 subgraphs[attr.name] = body
                 captured |= free
         captured.discard("")
@@ -422,6 +499,8 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scop
         defined |= set(node.output)
     scope = scopes.get(path)
     constants = {name: const.array for name, const in scope.consts.items()} if scope is not None else {}
+    if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
+        constants = fold(proto, constants, set(inputs), opsets)
     layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i
                    for i, layer in enumerate(layers) if layer.scope == path and layer.node}
     graph = Graph(list(inputs), [v.name for v in proto.output], nodes, constants, shapes, layer_nodes)
