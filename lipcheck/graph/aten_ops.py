@@ -22,4 +22,8 @@ SIMPLE: dict[str, str] = {
     "aten::batch_norm": "BatchNormalization", "aten::linear": "Gemm", "aten::cat": "Concat",
     "aten::add": "Add", "aten::add_": "Add", "aten::sub": "Sub", "aten::leaky_relu": "LeakyRelu", "aten::elu": "Elu",
     "aten::hardsigmoid": "HardSigmoid",
+    "aten::mean": "ReduceMean", "aten::adaptive_avg_pool1d": "AdaptiveAveragePool",
+    "aten::adaptive_avg_pool2d": "AdaptiveAveragePool", "aten::adaptive_avg_pool3d": "AdaptiveAveragePool",
+    "aten::adaptive_max_pool2d": "AdaptiveMaxPool", "aten::hardswish_": "HardSwish", "aten::relu6_": "Clip",
+    "aten::hardtanh_": "Clip", "aten::silu_": "Silu", "aten::sigmoid_": "Sigmoid", "aten::tanh_": "Tanh",
 }

@@ -109,11 +109,21 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
                 name = f"{label}.scales"
                 constants[name] = (lambda v=[1.0, 1.0, *scales]: np.asarray(v, dtype=np.float64))
                 op, ins, attrs = "Resize", [ins[0], "", name], {"mode": mode}
+        elif op == "ReduceMean":
+            dims = _value(args[1]) if len(args) > 1 else None
+            if isinstance(dims, int):
+                dims = [dims]
+            attrs["axes"] = list(dims) if isinstance(dims, (list, tuple)) else []
+            ins = ins[:1]
+        elif op in ("AdaptiveAveragePool", "AdaptiveMaxPool"):
+            size = _value(args[1])
+            attrs["output_size"] = list(size) if isinstance(size, (list, tuple)) else [size]
+            ins = ins[:1]
         elif op == "HardSigmoid":
             attrs["alpha"] = 1.0 / 6.0
         elif op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Silu", "HardSwish", "Mish", "Softmax", "Clip",
                     "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Dropout", "Slice", "Abs",
-                    "Neg", "Exp", "Log", "Sqrt"):
+                    "Neg", "Exp", "Log", "Sqrt", "HardSwish"):
             ins = ins[:1]
         nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs))
     inputs = [v.debugName() for v in list(graph.inputs())[1:]]

@@ -59,3 +59,22 @@ def reduce_sum(walk: Walk, node: Node, ins: list[float]) -> float:
         return walk.unbounded(node, "a sum over axes whose size lipcheck does not know")
     axes = axes or ([] if int(node.attrs.get("noop_with_empty_axes", 0)) else list(range(len(shape))))
     return ins[0] * math.sqrt(math.prod(int(shape[ax]) for ax in axes))  # type: ignore[misc]
+
+
+@rule("AdaptiveAveragePool", "AdaptiveMaxPool")
+def adaptive_pool(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Adaptive pools (TorchScript): to size 1 a global pool; else an entry sits in at most 2 windows per axis.
+
+    PyTorch's window for output i spans [floor(i·n/m), ceil((i+1)·n/m)); consecutive windows
+    overlap by at most one entry when m <= n, so an entry lies in at most 2 windows per axis, each
+    weighing it at most 1. With m > n or n unknown windows can share more, so it is not bounded.
+    """
+    size = [int(s) if s is not None else 0 for s in node.attrs.get("output_size", [])]
+    if size and all(s == 1 for s in size):
+        return ins[0]  # a global mean (norm <= 1) or a global max
+    shape = walk.graph.shapes.get(node.inputs[0])
+    if not size or any(s <= 0 for s in size) or not shape or len(shape) < len(size):
+        return walk.unbounded(node, "an adaptive pool whose input or output size lipcheck could not read")
+    if any(n is None or m > n for m, n in zip(size, shape[-len(size):])):
+        return walk.unbounded(node, "an adaptive pool that enlarges an axis copies entries an unknown number of times")
+    return ins[0] * math.sqrt(2.0 ** len(size))

@@ -1,0 +1,155 @@
+"""Op rules checked against float64 references: gates x·g(x), normalization constants, folding,
+quantized layers and the registry itself."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcheck.api import inspect
+from lipcheck.graph.rules import RULES, rule
+from lipcheck.graph.rules.activations import GELU, MISH, SILU
+
+
+def _model(path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], n: int = 4) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _sup_slope(f, lo: float = -20.0, hi: float = 20.0) -> float:  # type: ignore[no-untyped-def]
+    x = np.linspace(lo, hi, 4_000_001)
+    return float(np.abs(np.gradient(f(x), x)).max())
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+GATES = {
+    "silu": ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])], {},
+             lambda x: x * _sigmoid(x), SILU),
+    "silu_beta": ([helper.make_node("Mul", ["x", "b"], ["bx"]), helper.make_node("Sigmoid", ["bx"], ["s"]),
+                   helper.make_node("Mul", ["s", "x"], ["y"])], {"b": np.array(1.702)},
+                  lambda x: x * _sigmoid(1.702 * x), SILU),
+    "hardswish_hs": ([helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1 / 6, beta=0.5),
+                      helper.make_node("Mul", ["x", "h"], ["y"])], {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1), 1.5),
+    "hardswish_clip": ([helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+                        helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
+                       {"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0)},
+                       lambda x: x * np.clip(x + 3, 0, 6) / 6, 1.5),
+    "gelu_erf": ([helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                  helper.make_node("Mul", ["m", "half"], ["y"])],
+                 {"r2": np.array(math.sqrt(2)), "one": np.array(1.0), "half": np.array(0.5)},
+                 lambda x: 0.5 * x * (1 + __import__("scipy.special").special.erf(x / math.sqrt(2))), GELU),
+    "gelu_tanh": ([helper.make_node("Pow", ["x", "three"], ["p"]), helper.make_node("Mul", ["p", "k"], ["pk"]),
+                   helper.make_node("Add", ["x", "pk"], ["u"]), helper.make_node("Mul", ["u", "c"], ["uc"]),
+                   helper.make_node("Tanh", ["uc"], ["t"]), helper.make_node("Add", ["t", "one"], ["a"]),
+                   helper.make_node("Mul", ["a", "half"], ["h"]), helper.make_node("Mul", ["x", "h"], ["y"])],
+                  {"three": np.array(3.0), "k": np.array(0.044715), "c": np.array(math.sqrt(2 / math.pi)),
+                   "one": np.array(1.0), "half": np.array(0.5)},
+                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))), GELU),
+    "mish": ([helper.make_node("Softplus", ["x"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
+              helper.make_node("Mul", ["x", "t"], ["y"])], {}, lambda x: x * np.tanh(np.logaddexp(0, x)), MISH),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_gates_are_recognised_with_a_constant_at_least_the_true_slope(tmp_path: Path, name: str) -> None:
+    nodes, inits, f, documented = GATES[name]
+    report = inspect(_model(tmp_path / f"{name}.onnx", nodes, inits))
+    truth = _sup_slope(f)
+    assert report.bound.graph is not None, report.bound.blocking
+    assert truth <= report.bound.graph <= truth * (1 + 5e-4)
+    assert truth <= documented <= truth * (1 + 1e-4)
+
+
+def test_a_square_is_not_a_gate(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Add", ["x", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["y"])]
+    report = inspect(_model(tmp_path / "sq.onnx", nodes, {"one": np.array(1.0)}))
+    assert report.bound.graph is None and "product of two activations" in report.bound.blocking[0]
+
+
+def _jacobian_norm(f, x: np.ndarray, h: float = 1e-7) -> float:  # type: ignore[no-untyped-def]
+    cols = [(f(x + h * e) - f(x - h * e)) / (2 * h) for e in np.eye(x.size)]
+    return float(np.linalg.norm(np.stack(cols, 1), 2))
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_layer_norm_is_bounded_by_max_gamma_over_sqrt_eps(tmp_path: Path, decomposed: bool) -> None:
+    eps, gamma, n = 1e-3, np.array([0.5, -2.0, 1.0, 1.5]), 4
+    if decomposed:
+        nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]), helper.make_node("Sub", ["x", "m"], ["d"]),
+                 helper.make_node("Pow", ["d", "two"], ["p"]), helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+                 helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
+                 helper.make_node("Div", ["d", "s"], ["nd"]), helper.make_node("Mul", ["nd", "g"], ["y"])]
+        inits = {"two": np.array(2.0), "eps": np.array(eps), "g": gamma}
+    else:
+        nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=eps)]
+        inits = {"g": gamma, "b": np.zeros(n)}
+    report = inspect(_model(tmp_path / "ln.onnx", nodes, inits, n))
+    bound = report.bound.graph
+    assert bound is not None and bound == pytest.approx(2.0 / math.sqrt(np.float32(eps)), rel=1e-6)
+
+    def ln(x: np.ndarray, g: np.ndarray = gamma) -> np.ndarray:
+        d = x - x.mean()
+        return g * d / np.sqrt((d * d).mean() + eps)
+
+    # Without γ the worst case is an input constant over the axis, where the Jacobian norm is 1/√ε exactly.
+    plain = _jacobian_norm(lambda x: ln(x, np.ones(n)), np.full(n, 0.3))
+    assert plain == pytest.approx(1.0 / math.sqrt(eps), rel=1e-6)
+    assert _jacobian_norm(ln, np.full(n, 0.3)) <= bound
+    rng = np.random.default_rng(0)
+    assert all(_jacobian_norm(ln, rng.normal(size=n)) <= bound for _ in range(20))
+
+
+def test_values_computed_from_constants_are_folded(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Transpose", ["c"], ["t"]),
+             helper.make_node("Reshape", ["t", "shape"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    inits = {"a": np.array([[8.0, 16.0]]), "b": np.array([[32.0, 4.0]]), "shape": np.array([1, 4])}
+    model = _model(tmp_path / "fold.onnx", nodes, inits)
+    m = onnx.load(str(model))
+    m.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape"))
+    onnx.save(m, str(model))
+    assert inspect(model).bound.graph == pytest.approx(32.0)
+
+
+def test_dynamically_quantized_linear_layers_are_dequantized(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    torch.onnx.export(net, torch.randn(1, 16), str(tmp_path / "f.onnx"), dynamo=False, opset_version=17)
+    quantization.quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"),
+                                  weight_type=quantization.QuantType.QInt8)
+    q = inspect(tmp_path / "q.onnx")
+    assert len(q.layers) == 2 and q.bound.graph is not None
+    qm = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in qm.graph.initializer}
+    for layer in q.layers:
+        w = inits[layer.name]
+        scale, zero = inits[layer.name.replace("_quantized", "_scale")], inits[layer.name.replace("_quantized", "_zero_point")]
+        sigma = np.linalg.norm(scale * (w - zero), 2)
+        assert sigma <= layer.lipschitz.upper <= sigma * (1 + 1e-3)
+
+
+def test_a_rule_is_one_registered_function() -> None:
+    @rule("LipcheckTestDouble", constant=2.0)
+    def double(walk, node, ins):  # type: ignore[no-untyped-def]
+        """Doubles its input."""
+        return RULES[node.op].constant * ins[0]
+
+    try:
+        assert RULES["LipcheckTestDouble"].fn is double and RULES["LipcheckTestDouble"].constant == 2.0
+        with pytest.raises(ValueError):
+            rule("LipcheckTestDouble")(double)
+    finally:
+        del RULES["LipcheckTestDouble"]
