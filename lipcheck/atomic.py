@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,36 +31,44 @@ def default_mode() -> int:
 
 
 @contextlib.contextmanager
-def replacing(*targets: Path, mode: int | None = None) -> Iterator[list[Path]]:
-    """Yield temporary paths in each target's folder; on success rename them over the targets in order.
+def staged(*targets: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a hidden folder beside the targets to write them in under their own names; then rename them.
 
-    Each written file gets ``mode`` (permission bits), or, when None, the mode a new file gets
-    under the current umask (temporary files are created 0600 otherwise). On any error (or
-    interruption) the temporaries are removed and the targets are untouched.
+    On success every file written there gets ``mode`` (permission bits; None: what the umask gives
+    a new file), is fsynced, and is renamed over its target in the order given; a target not
+    written is left alone. On any error (or interruption) the folder is removed and the targets
+    are untouched. All targets must share one folder.
     """
+    folder = targets[0].parent
+    if any(target.parent != folder for target in targets):
+        raise ValueError("staged targets must share one folder")
+    if not folder.is_dir():
+        raise LipcheckError(f"cannot write {targets[0]}: folder {folder} does not exist; create it first")
     final_mode = default_mode() if mode is None else mode & 0o7777
-    temps: list[Path] = []
     try:
-        for target in targets:
-            folder = target.parent
-            if not folder.is_dir():
-                raise LipcheckError(f"cannot write {target}: folder {folder} does not exist; create it first")
-            try:
-                fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-            except OSError as exc:
-                raise LipcheckError(f"cannot write {target} ({exc.strerror}); choose a writable folder") from None
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-        for temp in temps:
-            with open(temp, "rb") as handle:
-                # Set after writing: a writer may have replaced the temporary rather than written into it.
+        work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise LipcheckError(f"cannot write {targets[0]} ({exc.strerror}); choose a writable folder") from None
+    try:
+        yield work
+        written = [target for target in targets if (work / target.name).is_file()]
+        for target in written:
+            with open(work / target.name, "rb") as handle:
                 os.fchmod(handle.fileno(), final_mode)
                 os.fsync(handle.fileno())
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
-        temps = []
+        for target in written:
+            os.replace(work / target.name, target)
     finally:
-        for temp in temps:
-            with contextlib.suppress(OSError):
-                temp.unlink()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+
+
+@contextlib.contextmanager
+def replacing(*targets: Path, mode: int | None = None) -> Iterator[list[Path]]:
+    """Yield temporary paths for the targets; on success they replace the targets in order (see :func:`staged`)."""
+    with staged(*targets, mode=mode) as work:
+        temps = [work / target.name for target in targets]
+        yield temps
+        missing = [str(target) for temp, target in zip(temps, targets) if not temp.is_file()]
+        if missing:
+            raise LipcheckError(f"internal error: nothing was written for {', '.join(missing)}; please report it")

@@ -9,10 +9,7 @@ to the output, loaded and run once in onnxruntime, and only then renamed into pl
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,8 +18,9 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, TensorProto, numpy_helper
 
-from lipcheck.atomic import default_mode
+from lipcheck.atomic import staged
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.formats.edit import divided_array
 from lipcheck.model import WeightEdit
 
 _CHUNK = 16 << 20
@@ -52,8 +50,7 @@ def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProt
 
 def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
     """Every TensorProto a graph stores (initializers, sparse ones, attribute tensors), subgraphs included."""
-    for init in graph.initializer:
-        yield init
+    yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
@@ -159,7 +156,7 @@ def run_error(path: Path) -> str | None:
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {}
+        feeds: dict[str, np.ndarray] = {}
         for arg in session.get_inputs():
             dtype = _FEED_DTYPES.get(arg.type)
             if dtype is None:
@@ -218,13 +215,12 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
         if array.dtype.kind not in "f" and array.dtype.name not in ("bfloat16",):
             raise LipcheckError(f"weight '{key[1]}' is stored as {array.dtype.name} (quantized); lipcheck cannot "
                                 "rescale it exactly: exclude it with --layers or normalize the float model")
-        scaled = (array.astype(np.float64) / divisor).astype(array.dtype)
+        scaled = divided_array(array, divisor)
         rewritten[key] = _is_external(tensor)
         tensor.CopyFrom(numpy_helper.from_array(scaled, tensor.name))
 
-    final_mode = default_mode() if mode is None else mode & 0o7777
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=folder))
-    try:
+    warnings: list[str] = []
+    with staged(data_target, dst, mode=mode) as work:
         external = any(_is_external(t) for t in stored) or any(rewritten.values())
         if external:
             with open(work / data_name, "wb") as sink:
@@ -241,11 +237,6 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
                         sink.write(tensor.raw_data)
                         _point_at(tensor, data_name, start, sink.tell() - start)
         onnx.save(proto, str(work / dst.name))
-        for written in work.iterdir():
-            with open(written, "rb") as handle:
-                os.fchmod(handle.fileno(), final_mode)
-                os.fsync(handle.fileno())
-        warnings: list[str] = []
         problem = run_error(work / dst.name)
         if problem is not None:
             baseline = run_error(src)
@@ -254,10 +245,4 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
                                     f"written to {dst}: please report this model")
             warnings.append(f"onnxruntime cannot run the input either ({baseline}); the output was written without "
                             "that check")
-        if external:
-            os.replace(work / data_name, data_target)
-        os.replace(work / dst.name, dst)
-        return warnings
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(work)
+    return warnings

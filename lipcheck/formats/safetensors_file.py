@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lipcheck.errors import CorruptFileError
+from lipcheck.formats.edit import divided
 from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key, sn_vector_names
 from lipcheck.model import Model, WeightEdit
 
@@ -58,5 +59,5 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
                 tensors[name] = vector.to(tensors[name].dtype).contiguous()
         if edit.divisor is not None:
             tensor = tensors[edit.name]
-            tensors[edit.name] = (tensor.to(torch.float64) / edit.divisor).to(tensor.dtype).contiguous()
+            tensors[edit.name] = divided(tensor, edit.divisor).contiguous()
     save_file(tensors, str(dst), metadata=metadata)

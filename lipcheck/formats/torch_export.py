@@ -40,13 +40,14 @@ import logging
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, UnsupportedFileError
+from lipcheck.formats.edit import divided
 from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import dtype_name, op_for_weight
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped, WeightEdit
@@ -224,7 +225,7 @@ def _screen(path: Path, data: bytes) -> None:
         raise _refuse(path, "its sample inputs hold objects that weights-only loading refuses") from None
 
 
-def read(path: Path) -> "torch.export.ExportedProgram":
+def read(path: Path) -> torch.export.ExportedProgram:
     """Load a .pt2 archive with torch.export.load once the checks of the module docstring pass."""
     check_zip(path)
     try:
@@ -301,7 +302,7 @@ def _geometry(name: str, args: dict[str, Any], dims: int) -> ConvGeometry | None
     return ConvGeometry(stride, pads + pads, dilation, groups, out_pad)
 
 
-def weight_uses(ep: "torch.export.ExportedProgram") -> dict[str, list[tuple[torch.fx.Node, str]]]:
+def weight_uses(ep: torch.export.ExportedProgram) -> dict[str, list[tuple[torch.fx.Node, str]]]:
     """For each parameter or buffer, the calls that apply it as a linear map: (node, op)."""
     owners = {**ep.graph_signature.inputs_to_parameters, **ep.graph_signature.inputs_to_buffers}
     uses: dict[str, list[tuple[torch.fx.Node, str]]] = {}
@@ -351,11 +352,11 @@ def load(path: Path) -> Model:
         if not found:
             skipped.append(Skipped(fqn, shape, "not applied by a conv or linear call in the graph"))
             continue
-        ops = {op for _, op in found}
-        geometries = set()
-        sizes = set()
-        for node, op in found:
-            if op != "linear":
+        ops = {call for _, call in found}
+        geometries: set[ConvGeometry | None] = set()
+        sizes: set[tuple[int, ...] | None] = set()
+        for node, call in found:
+            if call != "linear":
                 geometries.add(_geometry(kind(node), arguments(node), tensor.dim() - 2))
                 sizes.add(_spatial(node, tensor.dim()))
         if len(ops) > 1 or len(geometries) > 1:
@@ -370,7 +371,7 @@ def load(path: Path) -> Model:
         geometry = geometries.pop() if geometries else None
         size = sizes.pop() if len(sizes) == 1 else None
         calls = ", ".join(f"{node.name} ({kind(node)})" for node, _ in found)
-        layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), (lambda t=tensor: t.detach()),
+        layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), _detached(tensor),
                             geometry=geometry, note=f"graph call {calls}", input_spatial=size))
     from lipcheck.graph.export_front import build
 
@@ -380,10 +381,16 @@ def load(path: Path) -> Model:
     if missing:
         model.notes.append(f"input size not fixed by the export for {len(missing)} conv(s) ({', '.join(missing[:5])}"
                            f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size")
-    shapes = [model.graph.shapes.get(name) for name in model.graph.inputs]
-    if shapes and all(s and all(isinstance(d, int) for d in s) for s in shapes):
-        model.notes.append("exported input shape(s): " + ", ".join("x".join(str(d) for d in s) for s in shapes))  # type: ignore[union-attr]
+    shapes = [model.graph.shapes.get(name) for name in model.graph.inputs] if model.graph is not None else []
+    fixed = [s for s in shapes if s and all(isinstance(d, int) for d in s)]
+    if fixed and len(fixed) == len(shapes):
+        model.notes.append("exported input shape(s): " + ", ".join("x".join(str(d) for d in s) for s in fixed))
     return model
+
+
+def _detached(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A loader of the stored tensor, detached from autograd."""
+    return lambda: tensor.detach()
 
 
 def _spatial(node: torch.fx.Node, dims: int) -> tuple[int, ...] | None:
@@ -407,7 +414,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
             if edit.name not in state:
                 raise LipcheckError(f"{edit.name} is not a weight of {src}; re-run lipcheck inspect to see the layers")
             old = state[edit.name]
-            new = (old.detach().to(torch.float64) / edit.divisor).to(old.dtype)
+            new = divided(old, edit.divisor)
             state[edit.name] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(
                 old, torch.nn.Parameter) else new
     buffer = io.BytesIO()
