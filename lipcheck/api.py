@@ -176,6 +176,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
         graph_value = walked.value
         assumptions.extend(f"graph: user-supplied constant for node {text}" for text in walked.supplied)
+        assumptions.extend(f"graph: {note}" for note in walked.notes)
         unknown = sorted(set(dict(settings.node_constants)) - {node.label for node in model.graph.nodes})
         if unknown:
             raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's "
