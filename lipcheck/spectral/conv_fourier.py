@@ -132,23 +132,32 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     if side == "out":
         for r in sorted(set(taps.residues)):
             members = [t for t, rr in enumerate(taps.residues) if rr == r]
-            stacked = per_tap[:, members].reshape(groups, len(members) * m, c_in)
-            products = torch.bmm(stacked, stacked.mT).reshape(groups, len(members), m, len(members), m)
+            # Pair (b, a) is the transpose of pair (a, b): half the products are enough.
             for a, ta in enumerate(members):
-                for b, tb in enumerate(members):
+                rest = per_tap[:, members[a:]].reshape(groups, (len(members) - a) * m, c_in)
+                products = torch.bmm(per_tap[:, ta], rest.mT).reshape(groups, m, len(members) - a, m)
+                for b, tb in enumerate(members[a:]):
                     delta = tuple(x - y for x, y in zip(taps.shifts[ta], taps.shifts[tb]))
-                    slot(delta, m).add_(products[:, a, :, b, :])
+                    block = products[:, :, b, :]
+                    slot(delta, m).add_(block)
+                    if b > 0:
+                        slot(tuple(-x for x in delta), m).add_(block.mT)
         length = c_in
     else:
         n = c_in * taps.phases
         cols = per_tap.permute(0, 2, 1, 3).reshape(groups, m, t_count * c_in)
-        products = torch.bmm(cols.mT, cols).reshape(groups, t_count, c_in, t_count, c_in)
         for a in range(t_count):
-            for b in range(t_count):
+            # Pair (b, a) is the transpose of pair (a, b): half the products are enough.
+            products = torch.bmm(per_tap[:, a].mT, cols[:, :, a * c_in:]).reshape(groups, c_in, t_count - a, c_in)
+            for b in range(a, t_count):
                 delta = tuple(y - x for x, y in zip(taps.shifts[a], taps.shifts[b]))
+                product = products[:, :, b - a, :]
                 # Input column of channel c at residue r: c * phases + r.
                 block = slot(delta, n).view(groups, c_in, taps.phases, c_in, taps.phases)
-                block[:, :, taps.residues[a], :, taps.residues[b]] += products[:, a, :, b, :]
+                block[:, :, taps.residues[a], :, taps.residues[b]] += product
+                if b > a:
+                    mirror = slot(tuple(-x for x in delta), n).view(groups, c_in, taps.phases, c_in, taps.phases)
+                    mirror[:, :, taps.residues[b], :, taps.residues[a]] += product.mT
         length = m
     tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()  # max over groups of sum_t ||W_t||_F
     product_error = _gamma(length + t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))

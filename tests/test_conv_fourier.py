@@ -1,0 +1,121 @@
+"""The circular-embedding upper end and the operator lower end against explicit operator matrices.
+
+The reference is the float64 SVD of the Jacobian of F.conv{1,2,3}d at the exact input size, built
+by autograd independently of lipcheck's conv code. Inputs are large enough that the operator is
+not built explicitly by lipcheck itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lipcheck.model import ConvGeometry
+from lipcheck.spectral import conv as conv_module
+from lipcheck.spectral.conv import operator_interval, operator_lower, operator_upper, resolve, upper_end
+from lipcheck.spectral.conv_fourier import ring_sizes
+from tests.reference import exact_sigma
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _jacobian_norm(weight: torch.Tensor, stride: int, begin: list[int], end: list[int], dilation: int,
+                   groups: int, spatial: tuple[int, ...]) -> float:
+    dims = len(spatial)
+    x = torch.zeros(1, weight.shape[1] * groups, *spatial, dtype=torch.float64)
+    flat = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        return _CONV[dims](F.pad(t, flat), weight, stride=stride, dilation=dilation, groups=groups)
+
+    jac = torch.autograd.functional.jacobian(apply, x, vectorize=True)
+    return exact_sigma(jac.reshape(-1, x.numel()))
+
+
+@st.composite
+def cases(draw):  # type: ignore[no-untyped-def]
+    dims = draw(st.sampled_from([1, 2, 2, 3]))
+    k = draw(st.integers(1, 3))
+    stride = draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2))
+    groups = draw(st.integers(1, 2))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    top = max({1: 12, 2: 8, 3: 4}[dims], (k - 1) * dilation + 1)
+    n = draw(st.integers((k - 1) * dilation + 1, top))
+    begin = [draw(st.integers(0, k)) for _ in range(dims)]
+    end = [draw(st.integers(0, k)) for _ in range(dims)]
+    seed = draw(st.integers(0, 2**16))
+    weight = torch.randn(c_out, c_in // groups, *(k,) * dims, generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.float64)
+    if draw(st.booleans()):
+        weight = weight.round()  # integer taps: ties and exact cancellations
+    return weight, stride, begin, end, dilation, groups, (n,) * dims
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases())
+def test_circular_upper_and_operator_lower_bracket_the_jacobian_norm(case) -> None:  # type: ignore[no-untyped-def]
+    weight, stride, begin, end, dilation, groups, spatial = case
+    dims = len(spatial)
+    span = (weight.shape[2] - 1) * dilation + 1
+    if any(n + b + e < span for n, b, e in zip(spatial, begin, end)):
+        return  # no output: torch refuses the geometry
+    exact = _jacobian_norm(weight, stride, begin, end, dilation, groups, spatial)
+    geometry = ConvGeometry((stride,) * dims, tuple(begin) + tuple(end), (dilation,) * dims, groups)
+    found = upper_end(weight, geometry, spatial, False, rel=1e-4)
+    assert found.upper >= exact
+    lower, iterations = operator_lower(weight, geometry, spatial, False, upper=found.upper, tol=1e-3, max_iter=200,
+                                       seed=0, start=found.start)
+    assert lower <= exact and 1 <= iterations <= 200
+
+
+@settings(max_examples=15, deadline=None)
+@given(cases())
+def test_operator_interval_on_the_fourier_path_contains_the_norm(case) -> None:  # type: ignore[no-untyped-def]
+    weight, stride, begin, end, dilation, groups, spatial = case
+    dims = len(spatial)
+    span = (weight.shape[2] - 1) * dilation + 1
+    if any(n + b + e < span for n, b, e in zip(spatial, begin, end)):
+        return
+    exact = _jacobian_norm(weight, stride, begin, end, dilation, groups, spatial)
+    geometry = ConvGeometry((stride,) * dims, tuple(begin) + tuple(end), (dilation,) * dims, groups)
+    old = conv_module.EXPLICIT_MAX_SIDE
+    conv_module.EXPLICIT_MAX_SIDE = 0
+    try:
+        interval = operator_interval(weight, geometry, spatial, False, tol=1e-6, max_iter=100, seed=0)
+        upper_only = operator_upper(weight, geometry, spatial, False, tol=1e-6, max_iter=100, seed=0)
+    finally:
+        conv_module.EXPLICIT_MAX_SIDE = old
+    assert interval.lower <= exact <= interval.upper
+    assert upper_only >= exact
+    width = (interval.upper - interval.lower) / interval.upper if interval.upper else 0.0
+    assert interval.converged == (width <= conv_module.conv_tolerance(1e-6))
+    assert 1 <= interval.iterations <= 100
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_transposed_and_strided_convs_are_bounded(transposed: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    geometry = ConvGeometry((2, 2), (1, 1, 1, 1), (1, 1), 1, (1, 1) if transposed else ())
+    spatial = (7, 7)
+    geometry = resolve(weight, geometry, spatial, transposed)
+    matrix = conv_module.explicit_matrix(weight, geometry, spatial, transposed)
+    exact = exact_sigma(matrix)
+    found = upper_end(weight, geometry, spatial, transposed, rel=1e-4)
+    lower, _ = operator_lower(weight, geometry, spatial, transposed, upper=found.upper, tol=1e-3, max_iter=200,
+                              seed=0, start=found.start)
+    assert lower <= exact <= found.upper
+
+
+def test_ring_is_the_smallest_valid_embedding() -> None:
+    # "Same" 3x3 padding shares one zero column between the two borders: n + 1, not n + 2.
+    assert ring_sizes((7, 7), (3, 3), (1, 1), (1, 1), [1, 1], [1, 1]) == [8, 8]
+    assert ring_sizes((14,), (3,), (2,), (1,), [1], [1]) == [16]
+    assert ring_sizes((5,), (1,), (1,), (1,), [0], [0]) == [5]
+    assert math.prod(ring_sizes((4, 4, 4), (3, 3, 3), (1, 1, 1), (2, 2, 2), [2] * 3, [2] * 3)) == 6**3
