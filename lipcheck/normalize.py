@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from lipcheck.api import analyze
-from lipcheck.atomic import replacing
 from lipcheck.errors import LipcheckError
-from lipcheck.formats import Format, detect, load
+from lipcheck.formats import Format, Options, detect, load, save
 from lipcheck.model import Layer, Model, WeightEdit
 from lipcheck.report.data import Report
 from lipcheck.settings import Settings
@@ -145,7 +144,8 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
     edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e
              for e in edits]
     mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
-    warnings.extend(_write(fmt, src, dst, edits, key, settings.allow_globals, mode))
+    options = Options(key=key, allow_globals=settings.allow_globals, mode=mode)
+    warnings.extend(save(fmt, src, dst, edits, options))
     after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
     # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
     targets = {p.name: p.target for p in plans if p.divisor is not None}
@@ -157,44 +157,7 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
             if value is not None and value > goal:
                 fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
     if fixes:
-        warnings.extend(w for w in _write(fmt, dst, dst, fixes, key, settings.allow_globals, mode) if w not in warnings)
+        warnings.extend(w for w in save(fmt, dst, dst, fixes, options) if w not in warnings)
         after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals),
                         settings)
     return Result(before, after, plans, warnings)
-
-
-def _write(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], key: str | None,
-           allow_globals: tuple[str, ...] = (), mode: int | None = None) -> list[str]:
-    """Write the edited copy with permission bits ``mode``; return warnings for the user."""
-    if fmt is Format.TORCH:
-        from lipcheck.formats import torch_pickle
-
-        with replacing(dst, mode=mode) as (tmp,):
-            if torch_pickle.save(src, tmp, edits, key, allow_globals):
-                return ["the checkpoint's optimizer state (moments) now describes the old weights; reset it "
-                        "before resuming training"]
-    elif fmt is Format.SAFETENSORS:
-        from lipcheck.formats import safetensors_file
-
-        with replacing(dst, mode=mode) as (tmp,):
-            safetensors_file.save(src, tmp, edits)
-    elif fmt is Format.TORCHSCRIPT:
-        from lipcheck.formats import torchscript
-
-        with replacing(dst, mode=mode) as (tmp,):
-            torchscript.save(src, tmp, edits)
-    elif fmt is Format.TORCH_EXPORT:
-        from lipcheck.formats import torch_export
-
-        with replacing(dst, mode=mode) as (tmp,):
-            torch_export.save(src, tmp, edits)
-    elif fmt is Format.ONNX:
-        from lipcheck.formats import onnx_write
-
-        return onnx_write.save(src, dst, edits, mode)
-    elif fmt is Format.SHARDED:
-        raise LipcheckError("normalize writes single-file models; merge the shards (or normalize each "
-                            "framework's own copy) first")
-    else:  # pragma: no cover - the exhaustiveness test guards this
-        raise AssertionError(fmt)
-    return []

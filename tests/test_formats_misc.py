@@ -83,3 +83,9 @@ def test_dynamo_exported_onnx(tmp_path: Path) -> None:
     report = inspect(path)
     assert [layer.op for layer in report.layers] == ["conv2d", "gemm"]
     assert report.layers[1].sigma == pytest.approx(exact_sigma(net[3].weight), rel=1e-5)
+
+
+def test_every_format_has_one_handler() -> None:
+    from lipcheck.formats.handlers import HANDLERS
+
+    assert set(HANDLERS) == {fmt.value for fmt in formats.Format}

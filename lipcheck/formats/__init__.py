@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import struct
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 from lipcheck.errors import CorruptFileError, LipcheckError, UnsupportedFileError, first_line
-from lipcheck.model import Model
+from lipcheck.formats.handlers import HANDLERS, Options
+from lipcheck.model import Model, WeightEdit
 
 
 class Format(str, enum.Enum):
@@ -96,57 +98,35 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
         raise LipcheckError(f"--allow-global applies to PyTorch checkpoints; {path} is {fmt.value}")
     if key is not None and fmt is not Format.TORCH:
         raise LipcheckError(f"--key selects a model inside a PyTorch checkpoint; {path} is {fmt.value}")
+    options = Options(key, input_shapes, allow_globals)
     if input_shapes is not None and fmt is Format.TORCH_EXPORT:
-        model = _load(path, fmt, key)
+        model = _load(path, fmt, replace(options, input_shapes=None))
         model.notes.append("--input-shape does not change a .pt2's conv bounds: the export fixes each conv's input size")
         return model
-    if input_shapes is not None and fmt not in (Format.ONNX, Format.TORCHSCRIPT):
-        model = _load(path, fmt, key, allow_globals=allow_globals)
+    if input_shapes is not None and not HANDLERS[fmt.value].takes_input_shape:
+        model = _load(path, fmt, replace(options, input_shapes=None))
         model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the "
                            "geometry-free bound")
         return model
-    return _load(path, fmt, key, input_shapes, allow_globals)
+    return _load(path, fmt, options)
 
 
-def _load(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None = None,
-          allow_globals: tuple[str, ...] = ()) -> Model:
+def _load(path: Path, fmt: Format, options: Options) -> Model:
     try:
-        return _dispatch(path, fmt, key, input_shapes, allow_globals)
+        return HANDLERS[fmt.value].load(path, options)
     except (LipcheckError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a parser tripping over malformed content: the file is corrupt
-        first = first_line(exc)
-        raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first}); the file is "
-                               "malformed: re-export it") from None
+        raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first_line(exc)}); the "
+                               "file is malformed: re-export it") from None
 
 
-def _dispatch(path: Path, fmt: Format, key: str | None, input_shapes: tuple[tuple[int, ...], ...] | None,
-              allow_globals: tuple[str, ...]) -> Model:
-    if fmt is Format.TORCH:
-        from lipcheck.formats import torch_pickle
-
-        return torch_pickle.load(path, key, allow_globals)
-    if fmt is Format.TORCHSCRIPT:
-        from lipcheck.formats import torchscript
-
-        return torchscript.load(path, input_shapes)
-    if fmt is Format.SAFETENSORS:
-        from lipcheck.formats import safetensors_file
-
-        return safetensors_file.load(path)
-    if fmt is Format.ONNX:
-        from lipcheck.formats import onnx_graph
-
-        return onnx_graph.load(path, input_shapes)
-    if fmt is Format.SHARDED:
-        from lipcheck.formats import sharded
-
-        return sharded.load(path)
-    if fmt is Format.TORCH_EXPORT:
-        from lipcheck.formats import torch_export
-
-        return torch_export.load(path)
-    raise AssertionError(fmt)  # pragma: no cover - the exhaustiveness test guards this
+def save(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:
+    """Write a copy of ``src`` in its own format with the weight edits applied; return warnings for the user."""
+    writer = HANDLERS[fmt.value].save
+    if writer is None:
+        raise LipcheckError(f"lipcheck cannot write {fmt.value} files")
+    return writer(src, dst, edits, options)
 
 
-__all__ = ["Format", "detect", "load"]
+__all__ = ["Format", "Options", "detect", "load", "save"]
