@@ -6,7 +6,6 @@ Option values come from the command line, else ``LIPCHECK_*`` environment variab
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +36,7 @@ from lipcheck.cli_options import (
     settings_for,
     warn,
 )
+from lipcheck.cli_output import publish, write_atomic
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -56,7 +56,7 @@ def _root(version: Annotated[bool | None, typer.Option(
 
 
 # -- running and reporting ---------------------------------------------------------------------------
-def _analyse(ctx: typer.Context, paths: list[str], common: dict[str, Any], key: str | None, spec: Any = None) -> Any:
+def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = None, **common: Any) -> Any:
     from rich.console import Console
 
     from lipcheck.api import analyse_files
@@ -71,71 +71,6 @@ def _analyse(ctx: typer.Context, paths: list[str], common: dict[str, Any], key: 
                              on_file=progress.start_file if len(paths) > 1 else None)
 
 
-def _emit(run: Any, fmt: str, output: Path | None) -> None:
-    from lipcheck import report
-
-    if fmt == "table" and output is None:
-        from rich.console import Console
-
-        from lipcheck.report import table
-
-        table.render(run, Console())
-    else:
-        text = report.render(run, fmt)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            _write_atomic(output, text)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if fmt == "github" and summary:
-        from lipcheck.report import github
-
-        try:
-            with open(summary, "a", encoding="utf-8") as handle:
-                handle.write(github.summary(run))
-        except OSError as exc:
-            warn(f"cannot append to GITHUB_STEP_SUMMARY ({exc})")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from lipcheck.atomic import replacing
-
-    with replacing(path) as (tmp,):
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _finish(run: Any, *, exit_zero: bool, strict: bool) -> None:
-    from lipcheck.gate import exit_status
-
-    single = len(run.results) == 1
-    problems = errors = 0
-    for result in run.results:
-        name = "" if single else f"{result.path}: "
-        if result.error is not None:
-            errors += 1
-            prefix = "" if result.error.startswith(result.path) else name
-            sys.stderr.write(f"lipcheck: error: {prefix}{result.error}\n")
-            continue
-        bad = result.report.non_finite_layers
-        gate_errors = result.outcome.errors if result.outcome is not None else []
-        if bad or gate_errors:
-            errors += 1
-            text = (f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these "
-                    "layers") if bad else gate_errors[0]
-            sys.stderr.write(f"lipcheck: error: {name}{text}\n")
-        if result.outcome is not None and result.outcome.problems:
-            problems += 1
-            more = len(result.outcome.problems) - 1
-            text = f"{name}{result.outcome.problems[0]}" + (f" (and {more} more)" if more else "")
-            if strict:
-                sys.stderr.write(f"lipcheck: error: {text}; --strict makes this an error\n")
-            else:
-                warn(text)
-    code = exit_status(errors=errors, failed=len(run.failed), problems=problems, exit_zero=exit_zero, strict=strict)
-    if code:
-        raise typer.Exit(code)
-
-
 # -- commands ------------------------------------------------------------------------------------------
 @app.command()
 def inspect(
@@ -148,14 +83,11 @@ def inspect(
 ) -> None:
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
     _formats(output_format, ("table", "json", "markdown", "csv"), "inspect", "check writes junit and github")
-    common = dict(tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
-                  allow_global=allow_global, node_constant=node_constant)
-    run = _analyse(ctx, [str(model)], common, key)
+    run = _analyse(ctx, [str(model)], key, tol=tol, max_iter=max_iter, seed=seed, device=device,
+                   input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
     if run.errors:
         raise Failure(run.errors[0].error or "")
-    _emit(run, output_format.value, output)
-    _plot(run, plot)
-    _finish(run, exit_zero=False, strict=False)
+    publish(run, output_format, output, plot, exit_zero=False, strict=False)
 
 
 @app.command()
@@ -187,14 +119,11 @@ def check(
     pairs = tuple(parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
     spec = GateSpec(fail_above=fail_above, bound=bound.value, fail_layer_above=fail_layer_above,
                     layer_thresholds=pairs, strict=strict)
-    common = dict(tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
-                  allow_global=allow_global, node_constant=node_constant)
-    run = _analyse(ctx, expand(models), common, key, spec)
+    run = _analyse(ctx, expand(models), key, spec, tol=tol, max_iter=max_iter, seed=seed, device=device,
+                   input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
     if not spec.active:
         warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
-    _emit(run, output_format.value, output)
-    _plot(run, plot)
-    _finish(run, exit_zero=exit_zero, strict=strict)
+    publish(run, output_format, output, plot, exit_zero=exit_zero, strict=strict)
 
 
 @app.command()
@@ -253,9 +182,8 @@ def diff(
     from lipcheck.report import drift as drift_render
 
     _formats(output_format, ("table", "json", "markdown"), "diff", "it compares two files, with no gate per model")
-    common = dict(tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
-                  allow_global=allow_global, node_constant=None)
-    run = _analyse(ctx, [str(old), str(new)], common, key)
+    run = _analyse(ctx, [str(old), str(new)], key, tol=tol, max_iter=max_iter, seed=seed, device=device,
+                   input_shape=input_shape, allow_global=allow_global, node_constant=None)
     if run.errors:
         raise Failure(run.errors[0].error or "")
     drift = compare(run.results[0].report, run.results[1].report, fail_if_grows)
@@ -265,7 +193,7 @@ def diff(
         drift_render.render_table(drift, Console())
     else:
         text = drift_render.render_json(drift) if output_format is Fmt.json else drift_render.render_markdown(drift)
-        _write_atomic(output, text) if output else sys.stdout.write(text)
+        write_atomic(output, text) if output else sys.stdout.write(text)
     if drift.failures:
         raise typer.Exit(1)
 
@@ -273,13 +201,6 @@ def diff(
 def _formats(chosen: Fmt, allowed: tuple[str, ...], command: str, why: str) -> None:
     if chosen.value not in allowed:
         raise Failure(f"{command} writes {', '.join(allowed)}, not {chosen.value} ({why})")
-
-
-def _plot(run: Any, target: Path | None) -> None:
-    if target:
-        from lipcheck.report import plot
-
-        plot.write(run, target)
 
 
 def main(argv: list[str] | None = None) -> None:

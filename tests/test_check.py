@@ -299,8 +299,8 @@ def test_plot_needs_a_picture_suffix(cli, tmp_path: Path) -> None:  # type: igno
     assert code == 2 and ".png or .svg" in err and err.count("\n") == 1
 
 
-def test_gate_on_a_network_with_no_bound_exits_2_naming_the_node(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Linear-GELU-Linear-GELU-LayerNorm-Linear: the product is no bound, so check must not pass on it."""
+def test_gate_never_passes_on_a_number_that_is_not_a_bound(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Linear-GELU-Linear-GELU-LayerNorm-Linear: its product is far below the truth; the gate must not pass on it."""
     import torch
 
     torch.manual_seed(0)
@@ -311,8 +311,34 @@ def test_gate_on_a_network_with_no_bound_exits_2_naming_the_node(cli, tmp_path: 
     code, out, err = cli("inspect", str(path), "-f", "json")
     assert code == 0, err
     bound = json.loads(out)["bound"]
-    assert bound["upper"] is None and bound["product"] is not None
-    assert any("LayerNorm" in reason for reason in bound["blocking"])
+    assert bound["lower"] is not None and bound["product"] < bound["lower"]  # the product is no bound here
+    threshold = (bound["product"] + bound["lower"]) / 2
+    code, out, err = cli("check", str(path), "--fail-above", repr(threshold), "-f", "json")
+    assert code in (1, 2) and json.loads(out)["gate"]["passed"] is False
+    code, out, err = cli("check", str(path), "--fail-above", repr(threshold), "--bound", "product", "-f", "json")
+    gate = json.loads(out)["gate"]
+    assert code == 1 and gate["passed"] is False and "provably exceeds" in gate["failures"][0]["message"]
+
+
+def test_gate_on_a_network_with_no_bound_exits_2_naming_the_node(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """x * tanh(Wx) is not globally Lipschitz: no network bound, so check exits 2 and names the node."""
+    import torch
+
+    class Gated(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.gate, self.out = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.inner(x) * torch.tanh(self.gate(x)))
+
+    torch.manual_seed(0)
+    path = tmp_path / "gated.onnx"
+    torch.onnx.export(Gated().eval(), (torch.zeros(1, 8),), str(path), dynamo=False, opset_version=17)
+    code, out, err = cli("inspect", str(path), "-f", "json")
+    assert code == 0, err
+    bound = json.loads(out)["bound"]
+    assert bound["upper"] is None and bound["product"] is not None and bound["blocking"]
     threshold = bound["product"] * 10  # far above the product: a gate judging the product would pass
     code, out, err = cli("check", str(path), "--fail-above", repr(threshold))
     assert code == 2 and err.count("\n") == 1 and err.startswith("lipcheck: error: no network bound")

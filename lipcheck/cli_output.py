@@ -1,0 +1,87 @@
+"""The command line's output: the report to stdout or a file, the plot, and the exit status of a run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lipcheck.cli_options import Fmt, warn
+
+
+def emit(run: Any, fmt: str, output: Path | None) -> None:
+    from lipcheck import report
+
+    if fmt == "table" and output is None:
+        from rich.console import Console
+
+        from lipcheck.report import table
+
+        table.render(run, Console())
+    else:
+        text = report.render(run, fmt)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_atomic(output, text)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if fmt == "github" and summary:
+        from lipcheck.report import github
+
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(github.summary(run))
+        except OSError as exc:
+            warn(f"cannot append to GITHUB_STEP_SUMMARY ({exc})")
+
+
+def publish(run: Any, fmt: Fmt, output: Path | None, plot: Path | None, *, exit_zero: bool, strict: bool) -> None:
+    """Write the report and the plot, then exit with the run's status."""
+    emit(run, fmt.value, output)
+    if plot:
+        from lipcheck.report import plot as drawing
+
+        drawing.write(run, plot)
+    finish(run, exit_zero=exit_zero, strict=strict)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    from lipcheck.atomic import replacing
+
+    with replacing(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+
+
+def finish(run: Any, *, exit_zero: bool, strict: bool) -> None:
+    from lipcheck.gate import exit_status
+
+    single = len(run.results) == 1
+    problems = errors = 0
+    for result in run.results:
+        name = "" if single else f"{result.path}: "
+        if result.error is not None:
+            errors += 1
+            prefix = "" if result.error.startswith(result.path) else name
+            sys.stderr.write(f"lipcheck: error: {prefix}{result.error}\n")
+            continue
+        bad = result.report.non_finite_layers
+        gate_errors = result.outcome.errors if result.outcome is not None else []
+        if bad or gate_errors:
+            errors += 1
+            text = (f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these "
+                    "layers") if bad else gate_errors[0]
+            sys.stderr.write(f"lipcheck: error: {name}{text}\n")
+        if result.outcome is not None and result.outcome.problems:
+            problems += 1
+            more = len(result.outcome.problems) - 1
+            text = f"{name}{result.outcome.problems[0]}" + (f" (and {more} more)" if more else "")
+            if strict:
+                sys.stderr.write(f"lipcheck: error: {text}; --strict makes this an error\n")
+            else:
+                warn(text)
+    code = exit_status(errors=errors, failed=len(run.failed), problems=problems, exit_zero=exit_zero, strict=strict)
+    if code:
+        raise typer.Exit(code)
