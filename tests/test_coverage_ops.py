@@ -153,3 +153,90 @@ def test_a_rule_is_one_registered_function() -> None:
             rule("LipcheckTestDouble")(double)
     finally:
         del RULES["LipcheckTestDouble"]
+
+
+def _graph_model(path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape_in: list[int],
+                 shape_out: list[int], opset: int = 18) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape_out)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def _float64_jacobian_norm(path: Path, x: np.ndarray, h: float = 1e-6) -> float:
+    from lipcheck.graph.evaluate import Float64Model
+
+    model = Float64Model(onnx.load(str(path)))
+    f = lambda v: model([v.reshape(x.shape)])[0].ravel()  # noqa: E731
+    flat = x.ravel()
+    cols = [(f(flat + h * e) - f(flat - h * e)) / (2 * h) for e in np.eye(flat.size)]
+    return float(np.linalg.norm(np.stack(cols, 1), 2))
+
+
+@pytest.mark.parametrize("mode,pads", [("reflect", [0, 3, 0, 2]), ("reflect", [0, 1, 0, 1]), ("edge", [0, 2, 0, 3]),
+                                       ("wrap", [0, 4, 0, 1])])
+def test_copying_pads_are_bounded_by_the_most_copies_of_one_entry(tmp_path: Path, mode: str, pads: list[int]) -> None:
+    n = 4
+    out = n + pads[1] + pads[3]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)]
+    path = _graph_model(tmp_path / "pad.onnx", nodes, {"pads": np.array(pads, dtype=np.int64)}, [1, n], [1, out], 19)
+    report = inspect(path)
+    truth = _float64_jacobian_norm(path, np.random.default_rng(0).normal(size=(1, n)))
+    # The Jacobian copies entries: its columns have disjoint supports, so its norm is sqrt(max copies) exactly.
+    assert report.bound.graph == pytest.approx(truth, rel=1e-6)
+    assert report.bound.graph >= truth * (1 - 1e-9)
+
+
+def test_an_input_dependent_comparison_feeding_a_where_is_a_jump(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["c"]), helper.make_node("Where", ["c", "x", "zero"], ["w"]),
+             helper.make_node("Not", ["c"], ["nc"]), helper.make_node("Where", ["nc", "w", "one"], ["y"])]
+    inits = {"zero": np.zeros((1, 4), np.float32), "one": np.ones((1, 4), np.float32)}
+    report = inspect(_graph_model(tmp_path / "cmp.onnx", nodes, inits, [1, 4], [1, 4]))
+    assert report.bound.graph is None
+    assert report.bound.blocking[0].startswith("Greater_0 (Greater): compares values that depend on the input")
+
+
+def test_where_with_a_constant_condition_counts_broadcast_copies(tmp_path: Path) -> None:
+    cond = np.array([[True, False, True, True]])
+    nodes = [helper.make_node("Equal", ["a", "b"], ["c"]), helper.make_node("Where", ["c", "x", "zero"], ["y"])]
+    inits = {"a": cond.astype(np.int64), "b": np.ones((1, 4), np.int64), "zero": np.zeros((1, 4), np.float32)}
+    path = _graph_model(tmp_path / "where.onnx", nodes, inits, [1, 1], [1, 4])
+    truth = _float64_jacobian_norm(path, np.ones((1, 1)))
+    assert truth == pytest.approx(math.sqrt(3))
+    assert truth <= inspect(path).bound.graph == pytest.approx(2.0)  # sqrt(4 copies), the condition aside
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Max"])
+def test_broadcasting_an_activation_counts_its_copies(tmp_path: Path, op: str) -> None:
+    nodes = [helper.make_node(op, ["x", "c"], ["y"])]
+    path = _graph_model(tmp_path / "bc.onnx", nodes, {"c": np.full((3, 4), -2.0, np.float32)}, [1, 4], [3, 4])
+    truth = _float64_jacobian_norm(path, np.ones((1, 4)))
+    assert truth == pytest.approx(math.sqrt(3) * (2.0 if op == "Mul" else 1.0))
+    assert truth * (1 - 1e-9) <= inspect(path).bound.graph <= truth * (1 + 1e-9)
+
+
+def test_a_squeeze_excitation_gate_is_named_as_one(tmp_path: Path) -> None:
+    w = np.full((4, 4, 1, 1), 0.5, np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Conv", ["p", "w"], ["q"]),
+             helper.make_node("HardSigmoid", ["q"], ["g"], alpha=0.2, beta=0.5), helper.make_node("Mul", ["x", "g"], ["y"])]
+    report = inspect(_graph_model(tmp_path / "se.onnx", nodes, {"w": w}, [1, 4, 3, 3], [1, 4, 3, 3]))
+    assert report.bound.graph is None and "squeeze-excitation" in report.bound.blocking[0]
+    # Not globally Lipschitz indeed: with zero mean and large entries the Jacobian grows with the input.
+    x = np.zeros((1, 4, 3, 3))
+    x[0, :, 0, 0], x[0, :, 0, 1] = 1.0, -1.0
+    small, large = (_float64_jacobian_norm(tmp_path / "se.onnx", s * x) for s in (1.0, 100.0))
+    assert large > 20 * small
+
+
+def test_torchscript_dilated_max_pool_counts_overlapping_windows(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pool = torch.nn.MaxPool1d(2, stride=2, dilation=2)
+    scripted = torch.jit.script(torch.nn.Sequential(pool))
+    scripted.save(str(tmp_path / "pool.pt"))
+    report = inspect(tmp_path / "pool.pt")
+    # Windows {0,2}, {2,4}: entry 2 is the max of both when it is the largest, so the true constant is sqrt(2).
+    x = torch.tensor([[[0.0, 9.0, 1.0, 9.0, 0.0, 9.0]]], dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: pool(v), x).reshape(2, 6)
+    assert float(torch.linalg.matrix_norm(jac, 2)) == pytest.approx(math.sqrt(2))
+    assert report.bound.graph is not None and report.bound.graph >= math.sqrt(2) * (1 - 1e-9)

@@ -198,9 +198,10 @@ class _Builder:
                                 for vals in (kernel, stride, pads))
         if "max_pool" in name:
             dilation = args.get("dilation", 1)
-            if any(int(d) != 1 for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])):
-                return Node(f"{name} (dilated)", label, (x,), (label,))  # windows overlap more than k/s says
-            return Node("MaxPool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2})
+            dilations = [int(d) for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])]
+            dilations = dilations * dims if len(dilations) == 1 else dilations
+            return Node("MaxPool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2,
+                                                            "dilations": dilations})
         if args.get("divisor_override") is not None or args.get("ceil_mode", False):
             return Node(f"{name} (divisor override or ceil mode)", label, (x,), (label,))  # border windows re-weighted
         return Node("AveragePool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2,

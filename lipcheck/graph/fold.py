@@ -9,7 +9,7 @@ evaluator the first time a rule asks for its value, and values above ``MAX_ELEME
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from onnx import AttributeProto, GraphProto, NodeProto

@@ -90,9 +90,18 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
             attrs.update(kernel_shape=list(kernel), strides=list(stride))
             pads = _value(args[3]) or []
             attrs["pads"] = list(pads) * 2
-            if op == "AveragePool":
+            if op == "MaxPool":
+                # max_pool(x, kernel, stride, padding, dilation, ceil_mode): dilated windows span more entries.
+                dilation = _value(args[4]) if len(args) > 4 else None
+                attrs["dilations"] = list(dilation) if isinstance(dilation, (list, tuple)) and dilation else [1] * len(kernel)
+                attrs["ceil_mode"] = int(bool(_value(args[5]))) if len(args) > 5 else 0
+            else:
+                # avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
                 include = _value(args[5]) if len(args) > 5 else True
                 attrs["count_include_pad"] = int(bool(include))
+                attrs["ceil_mode"] = int(bool(_value(args[4]))) if len(args) > 4 else 0
+                if len(args) > 6 and _value(args[6]) is not None:
+                    op = "Unknown_avg_pool_divisor_override"  # a chosen divisor: not an average
             ins = ins[:1]
         elif op == "LeakyRelu":
             slope = _value(args[1])

@@ -10,8 +10,9 @@ that is not globally Lipschitz, the reason shown to the user. The engine in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
@@ -47,14 +48,14 @@ def rule(*ops: str, constant: float | None = None, reason: str | None = None) ->
     return register
 
 
-def scaled(walk: "Walk", node: "Node", ins: list[float]) -> float:
+def scaled(walk: Walk, node: Node, ins: list[float]) -> float:
     """An elementwise map whose rule constant bounds ``|f'|``: the input's bound times that constant."""
     constant = RULES[node.op].constant
     assert constant is not None
     return constant * ins[0] if ins else 0.0
 
 
-def not_lipschitz(walk: "Walk", node: "Node", ins: list[float]) -> float:
+def not_lipschitz(walk: Walk, node: Node, ins: list[float]) -> float:
     """An op that is not globally Lipschitz: unbounded, with the rule's reason."""
     return walk.unbounded(node, RULES[node.op].reason or "not globally Lipschitz")
 
@@ -64,4 +65,4 @@ def infinite() -> float:
     return math.inf
 
 
-from lipcheck.graph.rules import activations, control, gates, linear, norms, pools, quantized, shape  # noqa: E402,F401
+from lipcheck.graph.rules import activations, control, gates, linear, logic, norms, pools, quantized, shape  # noqa: E402,F401,I001

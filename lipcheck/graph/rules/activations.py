@@ -9,10 +9,9 @@ each against a float64 numerical derivative.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 from lipcheck.graph.rules import not_lipschitz, rule, scaled
 

@@ -16,7 +16,8 @@ GELU 1.12900; Mish 1.0885).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -145,3 +146,28 @@ def _inner_scale(walk: Walk, labels: list[str]) -> float:
                 if c:
                     scale = max(scale, abs(1.0 / c) if node.op == "Div" else abs(c))
     return scale
+
+
+SQUEEZE_EXCITATION = ("a squeeze-excitation gate multiplies activations by a sigmoid of their pooled values, a "
+                      "function of the input: not globally Lipschitz (its slope grows with the activations' size)")
+_POOLED = ("GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax", "AdaptiveAveragePool")
+_SQUASH = ("Sigmoid", "HardSigmoid", "Clip", "Div", "Mul", "Add", "Relu", "Identity")
+
+
+def squeeze_excitation(walk: Walk, node: Node) -> bool:
+    """Whether a Mul multiplies an activation by a squashed function of a pooled activation."""
+    for j in (0, 1):
+        head = walk.find(node.inputs[j])
+        if head is None or head.op not in ("Sigmoid", "HardSigmoid", "Clip", "Div", "Mul"):
+            continue
+        stack, seen = [node.inputs[j]], 0
+        while stack and seen < 48:
+            found = walk.find(stack.pop())
+            seen += 1
+            if found is None:
+                continue
+            if found.op in _POOLED and walk.of(found.inputs[0]) > 0.0:
+                return walk.of(node.inputs[1 - j]) > 0.0
+            if found.op in ("Conv", "Gemm", "MatMul", "Reshape", "Squeeze", "Unsqueeze", "Flatten", *_SQUASH):
+                stack.extend(name for name in found.inputs if name and walk.of(name) > 0.0)
+    return False

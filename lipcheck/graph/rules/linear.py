@@ -14,6 +14,40 @@ if TYPE_CHECKING:
     from lipcheck.graph.walk import Walk
 
 _PRODUCT = "a product of two activations (as in attention) is not globally Lipschitz"
+UNSURE_BROADCAST = ("some elementwise inputs have shapes lipcheck does not know: the bound assumes they are not "
+                    "broadcast (copied) into a larger output; pass --input-shape to check")
+
+
+def copies(walk: Walk, name: str, out: str) -> float:
+    """How many times broadcasting repeats each entry of ``name`` in ``out`` (1 where sizes agree).
+
+    An axis of size 1 (or a missing leading axis) against a known output size ``n`` repeats each
+    entry ``n`` times. Unknown sizes on both sides are taken as equal, noted in the assumptions.
+    """
+    src, dst = walk.graph.shapes.get(name), walk.graph.shapes.get(out)
+    c = walk.const(name)
+    if src is None and c is not None:
+        src = tuple(c.shape)
+    if src is not None and int(np.prod([d or 2 for d in src])) == 1 and dst is not None and all(dst):
+        return float(np.prod(dst))  # type: ignore[arg-type]
+    if src is None or dst is None:
+        walk.note(UNSURE_BROADCAST)
+        return 1.0
+    count = 1.0
+    padded = (None,) * (len(dst) - len(src)) + tuple(src) if len(dst) >= len(src) else tuple(src)
+    for index, (a, b) in enumerate(zip(padded, dst)):
+        missing = index < len(dst) - len(src)
+        if (missing or a == 1) and b is not None:
+            count *= b
+        elif (missing or a == 1) and b is None:
+            walk.note(UNSURE_BROADCAST)
+    return count
+
+
+def spread(walk: Walk, node: Node, ins: list[float]) -> list[float]:
+    """Each input's bound times the square root of the copies broadcasting makes of its entries."""
+    return [lip * math.sqrt(copies(walk, name, node.outputs[0])) if lip > 0.0 else 0.0
+            for name, lip in zip(node.inputs, ins)]
 
 
 def layer(walk: Walk, node: Node, ins: list[float]) -> float:
@@ -46,22 +80,30 @@ def unread_weight(walk: Walk, node: Node, ins: list[float]) -> float:
 
 @rule("Add", "Sub", "Sum")
 def add(walk: Walk, node: Node, ins: list[float]) -> float:
-    """‖f + g‖_Lip <= ‖f‖_Lip + ‖g‖_Lip."""
-    return sum(ins)
+    """‖f + g‖_Lip <= ‖f‖_Lip + ‖g‖_Lip, each term counting the copies broadcasting makes."""
+    return sum(spread(walk, node, ins))
 
 
 @rule("Max", "Min", "Concat")
 def stack(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Concatenation (and elementwise max/min, each entry one of its inputs'): sqrt(sum L^2)."""
-    return math.sqrt(sum(lip * lip for lip in ins))
+    """Concatenation (and elementwise max/min, each entry one of its inputs'): sqrt(sum L^2).
+
+    Max/Min broadcast: an input repeated k times counts sqrt(k) times its bound.
+    """
+    found = spread(walk, node, ins) if node.op != "Concat" else ins
+    return math.sqrt(sum(lip * lip for lip in found))
 
 
 @rule("Where")
 def where(walk: Walk, node: Node, ins: list[float]) -> float:
-    """A constant condition selects entries of the two branches: at most sqrt(L1^2 + L2^2)."""
+    """A constant condition selects entries of the two branches: at most sqrt(L1^2 + L2^2), copies counted.
+
+    The two branches fill disjoint entries of the output, so their changes add in squares.
+    """
     if ins[0] > 0.0:
         return walk.unbounded(node, "a condition that depends on the input can switch values: not continuous")
-    return math.sqrt(ins[1] ** 2 + ins[2] ** 2)
+    found = spread(walk, node, ins)
+    return math.sqrt(found[1] ** 2 + found[2] ** 2)
 
 
 @rule("Mul")
@@ -73,8 +115,8 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
 
     for i, j in ((0, 1), (1, 0)):
         c = walk.const(node.inputs[j])
-        if c is not None:
-            return float(np.abs(c).max()) * ins[i] if c.size else 0.0
+        if c is not None:  # an entry broadcast k times against c meets at most k entries of c
+            return float(np.abs(c).max()) * spread(walk, node, ins)[i] if c.size else 0.0
     found = rescaled(walk, node)
     if found is None:
         found = gate(walk, node)
@@ -82,6 +124,10 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
         found = normalization(walk, node)
     if found is not None:
         return found
+    from lipcheck.graph.rules.gates import SQUEEZE_EXCITATION, squeeze_excitation
+
+    if squeeze_excitation(walk, node):
+        return walk.unbounded(node, SQUEEZE_EXCITATION)
     return walk.unbounded(node, "a product of two activations is not globally Lipschitz")
 
 
@@ -92,7 +138,7 @@ def div(walk: Walk, node: Node, ins: list[float]) -> float:
 
     c = walk.const(node.inputs[1])
     if ins[1] == 0.0 and c is not None and c.size and float(np.abs(c).min()) > 0.0:
-        return ins[0] / float(np.abs(c).min())
+        return spread(walk, node, ins)[0] / float(np.abs(c).min())
     found = normalization(walk, node)
     if found is not None:
         return found

@@ -40,12 +40,46 @@ def cast(walk: Walk, node: Node, ins: list[float]) -> float:
 
 @rule("Pad")
 def pad(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Constant padding adds constant entries; other modes repeat entries."""
+    """Constant padding adds constant entries; reflect, edge and wrap copy entries: sqrt(max copies)."""
     mode = node.attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode != "constant":
-        return walk.unbounded(node, f"{mode} padding repeats entries; lipcheck does not bound it yet")
-    return ins[0] + sum(ins[1:])
+    if sum(ins[1:2]) > 0.0 or sum(ins[3:4]) > 0.0:
+        return walk.unbounded(node, "pads that depend on the input")
+    if mode == "constant":
+        return ins[0] + sum(ins[2:3])
+    found = pad_copies(walk, node, mode)
+    if found is None:
+        return walk.unbounded(node, f"{mode} padding with pads lipcheck could not read")
+    return ins[0] * math.sqrt(found)
+
+
+def pad_copies(walk: Walk, node: Node, mode: str) -> float | None:
+    """The most times reflect/edge/wrap padding repeats one input entry, or None when pads are unknown.
+
+    Per axis the count is exact where the axis size is known (numpy's padding of the indices, the
+    same modes ONNX defines); otherwise ``1 + before + after`` bounds it (every added entry a copy of
+    one and the same entry). The axes are independent, so the most copies is the product.
+    """
+    pads_const = walk.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+    pads = [int(p) for p in (pads_const.ravel() if pads_const is not None else node.attrs.get("pads", []))]
+    shape = walk.graph.shapes.get(node.inputs[0])
+    rank = len(shape) if shape is not None else len(pads) // 2
+    if not pads or len(pads) % 2 or mode not in ("reflect", "edge", "wrap"):
+        return None
+    axes_const = walk.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    axes = [int(a) % max(rank, 1) for a in axes_const.ravel()] if axes_const is not None else list(range(len(pads) // 2))
+    if len(axes) != len(pads) // 2:
+        return None
+    total = 1.0
+    for k, axis in enumerate(axes):
+        before, after = max(pads[k], 0), max(pads[k + len(axes)], 0)
+        size = shape[axis] if shape is not None and axis < len(shape) else None
+        if size and min(pads[k], pads[k + len(axes)]) >= 0 and (mode != "reflect" or size > 1):
+            index = np.pad(np.arange(size), (before, after), mode=mode)  # type: ignore[call-overload]
+            total *= float(np.bincount(index).max())
+        else:
+            total *= 1.0 + before + after
+    return total
 
 
 @rule("Tile")
