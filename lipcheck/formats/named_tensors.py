@@ -9,11 +9,12 @@ replaced by the effective weight the network computes with, W_orig / (u^T W_orig
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from lipcheck.formats import recurrent
 from lipcheck.model import Layer, Skipped
 
 _EMBEDDING_NAME = re.compile(r"(embed|(^|\.)(wte|wpe|emb|tok_emb|pos_emb|shared)$)", re.IGNORECASE)
@@ -80,6 +81,7 @@ def classify(entries: list[TensorEntry]) -> tuple[list[Layer], list[Skipped]]:
     """Split named tensors into layers (in the given order) and skipped 2-D+ tensors."""
     by_name = {e.name: e for e in entries}
     sn_groups = _spectral_norm_groups(by_name)
+    shapes = {e.name: e.shape for e in entries}
     layers: list[Layer] = []
     skipped: list[Skipped] = []
     for entry in entries:
@@ -87,6 +89,11 @@ def classify(entries: list[TensorEntry]) -> tuple[list[Layer], list[Skipped]]:
             continue
         if entry.name in sn_groups:
             layers.append(_spectral_norm_layer(entry, *sn_groups[entry.name][1:]))
+            continue
+        cell = recurrent.torch_cell(entry.name, entry.shape, shapes)
+        if cell is not None:
+            layers.extend(recurrent.layers(entry.name, cell[0], cell[1], entry.shape, dtype_name(entry.dtype), entry.load,
+                                           f"{cell[0]} {'input' if '_ih_' in entry.name else 'hidden'}-to-hidden weight"))
             continue
         reason = _skip_reason(entry)
         if reason:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
 from lipcheck.errors import CorruptFileError, RefusedFileError
-from lipcheck.formats import onnx_shapes
+from lipcheck.formats import onnx_shapes, recurrent
 from lipcheck.formats.onnx_consts import dequantize as _dequantize
 from lipcheck.formats.onnx_consts import fold_chain as _fold
 from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
@@ -202,6 +203,8 @@ class _Reader:
             self._gemm(scope, label, consts, attrs)
         elif op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
             self._quantized(scope, node, label, consts, attrs)
+        elif op in recurrent.ONNX_GATES and consts[0] is None:
+            self._recurrent(scope, node, label, consts)
         elif op == "MatMul" and len(consts) == 2 and (consts[0] is None) != (consts[1] is None):
             weight_first = consts[0] is not None
             const = consts[0] if weight_first else consts[1]
@@ -209,6 +212,31 @@ class _Reader:
             if len(const.value_shape) == 2:
                 load = const.array if weight_first else (lambda c=const: c.array().T)
                 self._add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+
+    def _recurrent(self, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None]) -> None:
+        """LSTM/GRU/RNN: W (input) and R (hidden) per direction, stacked and per gate; int8 ones dequantized."""
+        op, gates = node.op_type, recurrent.ONNX_GATES[node.op_type]
+        quantized = op == "DynamicQuantizeLSTM"  # W, R stored (directions, in, 4H) with scales and zero points
+        for at, kind, scale_at in ((1, "W", 8), (2, "R", 10)):
+            const = consts[at] if len(consts) > at else None
+            if const is None or len(const.value_shape) != 3:
+                continue
+            scale = consts[scale_at] if quantized and len(consts) > scale_at else None
+            zero = consts[scale_at + 1] if quantized and len(consts) > scale_at + 1 else None
+            self.layer_sources.add((self._owner(scope, const.source), const.source))
+            for d in range(const.value_shape[0]):
+                def load(c: _Const = const, d: int = d, s: _Const | None = scale, z: _Const | None = zero) -> torch.Tensor:
+                    w = c.array()[d]
+                    if quantized:
+                        sc = s.array()[d] if s is not None else np.ones(())
+                        zp = z.array()[d] if z is not None else None
+                        w = _dequantize(w, sc, zp, -1, 0).T
+                    return _to_torch(w)
+                shape = const.value_shape[1:][::-1] if quantized else const.value_shape[1:]
+                name = const.source if const.value_shape[0] == 1 else f"{const.source}[{('forward', 'reverse')[d]}]"
+                how = ", dequantized scale·(q − zero point)" if quantized else ""
+                self.layers.extend(recurrent.layers(name, op, gates, tuple(shape), const.dtype, load,
+                                                    f"node {label}: {op} {kind}{how}", scope=scope.path, node=self._label))
 
     def _quantized(self, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None], attrs: dict) -> None:
         """Integer and QLinear layers: the weight dequantized as scale·(q − zero point), per tensor or channel."""
@@ -401,7 +429,9 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scop
     constants = {name: const.array for name, const in scope.consts.items()} if scope is not None else {}
     if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
         constants = fold(proto, constants, set(inputs), opsets)
+    cells = {node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node)
+             if node.op_type in recurrent.ONNX_GATES}  # their weights are layers, the recursion is not one
     layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i
-                   for i, layer in enumerate(layers) if layer.scope == path and layer.node}
+                   for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells}
     graph = Graph(list(inputs), [v.name for v in proto.output], nodes, constants, shapes, layer_nodes)
     return graph, read - defined

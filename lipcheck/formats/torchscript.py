@@ -41,6 +41,7 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     for prefix, sub in module.named_modules():
         kind = getattr(sub, "original_name", type(sub).__name__)
         own = [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]
+        guessed: list[TensorEntry] = []
         for local, tensor in own:
             name = f"{prefix}.{local}" if prefix else local
             shape = tuple(tensor.shape)
@@ -58,15 +59,17 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
                           geometry=_geometry(sub) if kind in _CONVS else None, note=f"module {prefix or '(root)'}: {kind}")
                 )
             else:
-                # Modules lipcheck does not know: fall back to the state_dict naming rules.
-                found, skips = classify([TensorEntry(name, shape, tensor.dtype, (lambda t=tensor: t.detach()))])
-                for layer in found:
-                    layer.note = f"module {prefix or '(root)'}: {kind}; role guessed from the name"
-                layers.extend(found)
-                skipped.extend(skips)
+                # Modules lipcheck does not know: the state_dict naming rules, all of the module's tensors together
+                # (a recurrent layer's input and hidden weights tell its gate count from each other's shapes).
+                guessed.append(TensorEntry(name, shape, tensor.dtype, (lambda t=tensor: t.detach())))
+        found, skips = classify(guessed)
+        for layer in found:
+            layer.note = f"module {prefix or '(root)'}: {kind}; {layer.note or 'role guessed from the name'}"
+        layers.extend(found)
+        skipped.extend(skips)
     from lipcheck.graph.torchscript_front import build
 
-    model = Model(str(path), "torchscript", layers, skipped, graph=build(module, layers))
+    model = Model(str(path), "torchscript", layers, skipped, graph=build(module, layers, input_shapes))
     model.runnable = module
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)

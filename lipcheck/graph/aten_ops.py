@@ -25,5 +25,6 @@ SIMPLE: dict[str, str] = {
     "aten::mean": "ReduceMean", "aten::adaptive_avg_pool1d": "AdaptiveAveragePool",
     "aten::adaptive_avg_pool2d": "AdaptiveAveragePool", "aten::adaptive_avg_pool3d": "AdaptiveAveragePool",
     "aten::adaptive_max_pool2d": "AdaptiveMaxPool", "aten::hardswish_": "HardSwish", "aten::relu6_": "Clip",
+    "aten::lstm": "LSTM", "aten::gru": "GRU", "aten::rnn_tanh": "RNN", "aten::rnn_relu": "RNN",
     "aten::hardtanh_": "Clip", "aten::silu_": "Silu", "aten::sigmoid_": "Sigmoid", "aten::tanh_": "Tanh",
 }

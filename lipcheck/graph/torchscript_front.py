@@ -28,8 +28,13 @@ def _value(v: torch._C.Value) -> Any:
         return None
 
 
-def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
-    """The module's frozen forward graph, or None when TorchScript cannot freeze it."""
+def build(module: torch.jit.ScriptModule, layers: list[Layer],
+          input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph | None:
+    """The module's frozen forward graph, or None when TorchScript cannot freeze it.
+
+    With ``input_shapes``, TorchScript's static shape analysis gives the values' sizes (a mean
+    divides by them); without, sizes are unknown and such rules keep their size-free constants.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -37,6 +42,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
     except Exception:  # scripted code freezing does not support: no graph bound, the product stays
         return None
     graph = frozen.graph
+    shapes = _shapes(graph, input_shapes) if input_shapes is not None else {}
     by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
     layer_index = {layer.name: i for i, layer in enumerate(layers)}
     constants: dict[str, Any] = {}
@@ -143,4 +149,27 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer]) -> Graph | None:
             outputs.extend(i.debugName() for i in producer.inputs())
         else:
             outputs.append(value.debugName())
-    return Graph(inputs, outputs, nodes, constants, {}, layer_nodes)
+    return Graph(inputs, outputs, nodes, constants, shapes, layer_nodes)
+
+
+def _shapes(graph: torch._C.Graph, input_shapes: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int | None, ...]]:
+    """Every tensor value's static sizes from the given input shapes (nothing is run); {} where analysis fails."""
+    inputs = list(graph.inputs())[1:]
+    if len(inputs) != len(input_shapes):
+        return {}
+    try:
+        for value, shape in zip(inputs, input_shapes):
+            value.setType(torch._C.TensorType.create_from_tensor(torch.empty(shape, device="meta")))
+        torch._C._jit_pass_propagate_shapes_on_graph(graph)
+    except Exception:  # torch.jit raises RuntimeError for graphs its shape analysis cannot follow
+        return {}
+    found: dict[str, tuple[int | None, ...]] = {}
+    for node in graph.nodes():
+        for out in node.outputs():
+            kind = out.type()
+            sizes = kind.varyingSizes() if isinstance(kind, torch._C.TensorType) and kind.dim() is not None else None
+            if sizes is not None:
+                found[out.debugName()] = tuple(int(d) if isinstance(d, int) and d > 0 else None for d in sizes)
+    for value in inputs:
+        found[value.debugName()] = tuple(value.type().sizes())  # type: ignore[attr-defined]
+    return found
