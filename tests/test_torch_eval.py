@@ -1,0 +1,111 @@
+"""lipcheck's IR evaluates itself in torch (float64): it agrees with onnxruntime on ONNX's backend
+test models, generated graphs with If branches, and the bundled samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcheck.formats import onnx_graph
+from lipcheck.graph.torch_eval import Unsupported, evaluate, supported
+from tests.conftest import SAMPLES
+from tests.test_third_party_onnx import backend_models
+
+REL = 1e-4  # onnxruntime computes in float32; the IR in float64
+MODELS = backend_models("pytorch-converted", "pytorch-operator", "simple")
+
+
+def _float_inputs(path: Path) -> list[np.ndarray] | None:
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    shapes = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type != TensorProto.FLOAT or not dims or not all(dims) or np.prod(dims) > 200_000:
+            return None
+        shapes.append(dims)
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+
+
+def _agrees(path: Path) -> bool | None:
+    """True when the float64 IR matches onnxruntime; None when the model is out of scope here."""
+    inputs = _float_inputs(path)
+    if inputs is None:
+        return None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
+    graph = onnx_graph.load(path).graph
+    if graph is None or supported(graph):
+        return None
+    expected = session.run(None, {f.name: x for f, x in zip(session.get_inputs(), inputs)})
+    try:
+        got = evaluate(graph, [torch.from_numpy(x) for x in inputs])
+    except Unsupported:
+        return None
+    for want, have in zip(expected, got):
+        want = np.asarray(want, dtype=np.float64)
+        have = have.detach().numpy().astype(np.float64)
+        scale = max(1.0, float(np.nanmax(np.abs(want))) if want.size and not np.isnan(want).all() else 1.0)
+        if want.shape != have.shape or not np.allclose(have, want, rtol=REL, atol=REL * scale, equal_nan=True):
+            return False
+    return True
+
+
+@pytest.mark.skipif(not MODELS, reason="this onnx wheel ships no backend test data")
+def test_the_ir_matches_onnxruntime_on_backend_test_models() -> None:
+    results = {path.parent.name: _agrees(path) for path in MODELS}
+    wrong = sorted(name for name, ok in results.items() if ok is False)
+    checked = [name for name, ok in results.items() if ok]
+    assert not wrong, wrong
+    assert len(checked) >= 60, len(checked)
+
+
+@pytest.mark.parametrize("name", ["mlp.onnx", "cnn.onnx"])
+def test_the_ir_matches_onnxruntime_on_the_samples(name: str) -> None:
+    assert _agrees(SAMPLES / name) is True
+
+
+def test_if_branches_read_outer_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    w1, w2, w3 = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(3))
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "w2"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "w3"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Relu", ["m"], ["h"]),
+         helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3"),
+         numpy_helper.from_array(np.array(False), "cond")])
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal((1, 4))
+    (y,) = evaluate(onnx_graph.load(path).graph, [torch.from_numpy(x)])  # type: ignore[arg-type]
+    expected = np.maximum(x @ w1.astype(np.float64), 0) @ w3.astype(np.float64)
+    assert y.dtype == torch.float64 and np.allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_op_it_cannot_run_is_named(tmp_path: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="odd")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "h.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    ir = onnx_graph.load(path).graph
+    assert ir is not None and supported(ir) == ["odd (Hardmax)"]
+    with pytest.raises(Unsupported, match="odd"):
+        evaluate(ir, [torch.zeros(1, 4)])
