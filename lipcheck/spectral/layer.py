@@ -14,6 +14,7 @@ import torch
 from lipcheck.formats.limits import check_layer_size
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
+from lipcheck.spectral import conv as conv_module
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
@@ -243,7 +244,8 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
 def _conv_key(kind: str, weight: torch.Tensor, layer: Layer, settings: Settings) -> tuple[object, ...]:
     digest = hashlib.blake2b(weight.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
     return (kind, digest, str(weight.dtype), tuple(weight.shape), layer.geometry, layer.input_spatial,
-            layer.is_transposed, settings.tol, settings.max_iter, settings.seed, settings.device)
+            layer.is_transposed, settings.tol, settings.max_iter, settings.seed, settings.device,
+            conv_module.EXPLICIT_MAX_SIDE)
 
 
 def _cached(key: tuple[object, ...], compute: Callable[[], object]) -> object:
