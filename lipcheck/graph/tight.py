@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import torch
 
     from lipcheck.model import Model
+    from lipcheck.report.data import BoundReport, Report
     from lipcheck.settings import Settings
 
 METHOD = "tight (LipSDP-Neuron multipliers, certified)"
@@ -298,3 +299,102 @@ def tight_bound(model: "Model", settings: "Settings") -> tuple[float | None, str
     if result is None:
         return None, f"no multipliers passed the float64 certificate ({time.perf_counter() - started:.1f} s)"
     return result.bound, ""
+
+
+def apply_tight(model: "Model", settings: "Settings", bound: "BoundReport") -> None:
+    """Set ``bound.tight`` for a plain chain, and make it the network bound where it is below the graph's."""
+    if bound.graph is None:
+        return
+    value, _ = tight_bound(model, settings)
+    if value is None:
+        return
+    bound.tight = value
+    if value < bound.graph:
+        bound.upper, bound.method = value, METHOD
+        bound.assumptions.append("tight: the graph is a plain chain of dense layers and slope-restricted "
+                                 "activations; LipSDP-Neuron multipliers certified in float64")
+
+
+def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> Callable[["torch.Tensor"], "torch.Tensor"] | None:
+    """The activation as a torch function, for the lower bound's search only."""
+    import torch
+    import torch.nn.functional as F
+
+    a = node.attrs
+    simple = {"Relu": torch.relu, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Softplus": F.softplus,
+              "Softsign": F.softsign, "Silu": F.silu, "Mish": F.mish, "HardSwish": F.hardswish}
+    if node.op in simple:
+        return simple[node.op]
+    if node.op == "LeakyRelu":
+        return lambda z: F.leaky_relu(z, float(a.get("alpha", 0.01)))
+    if node.op in ("Elu", "Celu"):
+        return lambda z: F.elu(z, float(a.get("alpha", 1.0))) if node.op == "Elu" else F.celu(z, float(a.get("alpha", 1.0)))
+    if node.op == "Gelu":
+        approximate = a.get("approximate", "none")
+        approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+        return lambda z: F.gelu(z, approximate=approximate)
+    if node.op == "HardSigmoid":
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        return lambda z: torch.clamp(alpha * z + beta, 0.0, 1.0)
+    if node.op == "PRelu":
+        slope = const(node.inputs[1])
+        return (lambda z: torch.where(z >= 0, z, z * torch.as_tensor(slope).reshape(-1))) if slope is not None else None
+    if node.op == "Clip":
+        lo = const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        hi = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        low = float(lo) if lo is not None else float(a.get("min", -math.inf))
+        high = float(hi) if hi is not None else float(a.get("max", math.inf))
+        return lambda z: torch.clamp(z, low, high)
+    return None
+
+
+def improve_lower(model: "Model", path: object, report: "Report", settings: "Settings") -> None:
+    """Raise ``report.bound.lower`` by a search over a plain chain's Jacobian, each ratio evaluated on
+    the file's own function in float64 (lipcheck.graph.lower); leaves it as it is otherwise."""
+    from pathlib import Path
+
+    import torch
+
+    from lipcheck.graph import lower
+
+    graph = model.graph
+    found, _ = find_chain(model)
+    if found is None or graph is None or found.input_reordered:
+        return
+    shape = graph.shapes.get(graph.inputs[0])
+    if settings.input_shape:
+        shape = tuple(settings.input_shape[0])
+    if shape is None or not all(shape) or int(np.prod(shape)) != found.weights[0].shape[1]:
+        return
+    funcs = [_torch_activation(node, lambda name: None) for node in found.activations]
+    if any(f is None for f in funcs):
+        return
+    kinked = [node.op in ("Relu", "LeakyRelu", "PRelu") for node in found.activations]
+    budget = 0.5 * budget_seconds(found, float(getattr(settings, "effort", 1.0)))
+    candidates = lower.chain_directions(found.weights, found.biases[:len(found.weights)], funcs, settings.seed,
+                                        budget, kinked=kinked)  # type: ignore[arg-type]
+    if not candidates:
+        return
+    if model.format == "onnx" and isinstance(path, (str, Path)):
+        import onnx
+
+        from lipcheck.graph.evaluate import Float64Model, node_count
+
+        proto = onnx.load(str(path))
+        exact = Float64Model(proto)
+        nodes = node_count(proto)
+
+        def ratio(x: np.ndarray, y: np.ndarray) -> float:
+            return lower._certified(exact, None, [x.reshape(shape)], [y.reshape(shape)], nodes)
+    elif model.runnable is not None:
+        outputs, nodes = lower.float64_outputs(model.runnable)
+
+        def ratio(x: np.ndarray, y: np.ndarray) -> float:
+            with torch.no_grad():
+                return lower._certified_torch(outputs, (torch.from_numpy(x).reshape(shape),),
+                                              (torch.from_numpy(y).reshape(shape),), nodes)
+    else:
+        return
+    value = lower.certified_pairs(ratio, candidates)
+    if value > 0.0 and (report.bound.lower is None or value > report.bound.lower):
+        report.bound.lower = value
