@@ -11,6 +11,7 @@ from lipcheck import __version__
 from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import load
 from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
+from lipcheck.graph.tight import apply_tight, improve_lower
 from lipcheck.model import Layer, Model
 from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
@@ -60,6 +61,8 @@ def inspect(
             report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed)  # type: ignore[arg-type]
         except Exception as exc:  # a graph that cannot be evaluated in float64: no lower bound, say why
             report.notes.append(f"no empirical lower bound: the graph could not be evaluated ({first_line(exc)})")
+    if settings.lower and not report.non_finite_layers:
+        improve_lower(model, path, report, settings)
     return report
 
 
@@ -196,6 +199,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     bound = BoundReport(upper=graph_value, method=method,
                         product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]),
                         product_log10=log10, graph=graph_value, lower=None, assumptions=assumptions, blocking=blocking)
+    apply_tight(model, settings, bound)
     settings_dict = asdict(settings)
     settings_dict["input_shape"] = [list(s) for s in settings.input_shape] if settings.input_shape else None
     return Report(

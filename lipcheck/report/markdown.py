@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text
+from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text, up
 from lipcheck.report.run import FileResult, Run
 
 
@@ -25,6 +25,7 @@ def _report(report: Report) -> list[str]:
     b = report.bound
     lines += ["", f"- network bound: **{_cell(network_text(report))}**",
               f"- attained lower bound: {lower_text(report)}",
+              *([f"- tight (LipSDP-Neuron, certified): {up(b.tight)}"] if b.tight is not None else []),
               f"- product of layer bounds (plain chains only): {product_text(report)}"]
     lines += [f"- assumes: {_cell(a)}" for a in b.assumptions]
     lines += [f"- note: {_cell(n)}" for n in report.notes]

@@ -98,6 +98,8 @@ def build(report: Report, width: int = 80) -> Group:
     lines: list[Text] = [Text.assemble(("network bound: ", "bold"), network_text(report))]
     if report.bound.lower is not None:
         lines.append(Text.assemble(("attained lower bound: ", "bold"), lower_text(report)))
+    if report.bound.tight is not None:
+        lines.append(Text.assemble(("tight (LipSDP-Neuron, certified): ", "bold"), up(report.bound.tight)))
     lines.append(Text.assemble(("product of layer bounds (plain chains only): ", "dim"), (product_text(report), "dim")))
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
         lines.append(Text("* not converged within --max-iter: the bound is still certified, but wider than --tol", style="yellow"))
