@@ -49,7 +49,7 @@ def main() -> None:
         shape = tuple(entry["input_shape"]) if entry.get("input_shape") else None
         start = time.perf_counter()
         try:
-            report = inspect(path, settings=Settings(input_shape=(shape,) if shape else None))
+            report = inspect(path, settings=Settings(input_shape=(shape,) if shape else None, lower=False))
         except Exception as exc:
             print(f"{path.name:45s} error: {type(exc).__name__}: {exc}")
             continue
