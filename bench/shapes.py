@@ -6,8 +6,8 @@ safetensors with the tensor names their reference implementations use.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors.torch import save_file

@@ -143,10 +143,10 @@ def bench_model(model: str, with_svd: bool, tmp: Path, repeat: int) -> list[str]
              "|---|---|---|---|---|---|"]
     idle_wall, idle_rss, _, _ = measure([PY, "-c", "import torch"], repeat)
     exact = exact_sigmas(path, names) if with_svd else None
-    wide = max((l["sigma_upper"] - l["sigma"]) / l["sigma_upper"] for l in layers)
+    wide = max((ly["sigma_upper"] - ly["sigma"]) / ly["sigma_upper"] for ly in layers)
     if exact is not None:
-        low = max((exact[l["name"]] - l["sigma"]) / exact[l["name"]] for l in layers)
-        inside = all(l["sigma"] <= exact[l["name"]] <= l["sigma_upper"] for l in layers)
+        low = max((exact[ly["name"]] - ly["sigma"]) / exact[ly["name"]] for ly in layers)
+        inside = all(ly["sigma"] <= exact[ly["name"]] <= ly["sigma_upper"] for ly in layers)
         err = f"{low:.1e} (interval width ≤ {wide:.1e}, contains exact: {'all' if inside else 'NO'})"
     else:
         err = f"— (interval width ≤ {wide:.1e})"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lipcheck.gate import Check, GateSpec, Outcome, evaluate, exit_status
+from lipcheck.model import Interval
 from lipcheck.report import github
 from lipcheck.report.data import BoundReport, LayerReport, Report
 from lipcheck.report.run import FileResult, Run
-from lipcheck.model import Interval
 from tests.conftest import SAMPLES
 from tests.golden_text import assert_matches_golden
 

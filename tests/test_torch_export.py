@@ -9,8 +9,8 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -193,7 +193,9 @@ def _graph_edit(edit: Callable[[dict], None]) -> Callable[[str, bytes], bytes]:
 
 def sample_inputs_pickle(src: Path, tmp: Path) -> tuple[Path, str]:
     payload = pickle.dumps(_Payload(tmp / MARKER))
-    change = (lambda name, data: payload if name == "data/sample_inputs/model.pt" else data)
+    def change(name: str, data: bytes) -> bytes:
+        return payload if name == "data/sample_inputs/model.pt" else data
+
     return _rewrite(src, tmp / "sample.pt2", change), "sample inputs"
 
 
