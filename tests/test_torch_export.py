@@ -95,8 +95,9 @@ def test_pt2_matches_onnx_and_torchscript(files: dict[str, dict[str, Path]], nam
             assert entry.sigma == pytest.approx(twin.sigma, rel=REL)
             assert entry.lipschitz.upper == pytest.approx(twin.lipschitz.upper, rel=REL)
             assert entry.input_size == twin.input_size
-        assert pt2.bound.upper is not None and other.bound.upper is not None
-        assert pt2.bound.upper == pytest.approx(other.bound.upper, rel=REL)
+        assert pt2.bound.graph is not None and other.bound.graph is not None
+        assert pt2.bound.graph == pytest.approx(other.bound.graph, rel=REL)
+        assert pt2.bound.upper is not None and pt2.bound.upper <= pt2.bound.graph
     # σ against an independent SVD of the stored weight.
     for entry in pt2.layers:
         weight = state[entry.name].to(torch.float64)
@@ -107,7 +108,7 @@ def test_pt2_matches_onnx_and_torchscript(files: dict[str, dict[str, Path]], nam
         assert conv.lipschitz.upper < math.sqrt(9) * conv.sigma  # the operator norm, not the geometry-free bound
     else:
         # A chain of linear layers and 1-Lipschitz activations: the graph bound is the product.
-        assert pt2.bound.upper == pytest.approx(math.prod(e.lipschitz.upper for e in pt2.layers), rel=1e-12)
+        assert pt2.bound.graph == pytest.approx(math.prod(e.lipschitz.upper for e in pt2.layers), rel=1e-12)
 
 
 def test_pt2_lower_bound_from_the_exported_module(files: dict[str, dict[str, Path]]) -> None:
@@ -126,7 +127,7 @@ def test_cli_json_matches_api(cli, files: dict[str, dict[str, Path]], name: str)
     assert [layer["name"] for layer in data["layers"]] == [entry.name for entry in onnx.layers]
     for layer, twin in zip(data["layers"], onnx.layers):
         assert layer["sigma"] == pytest.approx(twin.sigma, rel=REL)
-    assert data["bound"]["upper"] == pytest.approx(onnx.bound.upper, rel=REL)
+    assert data["bound"]["graph"] == pytest.approx(onnx.bound.graph, rel=REL)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
