@@ -22,7 +22,8 @@ nears singularity: it is its own barrier, and any T with every Y_k ≻ 0 gives a
 minimizes log ρ* over log T (L-BFGS with a backtracking line search, on a soft maximum of the
 eigenvalues that tends to λ_max), starting from a closed form: T_k = t_k I with t_k minimizing the
 top eigenvalue of R_k given G_k (t = g b/(b−a) for g = λ_max(G_k); t = g for ReLU), the backward
-twin of ECLipsE-Fast's choice.
+twin of ECLipsE-Fast's choice. The optimizer's Y_k hold back a 2⁻¹⁸ share of 2T_k (``_RESERVE``):
+ρ* of those smaller blocks is valid for N too, with room left for the certificate's margins.
 
 The optimizer needs no proof. ``certify`` checks N(ρ, T) ⪰ 0 for the final T in float64: it forms
 N̂ = fl(N), bounds |N̂ − N| entrywise by the rounding of each product (Higham, Accuracy and
@@ -48,6 +49,10 @@ UNIT_ROUNDOFF = 2.0**-53
 _SAFETY = 2.0  # as in lipcheck.spectral.dense: room for fused multiply-adds and the error terms' own arithmetic
 _SLOPE_GRID = 2.0**-20  # slope bounds are rounded outward to this grid, so a+b and 2ab are exact in float64
 _MAX_MARGIN_STEPS = 60
+# Share of 2T_k the optimizer leaves out of Y_k: its multipliers then keep every hidden block
+# positive definite by that much, which the rounding margins of the certificate need (a block that
+# the input never reaches could otherwise drift to singular without raising ρ*).
+_RESERVE = 2.0**-18
 
 # (fraction of budget done, best certified-candidate bound so far); the CLI draws it as a bar
 Progress = Callable[[float, float], None]
@@ -128,7 +133,7 @@ class Objective:
         g = self.g_last
         for k in range(len(thetas) - 1, -1, -1):
             t = thetas[k].exp()
-            y = torch.diag(2.0 * t) - g
+            y = torch.diag((2.0 - _RESERVE) * t) - g
             factor, info = torch.linalg.cholesky_ex(y)
             if int(info) != 0:
                 return None
@@ -162,7 +167,7 @@ class Objective:
             t = top * b / (b - a) * (1.0 + 1e-9)
             thetas[k] = torch.full((g.shape[0],), math.log(t), dtype=torch.float64)
             scaled = t * (self.ws[k] if k > 0 else self.k0)
-            y = torch.diag(torch.full((g.shape[0],), 2.0 * t, dtype=torch.float64)) - g
+            y = torch.diag(torch.full((g.shape[0],), (2.0 - _RESERVE) * t, dtype=torch.float64)) - g
             factor = torch.linalg.cholesky(y)
             v = torch.linalg.solve_triangular(factor, scaled, upper=False)
             below = self.ws[k] if k > 0 else self.k0

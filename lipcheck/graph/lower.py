@@ -364,41 +364,61 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
             z = phi(z) @ ws[k + 1].mT + bs[k + 1]
     found: list[tuple[float, torch.Tensor]] = []
     scales = (0.1, 1.0, 3.0)
+    if n0 * sum(w.shape[0] for w in ws) <= 1 << 16:  # small nets: exact Jacobians at many random points first
+        with torch.no_grad():
+            for s in (0.3, 1.0, 3.0):
+                sample = s * torch.randn(1024, n0, generator=generator, dtype=torch.float64)
+                try:
+                    found.extend(zip(top(jacobian(sample, 0.0)).tolist(), sample))
+                except RuntimeError:
+                    pass
     per = max(1, starts // len(scales))
     rounds = 0
     kinked = list(kinked) or [False] * len(activations)
     search_s = budget_s * (0.5 if any(kinked) else 1.0)
-    while time.perf_counter() - start < search_s and rounds < 8:
+    while rounds == 0 or (time.perf_counter() - start < search_s and rounds < 8):
         rounds += 1
         x = torch.cat([s * torch.randn(per, n0, generator=generator, dtype=torch.float64) for s in scales])
         x.requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=0.05)
         steps = 150
-        for step in range(steps):
-            tau = 0.3 * (1.0 - step / steps) ** 2
-            optimizer.zero_grad()
-            value = top(jacobian(x, tau))
-            (-value.sum()).backward()
-            optimizer.step()
-            if time.perf_counter() - start > search_s:
-                break
-        with torch.no_grad():
-            exact = top(jacobian(x.detach(), 0.0))
+        try:
+            for step in range(steps):
+                tau = 0.3 * (1.0 - step / steps) ** 2
+                optimizer.zero_grad()
+                value = top(jacobian(x, tau))
+                (-value.sum()).backward()
+                optimizer.step()
+                if time.perf_counter() - start > search_s:
+                    break
+            with torch.no_grad():
+                exact = top(jacobian(x.detach(), 0.0))
+        except RuntimeError:  # an eigensolver that fails on a degenerate or overflowing Jacobian: next round
+            continue
         for value, point in zip(exact.tolist(), x.detach()):
             found.append((value, point))
-    if any(kinked):
+    if any(kinked) and found:
         found.sort(key=lambda item: item[0], reverse=True)
         seeds = torch.stack([point for _, point in found[:starts]])
-        for value, point in zip(*_pattern_walk(seeds, ws, bs, activations, kinked, _scale, jacobian, top,
-                                               budget_s - (time.perf_counter() - start))):
+        try:
+            walked = _pattern_walk(seeds, ws, bs, activations, kinked, _scale, jacobian, top,
+                                   budget_s - (time.perf_counter() - start))
+        except RuntimeError:  # as above: the candidates found so far stand
+            walked = ([], [])
+        for value, point in zip(*walked):
             found.append((value, point))
+    found = [(value, point) for value, point in found if math.isfinite(value) and bool(torch.isfinite(point).all())]
     found.sort(key=lambda item: item[0], reverse=True)
     out = []
     for value, point in found[:_CHECKED]:
         with torch.no_grad():
             j = jacobian(point[None], 0.0)[0]
-        _, _, vh = torch.linalg.svd(j, full_matrices=False)
-        out.append((point.numpy(), vh[0].numpy(), value))
+        try:
+            _, _, vh = torch.linalg.svd(j, full_matrices=False)
+        except RuntimeError:
+            continue
+        if bool(torch.isfinite(vh[0]).all()):
+            out.append((point.numpy(), vh[0].numpy(), value))
     return out
 
 

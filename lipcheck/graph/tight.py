@@ -371,8 +371,11 @@ def improve_lower(model: "Model", path: object, report: "Report", settings: "Set
         return
     kinked = [node.op in ("Relu", "LeakyRelu", "PRelu") for node in found.activations]
     budget = 0.5 * budget_seconds(found, float(getattr(settings, "effort", 1.0)))
-    candidates = lower.chain_directions(found.weights, found.biases[:len(found.weights)], funcs, settings.seed,
-                                        budget, kinked=kinked)  # type: ignore[arg-type]
+    try:
+        candidates = lower.chain_directions(found.weights, found.biases[:len(found.weights)], funcs, settings.seed,
+                                            budget, kinked=kinked)  # type: ignore[arg-type]
+    except (RuntimeError, ValueError):  # the search is optional: the generic lower bound stands
+        return
     if not candidates:
         return
     if model.format == "onnx" and isinstance(path, (str, Path)):

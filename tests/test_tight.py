@@ -1,0 +1,161 @@
+"""The tight bound of plain chains: certified LipSDP-Neuron multipliers come within 0.5% of the SDP
+optimum (cvxpy with Clarabel as the oracle), never fall below a ratio the network attains, and reach
+the report through the graph of an exported model."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch import nn
+
+from lipcheck.api import inspect
+from lipcheck.graph.lipsdp import Chain, Objective, certified_bound, certify, eclipse_fast
+from lipcheck.graph.lower import chain_directions
+from lipcheck.graph.tight import METHOD, _gelu_range, _mish_slope, _numeric_range, _silu_range
+
+_ACTS = {"relu": ((0.0, 1.0), torch.relu), "tanh": ((0.0, 1.0), torch.tanh), "sigmoid": ((0.0, 0.25), torch.sigmoid),
+         "leaky": ((0.1, 1.0), lambda z: torch.nn.functional.leaky_relu(z, 0.1)),
+         "gelu": (_gelu_range(), torch.nn.functional.gelu), "silu": (_silu_range(), torch.nn.functional.silu)}
+
+
+def _weights(sizes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(o, i, generator=g, dtype=torch.float64) / math.sqrt(i) for i, o in zip(sizes, sizes[1:])]
+
+
+def _lipsdp(ws: list[torch.Tensor], slopes: list[tuple[float, float]]) -> float:
+    """LipSDP-Neuron's optimum by cvxpy and Clarabel (the first layer reduced to its row space)."""
+    cp = pytest.importorskip("cvxpy")
+    w = [np.asarray(x, dtype=np.float64) for x in ws]
+    if w[0].shape[1] > w[0].shape[0]:
+        u, s, _ = np.linalg.svd(w[0], full_matrices=False)
+        w[0] = u * s
+    sizes = [w[0].shape[1]] + [x.shape[0] for x in w[:-1]]
+    rho = cp.Variable(nonneg=True)
+    ts = [cp.Variable(n, nonneg=True) for n in sizes[1:]]
+    blocks = [[np.zeros((a, b)) for b in sizes] for a in sizes]
+    for k in range(len(sizes)):
+        d = rho * np.eye(sizes[0]) if k == 0 else 2 * cp.diag(ts[k - 1])
+        if k == len(sizes) - 1:
+            d = d - w[-1].T @ w[-1]
+        if k < len(sizes) - 1:
+            a, b = slopes[k]
+            if a * b != 0:
+                d = d + 2 * a * b * (w[k].T @ cp.diag(ts[k]) @ w[k])
+            off = -(a + b) * (cp.diag(ts[k]) @ w[k])
+            blocks[k + 1][k], blocks[k][k + 1] = off, off.T
+        blocks[k][k] = d
+    m = cp.bmat(blocks)
+    cp.Problem(cp.Minimize(rho), [0.5 * (m + m.T) >> 0]).solve(solver=cp.CLARABEL)
+    return math.sqrt(float(rho.value))
+
+
+@pytest.mark.parametrize(("sizes", "act", "seed"), [((4, 8, 8, 3), "relu", 1), ((6, 10, 10, 4), "tanh", 2),
+                                                    ((5, 12, 6), "relu", 3), ((8, 16, 16, 2), "relu", 4),
+                                                    ((5, 12, 12, 3), "gelu", 5)])
+def test_certified_bound_is_within_half_a_percent_of_the_sdp_optimum(sizes: tuple[int, ...], act: str, seed: int) -> None:
+    ws = _weights(sizes, seed)
+    chain = Chain(ws, [_ACTS[act][0]] * (len(ws) - 1))
+    sdp = _lipsdp(ws, chain.slopes)
+    result = certified_bound(chain, budget_s=60.0)  # stops when converged, well before the budget
+    assert result is not None
+    assert sdp * (1 - 1e-5) <= result.bound <= 1.005 * sdp
+
+
+def test_certificate_refuses_rho_below_the_optimum_and_accepts_it_above() -> None:
+    ws = _weights((6, 10, 10, 4), 7)
+    chain = Chain(ws, [(0.0, 1.0)] * 2)
+    result = certified_bound(chain, budget_s=60.0)
+    assert result is not None
+    assert certify(chain, result.multipliers, result.rho)
+    assert not certify(chain, result.multipliers, result.rho_optimized * (1 - 1e-3))
+    assert not certify(chain, result.multipliers, result.rho_optimized * 0.5)
+
+
+def test_tight_bound_beats_the_closed_form_and_the_product_on_a_deeper_net() -> None:
+    ws = _weights((10, 30, 30, 30, 5), 0)
+    product = math.prod(float(torch.linalg.matrix_norm(w, 2)) for w in ws)
+    closed = eclipse_fast(ws)
+    start = math.sqrt(Objective(Chain(ws, [(0.0, 1.0)] * 3)).rho(Objective(Chain(ws, [(0.0, 1.0)] * 3)).initial()))
+    result = certified_bound(Chain(ws, [(0.0, 1.0)] * 3), budget_s=60.0)
+    assert result is not None
+    assert result.bound < start <= 1.01 * closed < product
+    assert result.bound < closed / 1.3
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 7), min_size=3, max_size=5), st.sampled_from(sorted(_ACTS)), st.integers(0, 10_000),
+       st.floats(0.1, 30.0))
+def test_certified_bound_is_never_below_an_attained_ratio(sizes: list[int], act: str, seed: int, gain: float) -> None:
+    ws = [w * gain for w in _weights(tuple(sizes), seed)]
+    slope, phi = _ACTS[act]
+    chain = Chain(ws, [slope] * (len(ws) - 1))
+    result = certified_bound(chain, budget_s=0.2)
+    assert result is not None
+    g = torch.Generator().manual_seed(seed)
+    biases = [torch.randn(w.shape[0], generator=g, dtype=torch.float64).numpy() for w in ws]
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        for k, w in enumerate(ws):
+            x = x @ w.mT + torch.from_numpy(biases[k])
+            if k < len(ws) - 1:
+                x = phi(x)
+        return x
+
+    found = chain_directions(ws, biases, [phi] * (len(ws) - 1), seed, budget_s=0.2, starts=6,
+                             kinked=[act in ("relu", "leaky")] * (len(ws) - 1))
+    for x, v, _ in found:
+        xt = torch.from_numpy(x)
+        for h in (1e-2, 1e-5):
+            y = xt + h * torch.from_numpy(v)
+            ratio = float((f(y) - f(xt)).norm() / (y - xt).norm())
+            assert math.isfinite(ratio)
+            assert ratio <= result.bound * (1 + 1e-9)
+
+
+def test_slope_ranges_contain_every_slope_on_a_fine_grid() -> None:
+    xs = torch.linspace(-30, 30, 600_001, dtype=torch.float64, requires_grad=True)
+    for name in ("gelu", "silu"):
+        (a, b), phi = _ACTS[name]
+        (d,) = torch.autograd.grad(phi(xs).sum(), xs)
+        assert a <= float(d.min()) <= a + 1e-6 and b - 1e-6 <= float(d.max()) <= b
+    lo, hi = _numeric_range(_mish_slope)
+    (d,) = torch.autograd.grad(torch.nn.functional.mish(xs).sum(), xs)
+    assert lo <= float(d.min()) and float(d.max()) <= hi
+    assert abs(_gelu_range()[1] - 1.1289042) < 1e-7 and abs(_gelu_range()[0] + 0.1289042) < 1e-7
+
+
+def test_an_exported_mlp_reports_the_tight_bound_between_lower_and_graph(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 20), nn.Tanh(), nn.Linear(20, 3))
+    path = tmp_path / "mlp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), torch.zeros(1, 3, 4), str(path), dynamo=False, opset_version=17)
+    bound = inspect(path).bound
+    assert bound.tight is not None and bound.graph is not None and bound.lower is not None
+    assert bound.method == METHOD and bound.upper == bound.tight < bound.graph
+    assert bound.lower <= bound.upper
+
+
+def test_a_residual_network_keeps_the_graph_bound(tmp_path: Path) -> None:
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.b(torch.relu(self.a(x)))
+
+    path = tmp_path / "res.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Residual().eval(), torch.zeros(1, 6), str(path), dynamo=False, opset_version=17)
+    bound = inspect(path).bound
+    assert bound.tight is None and bound.method == "graph"
