@@ -240,3 +240,46 @@ def test_torchscript_dilated_max_pool_counts_overlapping_windows(tmp_path: Path)
     jac = torch.autograd.functional.jacobian(lambda v: pool(v), x).reshape(2, 6)
     assert float(torch.linalg.matrix_norm(jac, 2)) == pytest.approx(math.sqrt(2))
     assert report.bound.graph is not None and report.bound.graph >= math.sqrt(2) * (1 - 1e-9)
+
+
+def _decode_model(path: Path) -> Path:
+    """A YOLO-style box decode: (anchor − x[:, 0]) · stride, anchors and strides built from Shape(x)."""
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0), helper.make_node("Gather", ["s", "three"], ["w"], axis=0),
+        helper.make_node("Mul", ["h", "w"], ["hw"]), helper.make_node("Unsqueeze", ["hw", "zero"], ["hw1"]),
+        helper.make_node("Concat", ["one", "hw1"], ["flat"], axis=0),
+        helper.make_node("ConstantOfShape", ["flat"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Mul", ["ones", "eight"], ["stride"]),
+        helper.make_node("Range", ["zero_s", "w", "one_s"], ["r"]), helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["rf", "half"], ["ax"]),
+        helper.make_node("Unsqueeze", ["h", "zero"], ["h1"]), helper.make_node("Unsqueeze", ["w", "zero"], ["w1"]),
+        helper.make_node("Concat", ["h1", "w1"], ["hw_shape"], axis=0),
+        helper.make_node("Expand", ["ax", "hw_shape"], ["grid"]), helper.make_node("Reshape", ["grid", "flat"], ["anchor"]),
+        helper.make_node("Reshape", ["x", "flat3"], ["f"]),
+        helper.make_node("Slice", ["f", "zero", "one", "one"], ["first"]), helper.make_node("Reshape", ["first", "flat"], ["d"]),
+        helper.make_node("Sub", ["anchor", "d"], ["box"]), helper.make_node("Mul", ["box", "stride"], ["y"]),
+    ]
+    inits = {"two": np.array(2, np.int64), "three": np.array(3, np.int64), "zero": i64(0), "one": i64(1), "zero_s": np.array(0, np.int64),
+             "one_s": np.array(1, np.int64), "flat3": i64(1, 4, -1), "eight": np.array(8.0, np.float32),
+             "half": np.array(0.5, np.float32)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_strides_and_anchors_computed_from_shapes_are_constants(tmp_path: Path) -> None:
+    from lipcheck.settings import Settings
+
+    path = _decode_model(tmp_path / "decode.onnx")
+    report = inspect(path, settings=Settings(input_shape=((1, 4, 2, 3),)))
+    truth = _float64_jacobian_norm(path, np.random.default_rng(0).normal(size=(1, 4, 2, 3)))
+    assert truth == pytest.approx(8.0)
+    assert report.bound.graph is not None, report.bound.blocking
+    assert truth * (1 - 1e-9) <= report.bound.graph <= truth * (1 + 1e-9)
+    # Without the input size the stride's value is unknown: named as such, not as a product of activations.
+    open_size = inspect(path).bound
+    assert open_size.graph is None and "could not evaluate (computed from shapes" in open_size.blocking[0]

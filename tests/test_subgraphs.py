@@ -43,14 +43,14 @@ def _branch(name: str, reads: str, weight: str, w: dict[str, np.ndarray]) -> onn
 
 
 def _model(path: Path, cond_nodes: list[onnx.NodeProto], then_g: onnx.GraphProto, else_g: onnx.GraphProto,
-           w: dict[str, np.ndarray], extra_inits: tuple[onnx.TensorProto, ...] = ()) -> Path:
+           w: dict[str, np.ndarray], extra_inits: tuple[onnx.TensorProto, ...] = (), batch: int | str = 1) -> Path:
     """x -> Gemm(W1, b1) -> Relu -> r; y = If(cond, then_g, else_g), whose branches read r."""
     nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
              helper.make_node("Relu", ["h"], ["r"], name="act"),
              *cond_nodes,
              helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then_g, else_branch=else_g)]
     graph = helper.make_graph(
-        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, D_IN])],
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, D_IN])],
         [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, D_OUT])],
         [numpy_helper.from_array(w["W1"], "W1"), numpy_helper.from_array(w["b1"], "b1"), *extra_inits])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -61,7 +61,7 @@ def _model(path: Path, cond_nodes: list[onnx.NodeProto], then_g: onnx.GraphProto
 
 
 def _shape_condition() -> list[onnx.NodeProto]:
-    """cond = (Shape(x)[0] == 1): constant for every input, yet not a stored constant to fold."""
+    """cond = (Shape(x)[0] == 1): constant for every input; known only where the batch size is."""
     return [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
             helper.make_node("Constant", [], ["first"], name="first",
                              value=numpy_helper.from_array(np.array(0, dtype=np.int64))),
@@ -95,7 +95,8 @@ def _bool_cond(value: bool) -> onnx.TensorProto:
 
 def test_if_branches_reading_the_input_get_the_worst_branch_bound(tmp_path: Path) -> None:
     w = _weights(0)
-    path = _model(tmp_path / "if.onnx", _shape_condition(), _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w)
+    path = _model(tmp_path / "if.onnx", _shape_condition(), _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w,
+                  batch="N")
     report = inspect(path)
     graph = report.bound.graph
     assert graph is not None and graph > 0.0
@@ -107,6 +108,15 @@ def test_if_branches_reading_the_input_get_the_worst_branch_bound(tmp_path: Path
     assert graph >= lower * (1 - 1e-6)
     inner = {entry.name: entry for entry in report.layers}
     assert inner["then_W2"].scope.endswith("then_branch") and inner["else_W3"].scope.endswith("else_branch")
+
+
+def test_if_on_a_known_shape_takes_its_branch(tmp_path: Path) -> None:
+    w = _weights(0)
+    path = _model(tmp_path / "if.onnx", _shape_condition(), _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w)
+    graph = inspect(path).bound.graph
+    expected = _sigma(w["W1"]) * _sigma(w["W2"])  # the batch is 1: the then-branch, always
+    assert graph is not None and expected <= graph <= expected * (1 + REL)
+    assert graph >= _model_lower(path) * (1 - 1e-6)
 
 
 def test_if_with_a_stored_condition_takes_its_branch(tmp_path: Path) -> None:
@@ -126,7 +136,7 @@ def test_nested_if_reads_an_outer_value_two_levels_up(tmp_path: Path) -> None:
     inner = helper.make_node("If", ["cond"], ["then_y"], name="inner",
                              then_branch=_branch("t2", "r", "W2", w), else_branch=_branch("e2", "r", "W3", w))
     then_g = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("then_y", TensorProto.DOUBLE, [1, D_OUT])])
-    path = _model(tmp_path / "nested.onnx", _shape_condition(), then_g, _branch("else", "r", "W4", w), w)
+    path = _model(tmp_path / "nested.onnx", _shape_condition(), then_g, _branch("else", "r", "W4", w), w, batch="N")
     report = inspect(path)
     expected = _sigma(w["W1"]) * max(_sigma(w["W2"]), _sigma(w["W3"]), _sigma(w["W4"]))
     graph = report.bound.graph

@@ -428,7 +428,7 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scop
     scope = scopes.get(path)
     constants = {name: const.array for name, const in scope.consts.items()} if scope is not None else {}
     if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
-        constants = fold(proto, constants, set(inputs), opsets)
+        constants = fold(proto, constants, set(inputs), opsets, shapes)
     cells = {node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node)
              if node.op_type in recurrent.ONNX_GATES}  # their weights are layers, the recursion is not one
     layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i

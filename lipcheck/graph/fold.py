@@ -1,10 +1,13 @@
 """Constant folding: values no model input reaches are computed once, on demand, and become constants.
 
-Exporters compute some constants in the graph (YOLO's stride tensor is ``Transpose(Concat(...))``
-of stored values); the walk's rules need their values (a Mul by a constant is max|c| times). A
-node folds when every input is a stored or folded constant; it is evaluated by ONNX's reference
-evaluator the first time a rule asks for its value, and values above ``MAX_ELEMENTS`` entries
-(or ops that draw random numbers, or bodies) are left unfolded.
+Exporters compute some constants in the graph (YOLO's stride and anchor tensors are built from
+``Shape`` of feature maps by Gather, ConstantOfShape, Range, Expand, Concat and Transpose); the
+walk's rules need their values (a Mul by a constant is max|c| times). ``Shape`` and ``Size`` of a
+value whose static shape is fully known are constants (the bound then holds for that input
+size, the one shape inference was given). Any other node folds when every input is a stored or
+folded constant; it is evaluated by ONNX's reference evaluator the first time a rule asks for its
+value, and values above ``MAX_ELEMENTS`` entries (or ops that draw random numbers, or bodies) are
+left unfolded.
 """
 
 from __future__ import annotations
@@ -55,13 +58,35 @@ class _Folded:
         return values
 
 
-def fold(graph: GraphProto, constants: dict[str, Constant], inputs: set[str], opsets: dict[str, int]) -> dict[str, Constant]:
-    """Return ``constants`` with every value computed from constants alone added (lazily evaluated)."""
+def _static_size(node: NodeProto, dims: tuple[int | None, ...]) -> np.ndarray:
+    """The value of a Shape (with its start/end attributes) or Size node from a fully known shape."""
+    if node.op_type == "Size":
+        return np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
+    attrs = {a.name: a.i for a in node.attribute if a.type == AttributeProto.INT}
+    rank = len(dims)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = (min(max(k + rank if k < 0 else k, 0), rank) for k in (start, end))
+    return np.asarray(dims[start:end], dtype=np.int64)
+
+
+def fold(graph: GraphProto, constants: dict[str, Constant], inputs: set[str], opsets: dict[str, int],
+         shapes: dict[str, tuple[int | None, ...]] | None = None) -> dict[str, Constant]:
+    """Return ``constants`` with every value computed from constants alone added (lazily evaluated).
+
+    ``shapes`` are the static shapes of values (by shape inference): Shape and Size of a value
+    whose dimensions are all known fold to those dimensions.
+    """
     out = dict(constants)
     for node in graph.node:
         if node.op_type in _NEVER or node.domain not in ("", "ai.onnx") or not node.output:
             continue
         if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if node.op_type in ("Shape", "Size") and node.input and node.output[0] not in out:
+            dims = (shapes or {}).get(node.input[0])
+            if dims is not None and all(d is not None for d in dims):
+                value = _static_size(node, dims)
+                out[node.output[0]] = _constant(value)
             continue
         names = [name for name in node.input if name]
         if any(name in inputs or name not in out for name in names) or (not names and node.op_type != "Constant"):
@@ -71,5 +96,13 @@ def fold(graph: GraphProto, constants: dict[str, Constant], inputs: set[str], op
         folded = _Folded(node, [out.get(name) if name else None for name in node.input], opsets)
         for index, name in enumerate(node.output):
             if name and name not in out:
-                out[name] = (lambda f=folded, i=index: f.output(i))
+                out[name] = _output(folded, index)
     return out
+
+
+def _constant(value: np.ndarray) -> Constant:
+    return lambda: value
+
+
+def _output(folded: _Folded, index: int) -> Constant:
+    return lambda: folded.output(index)

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from lipcheck.graph.walk import Walk
 
 _PRODUCT = "a product of two activations (as in attention) is not globally Lipschitz"
+# A value no input reaches through its values (shapes, sizes, constants) whose value folding did not produce.
+UNKNOWN_FACTOR = ("that does not depend on the input's values but that lipcheck could not evaluate (computed from "
+                  "shapes while the input size is open, or too large or unsupported to fold): pass --input-shape")
 UNSURE_BROADCAST = ("some elementwise inputs have shapes lipcheck does not know: the bound assumes they are not "
                     "broadcast (copied) into a larger output; pass --input-shape to check")
 
@@ -124,6 +127,8 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
         found = normalization(walk, node)
     if found is not None:
         return found
+    if min(ins) == 0.0:
+        return walk.unbounded(node, "a product with a factor " + UNKNOWN_FACTOR)
     from lipcheck.graph.rules.gates import SQUEEZE_EXCITATION, squeeze_excitation
 
     if squeeze_excitation(walk, node):
@@ -142,6 +147,8 @@ def div(walk: Walk, node: Node, ins: list[float]) -> float:
     found = normalization(walk, node)
     if found is not None:
         return found
+    if ins[1] == 0.0 and c is None:
+        return walk.unbounded(node, "division by a value " + UNKNOWN_FACTOR)
     return walk.unbounded(node, "division by an activation (or by zero) is not globally Lipschitz")
 
 
