@@ -17,23 +17,31 @@ Gram taps. sigma_1(K)^2 = lambda_max of the smaller of K K^H (C_out/g, "out") an
 (C_in/g * s^D, "in"). Both are trigonometric polynomials G(w) = sum_delta e^{i w.delta} H_delta
 with real coefficients from products of taps: out: H_{q_t - q_t'} += W_t W_t'^T over taps of one
 residue; in: block (r_t, r_t') of H_{q_t' - q_t} += W_t^T W_t'. One real product of the stacked
-taps gives every H; G(w) for all frequencies is then two real matrix products with cos and sin
-tables. G(-w) = conj G(w), so half the frequencies suffice.
+taps gives every H. Pairing delta with -delta, G(w) = H_0 + sum_{delta > 0} cos(w.delta) S_delta
++ i sin(w.delta) D_delta with S = H_delta + H_-delta and D = H_delta - H_-delta, so one real
+product of a [cos | sin] table with S and D laid out as real and imaginary parts writes G(w) for
+all frequencies in complex form. G(-w) = conj G(w), so half the frequencies suffice.
 
 Rounding. Let E(w) = fl(G(w)) - G(w). With u = 2^-53: each H entry is a sum of at most T dot
 products of length L, so |fl(H) - H| <= gamma_{L+T} sum |W_t||W_t'|^T, whose spectral norm is at
 most (sum_t ||W_t||_F)^2. The phase angle 2*pi*(sum_a (j_a delta_a mod M_a)/M_a) is exact up
-to a few ulps, and cos/sin to about one more: |c_hat - c| <= mu = 128 u. The sum over delta errs
-by gamma_{Delta+1} sum |c_hat||H|. So |E| <= sqrt2 [(mu + gamma_{Delta+1}(1+mu)) sum_delta |fl H|
-+ (1+mu)(1+gamma_{Delta+1}) |fl H - H|] entrywise (sqrt2: real and imaginary parts), and
-||E||_2 <= the Frobenius norm of that bound: one number e_G for every frequency (Weyl).
+to a few ulps, and cos/sin to about one more: |c_hat - c| <= mu = 128 u. Forming S and D errs by
+u (|fl H_delta| + |fl H_-delta|), so each term c_hat fl(S) is within (mu (1+u) + u) <= mu' = mu + 2u
+of c fl(S) in units of |fl H_delta| + |fl H_-delta|. The sum over at most Delta terms errs by
+gamma_{Delta+1} sum |c_hat||fl S|. So |E| <= sqrt2 [(mu' + gamma_{Delta+1}(1+mu')) sum_delta |fl H|
++ (1+mu')(1+gamma_{Delta+1}) |fl H - H|] entrywise (sqrt2: real and imaginary parts), and
+||E||_2 <= the Frobenius norm of that bound: one number e_G for every frequency (Weyl). The
+bound is symmetric, so it also holds for the Hermitian matrix the Cholesky factorization reads
+from the lower triangle of fl(G).
 
 Certificate. For each frequency, a Cholesky factorization of tau I - fl(G) in complex128 that
 completes gives R^H R = tau I - fl(G) + D1 + D2 with |D1_ii| <= u (tau + |g_ii|) (forming the
 shift) and ||D2||_2 <= gamma~ ||R||_F^2 (Higham, Accuracy and Stability of Numerical Algorithms,
 Theorem 10.3, with gamma~ = gamma_{4n+8} for complex arithmetic). R^H R is positive
 semidefinite, so lambda_max(fl G) <= tau + u (tau + max|g_ii|) + gamma~ ||R||_F^2, and
-lambda_max(G) <= that + e_G. tau comes from Lanczos on the frequencies whose power-iteration
+lambda_max(G) <= that + e_G. ||R||_F^2 needs no pass over R: it is the trace of |R^H||R|, which
+bounds |D2| entrywise, so ||R||_F^2 = tr(R^H R) <= tr(A) + gamma~ ||R||_F^2 for the shifted
+matrix A the factorization read, i.e. ||R||_F^2 <= tr(A) / (1 - gamma~). tau comes from Lanczos on the frequencies whose power-iteration
 estimate is largest; a frequency whose factorization fails is refined and retried, and the
 Frobenius norm of fl(G) (never below lambda_max) is the last resort.
 """
@@ -52,9 +60,12 @@ _SAFETY = 2.0
 _PHASE_ERROR = 128.0
 # Complex entries per frequency chunk of Gram blocks (16 bytes each): bounds the memory.
 _CHUNK_ENTRIES = 1 << 22
+# Gram blocks of every frequency are kept between the screen and the certificates up to this many
+# complex entries (256 MiB); larger symbols are recomputed per chunk.
+_STORE_ENTRIES = 1 << 24
 # Frequencies refined by Lanczos before the first certificate.
-_CANDIDATES = 4
-_SCREEN_STEPS = 3
+_CANDIDATES = 8
+_SCREEN_STEPS = 5
 
 
 def _gamma(k: int) -> float:
@@ -100,10 +111,13 @@ def _taps(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int,
 
 @dataclass
 class GramTaps:
-    """G(w) = sum_delta e^{i w.delta} H_delta per group, and the rounding bound of the products."""
+    """G(w) as a [cos | sin] table's product with paired coefficients, per group, and rounding bounds."""
 
-    deltas: list[tuple[int, ...]]
-    coefficients: torch.Tensor  # (Delta, groups, n, n) float64
+    deltas: list[tuple[int, ...]]  # delta = 0 first, then one of each pair {delta, -delta}
+    table: torch.Tensor  # (2 len(deltas) - 1, groups * n * n * 2) float64: S (real part) then D (imaginary)
+    abs_sum: torch.Tensor  # (groups, n, n): sum over every delta of |fl H_delta|
+    n: int
+    groups: int
     side: str  # "out": K K^H, "in": K^H K
     product_error: float  # spectral-norm bound on fl(H_delta) - H_delta summed over delta
     taps: _Taps
@@ -161,8 +175,31 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
         length = m
     tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()  # max over groups of sum_t ||W_t||_F
     product_error = _gamma(length + t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))
-    deltas = sorted(index, key=index.get)  # type: ignore[arg-type]
-    return GramTaps(deltas, torch.stack(blocks), side, product_error, taps)
+    return _paired(index, blocks, groups, side, product_error, taps)
+
+
+def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], groups: int, side: str,
+            product_error: float, taps: _Taps) -> GramTaps:
+    """Pair each H_delta with H_-delta into S (cos, real part) and D (sin, imaginary part) rows."""
+    n = blocks[0].shape[-1]
+    zero = tuple(0 for _ in taps.reduced)
+    half = [d for d in index if d > zero]
+    rows = 1 + 2 * len(half)
+    table = torch.zeros(rows, groups * n * n, 2, dtype=torch.float64)
+    empty = torch.zeros(groups * n * n, dtype=torch.float64)
+
+    def coefficient(delta: tuple[int, ...]) -> torch.Tensor:
+        return blocks[index[delta]].reshape(-1) if delta in index else empty
+
+    table[0, :, 0] = coefficient(zero)
+    for j, delta in enumerate(half):
+        plus, minus = coefficient(delta), coefficient(tuple(-x for x in delta))
+        table[1 + j, :, 0] = plus + minus
+        table[1 + len(half) + j, :, 1] = plus - minus
+    abs_sum = torch.stack(blocks).abs().sum(dim=0)
+    return GramTaps([zero] + half, table.reshape(rows, -1), abs_sum, n, groups, side, product_error, taps)
+
+
 
 
 def _half_frequencies(reduced: list[int]) -> torch.Tensor:
@@ -172,30 +209,31 @@ def _half_frequencies(reduced: list[int]) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
 
 
-def _phase_tables(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of w.delta for each frequency row and delta column, from exact integer residues."""
+def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: list[int]) -> torch.Tensor:
+    """[cos | sin] of w.delta per frequency row (sin for the deltas after 0), from exact integer residues."""
     d = torch.tensor(deltas, dtype=torch.int64).reshape(len(deltas), -1)
     angle = torch.zeros(freqs.shape[0], len(deltas), dtype=torch.float64)
     for axis, m in enumerate(reduced):
         angle += torch.remainder(freqs[:, axis:axis + 1] * d[:, axis], m).to(torch.float64) / m
     angle *= 2 * math.pi
-    return torch.cos(angle), torch.sin(angle)
+    return torch.cat([torch.cos(angle), torch.sin(angle[:, 1:])], dim=1)
 
 
 def gram_blocks(taps: GramTaps, freqs: torch.Tensor) -> torch.Tensor:
     """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128."""
-    cos, sin = _phase_tables(freqs, taps.deltas, taps.taps.reduced)
-    flat = taps.coefficients.reshape(len(taps.deltas), -1)
-    shape = (freqs.shape[0], *taps.coefficients.shape[1:])
-    return torch.complex(cos @ flat, sin @ flat).reshape(shape)
+    out = torch.empty(freqs.shape[0], taps.groups, taps.n, taps.n, dtype=torch.complex128)
+    phases = _phase_table(freqs, taps.deltas, taps.taps.reduced)
+    torch.mm(phases, taps.table, out=torch.view_as_real(out).reshape(freqs.shape[0], -1))
+    return out
 
 
 def gram_error(taps: GramTaps) -> float:
     """A spectral-norm bound on fl(G(w)) - G(w) valid at every frequency (module doc)."""
-    mu = _PHASE_ERROR * UNIT_ROUNDOFF
-    g_sum = _gamma(len(taps.deltas) + 1)
-    abs_sum = taps.coefficients.abs().sum(dim=0)  # (groups, n, n)
-    fro = float(abs_sum.square().sum(dim=(1, 2)).sqrt().max()) * (1 + _gamma(abs_sum[0].numel() + len(taps.deltas)))
+    mu = _PHASE_ERROR * UNIT_ROUNDOFF + 2 * UNIT_ROUNDOFF
+    terms = 2 * len(taps.deltas) - 1
+    g_sum = _gamma(terms + 1)
+    abs_sum = taps.abs_sum
+    fro = float(abs_sum.square().sum(dim=(1, 2)).sqrt().max()) * (1 + _gamma(abs_sum[0].numel() + terms))
     bound = math.sqrt(2) * ((mu + g_sum * (1 + mu)) * fro + (1 + mu) * (1 + g_sum) * taps.product_error)
     return bound * (1 + 1e-12)
 
@@ -205,8 +243,9 @@ def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
     n = g.shape[-1]
     shifted = -g
     shifted.diagonal(dim1=-2, dim2=-1).add_(tau.unsqueeze(-1).to(g.dtype))
-    factor, info = torch.linalg.cholesky_ex(shifted)
-    fro2 = torch.linalg.vector_norm(factor, dim=(-2, -1)).square() * (1 + _gamma(n * n + 2))
+    trace = shifted.diagonal(dim1=-2, dim2=-1).real.abs().sum(dim=-1) * (1 + _gamma(n + 2))
+    _, info = torch.linalg.cholesky_ex(shifted)
+    fro2 = trace / (1 - _gamma(4 * n + 8))
     diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
     bound = tau + UNIT_ROUNDOFF * _SAFETY * (tau + diag) + _gamma(4 * n + 8) * fro2
     ok = (info == 0) & torch.isfinite(fro2)
@@ -281,26 +320,33 @@ def circular_certificate(weight: torch.Tensor, groups: int, stride: tuple[int, .
     """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
     taps = gram_taps(weight, groups, stride, dilation, sizes)
     freqs = _half_frequencies(taps.taps.reduced)
-    n = taps.coefficients.shape[-1]
+    n = taps.n
     e_g = gram_error(taps)
     per_chunk = max(1, _CHUNK_ENTRIES // max(1, groups * n * n))
     chunks = [freqs[i:i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
     dev = torch.device(device)
+    stored: dict[int, torch.Tensor] = {}
+    keep = freqs.shape[0] * groups * n * n <= _STORE_ENTRIES
+
+    def blocks(number: int) -> torch.Tensor:
+        if number in stored:
+            return stored[number]
+        g = gram_blocks(taps, chunks[number]).to(dev).reshape(-1, n, n)
+        if keep:
+            stored[number] = g
+        return g
+
     # Screen: a few power steps on every frequency and group, then Lanczos on the best few.
-    screen = []
-    for chunk in chunks:
-        g = gram_blocks(taps, chunk).to(dev).reshape(-1, n, n)
-        screen.append(_power_screen(g))
-    rho = torch.cat(screen)
+    rho = torch.cat([_power_screen(blocks(i)) for i in range(len(chunks))])
     picks = torch.topk(rho, min(_CANDIDATES, rho.numel())).indices
     cand = _blocks_at(taps, freqs, picks, groups, n).to(dev)
     values, vectors = hermitian_top(cand, rel=rel / 20)
     best = int(torch.argmax(values))
     tau = float(values[best]) * (1 + rel)
     top_index, top_vector = int(picks[best]), vectors[best].cpu()
-    bound, steps = 0.0, 0
-    for chunk_number, chunk in enumerate(chunks):
-        g = gram_blocks(taps, chunk).to(dev).reshape(-1, n, n)
+    bound, steps, offset = 0.0, 0, 0
+    for chunk_number in range(len(chunks)):
+        g = blocks(chunk_number)
         taus = torch.full((g.shape[0],), tau, dtype=torch.float64, device=dev)
         ok, found = _cholesky_bounds(g, taus)
         steps += g.shape[0]
@@ -317,7 +363,6 @@ def circular_certificate(weight: torch.Tensor, groups: int, stride: tuple[int, .
             taus[failed] = sub_tau
             worst = int(torch.argmax(torch.where(sub_ok, sub_found, torch.zeros_like(sub_found))))
             if float(sub_found[worst]) > tau and bool(sub_ok[worst]):
-                offset = sum(c.shape[0] for c in chunks[:chunk_number]) * groups
                 top_index, top_vector = offset + int(failed[worst]), vectors[worst].cpu()
                 tau = float(sub_found[worst])
             failed = failed[~sub_ok]
@@ -325,6 +370,8 @@ def circular_certificate(weight: torch.Tensor, groups: int, stride: tuple[int, .
             fro = torch.linalg.matrix_norm(g[failed], ord="fro") * (1 + _gamma(n * n + 2))
             found[failed] = fro
         bound = max(bound, float(found.max()))
+        offset += g.shape[0]
+        stored.pop(chunk_number, None)
     upper = math.sqrt((bound + e_g) * (1 + _gamma(4))) * (1 + _gamma(2))
     freq_row, group = divmod(top_index, groups)
     return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps, steps)
