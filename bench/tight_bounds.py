@@ -1,0 +1,92 @@
+"""Tight certified bounds and chain lower bounds against the product, ECLipsE-Fast and LipSDP-Neuron
+solved by cvxpy with Clarabel, on random-weight ReLU nets of the usual benchmark shapes; prints a
+markdown table (append it to bench/RESULTS.md with the machine).
+
+    python bench/tight_bounds.py [--sdp-max 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from lipcheck.graph.lipsdp import Chain, certified_bound, eclipse_fast  # noqa: E402
+from lipcheck.graph.lower import certified_pairs, chain_directions  # noqa: E402
+from lipcheck.graph.tight import FoundChain, budget_seconds  # noqa: E402
+
+NETS = {"small 6-10-10-4": (6, 10, 10, 4), "MNIST-shaped 784-50-10": (784, 50, 10),
+        "ACAS-shaped 5-50x6-5": (5, 50, 50, 50, 50, 50, 50, 5), "mnistfc-shaped 784-256-256-10": (784, 256, 256, 10),
+        "ERAN-shaped 784-200x8-10": (784,) + (200,) * 8 + (10,)}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sdp-max", type=int, default=200, help="largest reduced LipSDP matrix handed to cvxpy")
+    args = parser.parse_args()
+    from test_tight import _lipsdp, _weights
+
+    rows = []
+    for name, sizes in NETS.items():
+        ws = _weights(sizes, 0)
+        g = torch.Generator().manual_seed(1)
+        biases = [0.1 * torch.randn(w.shape[0], generator=g, dtype=torch.float64).numpy() for w in ws]
+        chain = Chain(ws, [(0.0, 1.0)] * (len(ws) - 1))
+        product = math.prod(float(torch.linalg.matrix_norm(w, 2)) for w in ws)
+        closed = eclipse_fast(ws)
+        budget = budget_seconds(FoundChain(ws, [], [], [], 1.0, None, False))
+        start = time.perf_counter()
+        result = certified_bound(chain, budget)
+        seconds = time.perf_counter() - start
+        reduced = min(sizes[0], sizes[1]) + sum(sizes[1:-1])
+        sdp, sdp_s = (None, None)
+        if reduced <= args.sdp_max:
+            t0 = time.perf_counter()
+            sdp = _lipsdp(ws, chain.slopes)
+            sdp_s = time.perf_counter() - t0
+
+        def f(x: np.ndarray) -> np.ndarray:
+            for k, w in enumerate(ws):
+                x = w.numpy() @ x + biases[k]
+                if k < len(ws) - 1:
+                    x = np.maximum(x, 0.0)
+            return x
+
+        t0 = time.perf_counter()
+        found = chain_directions(ws, biases, [torch.relu] * (len(ws) - 1), 0, 0.5 * budget, kinked=[True] * (len(ws) - 1))
+        lower = certified_pairs(lambda x, y: float(np.linalg.norm(f(x) - f(y)) / np.linalg.norm(x - y)), found)
+        lower_s = time.perf_counter() - t0
+        assert result is not None
+        rows.append(f"| {name} | {product:.4g} | {closed:.4g} | {sdp:.6g} ({sdp_s:.1f} s) |" if sdp is not None
+                    else f"| {name} | {product:.4g} | {closed:.4g} | – |")
+        rows[-1] += (f" {result.bound:.6g} | {seconds:.1f} s | {closed / result.bound:.2f}× |"
+                     + (f" {result.bound / sdp:.6f} |" if sdp else " – |") + f" {lower:.5g} ({lower_s:.1f} s) |")
+        print(rows[-1], flush=True)
+    print()
+    print(f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| net (random weights, seed 0, ReLU) | product | ECLipsE-Fast | LipSDP (Clarabel) | tight (certified) | time | "
+          "ECLipsE/tight | tight/SDP | lower (time) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
