@@ -153,7 +153,8 @@ def _module_norm(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
 @pytest.mark.parametrize("trace", [False, True])
 def test_torchscript_padding_modes(tmp_path: Path, mode: str, trace: bool) -> None:
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(3, 4, 3, padding=2, stride=1, padding_mode=mode, bias=False).double()
+    conv = torch.nn.Conv2d(3, 4, 3, padding=2, stride=1, padding_mode=mode,  # type: ignore[arg-type]
+                           bias=False).double()
     net = torch.nn.Sequential(conv)
     x = torch.zeros(1, 3, 10, 10, dtype=torch.float64)
     scripted = torch.jit.trace(net, x) if trace else torch.jit.script(net)
@@ -210,3 +211,25 @@ def test_size_free_bound_is_above_the_norm_at_every_size(case) -> None:  # type:
     reshaped = weight.reshape(weight.shape[0], -1)  # dim 0 for both: a ConvTranspose is the adjoint conv
     bound = any_size_factor(tuple(weight.shape[2:]), geometry) * exact_sigma(reshaped)
     assert exact <= bound * (1 + 1e-9), (n, transposed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
+       st.integers(0, 2), st.integers(0, 3), st.integers(3, 7), st.booleans(), st.integers(0, 2**16))
+def test_adjoint_is_the_explicit_matrix_transpose(dims: int, k: int, stride: int, dilation: int, groups: int,
+                                                  begin: int, end: int, n: int, transposed: bool, seed: int) -> None:
+    if transposed:
+        end = begin
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(2 * groups, 2, *(k,) * dims, generator=gen, dtype=torch.float64)
+    geometry = ConvGeometry((stride,) * dims, (begin,) * dims + (end,) * dims, (dilation,) * dims, groups)
+    spatial = (n,) * dims
+    try:
+        matrix = conv_module.explicit_matrix(weight, geometry, spatial, transposed)
+    except RuntimeError:  # no output: torch refuses the geometry
+        return
+    y = torch.randn(matrix.shape[0], generator=gen, dtype=torch.float64)
+    out = conv_module._conv_fn(weight, geometry, transposed)(
+        torch.zeros(1, conv_module.input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64))
+    z = conv_module._adjoint_fn(weight, geometry, spatial, transposed)(y.reshape(out.shape))
+    assert torch.allclose(z.reshape(-1), matrix.T @ y)

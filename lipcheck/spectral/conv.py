@@ -14,6 +14,7 @@ the reported value is ||A x|| / ||x|| for the Ritz vector x, recomputed in float
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -102,6 +103,39 @@ def _conv_fn(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool):  #
         return conv(padded, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
 
     return apply
+
+
+def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
+                transposed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The operator's adjoint at this input size: a transposed conv for a zero-padded conv, else autograd.
+
+    For y = conv(pad(x)), the adjoint is the transposed conv (same weight, stride, dilation, groups),
+    whose output covers padded positions [0, (n_out - 1) s + (k - 1) d + 1), read back at [b, b + n)
+    with zeros past its end. Only the lower end's search uses it: the reported ratio is evaluated
+    with the forward operator.
+    """
+    n = weight.dim() - 2
+    begin, _ = _pads(geometry, n)
+    if transposed or geometry.padding_mode != "zeros":
+        apply = _conv_fn(weight, geometry, transposed)
+        channels = input_channels(weight, geometry, transposed)
+
+        def by_autograd(y: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                x = torch.zeros(1, channels, *spatial, dtype=y.dtype, requires_grad=True)
+                (grad,) = torch.autograd.grad(apply(x), x, y)
+            return grad
+
+        return by_autograd
+    conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+
+    def adjoint(y: torch.Tensor) -> torch.Tensor:
+        z = conv_t(y, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
+        flat = [p for size, b, got in zip(reversed(spatial), reversed(begin), reversed(z.shape[2:]))
+                for p in (-b, size + b - got)]
+        return F.pad(z, flat)
+
+    return adjoint
 
 
 def input_channels(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool) -> int:
@@ -245,6 +279,7 @@ def operator_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[
     """
     w32 = weight.to(torch.float32)
     apply = _conv_fn(w32, geometry, transposed)
+    adjoint = _adjoint_fn(w32, geometry, spatial, transposed)
     channels = input_channels(weight, geometry, transposed)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(1, channels, *spatial, generator=g, dtype=torch.float64)
@@ -260,9 +295,7 @@ def operator_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[
     while it < max_iter:
         it += 1
         xq = basis[-1].reshape(shape)
-        y, vjp = torch.func.vjp(apply, xq)
-        (z,) = vjp(y)
-        z = z.reshape(-1)
+        z = adjoint(apply(xq)).reshape(-1)
         kept = torch.stack(basis)
         coeff = kept @ z
         alphas.append(float(coeff[-1]))
