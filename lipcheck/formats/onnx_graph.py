@@ -12,18 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
 from lipcheck.errors import CorruptFileError, RefusedFileError
-from lipcheck.formats import onnx_shapes, recurrent
-from lipcheck.formats.onnx_consts import dequantize as _dequantize
+from lipcheck.formats import onnx_quant, onnx_shapes, recurrent
 from lipcheck.formats.onnx_consts import fold_chain as _fold
 from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
 from lipcheck.formats.onnx_consts import payload_fits as _check_payload
 from lipcheck.formats.onnx_consts import to_torch as _to_torch
-from lipcheck.graph.fold import fold
-from lipcheck.graph.ir import Graph, Node
+from lipcheck.graph import onnx_front
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
@@ -79,7 +76,7 @@ class _Reader:
         self.scopes: list[_Scope] = []
         self.dequantize: set[str] = set()  # Mul nodes whose weight scale a layer's weight already includes
         self._label = ""
-        self._index: dict[int, int] = {}
+        self.index: dict[int, int] = {}
 
     # -- stored tensors -------------------------------------------------------------------
     def tensor_array(self, tensor: TensorProto) -> Array:
@@ -124,7 +121,7 @@ class _Reader:
         found = scope.lookup(name)
         if found is not None or depth > 16:
             return found
-        node = self._producer(scope, name)
+        node = self.producer(scope, name)
         if node is None or node.op_type not in _PASS_THROUGH or not node.input:
             return None
         inputs = [self.resolve(scope, i, depth + 1) if i else None for i in node.input]
@@ -138,7 +135,7 @@ class _Reader:
         return const
 
     @staticmethod
-    def _producer(scope: _Scope, name: str) -> NodeProto | None:
+    def producer(scope: _Scope, name: str) -> NodeProto | None:
         s: _Scope | None = scope
         while s is not None:
             if name in s.producers:
@@ -147,7 +144,7 @@ class _Reader:
         return None
 
     @staticmethod
-    def _owner(scope: _Scope, source: str) -> str:
+    def owner(scope: _Scope, source: str) -> str:
         """The path of the scope that stores ``source`` (an outer one, for a subgraph's capture)."""
         owner = scope
         while owner.parent is not None and source not in owner.stored:
@@ -156,7 +153,7 @@ class _Reader:
 
     def _use(self, scope: _Scope, const: _Const, op: str) -> None:
         """Record that ``op`` consumes ``const``."""
-        self.uses.setdefault((self._owner(scope, const.source), const.source), []).append(op)
+        self.uses.setdefault((self.owner(scope, const.source), const.source), []).append(op)
 
     # -- graph walk -------------------------------------------------------------------------
     def walk(self, graph: GraphProto, path: str, parent: _Scope | None) -> _Scope:
@@ -170,7 +167,7 @@ class _Reader:
             if node.op_type == "Constant" and node.output:
                 self._constant_node(scope, node)
         for index, node in enumerate(graph.node):
-            self._index[id(node)] = index
+            self.index[id(node)] = index
         for index, node in enumerate(graph.node):
             self._node(scope, node, index)
             for attr in node.attribute:
@@ -198,116 +195,24 @@ class _Reader:
         label = node.name or f"{op}_{index}"
         self._label = label
         if op in ("Conv", "ConvTranspose") and len(consts) > 1 and consts[1] is not None and consts[0] is None:
-            self._conv(scope, node, label, consts[1], attrs)
+            self.conv(scope, node, label, consts[1], attrs)
         elif op == "Gemm" and len(consts) >= 2 and (consts[0] is None) != (consts[1] is None):
             self._gemm(scope, label, consts, attrs)
-        elif op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
-            self._quantized(scope, node, label, consts, attrs)
+        elif op in onnx_quant.QUANTIZED:
+            onnx_quant.quantized_layer(self, scope, node, label, consts, attrs)
         elif op in recurrent.ONNX_GATES and consts[0] is None:
-            self._recurrent(scope, node, label, consts)
+            onnx_quant.recurrent_layers(self, scope, node, label, consts)
         elif op == "MatMul" and len(consts) == 2 and (consts[0] is None) != (consts[1] is None):
             weight_first = consts[0] is not None
             const = consts[0] if weight_first else consts[1]
             assert const is not None
             if len(const.value_shape) == 2:
                 load = const.array if weight_first else (lambda c=const: c.array().T)
-                self._add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+                self.add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
 
-    def _recurrent(self, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None]) -> None:
-        """LSTM/GRU/RNN: W (input) and R (hidden) per direction, stacked and per gate; int8 ones dequantized."""
-        op, gates = node.op_type, recurrent.ONNX_GATES[node.op_type]
-        quantized = op == "DynamicQuantizeLSTM"  # W, R stored (directions, in, 4H) with scales and zero points
-        for at, kind, scale_at in ((1, "W", 8), (2, "R", 10)):
-            const = consts[at] if len(consts) > at else None
-            if const is None or len(const.value_shape) != 3:
-                continue
-            scale = consts[scale_at] if quantized and len(consts) > scale_at else None
-            zero = consts[scale_at + 1] if quantized and len(consts) > scale_at + 1 else None
-            self.layer_sources.add((self._owner(scope, const.source), const.source))
-            for d in range(const.value_shape[0]):
-                def load(c: _Const = const, d: int = d, s: _Const | None = scale, z: _Const | None = zero) -> torch.Tensor:
-                    w = c.array()[d]
-                    if quantized:
-                        sc = s.array()[d] if s is not None else np.ones(())
-                        zp = z.array()[d] if z is not None else None
-                        w = _dequantize(w, sc, zp, -1, 0).T
-                    return _to_torch(w)
-                shape = const.value_shape[1:][::-1] if quantized else const.value_shape[1:]
-                name = const.source if const.value_shape[0] == 1 else f"{const.source}[{('forward', 'reverse')[d]}]"
-                how = ", dequantized scale·(q − zero point)" if quantized else ""
-                self.layers.extend(recurrent.layers(name, op, gates, tuple(shape), const.dtype, load,
-                                                    f"node {label}: {op} {kind}{how}", scope=scope.path, node=self._label))
-
-    def _quantized(self, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None], attrs: dict) -> None:
-        """Integer and QLinear layers: the weight dequantized as scale·(q − zero point), per tensor or channel."""
-        op = node.op_type
-        w_at, scale_at, zero_at = {"QLinearConv": (3, 4, 5), "QLinearMatMul": (3, 4, 5),
-                                   "MatMulInteger": (1, None, 3), "ConvInteger": (1, None, 3)}[op]
-        weight = consts[w_at] if len(consts) > w_at else None
-        if weight is None or consts[0] is not None:
-            return
-        zero = consts[zero_at] if zero_at is not None and len(consts) > zero_at else None
-        scale = consts[scale_at] if scale_at is not None else None
-        mul = None
-        if scale is None:  # MatMulInteger/ConvInteger: the weight scale is multiplied in after the product
-            scale, mul = self._weight_scale(scope, node)
-        conv = op in ("QLinearConv", "ConvInteger")
-        axis = 0 if conv else 1
-
-        def load(w: _Const = weight, z: _Const | None = zero, sc: _Const | None = scale) -> np.ndarray:
-            q = w.array()
-            zp = z.array() if z is not None else None
-            s = sc.array() if sc is not None else np.ones(())
-            return _dequantize(q, s, zp, axis, 0)
-
-        how = "dequantized scale·(q − zero point)" if scale is not None else "q − zero point (no weight scale found)"
-        if mul is not None:
-            self.dequantize.add(mul)
-        if conv:
-            self._conv(scope, node, label, weight, attrs, load=load, note=f"node {label}: {op}, {how}")
-        elif len(weight.value_shape) == 2:
-            self._add(scope, weight, "matmul", lambda f=load: f().T, note=f"node {label}: {op}, {how}")
-
-    def _weight_scale(self, scope: _Scope, node: NodeProto) -> tuple[_Const | None, str | None]:
-        """After MatMulInteger: Cast, then Mul by (input scale · weight scale); the weight scale and that Mul."""
-        consumers = self._consumers(scope)
-        name = node.output[0]
-        for _ in range(2):
-            users = consumers.get(name, [])
-            if len(users) != 1:
-                return None, None
-            user = users[0]
-            if user.op_type == "Cast":
-                name = user.output[0]
-                continue
-            if user.op_type != "Mul":
-                return None, None
-            other = user.input[1] if user.input[0] == name else user.input[0]
-            scale_mul = self._producer(scope, other)
-            if scale_mul is None or scale_mul.op_type != "Mul":
-                return None, None
-            for candidate in scale_mul.input:
-                const = self.resolve(scope, candidate)
-                if const is not None:
-                    local = user.name or f"{user.op_type}_{self._index[id(user)]}"
-                    return const, f"{scope.path}/{local}" if scope.path else local
-            return None, None
-        return None, None
-
-    def _consumers(self, scope: _Scope) -> dict[str, list[NodeProto]]:
-        found: dict[str, list[NodeProto]] = {}
-        seen: set[int] = set()
-        for node in scope.producers.values():
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            for name in node.input:
-                found.setdefault(name, []).append(node)
-        return found
-
-    def _add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
+    def add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
         chain = f" via {'→'.join(const.chain)}" if const.chain else ""
-        self.layer_sources.add((self._owner(scope, const.source), const.source))
+        self.layer_sources.add((self.owner(scope, const.source), const.source))
         self.layers.append(
             Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
                   geometry=geometry, note=note + chain, node=self._label)
@@ -325,9 +230,9 @@ class _Reader:
         if len(const.value_shape) != 2:
             return
         scaled: Array = load if alpha == 1.0 else (lambda f=load: f().astype(np.float64) * alpha)
-        self._add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
+        self.add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
 
-    def _conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None,
+    def conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None,
               note: str | None = None) -> None:
         n = len(const.value_shape) - 2
         if n not in (1, 2, 3):
@@ -342,7 +247,7 @@ class _Reader:
             auto_pad=bytes(attrs.get("auto_pad", b"NOTSET")).decode(),
         )
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
-        self._add(scope, const, op, load or const.array, note=note or f"node {label}: {node.op_type}", geometry=geometry)
+        self.add(scope, const, op, load or const.array, note=note or f"node {label}: {node.op_type}", geometry=geometry)
         dims = self.shapes.get(node.input[0])
         if dims is not None and len(dims) == n + 2 and all(d is not None for d in dims[2:]):
             self.layers[-1].input_spatial = tuple(int(d) for d in dims[2:])  # type: ignore[arg-type]
@@ -381,57 +286,11 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{path} fails the ONNX checker ({first}); re-export the model") from None
     notes = [note] if note else []
-    graph = _graph(proto, reader, shapes)
+    constants = {scope.path: {name: const.array for name, const in scope.consts.items()} for scope in reader.scopes}
+    graph = onnx_front.build(proto, constants, reader.layers, dict(shapes), reader.dequantize)
     unknown = [layer for layer in reader.layers if layer.is_conv and layer.input_spatial is None]
     if unknown and not note:
         notes.append(f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
                      "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm")
     return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph)
 
-
-def _graph(proto: onnx.ModelProto, reader: _Reader, shapes: dict[str, onnx_shapes.Dims]) -> Graph:
-    """The main graph as lipcheck's IR, each If/Loop/Scan body a subgraph of its node."""
-    scopes = {scope.path: scope for scope in reader.scopes}
-    inputs = [v.name for v in onnx_shapes.model_inputs(proto.graph)]
-    opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
-    graph, _ = _ir(proto.graph, "", inputs, scopes, reader.layers, dict(shapes), opsets)
-    graph.dequantize = set(reader.dequantize)
-    return graph
-
-
-def _ir(proto: GraphProto, path: str, inputs: list[str], scopes: dict[str, _Scope], layers: list[Layer],
-        shapes: dict[str, tuple[int | None, ...]], opsets: dict[str, int]) -> tuple[Graph, set[str]]:
-    """One graph as IR, and the names it reads from enclosing graphs (its bodies' reads included).
-
-    Labels and scope paths are the reader's, so a body's layers find their nodes: a node inside a
-    body is labelled ``<scope path>/<node label>``.
-    """
-    nodes = []
-    defined = set(inputs) | {init.name for init in proto.initializer}
-    read: set[str] = set()
-    for index, node in enumerate(proto.node):
-        local = node.name or f"{node.op_type}_{index}"
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.type != AttributeProto.GRAPH}
-        subgraphs: dict[str, Graph] = {}
-        captured: set[str] = set()
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                body_path = f"{path}/{local}.{attr.name}" if path else f"{local}.{attr.name}"
-                body, free = _ir(attr.g, body_path, [v.name for v in attr.g.input], scopes, layers, shapes, opsets)
-                subgraphs[attr.name] = body
-                captured |= free
-        captured.discard("")
-        nodes.append(Node(node.op_type, f"{path}/{local}" if path else local, tuple(node.input), tuple(node.output),
-                          attrs, subgraphs, tuple(sorted(captured))))
-        read |= {name for name in node.input if name} | captured
-        defined |= set(node.output)
-    scope = scopes.get(path)
-    constants = {name: const.array for name, const in scope.consts.items()} if scope is not None else {}
-    if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
-        constants = fold(proto, constants, set(inputs), opsets, shapes)
-    cells = {node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node)
-             if node.op_type in recurrent.ONNX_GATES}  # their weights are layers, the recursion is not one
-    layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i
-                   for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells}
-    graph = Graph(list(inputs), [v.name for v in proto.output], nodes, constants, shapes, layer_nodes)
-    return graph, read - defined
