@@ -58,7 +58,7 @@ def inspect(
         from lipcheck.graph.lower import onnx_lower
 
         try:
-            report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed)  # type: ignore[arg-type]
+            report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed, settings.effort)  # type: ignore[arg-type]
         except Exception as exc:  # a graph that cannot be evaluated in float64: no lower bound, say why
             report.notes.append(f"no empirical lower bound: the graph could not be evaluated ({first_line(exc)})")
     if settings.lower and not report.non_finite_layers:

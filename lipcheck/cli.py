@@ -13,15 +13,16 @@ from typing import Annotated, Any
 import typer
 
 from lipcheck import __version__
+from lipcheck import cli_options as opt
 from lipcheck.cli_options import (
     AllowGlobalOpt,
-    BoundKind,
     ConfigOpt,
-    Convention,
     DeviceOpt,
+    EffortOpt,
     Failure,
     Fmt,
     KeyOpt,
+    LowerOpt,
     MaxIterOpt,
     NodeOpt,
     OutputOpt,
@@ -29,12 +30,6 @@ from lipcheck.cli_options import (
     SeedOpt,
     ShapeOpt,
     TolOpt,
-    expand,
-    format_option,
-    number,
-    parse_pair,
-    settings_for,
-    warn,
 )
 from lipcheck.cli_output import publish, write_atomic
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
@@ -62,11 +57,13 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
     from lipcheck.api import analyse_files
     from lipcheck.report.progress import LayerProgress
 
-    settings = {path: settings_for(ctx, path, **common) for path in paths}
+    settings = {path: opt.settings_for(ctx, path, **common) for path in paths}
     for path, chosen in settings.items():
         if chosen.input_shape and Path(path).suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar"):
-            warn(f"{path}: --input-shape applies to files with a graph (ONNX, TorchScript, .pt2); ignored here")
-    with LayerProgress(Console(stderr=True)) as progress:
+            opt.warn(f"{path}: --input-shape applies to files with a graph (ONNX, TorchScript, .pt2); ignored here")
+    from lipcheck.graph.tight import reporting
+
+    with LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight):
         return analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
                              on_file=progress.start_file if len(paths) > 1 else None)
 
@@ -76,15 +73,16 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
 def inspect(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file: .pt/.pth/.bin/.ckpt, TorchScript, .pt2, .safetensors or .onnx.")],
-    output_format: Annotated[Fmt, format_option(("table", "json", "markdown", "csv"))] = Fmt.table,
+    output_format: Annotated[Fmt, opt.format_option(("table", "json", "markdown", "csv"))] = Fmt.table,
     output: OutputOpt = None, tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER,
     seed: SeedOpt = DEFAULT_SEED, device: DeviceOpt = "cpu", key: KeyOpt = None, input_shape: ShapeOpt = None,
     allow_global: AllowGlobalOpt = None, node_constant: NodeOpt = None, plot: PlotOpt = None, config: ConfigOpt = None,
+    effort: EffortOpt = 1.0, lower: LowerOpt = True,
 ) -> None:
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
     _formats(output_format, ("table", "json", "markdown", "csv"), "inspect", "check writes junit and github")
-    run = _analyse(ctx, [str(model)], key, tol=tol, max_iter=max_iter, seed=seed, device=device,
-                   input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
+    run = _analyse(ctx, [str(model)], key, tol=tol, max_iter=max_iter, seed=seed, device=device, effort=effort,
+                   lower=lower, input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
     if run.errors:
         raise Failure(run.errors[0].error or "")
     publish(run, output_format, output, plot, exit_zero=False, strict=False)
@@ -94,11 +92,11 @@ def inspect(
 def check(
     ctx: typer.Context,
     models: Annotated[list[str] | None, typer.Argument(metavar="MODEL...", help="Model files or glob patterns (default: 'models' from the config).")] = None,
-    fail_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_ABOVE", parser=number, metavar="X",
+    fail_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_ABOVE", parser=opt.number, metavar="X",
                                                         help="Fail when the network bound is above X.")] = None,
-    bound: Annotated[BoundKind, typer.Option(envvar="LIPCHECK_BOUND", metavar="upper|graph|product",
-                                             help="What --fail-above judges: upper (the network bound; exit 2 when there is none), graph, or product (the product of layer bounds, a network bound only for plain chains).")] = BoundKind.network,
-    fail_layer_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE", parser=number, metavar="X",
+    bound: Annotated[opt.BoundKind, typer.Option(envvar="LIPCHECK_BOUND", metavar="upper|graph|product",
+                                             help="What --fail-above judges: upper (the network bound; exit 2 when there is none), graph, or product (the product of layer bounds, a network bound only for plain chains).")] = opt.BoundKind.network,
+    fail_layer_above: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_LAYER_ABOVE", parser=opt.number, metavar="X",
                                                               help="Fail when any layer's upper bound is above X.")] = None,
     layer_threshold: Annotated[list[str] | None, typer.Option(envvar="LIPCHECK_LAYER_THRESHOLD", metavar="PATTERN=X",
                                                                  help="Fail when a layer matching the glob PATTERN is above X (first match wins; repeatable).")] = None,
@@ -106,23 +104,25 @@ def check(
                                             help="Exit 0 even when a gate fails (errors still exit 2).")] = False,
     strict: Annotated[bool, typer.Option("--strict/--no-strict", envvar="LIPCHECK_STRICT",
                                          help="Exit 2 when a tensor is skipped.")] = False,
-    output_format: Annotated[Fmt, format_option(tuple(f.value for f in Fmt))] = Fmt.table,
+    output_format: Annotated[Fmt, opt.format_option(tuple(f.value for f in Fmt))] = Fmt.table,
     output: OutputOpt = None, tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER,
     seed: SeedOpt = DEFAULT_SEED, device: DeviceOpt = "cpu", key: KeyOpt = None, input_shape: ShapeOpt = None,
     allow_global: AllowGlobalOpt = None, node_constant: NodeOpt = None, plot: PlotOpt = None, config: ConfigOpt = None,
+    effort: EffortOpt = 1.0, lower: LowerOpt = True,
 ) -> None:
     """Gate CI on Lipschitz bounds: exit 1 when a model is above a threshold, 2 when it cannot be judged."""
     from lipcheck.gate import GateSpec
 
     if not models:
         raise Failure("no model given; name files or globs (lipcheck check model.onnx) or set 'models' in [tool.lipcheck]")
-    pairs = tuple(parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
+    pairs = tuple(opt.parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
     spec = GateSpec(fail_above=fail_above, bound=bound.value, fail_layer_above=fail_layer_above,
                     layer_thresholds=pairs, strict=strict)
-    run = _analyse(ctx, expand(models), key, spec, tol=tol, max_iter=max_iter, seed=seed, device=device,
-                   input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
+    run = _analyse(ctx, opt.expand(models), key, spec, tol=tol, max_iter=max_iter, seed=seed, device=device,
+                   effort=effort, lower=lower, input_shape=input_shape, allow_global=allow_global,
+                   node_constant=node_constant)
     if not spec.active:
-        warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
+        opt.warn("no threshold set (--fail-above, --fail-layer-above, --layer-threshold): every model passes")
     publish(run, output_format, output, plot, exit_zero=exit_zero, strict=strict)
 
 
@@ -131,13 +131,13 @@ def normalize(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Model file to normalize (never modified).")],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the normalized copy (same format).")],
-    target: Annotated[float, typer.Option(parser=number, metavar="X", help="Each selected layer's Lipschitz bound after normalization.")] = 1.0,
-    budget: Annotated[float | None, typer.Option(parser=number, metavar="K", help="A whole-network target K: each of the L selected layers gets K^(1/L).")] = None,
-    convention: Annotated[Convention, typer.Option(metavar="lipschitz|torch", help="lipschitz: divide by the certified Lipschitz upper bound (conv operator norm); torch: by the reshaped σ, as torch's spectral_norm.")] = Convention.lipschitz,
+    target: Annotated[float, typer.Option(parser=opt.number, metavar="X", help="Each selected layer's Lipschitz bound after normalization.")] = 1.0,
+    budget: Annotated[float | None, typer.Option(parser=opt.number, metavar="K", help="A whole-network target K: each of the L selected layers gets K^(1/L).")] = None,
+    convention: Annotated[opt.Convention, typer.Option(metavar="lipschitz|torch", help="lipschitz: divide by the certified Lipschitz upper bound (conv operator norm); torch: by the reshaped σ, as torch's spectral_norm.")] = opt.Convention.lipschitz,
     clip: Annotated[bool, typer.Option("--clip", help="Only shrink layers above the target.")] = False,
     layers: Annotated[list[str] | None, typer.Option("--layers", metavar="GLOB", help="Layer names to normalize (repeatable; default all).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
-    output_format: Annotated[Fmt, format_option(("table", "json"))] = Fmt.table,
+    output_format: Annotated[Fmt, opt.format_option(("table", "json"))] = Fmt.table,
     tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER, seed: SeedOpt = DEFAULT_SEED,
     device: DeviceOpt = "cpu", key: KeyOpt = None, input_shape: ShapeOpt = None, allow_global: AllowGlobalOpt = None,
     config: ConfigOpt = None,
@@ -150,13 +150,13 @@ def normalize(
     from lipcheck.report.progress import LayerProgress
 
     _formats(output_format, ("table", "json"), "normalize", "its report is the before/after table")
-    settings = settings_for(ctx, str(model), tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
+    settings = opt.settings_for(ctx, str(model), tol=tol, max_iter=max_iter, seed=seed, device=device, input_shape=input_shape,
                          allow_global=allow_global, node_constant=None)
     with LayerProgress(Console(stderr=True)):
         result = run_normalize(model, output, target=target, budget=budget, convention=convention.value, clip=clip,
                                layers=tuple(layers or ()), force=force, settings=settings, key=key)
     for warning in result.warnings:
-        warn(warning)
+        opt.warn(warning)
     if output_format is Fmt.json:
         sys.stdout.write(normalize_table.render_json(result))
     else:
@@ -168,9 +168,9 @@ def diff(
     ctx: typer.Context,
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The earlier checkpoint.")],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="The later checkpoint of the same model.")],
-    fail_if_grows: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_IF_GROWS", parser=number, metavar="PCT",
+    fail_if_grows: Annotated[float | None, typer.Option(envvar="LIPCHECK_FAIL_IF_GROWS", parser=opt.number, metavar="PCT",
                                                            help="Exit 1 when a layer's upper bound or the product grows by more than PCT percent.")] = None,
-    output_format: Annotated[Fmt, format_option(("table", "json", "markdown"))] = Fmt.table,
+    output_format: Annotated[Fmt, opt.format_option(("table", "json", "markdown"))] = Fmt.table,
     output: OutputOpt = None, tol: TolOpt = DEFAULT_TOL, max_iter: MaxIterOpt = DEFAULT_MAX_ITER,
     seed: SeedOpt = DEFAULT_SEED, device: DeviceOpt = "cpu", key: KeyOpt = None, input_shape: ShapeOpt = None,
     allow_global: AllowGlobalOpt = None, config: ConfigOpt = None,
@@ -188,7 +188,7 @@ def diff(
         raise Failure(run.errors[0].error or "")
     drift = compare(run.results[0].report, run.results[1].report, fail_if_grows)
     for warning in drift.warnings:
-        warn(warning)
+        opt.warn(warning)
     if output_format is Fmt.table and not output:
         drift_render.render_table(drift, Console())
     else:

@@ -86,6 +86,10 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", envvar="LIPCHE
 TolOpt = Annotated[float, typer.Option(envvar="LIPCHECK_TOL", metavar="REL", parser=number,
                                        help="Relative width at which a layer's interval counts as converged.")]
 MaxIterOpt = Annotated[int, typer.Option(envvar="LIPCHECK_MAX_ITER", metavar="N", parser=_integer, help="Iteration cap per layer.")]
+EffortOpt = Annotated[float, typer.Option(envvar="LIPCHECK_EFFORT", metavar="X", parser=number,
+                                          help="Scale the time spent on the lower bound and the tight bound (2 = twice as long).")]
+LowerOpt = Annotated[bool, typer.Option("--lower/--no-lower", envvar="LIPCHECK_LOWER",
+                                        help="Search an attained lower bound where the model can be run.")]
 SeedOpt = Annotated[int, typer.Option(envvar="LIPCHECK_SEED", metavar="N", parser=_integer, help="Seed of the start vectors.")]
 DeviceOpt = Annotated[str, typer.Option(envvar="LIPCHECK_DEVICE", metavar="DEVICE",
                                         help="Where dense certificates run: cpu, cuda, cuda:N, or auto. Never required.")]
@@ -111,19 +115,19 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 def settings_for(ctx: typer.Context, model: str, *, tol: float, max_iter: int, seed: int, device: str,
                  input_shape: list[str] | None, allow_global: list[str] | None,
-                 node_constant: list[str] | None) -> Settings:
+                 node_constant: list[str] | None, effort: float = 1.0, lower: bool = True) -> Settings:
     """The Settings for one model; input shapes may come per model from the config."""
     from lipcheck import config
 
-    if not 0.0 < tol < 1.0 or max_iter < 1:
-        raise Failure("--tol must be between 0 and 1 (e.g. 1e-6) and --max-iter at least 1")
+    if not 0.0 < tol < 1.0 or max_iter < 1 or not effort > 0:
+        raise Failure("--tol must be between 0 and 1 (e.g. 1e-6), --max-iter at least 1 and --effort positive")
     if input_shape is None and "lipcheck.config" in ctx.meta:
         loaded, path = ctx.meta["lipcheck.config"]
         input_shape = config.shapes_for(loaded, path, model)
     shapes = tuple(_parse_shape(text) for text in input_shape) if input_shape else None
     pairs = tuple(parse_pair(text, "--node-constant", "LABEL=C, e.g. '/attn/MatMul=4.0'") for text in node_constant or ())
     return Settings(seed=seed, tol=tol, max_iter=max_iter, input_shape=shapes, device=_device(device),
-                    allow_globals=tuple(allow_global or ()), node_constants=pairs)
+                    allow_globals=tuple(allow_global or ()), node_constants=pairs, lower=lower, effort=effort)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -20,4 +20,5 @@ class Settings:
     allow_globals: tuple[str, ...] = ()  # module.Name objects a checkpoint may contain (--allow-global)
     node_constants: tuple[tuple[str, float], ...] = ()  # --node-constant LABEL=C: user-vouched constants
     device: str = "cpu"  # where dense certificates run: cpu, cuda, cuda:N (never required)
-    lower: bool = True  # an empirical lower bound where the model can be run (ONNX via onnxruntime)
+    lower: bool = True  # an attained lower bound where the model can be run
+    effort: float = 1.0  # scales the time budgets of the lower-bound search and the tight bound

@@ -1,5 +1,6 @@
 """Evaluate an ONNX model in float64: a float64 twin of the graph, run by onnxruntime where its CPU
-kernels cover every op in double, else by ONNX's reference evaluator (numpy, convolutions by torch).
+kernels cover every op in double, else lipcheck's IR run in torch (lipcheck.graph.torch_eval) where
+it implements every op, else ONNX's reference evaluator (numpy, convolutions by torch).
 
 The twin computes the function the file describes with its stored weights taken exactly: every
 float32/float16/bfloat16 tensor (initializers, Constant nodes, tensor attributes, graph inputs,
@@ -27,6 +28,10 @@ from onnx import (
     helper,
     numpy_helper,
 )
+
+from lipcheck.errors import first_line
+from lipcheck.graph.ir import Graph
+from lipcheck.graph.torch_eval import supported
 
 # Float types narrower than float64: FLOAT, FLOAT16, BFLOAT16 and the float8 kinds.
 _NARROW = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, 17, 18, 19, 20}
@@ -65,27 +70,35 @@ def node_count(model: ModelProto) -> int:
 
 
 class Float64Model:
-    """One ONNX model evaluated in float64 at inputs given in graph-input order."""
+    """One ONNX model evaluated in float64 at inputs given in graph-input order.
 
-    def __init__(self, model: ModelProto) -> None:
+    ``graph`` is lipcheck's IR of the same file; with it, graphs onnxruntime cannot run in double
+    are run in torch instead of the (much slower) reference evaluator.
+    """
+
+    def __init__(self, model: ModelProto, graph: Graph | None = None) -> None:
         self.twin = float64_twin(model)
         self.input_names = [v.name for v in self.twin.graph.input
                             if v.name not in {init.name for init in self.twin.graph.initializer}]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._session: Any = None
         self._reference: Any = None
+        self._graph: Graph | None = None
         self.backend = ""
         errors = []
         try:
             self._session = self._ort_session()
             self.backend = "onnxruntime"
         except Exception as exc:  # onnxruntime lacks a double kernel for some op
-            errors.append(f"onnxruntime: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+            errors.append(f"onnxruntime: {first_line(exc, 200)}")
+            if graph is not None and not supported(graph):
+                self._graph, self.backend = graph, "torch"
+                return
             try:
                 self._reference = _reference_evaluator(self.twin)
                 self.backend = "reference"
             except Exception as ref_exc:  # an op the reference evaluator does not implement either
-                errors.append(f"reference evaluator: {str(ref_exc).splitlines()[0][:200] if str(ref_exc) else type(ref_exc).__name__}")
+                errors.append(f"reference evaluator: {first_line(ref_exc, 200)}")
         if not self.backend:
             raise NoFloat64Evaluation("no float64 evaluation of this graph (" + "; ".join(errors) + ")")
 
@@ -105,6 +118,14 @@ class Float64Model:
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's outputs at ``inputs`` (float inputs are widened to float64), as float64 arrays."""
+        if self._graph is not None:
+            import torch
+
+            from lipcheck.graph.torch_eval import evaluate
+
+            with torch.no_grad():
+                values = evaluate(self._graph, [torch.from_numpy(np.asarray(x)) for x in inputs])
+            return [v.detach().numpy().astype(np.float64) for v in values]
         feeds = {name: (np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x))
                  for name, x in zip(self.input_names, inputs)}
         if self._session is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import heapq
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,9 @@ _JACOBIAN_MAX_INPUTS = 4096
 _SLOW_JACOBIAN_MAX_INPUTS = 256  # when only the reference evaluator (numpy) runs the graph
 _JACOBIAN_POINTS = 1
 _CHECKED = 4  # best pairs of the float32 search whose float64 ratio is computed
+_BUDGET_PASSES = 60  # the search's time budget, in forward passes of the model (times --effort)
+_MIN_SECONDS = 2.0  # ... but never less than this
+_MIN_PAIRS = 4  # pairs tried whatever the budget
 _PER_NODE = 2.0**-40
 _FLOAT32_ERROR_SCALE = 2.0**-19
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -51,9 +55,12 @@ _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
-def onnx_lower(path: Path, graph: Graph, seed: int) -> float | None:
+def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> float | None:
     """The largest certified float64 ratio found, or None when the input shapes are not fully known
     or not float.
+
+    The search's cost scales with the model: it stops after about ``effort`` × max(2 s, the time of
+    _BUDGET_PASSES forward passes), having tried at least _MIN_PAIRS pairs.
 
     Raises NoFloat64Evaluation when no runtime evaluates the graph in float64, and onnxruntime's
     errors when it cannot run the graph at all: a float32 ratio is never returned instead.
@@ -66,7 +73,7 @@ def onnx_lower(path: Path, graph: Graph, seed: int) -> float | None:
     if not shapes or any(s is None or not all(s) for s in shapes):
         return None
     model = onnx.load(str(path))
-    exact = Float64Model(model)
+    exact = Float64Model(model, graph)
     search, dtypes = _float32_session(path)
     if search is None:
         search = exact
@@ -75,9 +82,10 @@ def onnx_lower(path: Path, graph: Graph, seed: int) -> float | None:
         return None
     rng = np.random.default_rng(seed)
     # The search takes a float32 grid wherever the file's inputs are float32.
-    grid = [np.dtype(d) for d in dtypes]  # type: ignore[arg-type]
+    grid = [np.dtype(d) for d in dtypes]
     fast = search is not exact or exact.backend == "onnxruntime"
-    found = _search(search, shapes, grid, rng, _JACOBIAN_MAX_INPUTS if fast else _SLOW_JACOBIAN_MAX_INPUTS)  # type: ignore[arg-type]
+    found = _search(search, shapes, grid, rng, _JACOBIAN_MAX_INPUTS if fast else _SLOW_JACOBIAN_MAX_INPUTS,  # type: ignore[arg-type]
+                    effort)
     if not found:
         return None
     float32 = search if search is not exact else None
@@ -103,7 +111,7 @@ def _float32_session(path: Path) -> tuple[Run | None, list[type | None] | None]:
     return run, [_FLOAT_TYPES.get(f.type) for f in feeds]
 
 
-def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | None]:  # type: ignore[name-defined]
+def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | None]:
     from onnx import TensorProto
 
     declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
@@ -112,8 +120,18 @@ def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | Non
 
 
 def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator,
-            jacobian_limit: int) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """The best pairs (x, y) by the search's own ratio: a Jacobian direction, random pairs, an attack."""
+            jacobian_limit: int, effort: float = 1.0) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """The best pairs (x, y) by the search's own ratio: a Jacobian direction, random pairs, an attack.
+
+    Random pairs and attack steps stop once the time budget is spent (see :func:`onnx_lower`).
+    """
+    started = time.monotonic()
+    deadline: list[float] = []  # set from the first evaluation's cost
+    tried = [0]
+
+    def spent() -> bool:
+        return tried[0] >= _MIN_PAIRS and bool(deadline) and time.monotonic() > deadline[0]
+
     best: list[tuple[float, int, list[np.ndarray], list[np.ndarray]]] = []  # a min-heap of the top pairs
     counter = [0]
 
@@ -131,6 +149,10 @@ def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: 
         if dx == 0.0:
             return 0.0, ys
         fx, fy = run(xs), run(ys)
+        tried[0] += 1
+        if not deadline:
+            per_pass = (time.monotonic() - started) / 2
+            deadline.append(started + effort * max(_MIN_SECONDS, _BUDGET_PASSES * per_pass))
         value = max((float(np.linalg.norm(b - a)) for a, b in zip(fx, fy)), default=0.0) / dx
         return (value if math.isfinite(value) else 0.0), ys
 
@@ -152,6 +174,8 @@ def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: 
             value, ys = ratio(xs, us)
             keep(value, xs, ys)
     for _ in range(_PAIRS):
+        if spent():
+            break
         xs = point()
         value, ys = ratio(xs, [rng.standard_normal(s) * 1e-2 for s in shapes])
         keep(value, xs, ys)
@@ -161,6 +185,8 @@ def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: 
     xs, us = top[2], [y.astype(np.float64) - x.astype(np.float64) for x, y in zip(top[2], top[3])]
     current = top[0]
     for _ in range(_ATTACK_STEPS):
+        if spent():
+            break
         trial_x = [(x + rng.standard_normal(x.shape) * 0.1).astype(g) for x, g in zip(xs, grid)]
         trial_u = [u + rng.standard_normal(u.shape) * 3e-3 for u in us]
         value, ys = ratio(trial_x, trial_u)
@@ -245,7 +271,7 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
             vs = draw()
             best = (0.0, xs, vs)
             for _ in range(steps):
-                norm = torch.sqrt(sum((v ** 2).sum() for v in vs))
+                norm = torch.sqrt(torch.stack([(v ** 2).sum() for v in vs]).sum())
                 if float(norm) == 0.0 or not math.isfinite(float(norm)):
                     break
                 vs = tuple(v / norm for v in vs)
@@ -395,8 +421,8 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
                 exact = top(jacobian(x.detach(), 0.0))
         except RuntimeError:  # an eigensolver that fails on a degenerate or overflowing Jacobian: next round
             continue
-        for value, point in zip(exact.tolist(), x.detach()):
-            found.append((value, point))
+        for got, point in zip(exact.tolist(), x.detach()):
+            found.append((float(got), point))
     if any(kinked) and found:
         found.sort(key=lambda item: item[0], reverse=True)
         seeds = torch.stack([point for _, point in found[:starts]])
@@ -405,12 +431,12 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
                                    budget_s - (time.perf_counter() - start))
         except RuntimeError:  # as above: the candidates found so far stand
             walked = ([], [])
-        for value, point in zip(*walked):
-            found.append((value, point))
-    found = [(value, point) for value, point in found if math.isfinite(value) and bool(torch.isfinite(point).all())]
+        for got, point in zip(*walked):
+            found.append((float(got), point))
+    found = [(got, point) for got, point in found if math.isfinite(got) and bool(torch.isfinite(point).all())]
     found.sort(key=lambda item: item[0], reverse=True)
-    out = []
-    for value, point in found[:_CHECKED]:
+    out: list[tuple[np.ndarray, np.ndarray, float]] = []
+    for got, point in found[:_CHECKED]:
         with torch.no_grad():
             j = jacobian(point[None], 0.0)[0]
         try:
@@ -418,7 +444,7 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
         except RuntimeError:
             continue
         if bool(torch.isfinite(vh[0]).all()):
-            out.append((point.numpy(), vh[0].numpy(), value))
+            out.append((point.numpy(), vh[0].numpy(), got))
     return out
 
 

@@ -33,3 +33,7 @@ class LayerProgress:
         name = layer.display_name if layer is not None else "done"
         prefix = f"{self.model}: " if self.model else ""
         self.bar.update(self.task, completed=index, total=total, description=f"{prefix}σ {name}")
+
+    def tight(self, fraction: float, best: float) -> None:
+        """Show the tight bound falling as its optimizer spends its time budget."""
+        self.bar.update(self.task, completed=round(1000 * fraction), total=1000, description=f"tight bound ≤ {best:.6g}")
