@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
 
 import torch
 
@@ -83,7 +84,7 @@ def _batches(layers: list[Layer], device: str) -> list[list[int]]:
     for index, layer in enumerate(layers):
         by_shape.setdefault(matrix_shape(layer), []).append(index)
     gram_budget = _BATCH_GRAM_ELEMENTS["cuda" if device.startswith("cuda") else "cpu"]
-    batches = []
+    batches: list[list[int]] = []
     for (rows, cols), members in by_shape.items():
         side = min(rows, cols)
         size = max(1, min(gram_budget // max(1, side * side), _BATCH_WEIGHT_ELEMENTS // max(1, rows * cols)))
@@ -112,6 +113,16 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
                 yield index, result() if callable(result) else result
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
+    # Conv tasks wait in a heap and each pool job runs the costliest one waiting, so the largest
+    # convs start first and the last to finish are small ones.
+    queue: list[tuple[float, int, int, Pending]] = []
+    queue_lock = threading.Lock()
+
+    def run_costliest() -> tuple[int, LayerEstimate]:
+        with queue_lock:
+            _, _, index, task = heapq.heappop(queue)
+        return index, task()
+
     try:
         _single_threaded_workers(pool, workers, threads)
         pending: set[Future] = {pool.submit(_estimate_batch, layers, batch, settings) for batch in batches}
@@ -124,7 +135,9 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int,
                     continue
                 for index, found in result:
                     if callable(found):
-                        pending.add(pool.submit(lambda i=index, f=found: (i, f())))
+                        with queue_lock:
+                            heapq.heappush(queue, (-_operator_cost(layers[index]), index, index, found))
+                        pending.add(pool.submit(run_costliest))
                     else:
                         yield index, found
     finally:
@@ -181,17 +194,42 @@ def _estimate_batch(layers: list[Layer], batch: list[int],
             loaded.append((index, weight))
             peaks.append(peak)
     if loaded:
-        warm = [layers[i].warm_u() if layers[i].warm_u is not None else None for i, _ in loaded]
+        warm = [_warm_start(layers[i]) for i, _ in loaded]
         found = certify_batch([sigma_matrix(layers[i], w) for i, w in loaded], tol=settings.tol,
                               max_iter=settings.max_iter, seed=settings.seed, u0s=warm, device=settings.device,
                               peaks=peaks)
         for (index, weight), est in zip(loaded, found):
             layer = layers[index]
             if _needs_operator(layer):
-                done.append((index, lambda l=layer, w=weight, e=est: _layer_estimate(l, w, e, settings)))
+                done.append((index, _deferred(layer, weight, est, settings)))
             else:
                 done.append((index, _layer_estimate(layer, weight, est, settings)))
     return done
+
+
+def _warm_start(layer: Layer) -> torch.Tensor | None:
+    warm_u = layer.warm_u
+    return warm_u() if warm_u is not None else None
+
+
+def _deferred(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> Pending:
+    return lambda: _layer_estimate(layer, weight, est, settings)
+
+
+def _operator_cost(layer: Layer) -> float:
+    """A rough cost of a conv's operator interval: per-frequency factorizations plus the lower end's convs.
+
+    About prod(spatial) / s^D frequencies, each a factorization of the smaller Gram side n (cubic),
+    and some tens of applications of the conv itself.
+    """
+    shape, geometry, spatial = layer.shape, layer.geometry, layer.input_spatial
+    if geometry is None or spatial is None or len(shape) < 3:
+        return 0.0
+    groups = max(1, geometry.groups)
+    phases = math.prod(geometry.stride) if geometry.stride else 1
+    side = min(shape[0] // groups, shape[1] * phases)
+    size = math.prod(spatial)
+    return groups * size / phases * side**3 / 2 + 40.0 * size * shape[0] * math.prod(shape[1:])
 
 
 def _needs_operator(layer: Layer) -> bool:
@@ -231,10 +269,11 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
     if math.prod(kernel) == 1 and geometry.groups == 1 and not any(geometry.padding):
         # A 1x1 conv applies W at every position: its norm is sigma(W) at any size.
         return Interval(est.sigma, est.upper, METHOD_CONV_1X1), est
-    if layer.input_spatial is None:
+    spatial = layer.input_spatial
+    if spatial is None:
         return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
     key = _conv_key("interval", weight, layer, settings)
-    found = _cached(key, lambda: operator_interval(weight, geometry, layer.input_spatial, layer.is_transposed,
+    found = _cached(key, lambda: operator_interval(weight, geometry, spatial, layer.is_transposed,
                                                    tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed,
                                                    upper_cap=any_size, device=settings.device))
     assert isinstance(found, ConvInterval)
@@ -280,10 +319,11 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
     else:
         factor = 1.0
     margin = 2.0**-52 * factor * float(weight.norm()) * 1.01
+    spatial = layer.input_spatial
     if _needs_operator(layer) and not layer.is_transposed:
-        assert geometry is not None and layer.input_spatial is not None
+        assert geometry is not None and spatial is not None
         key = _conv_key("upper", weight, layer, settings)
-        value = _cached(key, lambda: operator_upper(weight, geometry, layer.input_spatial, False, tol=settings.tol,
+        value = _cached(key, lambda: operator_upper(weight, geometry, spatial, False, tol=settings.tol,
                                                     max_iter=settings.max_iter, seed=settings.seed,
                                                     device=settings.device))
         sized = min(float(value), _any_size_upper(layer, weight, settings))  # type: ignore[arg-type]
