@@ -119,3 +119,44 @@ def test_ring_is_the_smallest_valid_embedding() -> None:
     assert ring_sizes((14,), (3,), (2,), (1,), [1], [1]) == [16]
     assert ring_sizes((5,), (1,), (1,), (1,), [0], [0]) == [5]
     assert math.prod(ring_sizes((4, 4, 4), (3, 3, 3), (1, 1, 1), (2, 2, 2), [2] * 3, [2] * 3)) == 6**3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
+       st.integers(1, 4), st.integers(1, 4), st.integers(4, 9), st.integers(0, 2**16))
+def test_gram_blocks_match_the_symbol_within_the_rounding_bound(dims: int, k: int, stride: int, dilation: int,
+                                                                 groups: int, c_in: int, c_out: int, n: int,
+                                                                 seed: int) -> None:
+    """fl(G(w)) from paired tap products is K K^H or K^H K of the directly summed symbol, at every frequency."""
+    from lipcheck.spectral import conv_fourier as cf
+
+    weight = torch.randn(c_out * groups, c_in, *(k,) * dims, generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.float64)
+    strides, dilations = (stride,) * dims, (dilation,) * dims
+    sizes = ring_sizes((n,) * dims, (k,) * dims, strides, dilations, [k // 2] * dims, [k // 2] * dims)
+    taps = cf.gram_taps(weight, groups, strides, dilations, sizes)
+    freqs = cf._half_frequencies(taps.taps.reduced)
+    blocks = cf.gram_blocks(taps, freqs)
+    bound = cf.gram_error(taps)
+    for row, frequency in enumerate(freqs.tolist()):
+        for group in range(groups):
+            symbol = cf.symbol_at(weight, groups, group, taps.taps, tuple(frequency))
+            gram = symbol @ symbol.mH if taps.side == "out" else symbol.mH @ symbol
+            # The reference itself is a float64 sum: allow its own rounding on top of the bound.
+            slack = 1e-13 * float(gram.abs().sum())
+            assert float(torch.linalg.matrix_norm(blocks[row, group] - gram, ord=2)) <= bound + slack
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.floats(0.0, 1e-3), st.integers(0, 2**16), st.booleans())
+def test_cholesky_bound_is_above_the_largest_eigenvalue(n: int, slack: float, seed: int, singular: bool) -> None:
+    """A completed factorization of tau I - G certifies lambda_max(G) even when tau is barely above it."""
+    from lipcheck.spectral import conv_fourier as cf
+
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(n, max(1, n // 2) if singular else n, generator=gen, dtype=torch.complex128)
+    g = (k @ k.mH).unsqueeze(0)
+    top = float(torch.linalg.eigvalsh(g)[0, -1])
+    ok, bound = cf._cholesky_bounds(g, torch.tensor([top * (1 + slack)], dtype=torch.float64))
+    if bool(ok[0]):
+        assert float(bound[0]) >= top
