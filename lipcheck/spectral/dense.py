@@ -15,8 +15,8 @@ Gram-iteration step, which is what makes the certificate cheaper than an SVD.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
