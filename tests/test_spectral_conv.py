@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipcheck.model import ConvGeometry
-from lipcheck.spectral.conv import _conv_fn, circular_upper, explicit_matrix, operator_interval, operator_lower, resolve, upper_end
+from lipcheck.spectral.conv import (
+    _conv_fn,
+    circular_upper,
+    explicit_matrix,
+    operator_interval,
+    operator_lower,
+    resolve,
+    upper_end,
+)
 
 
 @st.composite
