@@ -13,6 +13,7 @@ the reported value is ||A x|| / ||x|| for the Ritz vector x, recomputed in float
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -164,12 +165,46 @@ def any_size_factor(kernel: tuple[int, ...], geometry: ConvGeometry) -> float:
 
 
 def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> torch.Tensor:
-    """The operator as a dense matrix (outputs x inputs), by applying it to every basis vector."""
-    apply = _conv_fn(weight, geometry, transposed)
-    c = input_channels(weight, geometry, transposed)
-    size = c * math.prod(spatial)
-    basis = torch.eye(size, dtype=torch.float64).reshape(size, c, *spatial)
-    return apply(basis).reshape(size, -1).T
+    """The operator as a dense matrix (outputs x inputs), rows and columns in (channel, position) order.
+
+    A zero-padded conv is written tap by tap: output position o reads input o*s + t*d - b per
+    axis, so each tap places W_t (block-diagonal over groups) at the (o, i) pairs inside the
+    input. Other operators are applied to every basis vector.
+    """
+    if transposed or geometry.padding_mode != "zeros":
+        apply = _conv_fn(weight, geometry, transposed)
+        c = input_channels(weight, geometry, transposed)
+        size = c * math.prod(spatial)
+        basis = torch.eye(size, dtype=torch.float64).reshape(size, c, *spatial)
+        return apply(basis).reshape(size, -1).T
+    w = weight.to(torch.float64)
+    dims = len(spatial)
+    begin, end = _pads(geometry, dims)
+    kernel = tuple(w.shape[2:])
+    outs = [max(0, (n + b + e - (k - 1) * d - 1) // s + 1)
+            for n, k, s, d, b, e in zip(spatial, kernel, geometry.stride, geometry.dilation, begin, end)]
+    if min(outs, default=1) <= 0:
+        raise RuntimeError("the conv has no output at this input size")
+    groups = geometry.groups
+    m, c = w.shape[0] // groups, w.shape[1]
+    p_size, q_size = math.prod(outs), math.prod(spatial)
+    matrix = torch.zeros(groups, m, p_size, groups, c, q_size, dtype=torch.float64)
+    group = torch.arange(groups).reshape(-1, 1)
+    out_index = torch.arange(p_size).reshape(outs)
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        reads = [torch.arange(o) * s + t * d - b for o, s, t, d, b in
+                 zip(outs, geometry.stride, tap, geometry.dilation, begin)]
+        inside = [(r >= 0) & (r < n) for r, n in zip(reads, spatial)]
+        rows = out_index[torch.meshgrid(*(torch.nonzero(ok).flatten() for ok in inside), indexing="ij")].reshape(-1)
+        kept = [r[ok] for r, ok in zip(reads, inside)]
+        cols = torch.zeros(rows.shape, dtype=torch.int64)
+        for axis, grid in enumerate(torch.meshgrid(*kept, indexing="ij")):
+            cols = cols * spatial[axis] + grid.reshape(-1)
+        if rows.numel() == 0:
+            continue
+        block = w[(slice(None), slice(None)) + tap].reshape(groups, 1, m, c)
+        matrix[group, :, rows.reshape(1, -1), group, :, cols.reshape(1, -1)] += block
+    return matrix.reshape(groups * m * p_size, groups * c * q_size)
 
 
 def pad_norm(spatial: tuple[int, ...], geometry: ConvGeometry) -> float:
