@@ -17,6 +17,7 @@ start-up is also given in forward passes of the same model on the same machine.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.1, 0.1)
+        assert bn.running_mean is not None and bn.running_var is not None
         bn.running_mean.uniform_(-0.1, 0.1)
         bn.running_var.uniform_(0.5, 1.5)
     return bn
@@ -111,7 +113,7 @@ class Detector(nn.Module):
 
 def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     """Export in eval mode with the TorchScript-based exporter (batch norms folded into the convs)."""
-    torch.onnx.export(model.eval(), torch.randn(*shape), str(path), dynamo=False, opset_version=17)
+    torch.onnx.export(model.eval(), (torch.randn(*shape),), str(path), dynamo=False, opset_version=17)
     return path
 
 
@@ -170,7 +172,8 @@ def main() -> None:
     """Build the models, run every contender, print a markdown section."""
     quick = "--quick" in sys.argv
     torch.manual_seed(0)
-    print(f"- machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"- machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         r50 = export_onnx(resnet(Bottleneck, [3, 4, 6, 3], 4), (1, 3, 224, 224), root / "resnet50.onnx")
@@ -217,6 +220,7 @@ def main() -> None:
         print(f"| ResNet-18 ONNX 64 px | | {wall_o:.2f} | {wall_o - base:.2f} | | | | |")
         print(f"| ResNet-18 TorchScript 64 px, --input-shape | {len(conv_rows(rep_t))} | {wall_t:.2f} | "
               f"{wall_t - base:.2f} | | | | |")
+    print(f"\n- load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
