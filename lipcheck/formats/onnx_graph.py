@@ -21,6 +21,7 @@ from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
 from lipcheck.formats.onnx_consts import payload_fits as _check_payload
 from lipcheck.formats.onnx_consts import to_torch as _to_torch
 from lipcheck.graph import onnx_front
+from lipcheck.graph.fold import MAX_ELEMENTS, fold
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
@@ -44,6 +45,7 @@ class _Const:
     dtype: str
     value_shape: tuple[int, ...]
     chain: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()  # for a value computed from constants: the stored tensors it is made from
 
 
 @dataclass
@@ -66,9 +68,15 @@ class _Scope:
 
 
 class _Reader:
-    def __init__(self, path: Path, shapes: dict[str, onnx_shapes.Dims] | None = None) -> None:
+    """Finds the layers of an ONNX graph and the constants of each scope, without running the model."""
+
+    def __init__(self, path: Path, shapes: dict[str, onnx_shapes.Dims] | None = None, inputs: set[str] | None = None,
+                 opsets: dict[str, int] | None = None) -> None:
         self.path = path
         self.shapes = shapes or {}
+        self.inputs = inputs or set()
+        self.opsets = opsets or {}
+        self.folded: dict[str, Array] = {}  # the main graph's values computed from constants alone
         self.base = os.path.realpath(path.parent)
         self.layers: list[Layer] = []
         self.uses: dict[tuple[str, str], list[str]] = {}  # (scope, stored name) -> consumer ops
@@ -134,6 +142,44 @@ class _Reader:
         scope.consts[name] = const
         return const
 
+    def computed(self, scope: _Scope, name: str) -> _Const | None:
+        """A weight the main graph computes from constants with ops beyond pass-throughs: its folded value.
+
+        It is evaluated now (each folding step capped at ``MAX_ELEMENTS`` entries), so a value that
+        cannot be folded is no layer; the stored tensors it is computed from count as that layer's.
+        """
+        if scope.parent is not None or name not in self.folded or scope.lookup(name) is not None:
+            return None
+        try:
+            value = np.asarray(self.folded[name]())
+        except (ValueError, TypeError, CorruptFileError):
+            return None
+        node = self.producer(scope, name)
+        if value.dtype.kind != "f" or value.size > MAX_ELEMENTS or node is None:
+            return None
+        shape = tuple(int(d) for d in value.shape)
+        const = _Const(_fixed(value), name, shape, value.dtype.name, shape, (f"{node.op_type} of constants",),
+                       parts=self._stored_inputs(scope, name))
+        scope.consts[name] = const
+        return const
+
+    def _stored_inputs(self, scope: _Scope, name: str) -> tuple[str, ...]:
+        """The stored tensors a computed value is made from."""
+        found: list[str] = []
+        todo, seen = [name], set()
+        while todo:
+            current = todo.pop()
+            if current in seen or not current:
+                continue
+            seen.add(current)
+            if current in scope.stored:
+                found.append(current)
+                continue
+            node = scope.producers.get(current)
+            if node is not None:
+                todo.extend(node.input)
+        return tuple(sorted(found))
+
     @staticmethod
     def producer(scope: _Scope, name: str) -> NodeProto | None:
         s: _Scope | None = scope
@@ -168,6 +214,9 @@ class _Reader:
                 self._constant_node(scope, node)
         for index, node in enumerate(graph.node):
             self.index[id(node)] = index
+        if parent is None:  # a body's values may depend on its formal inputs each iteration: the main graph only
+            self.folded = fold(graph, {name: c.array for name, c in scope.consts.items()}, self.inputs, self.opsets,
+                               self.shapes)
         for index, node in enumerate(graph.node):
             self._node(scope, node, index)
             for attr in node.attribute:
@@ -182,7 +231,7 @@ class _Reader:
                 self.stored_const(scope, node.output[0], attr.t)
             elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
                 value = np.asarray(helper.get_attribute_value(attr))
-                scope.consts[node.output[0]] = _Const(lambda v=value: v, node.output[0], value.shape, value.dtype.name,
+                scope.consts[node.output[0]] = _Const(_fixed(value), node.output[0], value.shape, value.dtype.name,
                                                       value.shape)
 
     def _node(self, scope: _Scope, node: NodeProto, index: int) -> None:
@@ -194,6 +243,11 @@ class _Reader:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         label = node.name or f"{op}_{index}"
         self._label = label
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(consts) > 1 and consts[0] is None and consts[1] is None:
+            slots = (1,) if op in ("Conv", "ConvTranspose") else (0, 1)
+            found = {i: self.computed(scope, node.input[i]) for i in slots}
+            if sum(c is not None for c in found.values()) == 1:  # two computed inputs: the node is a constant
+                consts = [found.get(i) or c for i, c in enumerate(consts)]
         if op in ("Conv", "ConvTranspose") and len(consts) > 1 and consts[1] is not None and consts[0] is None:
             self.conv(scope, node, label, consts[1], attrs)
         elif op == "Gemm" and len(consts) >= 2 and (consts[0] is None) != (consts[1] is None):
@@ -207,12 +261,12 @@ class _Reader:
             const = consts[0] if weight_first else consts[1]
             assert const is not None
             if len(const.value_shape) == 2:
-                load = const.array if weight_first else (lambda c=const: c.array().T)
-                self.add(scope, const, "matmul", load, note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+                self.add(scope, const, "matmul", _matrix(const, not weight_first), note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
 
     def add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
         chain = f" via {'→'.join(const.chain)}" if const.chain else ""
-        self.layer_sources.add((self.owner(scope, const.source), const.source))
+        for source in (const.source, *const.parts):
+            self.layer_sources.add((self.owner(scope, source), source))
         self.layers.append(
             Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
                   geometry=geometry, note=note + chain, node=self._label)
@@ -220,17 +274,14 @@ class _Reader:
 
     def _gemm(self, scope: _Scope, label: str, consts: list[_Const | None], attrs: dict) -> None:
         alpha = float(attrs.get("alpha", 1.0))
+        const: _Const | None
         if consts[1] is not None:  # y = x B'  ->  W = B'^T
-            const, trans = consts[1], bool(attrs.get("transB", 0))
-            load: Array = (lambda c=const: c.array()) if trans else (lambda c=const: c.array().T)
+            const, flip = consts[1], not bool(attrs.get("transB", 0))
         else:  # Y = A' X  ->  W = A'
-            const, trans = consts[0], bool(attrs.get("transA", 0))
-            load = (lambda c=const: c.array().T) if trans else (lambda c=const: c.array())
-        assert const is not None
-        if len(const.value_shape) != 2:
+            const, flip = consts[0], bool(attrs.get("transA", 0))
+        if const is None or len(const.value_shape) != 2:
             return
-        scaled: Array = load if alpha == 1.0 else (lambda f=load: f().astype(np.float64) * alpha)
-        self.add(scope, const, "gemm", scaled, note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
+        self.add(scope, const, "gemm", _matrix(const, flip, alpha), note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
 
     def conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None,
               note: str | None = None) -> None:
@@ -269,6 +320,18 @@ class _Reader:
         return out
 
 
+def _fixed(value: np.ndarray) -> Array:
+    return lambda: value
+
+
+def _matrix(const: _Const, flip: bool, alpha: float = 1.0) -> Array:
+    """A loader of a constant as a weight matrix: transposed when ``flip``, times ``alpha``."""
+    def load() -> np.ndarray:
+        w = const.array().T if flip else const.array()
+        return w if alpha == 1.0 else w.astype(np.float64) * alpha
+    return load
+
+
 def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:
     """Load an ONNX file's layers without running it; shape inference gives each conv's input size."""
     try:
@@ -278,7 +341,8 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     if not proto.graph.node and not proto.graph.initializer:
         raise CorruptFileError(f"{path} parses as ONNX but holds an empty graph; is it really an ONNX model?")
     shapes, note = onnx_shapes.infer(proto, input_shapes)
-    reader = _Reader(path, shapes)
+    inputs = {v.name for v in onnx_shapes.model_inputs(proto.graph)}
+    reader = _Reader(path, shapes, inputs, {entry.domain or "": entry.version for entry in proto.opset_import})
     reader.walk(proto.graph, "", None)  # refuses external data outside the folder first
     try:
         onnx.checker.check_model(str(path))  # by path: external data is checked beside the model

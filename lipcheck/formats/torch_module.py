@@ -12,7 +12,7 @@ import torch
 
 from lipcheck.errors import LipcheckError
 from lipcheck.formats.named_tensors import dtype_name, op_for_weight
-from lipcheck.formats.torchscript import _geometry
+from lipcheck.formats.torchscript import conv_geometry
 from lipcheck.model import Layer, Model
 
 _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -33,7 +33,7 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
             continue
         name = f"{prefix}.weight" if prefix else "weight"
         layer = Layer(name, op, tuple(weight.shape), dtype_name(weight.dtype),
-                      _weight_of(sub), geometry=None if op == "linear" else _geometry(sub),
+                      _weight_of(sub), geometry=None if op == "linear" else conv_geometry(sub),
                       note=f"module {prefix or '(root)'}: {type(sub).__name__}")
         layers.append(layer)
         by_module[id(sub)] = layer

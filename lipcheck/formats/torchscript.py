@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +17,10 @@ _EMBEDDINGS = {"Embedding", "EmbeddingBag"}
 _TRANSPOSED = {"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
 _CONVS = {"Conv1d", "Conv2d", "Conv3d"} | _TRANSPOSED
 _LINEARS = {"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"}
+
+
+def _detached(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor.detach()
 
 
 def _read(path: Path) -> torch.jit.ScriptModule:
@@ -55,13 +60,13 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
                     skipped.append(Skipped(name, shape, f"{kind} weight of unexpected shape {list(shape)}"))
                     continue
                 layers.append(
-                    Layer(name, op, shape, dtype_name(tensor.dtype), (lambda t=tensor: t.detach()), scope="",
-                          geometry=_geometry(sub) if kind in _CONVS else None, note=f"module {prefix or '(root)'}: {kind}")
+                    Layer(name, op, shape, dtype_name(tensor.dtype), _detached(tensor), scope="",
+                          geometry=conv_geometry(sub) if kind in _CONVS else None, note=f"module {prefix or '(root)'}: {kind}")
                 )
             else:
                 # Modules lipcheck does not know: the state_dict naming rules, all of the module's tensors together
                 # (a recurrent layer's input and hidden weights tell its gate count from each other's shapes).
-                guessed.append(TensorEntry(name, shape, tensor.dtype, (lambda t=tensor: t.detach())))
+                guessed.append(TensorEntry(name, shape, tensor.dtype, _detached(tensor)))
         found, skips = classify(guessed)
         for layer in found:
             layer.note = f"module {prefix or '(root)'}: {kind}; {layer.note or 'role guessed from the name'}"
@@ -69,7 +74,9 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
         skipped.extend(skips)
     from lipcheck.graph.torchscript_front import build
 
-    model = Model(str(path), "torchscript", layers, skipped, graph=build(module, layers, input_shapes))
+    graph = build(module, layers, input_shapes)  # adds the tensors conv/linear calls read as weights as layers
+    named = {layer.name for layer in layers}
+    model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], graph=graph)
     model.runnable = module
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)
@@ -103,7 +110,7 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
         model.notes.append(f"TorchScript shape analysis failed ({str(exc).strip().splitlines()[0][:160]}); "
                            "conv bounds hold for every input size")
         return
-    by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
+    by_storage = {p.data_ptr(): name for name, p in [*module.named_parameters(), *module.named_buffers()]}
     sizes: dict[str, tuple[int, ...]] = {}
     for node in graph.nodes():
         if node.kind() not in _CONV_CALLS:
@@ -119,7 +126,7 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
                 sizes[name] = tuple(dims[2:])
     for layer in model.layers:
         if layer.is_conv and layer.geometry is not None:
-            layer.input_spatial = sizes.get(layer.name)
+            layer.input_spatial = sizes.get(layer.name, layer.input_spatial)
     missing = [layer.name for layer in model.layers if layer.is_conv and layer.input_spatial is None]
     if missing:
         model.notes.append(f"input size unknown for {len(missing)} conv(s) ({', '.join(missing[:5])}"
@@ -127,12 +134,21 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
 
 
 def _tuple(value: object, n: int) -> tuple[int, ...]:
+    """An int (repeated n times) or a sequence of ints as a tuple; TypeError for anything else."""
     if isinstance(value, int):
         return (value,) * n
-    return tuple(int(x) for x in value)  # type: ignore[union-attr]
+    if isinstance(value, (list, tuple)):
+        return tuple(int(x) for x in value)
+    raise TypeError(f"not an int or a sequence of ints: {value!r}")
 
 
-def _geometry(sub: torch.nn.Module) -> ConvGeometry | None:
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    raise TypeError(f"not an int: {value!r}")
+
+
+def conv_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
     """Read a scripted conv's hyper-parameters; traced modules do not keep them (None)."""
     try:
         stride = _tuple(sub.stride, 0)
@@ -143,10 +159,10 @@ def _geometry(sub: torch.nn.Module) -> ConvGeometry | None:
         if isinstance(padding, str):
             # torch's "same" puts the odd pad at the end, as ONNX SAME_UPPER does.
             auto = "SAME_UPPER" if padding.lower() == "same" else "VALID"
-            return ConvGeometry(stride, (), _tuple(sub.dilation, n), int(sub.groups), out_pad, auto_pad=auto,
+            return ConvGeometry(stride, (), _tuple(sub.dilation, n), _int(sub.groups), out_pad, auto_pad=auto,
                                 padding_mode=mode)
         pads = _tuple(padding, n)
-        return ConvGeometry(stride, pads + pads, _tuple(sub.dilation, n), int(sub.groups), out_pad, padding_mode=mode)
+        return ConvGeometry(stride, pads + pads, _tuple(sub.dilation, n), _int(sub.groups), out_pad, padding_mode=mode)
     except (AttributeError, RuntimeError, TypeError):
         return _traced_geometry(sub)
 
@@ -161,9 +177,12 @@ def _traced_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
     Anything else in the forward (a reflect pad, a reshape) means the call alone does not
     describe the layer, so the geometry stays unknown.
     """
+    graph = getattr(sub, "graph", None)
+    if not isinstance(graph, torch._C.Graph):
+        return None
     try:
-        nodes = list(sub.graph.nodes())  # type: ignore[union-attr]
-    except (AttributeError, RuntimeError):
+        nodes = list(graph.nodes())
+    except RuntimeError:
         return None
     if any(node.kind() not in _PLUMBING for node in nodes):
         return None
@@ -184,9 +203,12 @@ def _traced_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
     if pads:  # padding_mode reflect/replicate/circular: an explicit pad in front of an unpadded conv
         pad_args = list(pads[0].inputs())
         try:
-            flat, mode = _constant_list(pad_args[1]), pad_args[2].toIValue()
+            flat, pad_mode = _constant_list(pad_args[1]), pad_args[2].toIValue()
         except (RuntimeError, TypeError, ValueError):
             return None
+        if not isinstance(pad_mode, str):
+            return None
+        mode = pad_mode
         if any(padding) or len(flat) != 2 * n or mode not in ("reflect", "replicate", "circular"):
             return None
         # torch lists (begin, end) pairs from the last axis backwards.

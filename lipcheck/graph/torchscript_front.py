@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipcheck.formats.named_tensors import dtype_name, op_for_weight
 from lipcheck.graph.aten_ops import SIMPLE as _SIMPLE
 from lipcheck.graph.ir import Graph, Node
-from lipcheck.model import Layer
+from lipcheck.model import ConvGeometry, Layer
 
 _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"}
 _CONV_T = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
@@ -28,12 +29,61 @@ def _value(v: torch._C.Value) -> Any:
         return None
 
 
+def _ints(value: Any, n: int) -> tuple[int, ...] | None:
+    """A constant int or int list argument as n ints, or None when it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        return tuple(value) * (n if len(value) == 1 else 1)
+    return None
+
+
+def _call_geometry(kind: str, args: list[torch._C.Value], n: int) -> tuple[ConvGeometry, bool] | None:
+    """A conv call's hyper-parameters from its constant arguments, and whether it is transposed."""
+    values = [_value(a) for a in args]
+    if kind == "aten::_convolution":  # (x, w, b, stride, padding, dilation, transposed, output_padding, groups, ...)
+        stride, padding, dilation, transposed, out_pad, groups = values[3], values[4], values[5], values[6], values[7], values[8]
+    elif kind in _CONV_T:  # (x, w, b, stride, padding, output_padding, groups, dilation)
+        stride, padding, out_pad, groups, dilation, transposed = values[3], values[4], values[5], values[6], values[7], True
+    else:  # (x, w, b, stride, padding, dilation, groups); padding may be "same" or "valid"
+        stride, padding, dilation, groups, out_pad, transposed = values[3], values[4], values[5], values[6], 0, False
+    strides, dilations, pads = _ints(stride, n), _ints(dilation, n), _ints(padding, n)
+    auto = {"same": "SAME_UPPER", "valid": "VALID"}.get(padding) if isinstance(padding, str) else "NOTSET"
+    out_pads = _ints(out_pad, n) if transposed else ()
+    if strides is None or dilations is None or not isinstance(groups, int) or out_pads is None or auto is None:
+        return None
+    if pads is None and auto == "NOTSET":
+        return None
+    return ConvGeometry(strides, (pads + pads) if pads is not None else (), dilations, groups, out_pads,
+                        auto_pad=auto), bool(transposed)
+
+
+def _call_layer(kind: str, args: list[torch._C.Value], name: str, label: str, weight: torch.Tensor) -> Layer | None:
+    """A layer for a tensor a conv or linear call reads as its weight (a buffer, or a value freezing folded)."""
+    tensor = weight.detach()
+    if kind == "aten::linear":
+        if tensor.dim() != 2:
+            return None
+        op, geometry = "linear", None
+    else:
+        found = _call_geometry(kind, args, tensor.dim() - 2)
+        op_name = op_for_weight(tensor.dim(), found[1]) if found is not None and tensor.dim() > 2 else None
+        if found is None or op_name is None:
+            return None
+        op, geometry = op_name, found[0]
+    return Layer(name, op, tuple(tensor.shape), dtype_name(tensor.dtype), lambda: tensor, geometry=geometry,
+                 note=f"graph node {label}: {kind} reads this tensor as its weight", node=label)
+
+
 def build(module: torch.jit.ScriptModule, layers: list[Layer],
           input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph | None:
     """The module's frozen forward graph, or None when TorchScript cannot freeze it.
 
-    With ``input_shapes``, TorchScript's static shape analysis gives the values' sizes (a mean
-    divides by them); without, sizes are unknown and such rules keep their size-free constants.
+    A conv or linear call whose weight is no layer yet (a buffer passed to ``F.conv1d``, or a
+    weight computed from constants in ``forward``, which freezing folds) gets one, appended to
+    ``layers``. With ``input_shapes``, TorchScript's static shape analysis gives the values'
+    sizes (a mean divides by them, a conv's input size); without, sizes are unknown and such
+    rules keep their size-free constants.
     """
     try:
         with warnings.catch_warnings():
@@ -43,7 +93,9 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
         return None
     graph = frozen.graph
     shapes = _shapes(graph, input_shapes) if input_shapes is not None else {}
-    by_storage = {p.data_ptr(): name for name, p in module.named_parameters()}
+    # A frozen constant is a stored tensor when it shares its storage, shape and strides (not a view of it).
+    by_storage = {(t.data_ptr(), tuple(t.shape), t.stride()): name
+                  for name, t in [*module.named_parameters(), *module.named_buffers()]}
     layer_index = {layer.name: i for i, layer in enumerate(layers)}
     constants: dict[str, Any] = {}
     nodes: list[Node] = []
@@ -75,7 +127,17 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
             ins = ins[:3]
         if kind in _CONVS or kind in _CONV_T or kind == "aten::linear":
             weight = _value(args[1])
-            name = by_storage.get(weight.data_ptr()) if isinstance(weight, torch.Tensor) else None
+            name = (by_storage.get((weight.data_ptr(), tuple(weight.shape), weight.stride()))
+                    if isinstance(weight, torch.Tensor) else None)
+            if isinstance(weight, torch.Tensor) and name not in layer_index:
+                found = _call_layer(kind, args, name or f"{label}.weight", label, weight)
+                if found is not None:
+                    sizes = shapes.get(ins[0])
+                    if found.geometry is not None and sizes and len(sizes) == weight.dim() and all(sizes[2:]):
+                        found.input_spatial = tuple(int(d) for d in sizes[2:] if d is not None)
+                    layers.append(found)
+                    layer_index[found.name] = len(layers) - 1
+                    name = found.name
             if name in layer_index:
                 layer_nodes[label] = layer_index[name]
             ins = ins[:3]
