@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
 from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, sn_vector_names
-from lipcheck.model import WeightEdit, Model
+from lipcheck.model import Model, WeightEdit
 
 # Where checkpoints keep the model's weights, most likely first.
 _MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "params", "weights")
@@ -145,11 +145,15 @@ def _keys(obj: Mapping[str, Any]) -> str:
     return ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "") if keys else "(none)"
 
 
+def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor
+
+
 def tensor_entries(path: Path, key: str | None = None,
                    allow_globals: tuple[str, ...] = ()) -> tuple[list[TensorEntry], str | None, list[str]]:
     """Every tensor of the file's state_dict, with the key path it sits under and notes (see select_state_dict)."""
     state, where, notes = select_state_dict(read(path, allow_globals), key)
-    entries = [TensorEntry(name, tuple(t.shape), t.dtype, (lambda t=t: t)) for name, t in _flatten(state)]
+    entries = [TensorEntry(name, tuple(t.shape), t.dtype, _constant(t)) for name, t in _flatten(state)]
     return entries, where, notes
 
 

@@ -62,7 +62,7 @@ class _Builder:
             return ""
         if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) for v in value):
             return ""
-        self.constants[name] = lambda v=value: np.asarray(v, dtype=np.float64)
+        self.constants[name] = _array(np.asarray(value, dtype=np.float64))
         return name
 
     def ref(self, node: torch.fx.Node, arg: str, value: Any) -> str:
@@ -79,7 +79,7 @@ class _Builder:
             if node.op == "placeholder" and node.name in lifted:
                 tensor = tensors.get(lifted[node.name])
                 if isinstance(tensor, torch.Tensor):
-                    self.constants[node.name] = lambda t=tensor: t.detach().to(torch.float64).numpy()
+                    self.constants[node.name] = _float64(tensor)
         return [name for name in sig.user_inputs if isinstance(name, str)]
 
     def build(self) -> Graph:
@@ -106,8 +106,8 @@ class _Builder:
             return Node(f"{source or 'getitem'}[{node.args[1]}]", label, (x,), outs)  # indices, statistics: unknown
         if name in _CONVS or name in _CONV_T:
             transposed = name in _CONV_T or bool(args.get("transposed", False))
-            ins = (x, self.ref(node, "weight", args.get("weight")), self.ref(node, "bias", args.get("bias")))
-            return Node("ConvTranspose" if transposed else "Conv", label, ins, outs)
+            conv = (x, self.ref(node, "weight", args.get("weight")), self.ref(node, "bias", args.get("bias")))
+            return Node("ConvTranspose" if transposed else "Conv", label, conv, outs)
         if name == "aten::linear":
             return Node("Gemm", label, (x, self.ref(node, "weight", args.get("weight")),
                                         self.ref(node, "bias", args.get("bias"))), outs)
@@ -133,7 +133,8 @@ class _Builder:
                 op = f"{name} (rounding {args['rounding_mode']})"  # floor/trunc division is not continuous
             return Node(op, label, (x, self.ref(node, "other", args.get("other"))), outs)
         if name == "aten::cat":
-            return Node("Concat", label, tuple(self.ref(node, f"tensors{i}", t) for i, t in enumerate(first or [])), outs)
+            tensors = first if isinstance(first, (list, tuple)) else []
+            return Node("Concat", label, tuple(self.ref(node, f"tensors{i}", t) for i, t in enumerate(tensors)), outs)
         if name == "aten::leaky_relu":
             return Node("LeakyRelu", label, (x,), outs, {"alpha": float(args.get("negative_slope", 0.01))})
         if name == "aten::elu":
@@ -164,8 +165,9 @@ class _Builder:
         x = self.ref(node, "mat1" if name == "aten::addmm" else "self", args.get("mat1", args.get("self")))
         mat = args.get("mat2")
         scaled = name == "aten::addmm" and (args.get("beta", 1) != 1 or args.get("alpha", 1) != 1)
-        if node.name in self.layer_nodes and isinstance(mat, torch.fx.Node) and not scaled:
-            weight = mat.args[0].name  # type: ignore[union-attr]
+        source = mat.args[0] if isinstance(mat, torch.fx.Node) and mat.args else None
+        if node.name in self.layer_nodes and isinstance(source, torch.fx.Node) and not scaled:
+            weight = source.name
             bias = self.ref(node, "self", args.get("self")) if name == "aten::addmm" else ""
             return Node("Gemm", node.name, (x, weight, bias), (node.name,))
         ins = tuple(value.name for value in node.all_input_nodes)
@@ -182,7 +184,7 @@ class _Builder:
         if not names[0] and isinstance(var, torch.fx.Node) and var.name in self.constants:
             stats = self.constants[var.name]
             names[0] = f"{label}.weight"
-            self.constants[names[0]] = lambda s=stats: np.ones_like(s())  # affine=False: γ = 1
+            self.constants[names[0]] = _ones_like(stats)  # affine=False: γ = 1
         eps = args.get("eps", 1e-5)
         return Node("BatchNormalization", label,
                     (x, names[0], names[1], self.ref(node, "running_mean", mean), self.ref(node, "running_var", var)),
@@ -226,3 +228,14 @@ def build(ep: ExportedProgram, layers: list[Layer], uses: dict[str, list[tuple[t
     """The program's graph in lipcheck's IR; ``uses`` maps each layer's weight to the calls applying it."""
     return _Builder(ep, layers, uses).build()
 
+
+def _array(value: np.ndarray) -> Constant:
+    return lambda: value
+
+
+def _float64(tensor: torch.Tensor) -> Constant:
+    return lambda: tensor.detach().to(torch.float64).numpy()
+
+
+def _ones_like(stats: Constant) -> Constant:
+    return lambda: np.ones_like(stats())

@@ -12,6 +12,7 @@ left unfolded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -61,7 +62,7 @@ class _Folded:
 def _static_size(node: NodeProto, dims: tuple[int | None, ...]) -> np.ndarray:
     """The value of a Shape (with its start/end attributes) or Size node from a fully known shape."""
     if node.op_type == "Size":
-        return np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
+        return np.asarray(math.prod(d or 0 for d in dims), dtype=np.int64)
     attrs = {a.name: a.i for a in node.attribute if a.type == AttributeProto.INT}
     rank = len(dims)
     start, end = attrs.get("start", 0), attrs.get("end", rank)

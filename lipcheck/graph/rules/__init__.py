@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
     from lipcheck.graph.walk import Walk
 
-Bound = Union[float, tuple[float, ...]]
+Bound = float | tuple[float, ...]
 RuleFn = Callable[["Walk", "Node", list[float]], Bound]
 
 

@@ -43,13 +43,21 @@ def _scalar(walk: Walk, name: str) -> float | None:
     return float(c.reshape(())) if c is not None and c.size == 1 else None
 
 
+def _full(c: float) -> Fn:
+    return lambda t: np.full_like(t, c)
+
+
+def _times_input(g: Fn) -> Fn:
+    return lambda t: t * g(t)
+
+
 def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -> Fn | None:
     """``name`` as a scalar function of ``x`` built from elementwise ops and scalar constants, or None."""
     if name == x:
         return lambda t: t
     c = _scalar(walk, name)
     if c is not None:
-        return lambda t, c=c: np.full_like(t, c)
+        return _full(c)
     node = walk.find(name)
     if node is None or depth > _DEPTH or len(node.outputs) != 1 and node.op not in ("Dropout",):
         return None
@@ -128,7 +136,7 @@ def gate(walk: Walk, node: Node) -> float | None:
         g = expression(walk, other, x, seen)
         if g is None or not seen:
             continue
-        slope = sup_slope(lambda t, g=g: t * g(t), _inner_scale(walk, seen))
+        slope = sup_slope(_times_input(g), _inner_scale(walk, seen))
         if slope is None:
             continue
         walk.forgive(seen)

@@ -45,7 +45,7 @@ def mean(walk: Walk, node: Node, ins: list[float]) -> float:
         axes_const = walk.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
         axes = [int(x) for x in (axes_const.ravel() if axes_const is not None else node.attrs.get("axes", []))]
     if shape and axes and all(shape[ax] for ax in axes):
-        return lip / math.sqrt(math.prod(int(shape[ax]) for ax in axes))  # type: ignore[misc]
+        return lip / math.sqrt(math.prod(shape[ax] or 1 for ax in axes))
     return lip
 
 
@@ -58,7 +58,7 @@ def reduce_sum(walk: Walk, node: Node, ins: list[float]) -> float:
     if not shape or not all(shape):
         return walk.unbounded(node, "a sum over axes whose size lipcheck does not know")
     axes = axes or ([] if int(node.attrs.get("noop_with_empty_axes", 0)) else list(range(len(shape))))
-    return ins[0] * math.sqrt(math.prod(int(shape[ax]) for ax in axes))  # type: ignore[misc]
+    return ins[0] * math.sqrt(math.prod(shape[ax] or 1 for ax in axes))  # every size is known here
 
 
 @rule("AdaptiveAveragePool", "AdaptiveMaxPool")
