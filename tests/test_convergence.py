@@ -25,7 +25,7 @@ from tests.reference import exact_sigma
 def _export(channels: int, size: int, path: Path, seed: int = 0) -> nn.Conv2d:
     torch.manual_seed(seed)
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
-    torch.onnx.export(conv, torch.randn(1, channels, size, size), str(path), dynamo=False, opset_version=17)
+    torch.onnx.export(conv, (torch.randn(1, channels, size, size),), str(path), dynamo=False, opset_version=17)
     return conv
 
 

@@ -6,7 +6,7 @@ import hashlib
 import heapq
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
@@ -92,7 +92,7 @@ def _batches(layers: list[Layer], device: str) -> list[list[int]]:
     return sorted(batches, key=lambda batch: batch[0])
 
 
-def estimate_all(layers: list[Layer], settings: Settings) -> Iterator[tuple[int, LayerEstimate]]:
+def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int, LayerEstimate], None, None]:
     """Estimate layers, same-shaped ones in one batched iteration; yields (index, estimate) as done.
 
     Weights are loaded a batch at a time and stay in their stored dtype; the certificate reads
