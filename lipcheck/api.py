@@ -51,7 +51,7 @@ def inspect(
         from lipcheck.graph.lower import torch_lower
 
         try:
-            report.bound.lower = torch_lower(runnable, shapes, settings.seed)
+            report.bound.lower = torch_lower(runnable, shapes, settings.seed, effort=settings.effort)
         except Exception as exc:  # the module refused the shapes or autograd: no lower bound, say why
             report.notes.append(f"no empirical lower bound: the module could not be differentiated ({first_line(exc)})")
     if settings.lower and model.format == "onnx" and model.graph is not None and not report.non_finite_layers:

@@ -48,6 +48,7 @@ _CHECKED = 4  # best pairs of the float32 search whose float64 ratio is computed
 _BUDGET_PASSES = 60  # the search's time budget, in forward passes of the model (times --effort)
 _MIN_SECONDS = 2.0  # ... but never less than this
 _MIN_PAIRS = 4  # pairs tried whatever the budget
+_MIN_STEPS = 3  # power steps from the first point whatever the budget
 _PER_NODE = 2.0**-40
 _FLOAT32_ERROR_SCALE = 2.0**-19
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -243,9 +244,12 @@ def _certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Se
 
 
 def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int,
-                points: int = 4, steps: int = 25) -> float | None:
+                points: int = 4, steps: int = 25, effort: float = 1.0) -> float | None:
     """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the directions v found by power
     iteration on JᵀJ (autograd) at a few random x, or None when every ratio is 0.
+
+    The power iterations stop once about ``effort`` × max(2 s, _BUDGET_PASSES forward passes) is
+    spent, after at least _MIN_STEPS steps from the first point.
 
     The module runs as a float64 copy in eval mode; the caller's module, its dtype and its training
     flag are left as they were. Autograd only finds directions: ‖J(x)v‖ itself could exceed the
@@ -262,15 +266,21 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
     def draw() -> tuple[torch.Tensor, ...]:
         return tuple(torch.randn(s, generator=generator, dtype=torch.float64).to(device) for s in input_shapes)
 
+    started = time.monotonic()
     with torch.no_grad():
         count = len(outputs(*draw()))
+    deadline = started + effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
     candidates: list[tuple[float, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = []
     for _ in range(points):
+        if candidates and time.monotonic() > deadline:
+            break
         xs = draw()
         for k in range(min(count, 4)):
             vs = draw()
             best = (0.0, xs, vs)
-            for _ in range(steps):
+            for step in range(steps):
+                if step >= _MIN_STEPS and time.monotonic() > deadline:
+                    break
                 norm = torch.sqrt(torch.stack([(v ** 2).sum() for v in vs]).sum())
                 if float(norm) == 0.0 or not math.isfinite(float(norm)):
                     break
