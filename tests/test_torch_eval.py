@@ -109,3 +109,18 @@ def test_an_op_it_cannot_run_is_named(tmp_path: Path) -> None:
     assert ir is not None and supported(ir) == ["odd (Hardmax)"]
     with pytest.raises(Unsupported, match="odd"):
         evaluate(ir, [torch.zeros(1, 4)])
+
+
+def test_a_contrib_op_never_borrows_a_standard_ops_semantics(tmp_path: Path) -> None:
+    """com.microsoft's Gelu is not ONNX's: it is named with its domain, unknown to the rules and the evaluator."""
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="contrib", domain="com.microsoft")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "c.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
+              str(path))
+    ir = onnx_graph.load(path).graph
+    assert ir is not None and supported(ir) == ["contrib (com.microsoft.Gelu)"]
+    from lipcheck.api import inspect
+
+    assert inspect(path).bound.graph is None

@@ -8,7 +8,7 @@ so every layer finds the node that applies it, and folds the main graph's consta
 from __future__ import annotations
 
 import onnx
-from onnx import AttributeProto, GraphProto, helper
+from onnx import AttributeProto, GraphProto, NodeProto, helper
 
 from lipcheck.formats import onnx_shapes, recurrent
 from lipcheck.graph.fold import Constant, fold
@@ -50,8 +50,8 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], constants: dict[str, di
                 subgraphs[attr.name] = body
                 captured |= free
         captured.discard("")
-        nodes.append(Node(node.op_type, f"{path}/{local}" if path else local, tuple(node.input), tuple(node.output),
-                          attrs, subgraphs, tuple(sorted(captured))))
+        nodes.append(Node(op_name(node), f"{path}/{local}" if path else local, tuple(node.input),
+                          tuple(node.output), attrs, subgraphs, tuple(sorted(captured))))
         read |= {name for name in node.input if name} | captured
         defined |= set(node.output)
     own = dict(constants.get(path, {}))
@@ -63,3 +63,13 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], constants: dict[str, di
                    for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells}
     graph = Graph(list(inputs), [v.name for v in proto.output], nodes, own, shapes, layer_nodes)
     return graph, read - defined
+
+
+def op_name(node: NodeProto) -> str:
+    """The op as rules know it: the ONNX name, prefixed with its domain outside the standard one.
+
+    A contrib op may share a standard op's name with other semantics, so it never borrows the
+    standard op's rule or evaluation.
+    """
+    domain = node.domain or ""
+    return node.op_type if domain in ("", "ai.onnx") else f"{domain}.{node.op_type}"

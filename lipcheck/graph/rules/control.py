@@ -49,7 +49,7 @@ def loop(walk: Walk, node: Node, ins: list[float]) -> float:
                                 "depend on the input")
 
 
-@rule("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
+@rule("LSTM", "GRU", "RNN", "com.microsoft.DynamicQuantizeLSTM")
 def recurrent(walk: Walk, node: Node, ins: list[float]) -> float:
     """A recurrent layer: its weights are reported as layers, the recursion over time is not bounded."""
     return walk.unbounded(node, f"a recurrent layer ({node.op}) composes its cell once per time step; lipcheck "
