@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from lipcheck.graph.lipsdp import Chain, certified_bound, eclipse_fast  # noqa: E402
-from lipcheck.graph.lower import certified_pairs, chain_directions  # noqa: E402
+from lipcheck.graph.lower_chain import certified_pairs, chain_directions  # noqa: E402
 from lipcheck.graph.tight import FoundChain, budget_seconds  # noqa: E402
 
 NETS = {"small 6-10-10-4": (6, 10, 10, 4), "MNIST-shaped 784-50-10": (784, 50, 10),
@@ -63,7 +63,7 @@ def main() -> None:
             sdp = _lipsdp(ws, chain.slopes)
             sdp_s = time.perf_counter() - t0
 
-        def f(x: np.ndarray) -> np.ndarray:
+        def f(x: np.ndarray, ws: list = ws, biases: list = biases) -> np.ndarray:  # type: ignore[type-arg]
             for k, w in enumerate(ws):
                 x = w.numpy() @ x + biases[k]
                 if k < len(ws) - 1:

@@ -124,7 +124,7 @@ def _patterns_norm(w1: np.ndarray, w2: np.ndarray, patterns: np.ndarray) -> floa
 
 
 def _chain_lower(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray) -> float:
-    from lipcheck.graph.lower import certified_pairs, chain_directions
+    from lipcheck.graph.lower_chain import certified_pairs, chain_directions
 
     found = chain_directions([torch.from_numpy(w1), torch.from_numpy(w2)], [b1, None], [torch.relu], 0,
                              budget_s=5.0, starts=48, kinked=[True])

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lipcheck.api import inspect
 from lipcheck.graph.lipsdp import Chain, Objective, certified_bound, certify, eclipse_fast
-from lipcheck.graph.lower import chain_directions
+from lipcheck.graph.lower_chain import chain_directions
 from lipcheck.graph.tight import METHOD, _gelu_range, _mish_slope, _numeric_range, _silu_range
 
 _ACTS = {"relu": ((0.0, 1.0), torch.relu), "tanh": ((0.0, 1.0), torch.tanh), "sigmoid": ((0.0, 0.25), torch.sigmoid),

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -210,8 +210,9 @@ def optimize(objective: Objective, thetas: list[torch.Tensor], budget_s: float,
     iterations = 0
     sharpness = 1e3
     memory: list[tuple[torch.Tensor, torch.Tensor]] = []
-    loss, grad, exact = evaluate(x, sharpness)
-    assert grad is not None
+    loss, first, exact = evaluate(x, sharpness)
+    assert first is not None
+    grad: torch.Tensor = first
     stall = 0
     while iterations < max_iter and time.perf_counter() - start < budget_s:
         iterations += 1
@@ -237,12 +238,15 @@ def optimize(objective: Objective, thetas: list[torch.Tensor], budget_s: float,
             memory.clear()
             direction, slope = -grad, -float(grad @ grad)
         step, accepted = 1.0, False
+        t_grad: torch.Tensor = grad
         for _ in range(40):
             trial = x + step * direction
-            t_loss, t_grad, t_exact = evaluate(trial, sharpness, gradient=False)
-            if t_grad is not None and t_loss <= loss + 1e-4 * step * slope:
-                t_loss, t_grad, t_exact = evaluate(trial, sharpness)
-                accepted = t_grad is not None
+            t_loss, probe, t_exact = evaluate(trial, sharpness, gradient=False)
+            if probe is not None and t_loss <= loss + 1e-4 * step * slope:
+                t_loss, full, t_exact = evaluate(trial, sharpness)
+                accepted = full is not None
+                if full is not None:
+                    t_grad = full
                 break
             step *= 0.3
         if not accepted:
@@ -250,8 +254,9 @@ def optimize(objective: Objective, thetas: list[torch.Tensor], budget_s: float,
             if sharpness >= 1e7:
                 break
             sharpness *= 10.0
-            loss, grad, exact = evaluate(x, sharpness)
-            assert grad is not None
+            loss, again, exact = evaluate(x, sharpness)
+            assert again is not None
+            grad = again
             continue
         s_vec, y_vec = trial - x, t_grad - grad
         if float(s_vec @ y_vec) > 1e-18 * float(s_vec @ s_vec) ** 0.5:
@@ -269,8 +274,9 @@ def optimize(objective: Objective, thetas: list[torch.Tensor], budget_s: float,
                     break
                 sharpness *= 10.0
                 memory.clear()
-                loss, grad, exact = evaluate(x, sharpness)
-                assert grad is not None
+                loss, again, exact = evaluate(x, sharpness)
+                assert again is not None
+                grad = again
                 stall = 0
         else:
             stall = 0

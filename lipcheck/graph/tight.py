@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextvars
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipcheck.graph.ir import Graph, Node
+from lipcheck.graph.ir import Node
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,7 @@ def reporting(callback: TightProgress) -> Iterator[None]:
 class FoundChain:
     """A chain read from a graph: float64 weights (out, in), the ops between them, biases where read."""
 
-    weights: list["torch.Tensor"]
+    weights: list[torch.Tensor]
     activations: list[Node]
     slopes: list[tuple[float, float]]
     biases: list[np.ndarray | None]
@@ -169,7 +170,7 @@ def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[
     return None
 
 
-def find_chain(model: "Model") -> tuple[FoundChain | None, str]:
+def find_chain(model: Model) -> tuple[FoundChain | None, str]:
     """The model's chain, or None and why the graph is not one."""
     import torch
 
@@ -283,7 +284,7 @@ def budget_seconds(chain: FoundChain, effort: float = 1.0) -> float:
     return effort * min(_MAX_SECONDS, max(_MIN_SECONDS, _SECONDS_PER_MFLOP * flops / 1e6))
 
 
-def tight_bound(model: "Model", settings: "Settings") -> tuple[float | None, str]:
+def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
     """The certified LipSDP-Neuron bound of a plain chain, or None with the reason there is none."""
     from lipcheck.graph.lipsdp import Chain, certified_bound
 
@@ -301,7 +302,7 @@ def tight_bound(model: "Model", settings: "Settings") -> tuple[float | None, str
     return result.bound, ""
 
 
-def apply_tight(model: "Model", settings: "Settings", bound: "BoundReport") -> None:
+def apply_tight(model: Model, settings: Settings, bound: BoundReport) -> None:
     """Set ``bound.tight`` for a plain chain, and make it the network bound where it is below the graph's."""
     if bound.graph is None:
         return
@@ -315,7 +316,7 @@ def apply_tight(model: "Model", settings: "Settings", bound: "BoundReport") -> N
                                  "activations; LipSDP-Neuron multipliers certified in float64")
 
 
-def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> Callable[["torch.Tensor"], "torch.Tensor"] | None:
+def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The activation as a torch function, for the lower bound's search only."""
     import torch
     import torch.nn.functional as F
@@ -348,32 +349,34 @@ def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> 
     return None
 
 
-def improve_lower(model: "Model", path: object, report: "Report", settings: "Settings") -> None:
+def improve_lower(model: Model, path: object, report: Report, settings: Settings) -> None:
     """Raise ``report.bound.lower`` by a search over a plain chain's Jacobian, each ratio evaluated on
     the file's own function in float64 (lipcheck.graph.lower); leaves it as it is otherwise."""
     from pathlib import Path
 
     import torch
 
-    from lipcheck.graph import lower
+    from lipcheck.graph import lower, lower_chain
 
     graph = model.graph
     found, _ = find_chain(model)
     if found is None or graph is None or found.input_reordered:
         return
-    shape = graph.shapes.get(graph.inputs[0])
-    if settings.input_shape:
-        shape = tuple(settings.input_shape[0])
-    if shape is None or not all(shape) or int(np.prod(shape)) != found.weights[0].shape[1]:
+    declared = settings.input_shape[0] if settings.input_shape else graph.shapes.get(graph.inputs[0])
+    if declared is None or not all(declared):
         return
-    funcs = [_torch_activation(node, lambda name: None) for node in found.activations]
-    if any(f is None for f in funcs):
+    shape = tuple(int(d) for d in declared if d is not None)
+    if math.prod(shape) != found.weights[0].shape[1]:
+        return
+    maybe = [_torch_activation(node, lambda name: None) for node in found.activations]
+    funcs = [f for f in maybe if f is not None]
+    if len(funcs) != len(maybe):
         return
     kinked = [node.op in ("Relu", "LeakyRelu", "PRelu") for node in found.activations]
     budget = 0.5 * budget_seconds(found, float(getattr(settings, "effort", 1.0)))
     try:
-        candidates = lower.chain_directions(found.weights, found.biases[:len(found.weights)], funcs, settings.seed,
-                                            budget, kinked=kinked)  # type: ignore[arg-type]
+        candidates = lower_chain.chain_directions(found.weights, found.biases[:len(found.weights)], funcs,
+                                                  settings.seed, budget, kinked=kinked)
     except (RuntimeError, ValueError):  # the search is optional: the generic lower bound stands
         return
     if not candidates:
@@ -388,16 +391,16 @@ def improve_lower(model: "Model", path: object, report: "Report", settings: "Set
         nodes = node_count(proto)
 
         def ratio(x: np.ndarray, y: np.ndarray) -> float:
-            return lower._certified(exact, None, [x.reshape(shape)], [y.reshape(shape)], nodes)
+            return lower.certified(exact, None, [x.reshape(shape)], [y.reshape(shape)], nodes)
     elif model.runnable is not None:
         outputs, nodes = lower.float64_outputs(model.runnable)
 
         def ratio(x: np.ndarray, y: np.ndarray) -> float:
             with torch.no_grad():
-                return lower._certified_torch(outputs, (torch.from_numpy(x).reshape(shape),),
+                return lower.certified_torch(outputs, (torch.from_numpy(x).reshape(shape),),
                                               (torch.from_numpy(y).reshape(shape),), nodes)
     else:
         return
-    value = lower.certified_pairs(ratio, candidates)
+    value = lower_chain.certified_pairs(ratio, candidates)
     if value > 0.0 and (report.bound.lower is None or value > report.bound.lower):
         report.bound.lower = value
