@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lipcheck.model import ConvGeometry
-from lipcheck.spectral import conv_fourier
+from lipcheck.spectral import conv_fourier, conv_start
 from lipcheck.spectral.dense import certify
 
 # Build the operator as a dense matrix when its smaller side has at most this many entries
@@ -270,7 +270,7 @@ def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, 
     sizes = conv_fourier.ring_sizes(spatial, kernel, geometry.stride, geometry.dilation, begin, end)
     found_c = conv_fourier.circular_certificate(weight, geometry.groups, geometry.stride, geometry.dilation, sizes,
                                                 rel=rel, device=device)
-    start = conv_fourier.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin)
+    start = conv_start.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin)
     return UpperEnd(found_c.upper, start if float(start.norm()) > 0 else None, found_c.certificates)
 
 

@@ -88,7 +88,7 @@ def ring_sizes(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[
 
 
 @dataclass(frozen=True)
-class _Taps:
+class TapOffsets:
     """Every tap's shift q_t on the reduced grid and residue r_t, and the geometry around them."""
 
     shifts: list[tuple[int, ...]]
@@ -97,7 +97,7 @@ class _Taps:
     reduced: list[int]
 
 
-def _taps(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int]) -> _Taps:
+def tap_offsets(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int]) -> TapOffsets:
     shifts, residues = [], []
     for tap in itertools.product(*(range(k) for k in kernel)):
         offsets = [t * d for t, d in zip(tap, dilation)]
@@ -106,7 +106,7 @@ def _taps(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int,
             r = r * s + o % s
         shifts.append(tuple(o // s for o, s in zip(offsets, stride)))
         residues.append(r)
-    return _Taps(shifts, residues, math.prod(stride), [n // s for n, s in zip(sizes, stride)])
+    return TapOffsets(shifts, residues, math.prod(stride), [n // s for n, s in zip(sizes, stride)])
 
 
 @dataclass
@@ -120,7 +120,7 @@ class GramTaps:
     groups: int
     side: str  # "out": K K^H, "in": K^H K
     product_error: float  # spectral-norm bound on fl(H_delta) - H_delta summed over delta
-    taps: _Taps
+    taps: TapOffsets
 
 
 def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...],
@@ -130,7 +130,7 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     c_out, c_in = w.shape[0], w.shape[1]
     m = c_out // groups
     kernel = tuple(w.shape[2:])
-    taps = _taps(kernel, stride, dilation, sizes)
+    taps = tap_offsets(kernel, stride, dilation, sizes)
     t_count = len(taps.shifts)
     per_tap = w.reshape(groups, m, c_in, t_count).permute(0, 3, 1, 2)  # (g, T, m, c)
     side = "out" if m <= c_in * taps.phases else "in"
@@ -179,7 +179,7 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
 
 
 def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], groups: int, side: str,
-            product_error: float, taps: _Taps) -> GramTaps:
+            product_error: float, taps: TapOffsets) -> GramTaps:
     """Pair each H_delta with H_-delta into S (cos, real part) and D (sin, imaginary part) rows."""
     n = blocks[0].shape[-1]
     zero = tuple(0 for _ in taps.reduced)
@@ -392,47 +392,3 @@ def _blocks_at(taps: GramTaps, freqs: torch.Tensor, picks: torch.Tensor, groups:
     rows = torch.div(picks, groups, rounding_mode="floor")
     blocks = gram_blocks(taps, freqs[rows])  # (P, groups, n, n)
     return blocks[torch.arange(picks.numel()), picks % groups]
-
-
-def symbol_at(weight: torch.Tensor, groups: int, group: int, taps: _Taps, frequency: tuple[int, ...]) -> torch.Tensor:
-    """K(w) = sum_t e^{i w.q_t} W_t E_{r_t} of one group at one frequency: (C_out/g, C_in/g * s^D)."""
-    w = weight.to(torch.float64)
-    m, c_in = w.shape[0] // groups, w.shape[1]
-    per_tap = w[group * m:(group + 1) * m].reshape(m, c_in, -1)
-    k = torch.zeros(m, c_in, taps.phases, dtype=torch.complex128)
-    for t, (shift, r) in enumerate(zip(taps.shifts, taps.residues)):
-        angle = 2 * math.pi * sum((f * q % mm) / mm for f, q, mm in zip(frequency, shift, taps.reduced))
-        k[:, :, r] += complex(math.cos(angle), math.sin(angle)) * per_tap[:, :, t]
-    return k.reshape(m, c_in * taps.phases)
-
-
-def windowed_mode(weight: torch.Tensor, groups: int, found: CircularBound, spatial: tuple[int, ...],
-                  stride: tuple[int, ...], begin: list[int]) -> torch.Tensor:
-    """The circular operator's top input mode on the real input, under a sine window per axis.
-
-    With v the top right singular vector of K(w) at the top frequency, the ring input
-    z[s*m + r] = Re(v[c * phases + r] e^{i w.m}) is the circular conv's top input; the input pixel
-    i sits at ring position i + b. The zero-padded operator's top input is close to it away from
-    the borders; the window sin(pi (i+1)/(n+1)) tapers it to zero there.
-    """
-    taps = found.taps.taps
-    c_in = weight.shape[1]
-    if found.taps.side == "in":
-        v = found.vector
-    else:
-        v = symbol_at(weight, groups, found.group, taps, found.frequency).mH @ found.vector
-    v = v / v.norm().clamp_min(1e-300)
-    grids = torch.meshgrid(*(torch.arange(n, dtype=torch.int64) + b for n, b in zip(spatial, begin)), indexing="ij")
-    residue = torch.zeros_like(grids[0])
-    angle = torch.zeros(grids[0].shape, dtype=torch.float64)
-    window = torch.ones(grids[0].shape, dtype=torch.float64)
-    for axis, (g, s, m, n) in enumerate(zip(grids, stride, taps.reduced, spatial)):
-        residue = residue * s + g % s
-        angle += (found.frequency[axis] * (g // s) % m).to(torch.float64) / m
-        pos = torch.arange(n, dtype=torch.float64).reshape([-1 if a == axis else 1 for a in range(len(spatial))])
-        window = window * torch.sin(math.pi * (pos + 1) / (n + 1))
-    wave = torch.polar(torch.ones_like(angle), 2 * math.pi * angle)
-    x = torch.zeros(1, c_in * groups, *spatial, dtype=torch.float64)
-    for c in range(c_in):
-        x[0, found.group * c_in + c] = (v[c * taps.phases + residue] * wave).real * window
-    return x
