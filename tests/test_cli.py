@@ -20,7 +20,7 @@ LAYER_KEYS = {"name", "op", "shape", "sigma", "lipschitz", "iterations", "conver
 @pytest.mark.parametrize("sample", ["cnn.onnx", "cnn.pt"])
 def test_table_matches_golden(run_cli, sample: str) -> None:  # type: ignore[no-untyped-def]
     """ONNX: conv operator norms at the graph's sizes; a state_dict: the labelled loose bound."""
-    code, out, err = run_cli("inspect", f"sample_models/{sample}")
+    code, out, err = run_cli("inspect", f"sample_models/{sample}", "--no-lower")  # the search is time-budgeted
     assert code == 0, err
     assert_matches_golden(out, (GOLDEN / f"inspect_{sample.replace('.', '_')}.txt").read_text())
 
