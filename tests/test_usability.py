@@ -113,3 +113,16 @@ def test_diff_of_unrelated_models_warns(cli, tmp_path: Path) -> None:  # type: i
 def test_a_missing_file_among_several_is_named_once(cli) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("check", "sample_models/mlp.onnx", "nope.onnx", "--fail-layer-above", "5", "-f", "json")
     assert code == 2 and "lipcheck: error: nope.onnx does not exist" in err and "nope.onnx: nope.onnx" not in err
+
+
+def test_a_damaged_checkpoint_is_explained_without_torchs_internals(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for name, data in (("fake.pt", b"garbage"), ("zip.pt", b"PK\x03\x04garbage")):
+        (tmp_path / name).write_bytes(data)
+        code, _, err = cli("inspect", str(tmp_path / name))
+        assert code == 2 and err.count("\n") == 1 and "re-save or re-download" in err
+        assert "weights_only" not in err and "Weights only" not in err and "miniz" not in err and "(101)" not in err
+
+
+def test_sigma_is_printed_with_the_same_precision_as_the_bounds(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = cli("inspect", "sample_models/cnn.onnx", "--no-lower")
+    assert code == 0 and "1.18629" in out and "1.1863 " not in out  # six digits, rounded down like a lower end

@@ -43,6 +43,16 @@ def resolve_globals(names: tuple[str, ...]) -> list[Any]:
     return found
 
 
+def _reason(exc: BaseException) -> str:
+    """What torch's message says went wrong, without its advice about unsafe loading or internals."""
+    text = _first_line(exc)
+    if "zip archive" in text or "central directory" in text:
+        return "its zip archive is damaged"
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "its pickle is not one of tensors"
+    return text.split(". ")[0]
+
+
 def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
     """Load a torch.save file with weights_only=True, mapping failures to LipcheckErrors.
 
@@ -65,8 +75,9 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
         pairs = re.findall(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(exc))
         found = sorted({name for pair in pairs for name in pair if name})
         if not found:  # no refused object named: the bytes are not a pickle lipcheck can read
-            raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(exc)}); is the file "
-                                   "complete?") from None
+            raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint: it is neither a torch.save zip "
+                                   "archive nor a pickle of tensors; is the file complete? re-save or re-download "
+                                   "it") from None
         needs = f" (it needs {', '.join(found)})" if found else ""
         hint = (f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}"
                 if found else "")
@@ -77,7 +88,8 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
     except LipcheckError:
         raise
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_first_line(exc)}); is the file complete?") from None
+        raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_reason(exc)}); is the file complete? "
+                               "re-save or re-download it") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, interval_text, lower_text, network_text, product_text, up
+from lipcheck.report.numbers import at_text, down, interval_text, lower_text, network_text, product_text, up
 from lipcheck.report.run import FileResult, Run
 
 
@@ -12,7 +12,7 @@ def _cell(text: str) -> str:
 
 
 def _layer_row(index: int, layer: LayerReport) -> str:
-    sigma = f"{layer.sigma:.6g}" if layer.sigma is not None else "non-finite"
+    sigma = down(layer.sigma) if layer.sigma is not None else "non-finite"
     cells = [str(index), f"`{_cell(layer.display_name)}`", layer.op, "×".join(map(str, layer.shape)), sigma,
              interval_text(layer), at_text(layer), "yes" if layer.converged else "no"]
     return "| " + " | ".join(cells) + " |"

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.report.data import LayerReport, Report
-from lipcheck.report.numbers import at_text, lower_text, network_text, product_text, up, upper_text
+from lipcheck.report.numbers import at_text, down, lower_text, network_text, product_text, up, upper_text
 from lipcheck.report.run import FileResult, Run
 
 _BAR_WIDTH = 12
@@ -18,7 +18,7 @@ _NAME_MIN = 16
 def _sigma(layer: LayerReport) -> Text:
     if layer.sigma is None:
         return Text("non-finite", style="bold red")
-    return Text(f"{layer.sigma:.6g}")
+    return Text(down(layer.sigma))
 
 
 def _bar(layer: LayerReport, largest: float) -> Text:
