@@ -48,11 +48,16 @@ class Bottleneck(nn.Module):
     def __init__(self, c_in: int, width: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, width, 1, bias=False), _bn(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), _bn(width), nn.ReLU(),
-            nn.Conv2d(width, 4 * width, 1, bias=False), _bn(4 * width))
-        self.skip = (nn.Sequential(nn.Conv2d(c_in, 4 * width, 1, stride, bias=False), _bn(4 * width))
-                     if stride != 1 or c_in != 4 * width else nn.Identity())
+            nn.Conv2d(c_in, width, 1, bias=False),
+            _bn(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False),
+            _bn(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 4 * width, 1, bias=False),
+            _bn(4 * width),
+        )
+        self.skip = nn.Sequential(nn.Conv2d(c_in, 4 * width, 1, stride, bias=False), _bn(4 * width)) if stride != 1 or c_in != 4 * width else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.skip(x))
@@ -63,10 +68,10 @@ class Basic(nn.Module):
 
     def __init__(self, c_in: int, width: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, width, 3, stride, 1, bias=False), _bn(width), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, 1, 1, bias=False), _bn(width))
-        self.skip = (nn.Sequential(nn.Conv2d(c_in, width, 1, stride, bias=False), _bn(width))
-                     if stride != 1 or c_in != width else nn.Identity())
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 3, stride, 1, bias=False), _bn(width), nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1, bias=False), _bn(width)
+        )
+        self.skip = nn.Sequential(nn.Conv2d(c_in, width, 1, stride, bias=False), _bn(width)) if stride != 1 or c_in != width else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.skip(x))
@@ -92,8 +97,7 @@ class Detector(nn.Module):
         chans = [16, 32, 64, 128, 256]
         stages, c_in = [], 3
         for c in chans:
-            stages.append(nn.Sequential(nn.Conv2d(c_in, c, 3, 2, 1, bias=False), _bn(c), nn.ReLU(),
-                                        nn.Conv2d(c, c, 3, 1, 1, bias=False), _bn(c), nn.ReLU()))
+            stages.append(nn.Sequential(nn.Conv2d(c_in, c, 3, 2, 1, bias=False), _bn(c), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1, bias=False), _bn(c), nn.ReLU()))
             c_in = c
         self.stages = nn.ModuleList(stages)
         self.lateral = nn.ModuleList(nn.Conv2d(c, 64, 1) for c in chans[2:])
@@ -121,8 +125,7 @@ def inspect(path: Path, *extra: str) -> tuple[float, dict]:
     """Run `lipcheck inspect` in a fresh process; return (wall seconds, JSON report)."""
     out = path.with_suffix(".json")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(out), *extra],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(out), *extra], check=True, capture_output=True)
     wall = time.perf_counter() - start
     return wall, json.loads(out.read_text())
 
@@ -172,8 +175,7 @@ def main() -> None:
     """Build the models, run every contender, print a markdown section."""
     quick = "--quick" in sys.argv
     torch.manual_seed(0)
-    print(f"- machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"load average at start {os.getloadavg()[0]:.1f}")
+    print(f"- machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         r50 = export_onnx(resnet(Bottleneck, [3, 4, 6, 3], 4), (1, 3, 224, 224), root / "resnet50.onnx")
@@ -185,32 +187,33 @@ def main() -> None:
         beyond = wall - base
         print(f"- onnxruntime forward pass of the ResNet-50 at 224: {forward * 1e3:.1f} ms (median of 10)")
         print(f"- one-conv model, same command (fixed start-up): {base:.2f} s\n")
-        print("| model | convs with operator interval | wall s | beyond start-up s | in forward passes | "
-              "max width ≥14 px | max width 7 px | converged |")
+        print("| model | convs with operator interval | wall s | beyond start-up s | in forward passes | max width ≥14 px | max width 7 px | converged |")
         print("|---|---|---|---|---|---|---|---|")
         big = [w for _, s, w, _, _ in rows if s >= 14]
         small = [w for _, s, w, _, _ in rows if s < 14]
-        print(f"| ResNet-50 ONNX 224 | {len(rows)} | {wall:.2f} | {beyond:.2f} | {beyond / forward:.0f} | "
-              f"{max(big):.2e} | {max(small) if small else float('nan'):.2e} | "
-              f"{sum(c for *_, c, _ in rows)}/{len(rows)} |")
+        print(
+            f"| ResNet-50 ONNX 224 | {len(rows)} | {wall:.2f} | {beyond:.2f} | {beyond / forward:.0f} | "
+            f"{max(big):.2e} | {max(small) if small else float('nan'):.2e} | "
+            f"{sum(c for *_, c, _ in rows)}/{len(rows)} |"
+        )
         all_convs = sum(1 for layer in report["layers"] if len(layer["shape"]) >= 3)
-        two_sided = sum(1 for layer in report["layers"] if len(layer["shape"]) >= 3
-                        and layer.get("lipschitz") and layer["lipschitz"].get("lower") is not None)
+        two_sided = sum(1 for layer in report["layers"] if len(layer["shape"]) >= 3 and layer.get("lipschitz") and layer["lipschitz"].get("lower") is not None)
         print(f"\nResNet-50: {all_convs} convs, {two_sided} two-sided; graph bound {report['bound']['upper']}")
         from lipcheck.api import inspect as inspect_api
         from lipcheck.settings import Settings
 
         start = time.perf_counter()
         inspect_api(r50, settings=Settings(lower=False))
-        print(f"ResNet-50 in this process without the network's empirical lower bound: "
-              f"{time.perf_counter() - start:.2f} s")
+        print(f"ResNet-50 in this process without the network's empirical lower bound: {time.perf_counter() - start:.2f} s")
         if quick:
             return
         det = export_onnx(Detector(), (1, 3, 800, 608), root / "detector.onnx")
         wall_d, rep_d = inspect(det)
         rows_d = conv_rows(rep_d)
-        print(f"| detector ONNX 800x608 | {len(rows_d)} | {wall_d:.2f} | {wall_d - base:.2f} | | "
-              f"{max(w for _, _, w, _, _ in rows_d):.2e} | | {sum(c for *_, c, _ in rows_d)}/{len(rows_d)} |")
+        print(
+            f"| detector ONNX 800x608 | {len(rows_d)} | {wall_d:.2f} | {wall_d - base:.2f} | | "
+            f"{max(w for _, _, w, _, _ in rows_d):.2e} | | {sum(c for *_, c, _ in rows_d)}/{len(rows_d)} |"
+        )
         r18 = resnet(Basic, [2, 2, 2, 2], 1).eval()
         onnx18 = export_onnx(r18, (1, 3, 64, 64), root / "resnet18.onnx")
         wall_o, _ = inspect(onnx18)
@@ -218,8 +221,7 @@ def main() -> None:
         torch.jit.trace(r18, torch.randn(1, 3, 64, 64)).save(str(ts))
         wall_t, rep_t = inspect(ts, "--input-shape", "1x3x64x64")
         print(f"| ResNet-18 ONNX 64 px | | {wall_o:.2f} | {wall_o - base:.2f} | | | | |")
-        print(f"| ResNet-18 TorchScript 64 px, --input-shape | {len(conv_rows(rep_t))} | {wall_t:.2f} | "
-              f"{wall_t - base:.2f} | | | | |")
+        print(f"| ResNet-18 TorchScript 64 px, --input-shape | {len(conv_rows(rep_t))} | {wall_t:.2f} | {wall_t - base:.2f} | | | | |")
     print(f"\n- load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -21,8 +21,7 @@ SHAPES = [(768, 768), (3072, 768), (768, 3072), (1000, 2048), (512, 4608)]
 
 def main() -> None:
     """Time both methods per shape and report the certified interval's position around the SVD value."""
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| shape | exact SVD s | lipcheck s | iters | certificate steps | (σ−exact)/exact | (upper−exact)/exact |")
     print("|---|---|---|---|---|---|---|")
     for i, shape in enumerate(SHAPES):
@@ -33,8 +32,10 @@ def main() -> None:
         t = time.perf_counter()
         est = certify(w, tol=1e-6, max_iter=10_000, seed=0)
         t_lc = time.perf_counter() - t
-        print(f"| {shape[0]}×{shape[1]} | {t_svd:.3f} | {t_lc:.3f} | {est.iterations} | {est.certificate_steps} | "
-              f"{(est.sigma - exact) / exact:.2e} | {(est.upper - exact) / exact:.2e} |")
+        print(
+            f"| {shape[0]}×{shape[1]} | {t_svd:.3f} | {t_lc:.3f} | {est.iterations} | {est.certificate_steps} | "
+            f"{(est.sigma - exact) / exact:.2e} | {(est.upper - exact) / exact:.2e} |"
+        )
 
 
 if __name__ == "__main__":

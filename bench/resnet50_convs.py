@@ -42,8 +42,7 @@ def resnet50_convs() -> list[tuple[str, int, int, int, int, int]]:
 
 def main() -> None:
     """Compute every interval and print one row per conv, then totals."""
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| conv | C_in→C_out | k/s | input | σ torch | size-free upper | lower | upper | width | s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     settings = Settings()
@@ -54,8 +53,7 @@ def main() -> None:
         pad = k // 2
         geometry = ConvGeometry((stride, stride), (pad,) * 4, (1, 1), 1)
         free = Layer(name, "conv2d", tuple(weight.shape), "float32", lambda w=weight: w, geometry=geometry)
-        sized = Layer(name, "conv2d", tuple(weight.shape), "float32", lambda w=weight: w, geometry=geometry,
-                      input_spatial=(size, size))
+        sized = Layer(name, "conv2d", tuple(weight.shape), "float32", lambda w=weight: w, geometry=geometry, input_spatial=(size, size))
         start = time.perf_counter()
         est = estimate(sized, settings)
         elapsed = time.perf_counter() - start
@@ -65,11 +63,16 @@ def main() -> None:
         width = (lip.upper - lip.lower) / lip.upper if lip.lower is not None else math.inf
         widths.append(width)
         total += elapsed
-        print(f"| {name} | {c_in}→{c_out} | {k}/{stride} | {size} | {est.sigma:.4f} | {any_size.upper:.4f} | "
-              f"{lip.lower:.5f} | {lip.upper:.5f} | {width:.2e} | {elapsed:.2f} |", flush=True)
-    print(f"\n{len(widths)} convs in {total:.1f} s; widths: max {max(widths):.2e}, "
-          f"median {sorted(widths)[len(widths) // 2]:.2e}; "
-          f"{sum(w <= 0.01 for w in widths)}/{len(widths)} within 1%")
+        print(
+            f"| {name} | {c_in}→{c_out} | {k}/{stride} | {size} | {est.sigma:.4f} | {any_size.upper:.4f} | "
+            f"{lip.lower:.5f} | {lip.upper:.5f} | {width:.2e} | {elapsed:.2f} |",
+            flush=True,
+        )
+    print(
+        f"\n{len(widths)} convs in {total:.1f} s; widths: max {max(widths):.2e}, "
+        f"median {sorted(widths)[len(widths) // 2]:.2e}; "
+        f"{sum(w <= 0.01 for w in widths)}/{len(widths)} within 1%"
+    )
 
 
 if __name__ == "__main__":

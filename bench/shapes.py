@@ -46,6 +46,7 @@ def bert_base() -> Iterator[tuple[str, tuple[int, ...]]]:
 
 def resnet50() -> Iterator[tuple[str, tuple[int, ...]]]:
     """Names and shapes of torchvision's ResNet-50: 53 convs, 53 batch norms and the fc layer (25.6M)."""
+
     def bn(name: str, c: int) -> Iterator[tuple[str, tuple[int, ...]]]:
         for part in ("weight", "bias", "running_mean", "running_var"):
             yield f"{name}.{part}", (c,)

@@ -91,8 +91,7 @@ def run(cmd: list[str]) -> tuple[float, float, int]:
     """
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         start = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *cmd],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
         peak_kib = int(rss.read().split()[-1])
     if proc.returncode not in (0, 1):
@@ -132,15 +131,16 @@ def bench_model(model: str, with_svd: bool, tmp: Path, repeat: int) -> list[str]
     path = write(model, DATA / f"{model}.safetensors")
     size_gb = path.stat().st_size / 1e9
     report_path = tmp / f"{model}.json"
-    lc_wall, lc_rss, _, _ = measure([PY, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(report_path)],
-                                    repeat)
+    lc_wall, lc_rss, _, _ = measure([PY, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(report_path)], repeat)
     report = json.loads(report_path.read_text())
     layers = report["layers"]
     names = [layer["name"] for layer in layers]
-    lines = [f"### {model}: {len(names)} layers, {size_gb:.2f} GB safetensors ({len(report['skipped'])} tensors "
-             f"skipped as embeddings); medians of {repeat} runs", "",
-             "| contender | wall s (process) | compute s | peak RSS MiB | max rel. error of σ | certified |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {model}: {len(names)} layers, {size_gb:.2f} GB safetensors ({len(report['skipped'])} tensors skipped as embeddings); medians of {repeat} runs",
+        "",
+        "| contender | wall s (process) | compute s | peak RSS MiB | max rel. error of σ | certified |",
+        "|---|---|---|---|---|---|",
+    ]
     idle_wall, idle_rss, _, _ = measure([PY, "-c", "import torch"], repeat)
     exact = exact_sigmas(path, names) if with_svd else None
     wide = max((ly["sigma_upper"] - ly["sigma"]) / ly["sigma_upper"] for ly in layers)
@@ -159,8 +159,7 @@ def bench_model(model: str, with_svd: bool, tmp: Path, repeat: int) -> list[str]
         out = tmp / "svd.json"
         wall, rss, compute, svd = measure([PY, "-c", SVD_SCRIPT, str(path), str(names_file), str(out)], repeat, out)
         e = max(abs(svd["sigma"][n] - exact[n]) / exact[n] for n in names)  # type: ignore[index]
-        lines.append(f"| exact SVD (torch.linalg.matrix_norm ord=2, float32) | {wall:.2f} | {compute:.2f} | "
-                     f"{rss:.0f} | {e:.1e} | no |")
+        lines.append(f"| exact SVD (torch.linalg.matrix_norm ord=2, float32) | {wall:.2f} | {compute:.2f} | {rss:.0f} | {e:.1e} | no |")
         lines.append(f"| *lipcheck speed-up over exact SVD* | {wall / lc_wall:.1f}× | {compute / lc_compute:.1f}× | | | |")
         try:
             import weightwatcher
@@ -171,12 +170,15 @@ def bench_model(model: str, with_svd: bool, tmp: Path, repeat: int) -> list[str]
             wall, rss, compute, ww = measure([PY, "-c", WW_SCRIPT, str(path), str(names_file), str(out)], 1, out)
             dense = [n for n in names if n.replace(".", "_") in ww["sv_max"] and len(layers[names.index(n)]["shape"]) == 2]
             e_ww = max((abs(ww["sv_max"][n.replace(".", "_")] - exact[n]) / exact[n] for n in dense), default=float("nan"))  # type: ignore[index]
-            lines.append(f"| WeightWatcher {weightwatcher.__version__} analyze() (one run) | {wall:.2f} | {compute:.2f} | "
-                         f"{rss:.0f} | {e_ww:.1e} (dense layers) | no |")
+            lines.append(
+                f"| WeightWatcher {weightwatcher.__version__} analyze() (one run) | {wall:.2f} | {compute:.2f} | {rss:.0f} | {e_ww:.1e} (dense layers) | no |"
+            )
     lines.append(f"| idle `python -c 'import torch'` | {idle_wall:.2f} | | {idle_rss:.0f} | | |")
     lines.append("")
-    lines.append(f"lipcheck peak RSS above idle torch: {lc_rss - idle_rss:.0f} MiB. Compute s: lipcheck.inspect() or the "
-                 "SVD loop (load included) timed inside the process, after imports.")
+    lines.append(
+        f"lipcheck peak RSS above idle torch: {lc_rss - idle_rss:.0f} MiB. Compute s: lipcheck.inspect() or the "
+        "SVD loop (load included) timed inside the process, after imports."
+    )
     lines.append("")
     return lines
 
@@ -193,8 +195,10 @@ def main() -> None:
     t = time.perf_counter()
     subprocess.run([PY, "-m", "lipcheck", "--version"], capture_output=True)
     version_s = time.perf_counter() - t
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {version}")
+    print(
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {version}"
+    )
     print(f"- `lipcheck --version`: {version_s:.2f} s")
     print()
     with tempfile.TemporaryDirectory() as tmp:

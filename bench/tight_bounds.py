@@ -25,9 +25,13 @@ from lipcheck.graph.lipsdp import Chain, certified_bound, eclipse_fast  # noqa: 
 from lipcheck.graph.lower_chain import certified_pairs, chain_directions  # noqa: E402
 from lipcheck.graph.tight import FoundChain, budget_seconds  # noqa: E402
 
-NETS = {"small 6-10-10-4": (6, 10, 10, 4), "MNIST-shaped 784-50-10": (784, 50, 10),
-        "ACAS-shaped 5-50x6-5": (5, 50, 50, 50, 50, 50, 50, 5), "mnistfc-shaped 784-256-256-10": (784, 256, 256, 10),
-        "ERAN-shaped 784-200x8-10": (784,) + (200,) * 8 + (10,)}
+NETS = {
+    "small 6-10-10-4": (6, 10, 10, 4),
+    "MNIST-shaped 784-50-10": (784, 50, 10),
+    "ACAS-shaped 5-50x6-5": (5, 50, 50, 50, 50, 50, 50, 5),
+    "mnistfc-shaped 784-256-256-10": (784, 256, 256, 10),
+    "ERAN-shaped 784-200x8-10": (784,) + (200,) * 8 + (10,),
+}
 
 
 def cpu_name() -> str:
@@ -75,15 +79,21 @@ def main() -> None:
         lower = certified_pairs(lambda x, y: float(np.linalg.norm(f(x) - f(y)) / np.linalg.norm(x - y)), found)
         lower_s = time.perf_counter() - t0
         assert result is not None
-        rows.append(f"| {name} | {product:.4g} | {closed:.4g} | {sdp:.6g} ({sdp_s:.1f} s) |" if sdp is not None
-                    else f"| {name} | {product:.4g} | {closed:.4g} | – |")
-        rows[-1] += (f" {result.bound:.6g} | {seconds:.1f} s | {closed / result.bound:.2f}× |"
-                     + (f" {result.bound / sdp:.6f} |" if sdp else " – |") + f" {lower:.5g} ({lower_s:.1f} s) |")
+        rows.append(
+            f"| {name} | {product:.4g} | {closed:.4g} | {sdp:.6g} ({sdp_s:.1f} s) |" if sdp is not None else f"| {name} | {product:.4g} | {closed:.4g} | – |"
+        )
+        rows[-1] += (
+            f" {result.bound:.6g} | {seconds:.1f} s | {closed / result.bound:.2f}× |"
+            + (f" {result.bound / sdp:.6f} |" if sdp else " – |")
+            + f" {lower:.5g} ({lower_s:.1f} s) |"
+        )
         print(rows[-1], flush=True)
     print()
     print(f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| net (random weights, seed 0, ReLU) | product | ECLipsE-Fast | LipSDP (Clarabel) | tight (certified) | time | "
-          "ECLipsE/tight | tight/SDP | lower (time) |")
+    print(
+        "| net (random weights, seed 0, ReLU) | product | ECLipsE-Fast | LipSDP (Clarabel) | tight (certified) | time | "
+        "ECLipsE/tight | tight/SDP | lower (time) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-NO_GRAPH_REASON = ("this file has no graph, so lipcheck cannot tell how the layers connect; inspect an ONNX, "
-                   "TorchScript or torch.export (.pt2) export of the model")
+NO_GRAPH_REASON = (
+    "this file has no graph, so lipcheck cannot tell how the layers connect; inspect an ONNX, TorchScript or torch.export (.pt2) export of the model"
+)
 
 Progress = Callable[[int, int, Layer | None], None]  # layer None: all done
 
@@ -76,8 +77,14 @@ def _exported_shapes(model: Model) -> tuple[tuple[int, ...], ...] | None:
     return tuple(tuple(s) for s in found)  # type: ignore[arg-type]
 
 
-def bound(path: str | Path | torch.nn.Module, *, kind: str = "upper", input_shape: tuple[int, ...] | None = None,
-          settings: Settings | None = None, key: str | None = None) -> float:
+def bound(
+    path: str | Path | torch.nn.Module,
+    *,
+    kind: str = "upper",
+    input_shape: tuple[int, ...] | None = None,
+    settings: Settings | None = None,
+    key: str | None = None,
+) -> float:
     """Return the network's certified upper bound (``kind="upper"``), or the graph or product value.
 
     ``kind`` is upper, graph or product (as ``check --bound``); the product is a network bound only
@@ -94,21 +101,33 @@ def bound(path: str | Path | torch.nn.Module, *, kind: str = "upper", input_shap
     return value
 
 
-def check(path: str | Path | torch.nn.Module, *, fail_above: float | None = None, bound: str = "upper",
-          fail_layer_above: float | None = None, layer_thresholds: dict[str, float] | None = None,
-          input_shape: tuple[int, ...] | None = None, settings: Settings | None = None) -> Outcome:
+def check(
+    path: str | Path | torch.nn.Module,
+    *,
+    fail_above: float | None = None,
+    bound: str = "upper",
+    fail_layer_above: float | None = None,
+    layer_thresholds: dict[str, float] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    settings: Settings | None = None,
+) -> Outcome:
     """Gate a model as ``lipcheck check`` does; the outcome is truthy when every check passed.
 
     ``assert lipcheck.check("model.onnx", fail_above=10)`` shows the failing checks on failure.
     """
-    spec = GateSpec(fail_above=fail_above, bound=bound, fail_layer_above=fail_layer_above,
-                    layer_thresholds=tuple((layer_thresholds or {}).items()))
+    spec = GateSpec(fail_above=fail_above, bound=bound, fail_layer_above=fail_layer_above, layer_thresholds=tuple((layer_thresholds or {}).items()))
     return evaluate(inspect(path, settings=_with_shape(settings, input_shape)), spec)
 
 
-def analyse_files(paths: Sequence[str], settings_for: Callable[[str], Settings], *, key: str | None = None,
-                  spec: GateSpec | None = None, progress: Progress | None = None,
-                  on_file: Callable[[str], None] | None = None) -> Run:
+def analyse_files(
+    paths: Sequence[str],
+    settings_for: Callable[[str], Settings],
+    *,
+    key: str | None = None,
+    spec: GateSpec | None = None,
+    progress: Progress | None = None,
+    on_file: Callable[[str], None] | None = None,
+) -> Run:
     """Inspect (and gate, with ``spec``) each file in turn; a file that fails becomes an error entry.
 
     ``settings_for`` gives each path its settings (input shapes may differ per model); ``on_file``
@@ -127,8 +146,7 @@ def analyse_files(paths: Sequence[str], settings_for: Callable[[str], Settings],
             results.append(FileResult(path, error=f"ran out of memory reading {path}; try a machine with more memory"))
             continue
         except Exception as exc:  # an internal error still becomes one line and exit 2
-            results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {exc}); please report it "
-                                                  "with the model's layout"))
+            results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {exc}); please report it with the model's layout"))
             continue
         results.append(FileResult(path, report=report, outcome=evaluate(report, spec) if spec is not None else None))
     return Run(results, spec)
@@ -148,11 +166,22 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     for index, est in estimate_all(model.layers, settings):
         layer = model.layers[index]
         found[index] = LayerReport(
-            name=layer.name, scope=layer.scope, op=layer.op, shape=layer.shape, dtype=layer.dtype,
-            sigma=est.sigma, sigma_upper=est.sigma_upper, lipschitz=est.lipschitz,
-            iterations=est.iterations, certificate_steps=est.certificate_steps, converged=est.converged,
-            note=layer.note, input_size=layer.input_spatial, node=layer.node,
-            sigma_iterations=est.sigma_iterations, sigma_converged=est.sigma_converged,
+            name=layer.name,
+            scope=layer.scope,
+            op=layer.op,
+            shape=layer.shape,
+            dtype=layer.dtype,
+            sigma=est.sigma,
+            sigma_upper=est.sigma_upper,
+            lipschitz=est.lipschitz,
+            iterations=est.iterations,
+            certificate_steps=est.certificate_steps,
+            converged=est.converged,
+            note=layer.note,
+            input_size=layer.input_spatial,
+            node=layer.node,
+            sigma_iterations=est.sigma_iterations,
+            sigma_converged=est.sigma_converged,
         )
         if progress is not None and len(found) < total:
             progress(len(found), total, layer)
@@ -165,16 +194,22 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         assumptions.append("order: no graph in the file, so layers are listed in file order")
     notes = list(model.notes)
     if any(layer.is_conv and layer.geometry is None for layer in model.layers):
-        notes.append("convs: this file records no stride, padding or input size, so their bound is the loose "
-                     "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX, "
-                     "TorchScript or .pt2 gives each conv's operator norm")
+        notes.append(
+            "convs: this file records no stride, padding or input size, so their bound is the loose "
+            "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX, "
+            "TorchScript or .pt2 gives each conv's operator norm"
+        )
     graph_value, method, blocking = None, None, []
     if model.graph is not None:
         from lipcheck.graph.walk import GraphBound, graph_bound
 
         try:
-            walked = graph_bound(model.graph, [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
-                                 dict(settings.node_constants), fuse=_fuser(model, settings))
+            walked = graph_bound(
+                model.graph,
+                [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
+                dict(settings.node_constants),
+                fuse=_fuser(model, settings),
+            )
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
         graph_value = walked.value
@@ -182,12 +217,13 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         assumptions.extend(f"graph: {note}" for note in walked.notes)
         unknown = sorted(set(dict(settings.node_constants)) - {node.label for node in model.graph.nodes})
         if unknown:
-            raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's "
-                                "assumptions name the nodes that need one")
+            raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's assumptions name the nodes that need one")
         if graph_value is not None:
             method = "graph with user-supplied node constants" if walked.supplied else "graph"
-            assumptions.append("graph: follows the file's graph (residual adds, concatenations, norms, pools, "
-                               "activations) with each layer's certified upper bound; sound for the model as built")
+            assumptions.append(
+                "graph: follows the file's graph (residual adds, concatenations, norms, pools, "
+                "activations) with each layer's certified upper bound; sound for the model as built"
+            )
         else:
             blocking = list(walked.unbounded) or ["the graph has no output lipcheck can follow"]
             assumptions.extend(f"graph: no bound, {reason}" for reason in blocking)
@@ -196,9 +232,16 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     if non_finite := [entry.display_name for entry in layers if entry.lipschitz is None]:
         graph_value, method = None, None
         blocking = [f"non-finite weights in {', '.join(non_finite)}"]
-    bound = BoundReport(upper=graph_value, method=method,
-                        product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]),
-                        product_log10=log10, graph=graph_value, lower=None, assumptions=assumptions, blocking=blocking)
+    bound = BoundReport(
+        upper=graph_value,
+        method=method,
+        product=product_upper([entry.lipschitz.upper if entry.lipschitz else None for entry in layers]),
+        product_log10=log10,
+        graph=graph_value,
+        lower=None,
+        assumptions=assumptions,
+        blocking=blocking,
+    )
     apply_tight(model, settings, bound)
     settings_dict = asdict(settings)
     settings_dict["input_shape"] = [list(s) for s in settings.input_shape] if settings.input_shape else None

@@ -71,8 +71,7 @@ def finish(run: Any, *, exit_zero: bool, strict: bool) -> None:
         gate_errors = result.outcome.errors if result.outcome is not None else []
         if bad or gate_errors:
             errors += 1
-            text = (f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these "
-                    "layers") if bad else gate_errors[0]
+            text = (f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these layers") if bad else gate_errors[0]
             sys.stderr.write(f"lipcheck: error: {name}{text}\n")
         if result.outcome is not None and result.outcome.problems:
             problems += 1

@@ -77,8 +77,7 @@ def load(path: Path | None, *, explicit: bool) -> tuple[dict[str, Any], Path | N
             raise LipcheckError(f"unknown key '{raw}' in [tool.lipcheck] of {path}; known keys: {known}")
         types = KEYS[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise LipcheckError(f"[tool.lipcheck] {raw} in {path} must be {' or '.join(t.__name__ for t in types)}, "
-                                f"not {type(value).__name__}")
+            raise LipcheckError(f"[tool.lipcheck] {raw} in {path} must be {' or '.join(t.__name__ for t in types)}, not {type(value).__name__}")
         out[key] = value
     return out, path
 

@@ -60,12 +60,14 @@ class Drift:
         if self.fail_if_grows is None:
             return []
         limit = self.fail_if_grows
-        out = [f"layer {c.name}: upper bound {c.old_upper!r} -> {c.new_upper!r} (+{c.growth!r}%) grew more than {limit!r}%"
-               for c in self.layers if c.growth is not None and c.growth > limit]
+        out = [
+            f"layer {c.name}: upper bound {c.old_upper!r} -> {c.new_upper!r} (+{c.growth!r}%) grew more than {limit!r}%"
+            for c in self.layers
+            if c.growth is not None and c.growth > limit
+        ]
         growth = self.product_growth
         if growth is not None and growth > limit:
-            out.append(f"product bound {self.old.bound.product!r} -> {self.new.bound.product!r} (+{growth!r}%) "
-                       f"grew more than {limit!r}%")
+            out.append(f"product bound {self.old.bound.product!r} -> {self.new.bound.product!r} (+{growth!r}%) grew more than {limit!r}%")
         return out
 
 
@@ -83,10 +85,15 @@ def compare(old: Report, new: Report, fail_if_grows: float | None = None) -> Dri
     changes = []
     for name in names:
         a, b = before.get(name), after.get(name)
-        changes.append(LayerChange(
-            name,
-            a.sigma if a else None, b.sigma if b else None,
-            a.lipschitz.upper if a and a.lipschitz else None, b.lipschitz.upper if b and b.lipschitz else None,
-            a is not None, b is not None,
-        ))
+        changes.append(
+            LayerChange(
+                name,
+                a.sigma if a else None,
+                b.sigma if b else None,
+                a.lipschitz.upper if a and a.lipschitz else None,
+                b.lipschitz.upper if b and b.lipschitz else None,
+                a is not None,
+                b is not None,
+            )
+        )
     return Drift(old, new, changes, fail_if_grows)

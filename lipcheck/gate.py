@@ -104,21 +104,20 @@ def evaluate(report: Report, spec: GateSpec) -> Outcome:
         lower = report.bound.lower
         if value is None and spec.bound != "product":
             blocking = report.bound.blocking[0] if report.bound.blocking else "no network bound"
-            errors.append(f"no network bound to judge against --fail-above {spec.fail_above!r}: {blocking} "
-                          "(--node-constant LABEL=C vouches for a node; --bound product judges the product of layer "
-                          "bounds, valid only for a plain chain with 1-Lipschitz activations)")
-            checks.append(Check("bound", subject, None, spec.fail_above, False,
-                                f"no network bound, so it cannot pass --fail-above {spec.fail_above!r}"))
+            errors.append(
+                f"no network bound to judge against --fail-above {spec.fail_above!r}: {blocking} "
+                "(--node-constant LABEL=C vouches for a node; --bound product judges the product of layer "
+                "bounds, valid only for a plain chain with 1-Lipschitz activations)"
+            )
+            checks.append(Check("bound", subject, None, spec.fail_above, False, f"no network bound, so it cannot pass --fail-above {spec.fail_above!r}"))
         elif lower is not None and lower > spec.fail_above:
-            message = (f"empirical lower bound {lower!r} is above --fail-above {spec.fail_above!r}: the network "
-                       f"provably exceeds it (the {label} is {value!r})")
+            message = f"empirical lower bound {lower!r} is above --fail-above {spec.fail_above!r}: the network provably exceeds it (the {label} is {value!r})"
             checks.append(Check("bound", subject, lower, spec.fail_above, False, message))
         else:
             failed = _exceeds(value, spec.fail_above)
             verb = "above" if failed else "within"
             shown = "unknown" if value is None else repr(value)
-            checks.append(Check("bound", subject, value, spec.fail_above, not failed,
-                                f"{label} {shown} is {verb} --fail-above {spec.fail_above!r}"))
+            checks.append(Check("bound", subject, value, spec.fail_above, not failed, f"{label} {shown} is {verb} --fail-above {spec.fail_above!r}"))
     for layer in report.layers:
         threshold, source = None, ""
         for pattern, limit in spec.layer_thresholds:
@@ -147,8 +146,7 @@ def gate_dict(spec: GateSpec, outcome: Outcome) -> dict[str, Any]:
         "layer_thresholds": {pattern: limit for pattern, limit in spec.layer_thresholds},
         "passed": outcome.passed,
         "errors": list(outcome.errors),
-        "failures": [{"check": c.name, "subject": c.subject, "value": c.value, "threshold": c.threshold,
-                      "message": c.message} for c in outcome.failures],
+        "failures": [{"check": c.name, "subject": c.subject, "value": c.value, "threshold": c.threshold, "message": c.message} for c in outcome.failures],
     }
 
 

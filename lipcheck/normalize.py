@@ -59,8 +59,7 @@ def _check_paths(src: Path, dst: Path, force: bool) -> None:
             raise LipcheckError(f"{dst} is a folder; give a file path with -o")
 
 
-def _sn_vectors(layer: Layer, model_path: Path, key: str | None,
-                allow_globals: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def _sn_vectors(layer: Layer, model_path: Path, key: str | None, allow_globals: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top singular vectors of a spectral-norm layer's W_orig in its own reshape (dim 0 or 1)."""
     from lipcheck.formats import torch_pickle
 
@@ -85,11 +84,11 @@ def margin(dtype: str, tol: float) -> float:
     return 2.0 * tol + 4.0 * _EPS.get(dtype, 1.2e-7)
 
 
-def plan(model: Model, report: Report, *, target: float, budget: float | None, convention: str, clip: bool,
-         patterns: tuple[str, ...]) -> tuple[list[Plan], list[WeightEdit], list[str]]:
+def plan(
+    model: Model, report: Report, *, target: float, budget: float | None, convention: str, clip: bool, patterns: tuple[str, ...]
+) -> tuple[list[Plan], list[WeightEdit], list[str]]:
     """Decide every layer's divisor; layers that cannot be divided are left alone with a warning."""
-    selected = [i for i, layer in enumerate(model.layers)
-                if not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns)]
+    selected = [i for i, layer in enumerate(model.layers) if not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns)]
     if not selected:
         raise LipcheckError(f"no layer matches {', '.join(patterns)}; run lipcheck inspect to see the layer names")
     per_layer = budget ** (1.0 / len(selected)) if budget is not None else target
@@ -101,14 +100,12 @@ def plan(model: Model, report: Report, *, target: float, budget: float | None, c
             continue
         if layer.warm_u is not None and layer.name.endswith(("_orig", ".original")):
             if not math.isclose(per_layer, 1.0):
-                warnings.append(f"{name}: a spectral-norm layer is normalized to 1 by construction; target {per_layer:g} "
-                                "does not apply to it")
+                warnings.append(f"{name}: a spectral-norm layer is normalized to 1 by construction; target {per_layer:g} does not apply to it")
             plans.append(Plan(name, 1.0, None, "spectral-norm layer: u, v set to exact singular vectors"))
             edits.append(WeightEdit(layer.name, layer.scope, None, ("sn", "sn")))  # type: ignore[arg-type]
             continue
         if entry.lipschitz is None or entry.sigma is None:
-            raise LipcheckError(f"non-finite weights (NaN or Inf) in {name}: no normalization exists; fix or retrain "
-                                "the layer, or leave it out with --layers")
+            raise LipcheckError(f"non-finite weights (NaN or Inf) in {name}: no normalization exists; fix or retrain the layer, or leave it out with --layers")
         value = entry.sigma if convention == "torch" else entry.lipschitz.upper
         if value == 0.0:
             warnings.append(f"{name}: zero weights (σ = 0), left unchanged")
@@ -124,9 +121,19 @@ def plan(model: Model, report: Report, *, target: float, budget: float | None, c
     return plans, edits, warnings
 
 
-def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: float | None = None,
-              convention: str = "lipschitz", clip: bool = False, layers: tuple[str, ...] = (), force: bool = False,
-              settings: Settings | None = None, key: str | None = None) -> Result:
+def normalize(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    target: float = 1.0,
+    budget: float | None = None,
+    convention: str = "lipschitz",
+    clip: bool = False,
+    layers: tuple[str, ...] = (),
+    force: bool = False,
+    settings: Settings | None = None,
+    key: str | None = None,
+) -> Result:
     """Write a spectrally normalized copy of ``src`` to ``dst``; ``src`` is never modified."""
     src, dst = Path(src), Path(dst)
     if not (target > 0 and math.isfinite(target)) or (budget is not None and not (budget > 0 and math.isfinite(budget))):
@@ -138,11 +145,9 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
     settings = settings or Settings()
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
-    plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip,
-                                  patterns=tuple(layers))
+    plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip, patterns=tuple(layers))
     by_name = {layer.name: layer for layer in model.layers}
-    edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e
-             for e in edits]
+    edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e for e in edits]
     mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
     options = Options(key=key, allow_globals=settings.allow_globals, mode=mode)
     warnings.extend(save(fmt, src, dst, edits, options))
@@ -158,6 +163,5 @@ def normalize(src: str | Path, dst: str | Path, *, target: float = 1.0, budget: 
                 fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
     if fixes:
         warnings.extend(w for w in save(fmt, dst, dst, fixes, options) if w not in warnings)
-        after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals),
-                        settings)
+        after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
     return Result(before, after, plans, warnings)

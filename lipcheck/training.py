@@ -55,8 +55,12 @@ class OperatorNorm(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self._x.numel() == 0:  # input size unknown yet (before the first forward): identity
-            self.start(torch.Size([1, weight.shape[1], *([1] * (weight.dim() - 2))]) if self._conv is None else
-                       torch.Size([1, weight.shape[1] * self.groups, *([weight.shape[2]] * (weight.dim() - 2))]), weight)
+            self.start(
+                torch.Size([1, weight.shape[1], *([1] * (weight.dim() - 2))])
+                if self._conv is None
+                else torch.Size([1, weight.shape[1] * self.groups, *([weight.shape[2]] * (weight.dim() - 2))]),
+                weight,
+            )
         w = weight.detach()
         x = self._x
         if self.training:

@@ -24,8 +24,14 @@ def run_cli():
     """Run ``python -m lipcheck ARGS`` in a subprocess; return (exit code, stdout, stderr)."""
 
     def run(*args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
-        proc = subprocess.run([sys.executable, "-m", "lipcheck", *args], cwd=cwd, capture_output=True, text=True,
-                              env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"}, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lipcheck", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"},
+            timeout=300,
+        )
         return proc.returncode, proc.stdout, proc.stderr
 
     return run

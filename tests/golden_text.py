@@ -22,8 +22,9 @@ _RUNS = re.compile(r" +|[█▏▎▍▌▋▊▉]+|━+|─+")
 
 
 def _skeleton(text: str) -> tuple[str, list[tuple[str, float]]]:
-    numbers = [(found, LOWER_REL_TOL if any(mark in line for mark in _LOWER_LINES) else REL_TOL)
-               for line in text.splitlines() for found in _NUMBER.findall(line)]
+    numbers = [
+        (found, LOWER_REL_TOL if any(mark in line for mark in _LOWER_LINES) else REL_TOL) for line in text.splitlines() for found in _NUMBER.findall(line)
+    ]
     shape = _RUNS.sub(lambda m: m.group(0)[0], _NUMBER.sub("#", text))
     return shape, numbers
 

@@ -16,15 +16,15 @@ from tests.reference import exact_sigma
 
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(4 * 4 * 4, 5)).double()
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, stride=2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5)).double()
 
 
 def test_bound_of_a_live_module_is_certified_at_its_input_size() -> None:
     net = _net()
     conv, linear = net[0], net[3]
-    jac = torch.autograd.functional.jacobian(lambda x: torch.nn.functional.conv2d(x, conv.weight, stride=2, padding=1),
-                                             torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(
+        lambda x: torch.nn.functional.conv2d(x, conv.weight, stride=2, padding=1), torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    )
     exact_conv = exact_sigma(jac.reshape(64, -1))
     exact_linear = exact_sigma(linear.weight)
     sized = lipcheck.bound(net, input_shape=(1, 3, 8, 8))

@@ -21,8 +21,9 @@ from tests.reference import exact_sigma
 
 def test_interleaved_shapes_are_batched_and_reported_in_file_order(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     g = torch.Generator().manual_seed(5)
-    weights = {f"block{i}.{kind}.weight": torch.randn(*shape, generator=g)
-               for i in range(4) for kind, shape in (("a", (48, 32)), ("b", (32, 48)), ("c", (48, 32)))}
+    weights = {
+        f"block{i}.{kind}.weight": torch.randn(*shape, generator=g) for i in range(4) for kind, shape in (("a", (48, 32)), ("b", (32, 48)), ("c", (48, 32)))
+    }
     weights["block1.b.weight"][0, 0] = float("nan")  # one bad layer inside a batch
     path = tmp_path / "m.pt"
     torch.save(weights, path)

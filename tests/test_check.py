@@ -23,12 +23,20 @@ CNN, MLP = "sample_models/cnn.onnx", "sample_models/mlp.onnx"
 CNN_UPPER = 1.11925459  # the sample CNN's network bound; the exact value of a run is what messages show
 
 
-def _report(network: float | None, layer_names: tuple[str, ...] = ("a",), upper: float = 1.0,
-            product: float | None = None, lower: float | None = None) -> Report:
-    layers = [LayerReport(name, "", "linear", (2, 2), "float32", upper, upper, Interval(upper, upper, "m"), 1, 1, True)
-              for name in layer_names]
-    bound = BoundReport(network, "graph" if network is not None else None, product, None, network, lower, [],
-                        [] if network is not None else ["Foo_3 (Foo): an op lipcheck does not know how to bound"])
+def _report(
+    network: float | None, layer_names: tuple[str, ...] = ("a",), upper: float = 1.0, product: float | None = None, lower: float | None = None
+) -> Report:
+    layers = [LayerReport(name, "", "linear", (2, 2), "float32", upper, upper, Interval(upper, upper, "m"), 1, 1, True) for name in layer_names]
+    bound = BoundReport(
+        network,
+        "graph" if network is not None else None,
+        product,
+        None,
+        network,
+        lower,
+        [],
+        [] if network is not None else ["Foo_3 (Foo): an op lipcheck does not know how to bound"],
+    )
     return Report("0", "m.onnx", "onnx", {}, layers, [], bound)
 
 
@@ -91,24 +99,27 @@ def test_a_lower_bound_above_the_threshold_fails_whatever_is_judged() -> None:
 
 
 # -- the command line ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, code", [
-    ([CNN, "--fail-above", "1.12"], 0),
-    ([CNN, "--fail-above", "1.1"], 1),
-    ([CNN, "--fail-above", "1.1", "--exit-zero"], 0),
-    ([CNN, "--fail-layer-above", "1.4"], 1),
-    ([CNN, "--layer-threshold", "0.*=1.5", "--fail-layer-above", "1.0"], 1),
-    ([CNN, "--layer-threshold", "*=1.5"], 0),
-    ([CNN, "sample_models/missing.onnx", "--fail-above", "5"], 2),
-    ([CNN, "--fail-above", "5", "--bound", "graph"], 0),
-    (["sample_models/cnn.pt", "--fail-above", "100"], 2),
-    (["sample_models/cnn.pt", "--fail-above", "100", "--exit-zero"], 2),
-    (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph"], 2),
-    (["sample_models/cnn.pt", "--fail-above", "12", "--bound", "product"], 1),
-    (["sample_models/cnn.pt", "--fail-above", "13", "--bound", "product"], 0),
-    ([CNN, "--layer-threshold", "nonsense"], 2),
-    (["sample_models/*.onnx", "--fail-above", "1.0"], 1),
-    (["sample_models/nope*.onnx", "--fail-above", "1.0"], 2),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        ([CNN, "--fail-above", "1.12"], 0),
+        ([CNN, "--fail-above", "1.1"], 1),
+        ([CNN, "--fail-above", "1.1", "--exit-zero"], 0),
+        ([CNN, "--fail-layer-above", "1.4"], 1),
+        ([CNN, "--layer-threshold", "0.*=1.5", "--fail-layer-above", "1.0"], 1),
+        ([CNN, "--layer-threshold", "*=1.5"], 0),
+        ([CNN, "sample_models/missing.onnx", "--fail-above", "5"], 2),
+        ([CNN, "--fail-above", "5", "--bound", "graph"], 0),
+        (["sample_models/cnn.pt", "--fail-above", "100"], 2),
+        (["sample_models/cnn.pt", "--fail-above", "100", "--exit-zero"], 2),
+        (["sample_models/cnn.pt", "--fail-above", "5", "--bound", "graph"], 2),
+        (["sample_models/cnn.pt", "--fail-above", "12", "--bound", "product"], 1),
+        (["sample_models/cnn.pt", "--fail-above", "13", "--bound", "product"], 0),
+        ([CNN, "--layer-threshold", "nonsense"], 2),
+        (["sample_models/*.onnx", "--fail-above", "1.0"], 1),
+        (["sample_models/nope*.onnx", "--fail-above", "1.0"], 2),
+    ],
+)
 def test_exit_codes(cli, args: list[str], code: int) -> None:  # type: ignore[no-untyped-def]
     got, out, err = cli("check", *args, "-f", "json")
     assert got == code, err
@@ -170,8 +181,7 @@ def test_table_format_shows_the_gate(cli) -> None:  # type: ignore[no-untyped-de
 
 def test_junit_is_the_xml_ci_systems_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "lipcheck.xml"
-    code, out, _ = cli("check", MLP, CNN, "sample_models/missing.onnx", "--fail-above", "1.0",
-                           "-f", "junit", "-o", str(target))
+    code, out, _ = cli("check", MLP, CNN, "sample_models/missing.onnx", "--fail-above", "1.0", "-f", "junit", "-o", str(target))
     assert code == 2 and out == ""
     root = ET.parse(target).getroot()
     assert root.tag == "testsuites"
@@ -196,9 +206,13 @@ def test_github_step_summary_is_appended(run_cli, tmp_path: Path, monkeypatch: p
 
     summary = tmp_path / "summary.md"
     summary.write_text("before\n")
-    proc = subprocess.run([sys.executable, "-m", "lipcheck", "check", CNN, "--fail-above", "1.0", "-f", "github"],
-                          capture_output=True, text=True, cwd=SAMPLES.parent,
-                          env={"PATH": "/usr/bin:/bin", "GITHUB_STEP_SUMMARY": str(summary)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipcheck", "check", CNN, "--fail-above", "1.0", "-f", "github"],
+        capture_output=True,
+        text=True,
+        cwd=SAMPLES.parent,
+        env={"PATH": "/usr/bin:/bin", "GITHUB_STEP_SUMMARY": str(summary)},
+    )
     assert proc.returncode == 1
     assert proc.stdout.startswith("::error file=sample_models/cnn.onnx,title=lipcheck%3A Lipschitz gate failed::")
     text = summary.read_text()
@@ -245,7 +259,7 @@ def test_precedence_cli_over_environment_over_config(cli, tmp_path: Path, monkey
 
 
 def test_unknown_config_key_is_an_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    project = _project(tmp_path, '[tool.lipcheck]\nfail-abvoe = 1.1\n')
+    project = _project(tmp_path, "[tool.lipcheck]\nfail-abvoe = 1.1\n")
     code, out, err = cli("check", "cnn.onnx", cwd=project)
     assert code == 2 and "unknown key 'fail-abvoe'" in err and err.count("\n") == 1
 
@@ -305,8 +319,9 @@ def test_gate_never_passes_on_a_number_that_is_not_a_bound(cli, tmp_path: Path) 
     import torch
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16), torch.nn.GELU(),
-                              torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)
+    ).eval()
     path = tmp_path / "ln.onnx"
     torch.onnx.export(net, (torch.zeros(1, 8),), str(path), dynamo=False, opset_version=17)
     code, out, err = cli("inspect", str(path), "-f", "json")

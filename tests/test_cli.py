@@ -49,7 +49,12 @@ def test_missing_file_is_one_line_and_exit_2(run_cli) -> None:  # type: ignore[n
 
 
 def test_garbage_file_is_one_line_and_exit_2(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    for name, data in [("m.pt", b"\x80\x02garbage"), ("m.onnx", b"\x08\x07\xff\xff\xff"), ("m.safetensors", b"\x10" + b"\x00" * 7 + b"{bad json"), ("m.bin", b"")]:
+    for name, data in [
+        ("m.pt", b"\x80\x02garbage"),
+        ("m.onnx", b"\x08\x07\xff\xff\xff"),
+        ("m.safetensors", b"\x10" + b"\x00" * 7 + b"{bad json"),
+        ("m.bin", b""),
+    ]:
         (tmp_path / name).write_bytes(data)
         code, out, err = run_cli("inspect", str(tmp_path / name))
         assert (code, out) == (2, ""), name

@@ -123,11 +123,18 @@ def test_a_conv_weight_the_module_does_not_own_is_a_layer(tmp_path: Path, front:
 def test_an_onnx_conv_weight_computed_by_non_pass_through_ops(tmp_path: Path) -> None:
     phase = _Computed().phase.numpy()
     window = torch.hann_window(N_FFT).numpy()
-    nodes = [helper.make_node("Cos", ["phase"], ["c"]), helper.make_node("Mul", ["c", "window"], ["w"]),
-             helper.make_node("Conv", ["x", "w"], ["y"], strides=[HOP])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2 * (N_FFT // 2 + 1), 13])],
-                              [numpy_helper.from_array(phase, "phase"), numpy_helper.from_array(window, "window")])
+    nodes = [
+        helper.make_node("Cos", ["phase"], ["c"]),
+        helper.make_node("Mul", ["c", "window"], ["w"]),
+        helper.make_node("Conv", ["x", "w"], ["y"], strides=[HOP]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2 * (N_FFT // 2 + 1), 13])],
+        [numpy_helper.from_array(phase, "phase"), numpy_helper.from_array(window, "window")],
+    )
     path = tmp_path / "cos.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     report = inspect(path, settings=Settings(lower=False))

@@ -24,8 +24,7 @@ from tests.reference import exact_sigma
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _jacobian_norm(weight: torch.Tensor, stride: int, begin: list[int], end: list[int], dilation: int,
-                   groups: int, spatial: tuple[int, ...]) -> float:
+def _jacobian_norm(weight: torch.Tensor, stride: int, begin: list[int], end: list[int], dilation: int, groups: int, spatial: tuple[int, ...]) -> float:
     dims = len(spatial)
     x = torch.zeros(1, weight.shape[1] * groups, *spatial, dtype=torch.float64)
     flat = [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)]
@@ -50,8 +49,7 @@ def cases(draw):  # type: ignore[no-untyped-def]
     begin = [draw(st.integers(0, k)) for _ in range(dims)]
     end = [draw(st.integers(0, k)) for _ in range(dims)]
     seed = draw(st.integers(0, 2**16))
-    weight = torch.randn(c_out, c_in // groups, *(k,) * dims, generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.float64)
+    weight = torch.randn(c_out, c_in // groups, *(k,) * dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     if draw(st.booleans()):
         weight = weight.round()  # integer taps: ties and exact cancellations
     return weight, stride, begin, end, dilation, groups, (n,) * dims
@@ -69,8 +67,7 @@ def test_circular_upper_and_operator_lower_bracket_the_jacobian_norm(case) -> No
     geometry = ConvGeometry((stride,) * dims, tuple(begin) + tuple(end), (dilation,) * dims, groups)
     found = upper_end(weight, geometry, spatial, False, rel=1e-4)
     assert found.upper >= exact
-    lower, iterations = operator_lower(weight, geometry, spatial, False, upper=found.upper, tol=1e-3, max_iter=200,
-                                       seed=0, start=found.start)
+    lower, iterations = operator_lower(weight, geometry, spatial, False, upper=found.upper, tol=1e-3, max_iter=200, seed=0, start=found.start)
     assert lower <= exact and 1 <= iterations <= 200
 
 
@@ -108,8 +105,7 @@ def test_transposed_and_strided_convs_are_bounded(transposed: bool) -> None:
     matrix = conv_module.explicit_matrix(weight, geometry, spatial, transposed)
     exact = exact_sigma(matrix)
     found = upper_end(weight, geometry, spatial, transposed, rel=1e-4)
-    lower, _ = operator_lower(weight, geometry, spatial, transposed, upper=found.upper, tol=1e-3, max_iter=200,
-                              seed=0, start=found.start)
+    lower, _ = operator_lower(weight, geometry, spatial, transposed, upper=found.upper, tol=1e-3, max_iter=200, seed=0, start=found.start)
     assert lower <= exact <= found.upper
 
 
@@ -122,17 +118,25 @@ def test_ring_is_the_smallest_valid_embedding() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
-       st.integers(1, 4), st.integers(1, 4), st.integers(4, 9), st.integers(0, 2**16))
-def test_gram_blocks_match_the_symbol_within_the_rounding_bound(dims: int, k: int, stride: int, dilation: int,
-                                                                 groups: int, c_in: int, c_out: int, n: int,
-                                                                 seed: int) -> None:
+@given(
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(4, 9),
+    st.integers(0, 2**16),
+)
+def test_gram_blocks_match_the_symbol_within_the_rounding_bound(
+    dims: int, k: int, stride: int, dilation: int, groups: int, c_in: int, c_out: int, n: int, seed: int
+) -> None:
     """fl(G(w)) from paired tap products is K K^H or K^H K of the directly summed symbol, at every frequency."""
     from lipcheck.spectral import conv_fourier as cf
     from lipcheck.spectral import conv_start
 
-    weight = torch.randn(c_out * groups, c_in, *(k,) * dims, generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.float64)
+    weight = torch.randn(c_out * groups, c_in, *(k,) * dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     strides, dilations = (stride,) * dims, (dilation,) * dims
     sizes = ring_sizes((n,) * dims, (k,) * dims, strides, dilations, [k // 2] * dims, [k // 2] * dims)
     taps = cf.gram_taps(weight, groups, strides, dilations, sizes)

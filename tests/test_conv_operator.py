@@ -25,9 +25,13 @@ from tests.reference import exact_sigma
 
 def _onnx_conv(tmp_path: Path, op: str, weight: np.ndarray, input_shape: list[int | str], **attrs) -> Path:  # type: ignore[no-untyped-def]
     node = helper.make_node(op, ["x", "W"], ["y"], **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(input_shape))])],
-                              initializer=[numpy_helper.from_array(weight, "W")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(input_shape))])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     path = tmp_path / "conv.onnx"
@@ -99,8 +103,7 @@ def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case)
     assert (lip.upper - lip.lower) / lip.upper <= (0.01 if min(spatial) >= 16 else 0.03)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if min(c[5]) >= 8 and len(c[5]) == 2],
-                         ids=lambda c: f"{c[0]}-{c[4]}-{c[5]}")
+@pytest.mark.parametrize("case", [c for c in CASES if min(c[5]) >= 8 and len(c[5]) == 2], ids=lambda c: f"{c[0]}-{c[4]}-{c[5]}")
 def test_fft_path_contains_the_operator_norm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case) -> None:  # type: ignore[no-untyped-def]
     """Large operators skip the explicit matrix; force that path on small ones and check it too."""
     monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
@@ -142,6 +145,7 @@ def test_one_by_one_conv_is_exact_at_any_size(tmp_path: Path) -> None:
 
 # -- torch modules: TorchScript (scripted and traced), padding modes, the size-free bound ------------------
 
+
 def _module_norm(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """The exact operator norm: the module's Jacobian (it is linear without bias) as a matrix."""
     x = torch.zeros(shape, dtype=torch.float64)
@@ -153,8 +157,15 @@ def _module_norm(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
 @pytest.mark.parametrize("trace", [False, True])
 def test_torchscript_padding_modes(tmp_path: Path, mode: str, trace: bool) -> None:
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(3, 4, 3, padding=2, stride=1, padding_mode=mode,  # type: ignore[arg-type]
-                           bias=False).double()
+    conv = torch.nn.Conv2d(
+        3,
+        4,
+        3,
+        padding=2,
+        stride=1,
+        padding_mode=mode,  # type: ignore[arg-type]
+        bias=False,
+    ).double()
     net = torch.nn.Sequential(conv)
     x = torch.zeros(1, 3, 10, 10, dtype=torch.float64)
     scripted = torch.jit.trace(net, x) if trace else torch.jit.script(net)
@@ -182,12 +193,12 @@ def torch_convs(draw):  # type: ignore[no-untyped-def]
     mode = "zeros" if transposed else draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     pad = draw(st.integers(0, k))
     n = draw(st.integers(max(pad + 1, (k - 1) * dilation + 1), 9))
-    cls = {(1, False): torch.nn.Conv1d, (2, False): torch.nn.Conv2d,
-           (1, True): torch.nn.ConvTranspose1d, (2, True): torch.nn.ConvTranspose2d}[(dims, transposed)]
+    cls = {(1, False): torch.nn.Conv1d, (2, False): torch.nn.Conv2d, (1, True): torch.nn.ConvTranspose1d, (2, True): torch.nn.ConvTranspose2d}[
+        (dims, transposed)
+    ]
     kwargs = {"padding_mode": mode} if not transposed else {}
     torch.manual_seed(draw(st.integers(0, 1000)))
-    module = cls(2 * groups, 2 * groups, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=False,
-                 **kwargs).double()
+    module = cls(2 * groups, 2 * groups, k, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=False, **kwargs).double()
     dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
     with torch.no_grad():
         module.weight.copy_(module.weight.to(dtype).to(torch.float64))
@@ -206,18 +217,28 @@ def test_size_free_bound_is_above_the_norm_at_every_size(case) -> None:  # type:
     weight = module.weight.detach()
     n = weight.dim() - 2
     pads = tuple(module.padding) * 2
-    geometry = ConvGeometry(tuple(module.stride), pads, tuple(module.dilation), module.groups,
-                            padding_mode=getattr(module, "padding_mode", "zeros"))
+    geometry = ConvGeometry(tuple(module.stride), pads, tuple(module.dilation), module.groups, padding_mode=getattr(module, "padding_mode", "zeros"))
     reshaped = weight.reshape(weight.shape[0], -1)  # dim 0 for both: a ConvTranspose is the adjoint conv
     bound = any_size_factor(tuple(weight.shape[2:]), geometry) * exact_sigma(reshaped)
     assert exact <= bound * (1 + 1e-9), (n, transposed)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
-       st.integers(0, 2), st.integers(0, 3), st.integers(3, 7), st.booleans(), st.integers(0, 2**16))
-def test_adjoint_is_the_explicit_matrix_transpose(dims: int, k: int, stride: int, dilation: int, groups: int,
-                                                  begin: int, end: int, n: int, transposed: bool, seed: int) -> None:
+@given(
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(0, 3),
+    st.integers(3, 7),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_adjoint_is_the_explicit_matrix_transpose(
+    dims: int, k: int, stride: int, dilation: int, groups: int, begin: int, end: int, n: int, transposed: bool, seed: int
+) -> None:
     if transposed:
         end = begin
     gen = torch.Generator().manual_seed(seed)
@@ -230,6 +251,7 @@ def test_adjoint_is_the_explicit_matrix_transpose(dims: int, k: int, stride: int
         return
     y = torch.randn(matrix.shape[0], generator=gen, dtype=torch.float64)
     out = conv_module._conv_fn(weight, geometry, transposed)(
-        torch.zeros(1, conv_module.input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64))
+        torch.zeros(1, conv_module.input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64)
+    )
     z = conv_module._adjoint_fn(weight, geometry, spatial, transposed)(y.reshape(out.shape))
     assert torch.allclose(z.reshape(-1), matrix.T @ y)

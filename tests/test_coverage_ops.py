@@ -17,9 +17,13 @@ from lipcheck.graph.rules.activations import GELU, MISH, SILU
 
 
 def _model(path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], n: int = 4) -> Path:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
-                              [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in inits.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -34,31 +38,63 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 GATES = {
-    "silu": ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])], {},
-             lambda x: x * _sigmoid(x), SILU),
-    "silu_beta": ([helper.make_node("Mul", ["x", "b"], ["bx"]), helper.make_node("Sigmoid", ["bx"], ["s"]),
-                   helper.make_node("Mul", ["s", "x"], ["y"])], {"b": np.array(1.702)},
-                  lambda x: x * _sigmoid(1.702 * x), SILU),
-    "hardswish_hs": ([helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1 / 6, beta=0.5),
-                      helper.make_node("Mul", ["x", "h"], ["y"])], {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1), 1.5),
-    "hardswish_clip": ([helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
-                        helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])],
-                       {"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0)},
-                       lambda x: x * np.clip(x + 3, 0, 6) / 6, 1.5),
-    "gelu_erf": ([helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
-                  helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
-                  helper.make_node("Mul", ["m", "half"], ["y"])],
-                 {"r2": np.array(math.sqrt(2)), "one": np.array(1.0), "half": np.array(0.5)},
-                 lambda x: 0.5 * x * (1 + __import__("scipy.special").special.erf(x / math.sqrt(2))), GELU),
-    "gelu_tanh": ([helper.make_node("Pow", ["x", "three"], ["p"]), helper.make_node("Mul", ["p", "k"], ["pk"]),
-                   helper.make_node("Add", ["x", "pk"], ["u"]), helper.make_node("Mul", ["u", "c"], ["uc"]),
-                   helper.make_node("Tanh", ["uc"], ["t"]), helper.make_node("Add", ["t", "one"], ["a"]),
-                   helper.make_node("Mul", ["a", "half"], ["h"]), helper.make_node("Mul", ["x", "h"], ["y"])],
-                  {"three": np.array(3.0), "k": np.array(0.044715), "c": np.array(math.sqrt(2 / math.pi)),
-                   "one": np.array(1.0), "half": np.array(0.5)},
-                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))), GELU),
-    "mish": ([helper.make_node("Softplus", ["x"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]),
-              helper.make_node("Mul", ["x", "t"], ["y"])], {}, lambda x: x * np.tanh(np.logaddexp(0, x)), MISH),
+    "silu": ([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])], {}, lambda x: x * _sigmoid(x), SILU),
+    "silu_beta": (
+        [helper.make_node("Mul", ["x", "b"], ["bx"]), helper.make_node("Sigmoid", ["bx"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])],
+        {"b": np.array(1.702)},
+        lambda x: x * _sigmoid(1.702 * x),
+        SILU,
+    ),
+    "hardswish_hs": (
+        [helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1 / 6, beta=0.5), helper.make_node("Mul", ["x", "h"], ["y"])],
+        {},
+        lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+        1.5,
+    ),
+    "hardswish_clip": (
+        [
+            helper.make_node("Add", ["x", "three"], ["a"]),
+            helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+            helper.make_node("Mul", ["x", "c"], ["m"]),
+            helper.make_node("Div", ["m", "six"], ["y"]),
+        ],
+        {"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0)},
+        lambda x: x * np.clip(x + 3, 0, 6) / 6,
+        1.5,
+    ),
+    "gelu_erf": (
+        [
+            helper.make_node("Div", ["x", "r2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["a"]),
+            helper.make_node("Mul", ["x", "a"], ["m"]),
+            helper.make_node("Mul", ["m", "half"], ["y"]),
+        ],
+        {"r2": np.array(math.sqrt(2)), "one": np.array(1.0), "half": np.array(0.5)},
+        lambda x: 0.5 * x * (1 + __import__("scipy.special").special.erf(x / math.sqrt(2))),
+        GELU,
+    ),
+    "gelu_tanh": (
+        [
+            helper.make_node("Pow", ["x", "three"], ["p"]),
+            helper.make_node("Mul", ["p", "k"], ["pk"]),
+            helper.make_node("Add", ["x", "pk"], ["u"]),
+            helper.make_node("Mul", ["u", "c"], ["uc"]),
+            helper.make_node("Tanh", ["uc"], ["t"]),
+            helper.make_node("Add", ["t", "one"], ["a"]),
+            helper.make_node("Mul", ["a", "half"], ["h"]),
+            helper.make_node("Mul", ["x", "h"], ["y"]),
+        ],
+        {"three": np.array(3.0), "k": np.array(0.044715), "c": np.array(math.sqrt(2 / math.pi)), "one": np.array(1.0), "half": np.array(0.5)},
+        lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+        GELU,
+    ),
+    "mish": (
+        [helper.make_node("Softplus", ["x"], ["sp"]), helper.make_node("Tanh", ["sp"], ["t"]), helper.make_node("Mul", ["x", "t"], ["y"])],
+        {},
+        lambda x: x * np.tanh(np.logaddexp(0, x)),
+        MISH,
+    ),
 }
 
 
@@ -87,10 +123,16 @@ def _jacobian_norm(f, x: np.ndarray, h: float = 1e-7) -> float:  # type: ignore[
 def test_layer_norm_is_bounded_by_max_gamma_over_sqrt_eps(tmp_path: Path, decomposed: bool) -> None:
     eps, gamma, n = 1e-3, np.array([0.5, -2.0, 1.0, 1.5]), 4
     if decomposed:
-        nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]), helper.make_node("Sub", ["x", "m"], ["d"]),
-                 helper.make_node("Pow", ["d", "two"], ["p"]), helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
-                 helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
-                 helper.make_node("Div", ["d", "s"], ["nd"]), helper.make_node("Mul", ["nd", "g"], ["y"])]
+        nodes = [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
+            helper.make_node("Sub", ["x", "m"], ["d"]),
+            helper.make_node("Pow", ["d", "two"], ["p"]),
+            helper.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+            helper.make_node("Add", ["v", "eps"], ["ve"]),
+            helper.make_node("Sqrt", ["ve"], ["s"]),
+            helper.make_node("Div", ["d", "s"], ["nd"]),
+            helper.make_node("Mul", ["nd", "g"], ["y"]),
+        ]
         inits = {"two": np.array(2.0), "eps": np.array(eps), "g": gamma}
     else:
         nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=eps)]
@@ -112,8 +154,12 @@ def test_layer_norm_is_bounded_by_max_gamma_over_sqrt_eps(tmp_path: Path, decomp
 
 
 def test_values_computed_from_constants_are_folded(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Transpose", ["c"], ["t"]),
-             helper.make_node("Reshape", ["t", "shape"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"])]
+    nodes = [
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("Transpose", ["c"], ["t"]),
+        helper.make_node("Reshape", ["t", "shape"], ["r"]),
+        helper.make_node("Mul", ["x", "r"], ["y"]),
+    ]
     inits = {"a": np.array([[8.0, 16.0]]), "b": np.array([[32.0, 4.0]]), "shape": np.array([1, 4])}
     model = _model(tmp_path / "fold.onnx", nodes, inits)
     m = onnx.load(str(model))
@@ -128,8 +174,7 @@ def test_dynamically_quantized_linear_layers_are_dequantized(tmp_path: Path) -> 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     torch.onnx.export(net, torch.randn(1, 16), str(tmp_path / "f.onnx"), dynamo=False, opset_version=17)
-    quantization.quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"),
-                                  weight_type=quantization.QuantType.QInt8)
+    quantization.quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), weight_type=quantization.QuantType.QInt8)
     q = inspect(tmp_path / "q.onnx")
     assert len(q.layers) == 2 and q.bound.graph is not None
     qm = onnx.load(str(tmp_path / "q.onnx"))
@@ -155,11 +200,14 @@ def test_a_rule_is_one_registered_function() -> None:
         del RULES["LipcheckTestDouble"]
 
 
-def _graph_model(path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape_in: list[int],
-                 shape_out: list[int], opset: int = 18) -> Path:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape_out)],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+def _graph_model(path: Path, nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], shape_in: list[int], shape_out: list[int], opset: int = 18) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape_out)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     return path
 
@@ -174,8 +222,7 @@ def _float64_jacobian_norm(path: Path, x: np.ndarray, h: float = 1e-6) -> float:
     return float(np.linalg.norm(np.stack(cols, 1), 2))
 
 
-@pytest.mark.parametrize("mode,pads", [("reflect", [0, 3, 0, 2]), ("reflect", [0, 1, 0, 1]), ("edge", [0, 2, 0, 3]),
-                                       ("wrap", [0, 4, 0, 1])])
+@pytest.mark.parametrize("mode,pads", [("reflect", [0, 3, 0, 2]), ("reflect", [0, 1, 0, 1]), ("edge", [0, 2, 0, 3]), ("wrap", [0, 4, 0, 1])])
 def test_copying_pads_are_bounded_by_the_most_copies_of_one_entry(tmp_path: Path, mode: str, pads: list[int]) -> None:
     n = 4
     out = n + pads[1] + pads[3]
@@ -189,8 +236,12 @@ def test_copying_pads_are_bounded_by_the_most_copies_of_one_entry(tmp_path: Path
 
 
 def test_an_input_dependent_comparison_feeding_a_where_is_a_jump(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Greater", ["x", "zero"], ["c"]), helper.make_node("Where", ["c", "x", "zero"], ["w"]),
-             helper.make_node("Not", ["c"], ["nc"]), helper.make_node("Where", ["nc", "w", "one"], ["y"])]
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["c"]),
+        helper.make_node("Where", ["c", "x", "zero"], ["w"]),
+        helper.make_node("Not", ["c"], ["nc"]),
+        helper.make_node("Where", ["nc", "w", "one"], ["y"]),
+    ]
     inits = {"zero": np.zeros((1, 4), np.float32), "one": np.ones((1, 4), np.float32)}
     report = inspect(_graph_model(tmp_path / "cmp.onnx", nodes, inits, [1, 4], [1, 4]))
     assert report.bound.graph is None
@@ -218,8 +269,12 @@ def test_broadcasting_an_activation_counts_its_copies(tmp_path: Path, op: str) -
 
 def test_a_squeeze_excitation_gate_is_named_as_one(tmp_path: Path) -> None:
     w = np.full((4, 4, 1, 1), 0.5, np.float32)
-    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Conv", ["p", "w"], ["q"]),
-             helper.make_node("HardSigmoid", ["q"], ["g"], alpha=0.2, beta=0.5), helper.make_node("Mul", ["x", "g"], ["y"])]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Conv", ["p", "w"], ["q"]),
+        helper.make_node("HardSigmoid", ["q"], ["g"], alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
     report = inspect(_graph_model(tmp_path / "se.onnx", nodes, {"w": w}, [1, 4, 3, 3], [1, 4, 3, 3]))
     assert report.bound.graph is None and "squeeze-excitation" in report.bound.blocking[0]
     # Not globally Lipschitz indeed: with zero mean and large entries the Jacobian grows with the input.
@@ -247,26 +302,45 @@ def _decode_model(path: Path) -> Path:
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("Gather", ["s", "two"], ["h"], axis=0), helper.make_node("Gather", ["s", "three"], ["w"], axis=0),
-        helper.make_node("Mul", ["h", "w"], ["hw"]), helper.make_node("Unsqueeze", ["hw", "zero"], ["hw1"]),
+        helper.make_node("Gather", ["s", "two"], ["h"], axis=0),
+        helper.make_node("Gather", ["s", "three"], ["w"], axis=0),
+        helper.make_node("Mul", ["h", "w"], ["hw"]),
+        helper.make_node("Unsqueeze", ["hw", "zero"], ["hw1"]),
         helper.make_node("Concat", ["one", "hw1"], ["flat"], axis=0),
         helper.make_node("ConstantOfShape", ["flat"], ["ones"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
         helper.make_node("Mul", ["ones", "eight"], ["stride"]),
-        helper.make_node("Range", ["zero_s", "w", "one_s"], ["r"]), helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+        helper.make_node("Range", ["zero_s", "w", "one_s"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["rf", "half"], ["ax"]),
-        helper.make_node("Unsqueeze", ["h", "zero"], ["h1"]), helper.make_node("Unsqueeze", ["w", "zero"], ["w1"]),
+        helper.make_node("Unsqueeze", ["h", "zero"], ["h1"]),
+        helper.make_node("Unsqueeze", ["w", "zero"], ["w1"]),
         helper.make_node("Concat", ["h1", "w1"], ["hw_shape"], axis=0),
-        helper.make_node("Expand", ["ax", "hw_shape"], ["grid"]), helper.make_node("Reshape", ["grid", "flat"], ["anchor"]),
+        helper.make_node("Expand", ["ax", "hw_shape"], ["grid"]),
+        helper.make_node("Reshape", ["grid", "flat"], ["anchor"]),
         helper.make_node("Reshape", ["x", "flat3"], ["f"]),
-        helper.make_node("Slice", ["f", "zero", "one", "one"], ["first"]), helper.make_node("Reshape", ["first", "flat"], ["d"]),
-        helper.make_node("Sub", ["anchor", "d"], ["box"]), helper.make_node("Mul", ["box", "stride"], ["y"]),
+        helper.make_node("Slice", ["f", "zero", "one", "one"], ["first"]),
+        helper.make_node("Reshape", ["first", "flat"], ["d"]),
+        helper.make_node("Sub", ["anchor", "d"], ["box"]),
+        helper.make_node("Mul", ["box", "stride"], ["y"]),
     ]
-    inits = {"two": np.array(2, np.int64), "three": np.array(3, np.int64), "zero": i64(0), "one": i64(1), "zero_s": np.array(0, np.int64),
-             "one_s": np.array(1, np.int64), "flat3": i64(1, 4, -1), "eight": np.array(8.0, np.float32),
-             "half": np.array(0.5, np.float32)}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    inits = {
+        "two": np.array(2, np.int64),
+        "three": np.array(3, np.int64),
+        "zero": i64(0),
+        "one": i64(1),
+        "zero_s": np.array(0, np.int64),
+        "one_s": np.array(1, np.int64),
+        "flat3": i64(1, 4, -1),
+        "eight": np.array(8.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

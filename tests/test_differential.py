@@ -48,8 +48,7 @@ def _sampled_ratio(model: onnx.ModelProto, shapes: list[tuple[int, ...]], seed: 
     best = 0.0
     for scale in (1e-2, 1e-2, 1e-2, 1e-2, None, None):
         xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        ys = [(x + rng.standard_normal(x.shape) * scale if scale else rng.standard_normal(x.shape)).astype(np.float32)
-              for x in xs]
+        ys = [(x + rng.standard_normal(x.shape) * scale if scale else rng.standard_normal(x.shape)).astype(np.float32) for x in xs]
         dx = math.sqrt(sum(float(np.sum((y.astype(np.float64) - x.astype(np.float64)) ** 2)) for x, y in zip(xs, ys)))
         fx, fy = f(xs), f(ys)
         best = max(best, max(float(np.linalg.norm(b - a)) for a, b in zip(fx, fy)) / dx)
@@ -114,8 +113,7 @@ def _dense(b: _Builder, x: str, width: int) -> tuple[str, int]:
         if b.rng.random() < 0.5:
             y = b.node("Gemm", [x, b.const(b.weight(out, width), "w"), b.const(b.weight(out), "bias")], transB=1)
         else:
-            y = b.node("Gemm", [x, b.const(b.weight(out, width).T.copy(), "w"), b.const(b.weight(out), "bias")],
-                       alpha=float(b.rng.choice([0.5, 1.0, 2.0])))
+            y = b.node("Gemm", [x, b.const(b.weight(out, width).T.copy(), "w"), b.const(b.weight(out), "bias")], alpha=float(b.rng.choice([0.5, 1.0, 2.0])))
         return b.activation(y), out
     if kind == 1:  # MatMul + bias
         out = int(b.rng.integers(3, 9))
@@ -130,9 +128,16 @@ def _dense(b: _Builder, x: str, width: int) -> tuple[str, int]:
         right = b.activation(b.node("Gemm", [x, b.const(b.weight(w2, width), "w")], transB=1))
         return b.node("Concat", [left, right], axis=1), w1 + w2
     if kind == 4:  # batch norm (eval statistics)
-        y = b.node("BatchNormalization", [x, b.const(b.rng.uniform(0.5, 2, width).astype(np.float32)),
-                                          b.const(b.weight(width)), b.const(b.weight(width)),
-                                          b.const(b.rng.uniform(0.3, 2, width).astype(np.float32))])
+        y = b.node(
+            "BatchNormalization",
+            [
+                x,
+                b.const(b.rng.uniform(0.5, 2, width).astype(np.float32)),
+                b.const(b.weight(width)),
+                b.const(b.weight(width)),
+                b.const(b.rng.uniform(0.3, 2, width).astype(np.float32)),
+            ],
+        )
         return y, width
     if kind == 5:  # If with a constant condition; both branches read outer values
         return _if(b, x, width), width
@@ -165,9 +170,16 @@ def _conv(b: _Builder, x: str, channels: int, size: int) -> tuple[str, int, int]
     if kind == 1:  # residual conv block with batch norm
         w1 = b.const((b.rng.standard_normal((channels, channels, 3, 3)) / 3).astype(np.float32), "w")
         h = b.node("Conv", [x, w1], pads=[1, 1, 1, 1])
-        h = b.node("BatchNormalization", [h, b.const(b.rng.uniform(0.5, 2, channels).astype(np.float32)),
-                                          b.const(b.weight(channels)), b.const(b.weight(channels)),
-                                          b.const(b.rng.uniform(0.3, 2, channels).astype(np.float32))])
+        h = b.node(
+            "BatchNormalization",
+            [
+                h,
+                b.const(b.rng.uniform(0.5, 2, channels).astype(np.float32)),
+                b.const(b.weight(channels)),
+                b.const(b.weight(channels)),
+                b.const(b.rng.uniform(0.3, 2, channels).astype(np.float32)),
+            ],
+        )
         w2 = b.const((b.rng.standard_normal((channels, channels, 1, 1)) / 2).astype(np.float32), "w")
         return b.node("Add", [x, b.node("Conv", [b.activation(h), w2])]), channels, size
     if kind == 2:  # channel concat
@@ -176,8 +188,7 @@ def _conv(b: _Builder, x: str, channels: int, size: int) -> tuple[str, int, int]
     if kind in (3, 4) and size >= 4:  # pools
         if kind == 3:
             return b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2]), channels, size // 2
-        return b.node("AveragePool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1],
-                      count_include_pad=int(b.rng.integers(2))), channels, size
+        return b.node("AveragePool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=int(b.rng.integers(2))), channels, size
     if kind == 5:  # If on a conv feature map
         w = b.const((b.rng.standard_normal((channels, channels, 3, 3)) / 3).astype(np.float32), "w")
         then_nodes: list[onnx.NodeProto] = []
@@ -185,8 +196,10 @@ def _conv(b: _Builder, x: str, channels: int, size: int) -> tuple[str, int, int]
         else_nodes: list[onnx.NodeProto] = []
         else_out = b.activation(x, else_nodes)
         shape = [1, channels, size, size]
-        branches = [helper.make_graph(n, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape)])
-                    for name, n, o in (("then", then_nodes, then_out), ("else", else_nodes, else_out))]
+        branches = [
+            helper.make_graph(n, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape)])
+            for name, n, o in (("then", then_nodes, then_out), ("else", else_nodes, else_out))
+        ]
         cond = b.const(np.array(bool(b.rng.random() < 0.5)), "cond")
         return b.node("If", [cond], then_branch=branches[0], else_branch=branches[1]), channels, size
     return b.activation(x), channels, size
@@ -211,8 +224,13 @@ def _generated(seed: int, path: Path) -> Path:
         features = channels if pooled != x else channels * size * size
         x = b.node("Gemm", [flat, b.const(b.weight(3, features), "w")], transB=1)
         width = 3
-    graph = helper.make_graph(b.nodes, f"generated{seed}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], b.inits)
+    graph = helper.make_graph(
+        b.nodes,
+        f"generated{seed}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])],
+        b.inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

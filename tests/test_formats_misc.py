@@ -56,8 +56,7 @@ def test_torchscript_modules_give_the_layer_kinds(tmp_path: Path, how: str) -> N
     report = inspect(tmp_path / "block.pt")
     assert report.model_format == "torchscript"
     ops = {layer.name: layer.op for layer in report.layers}
-    assert ops == {"attn.in_proj_weight": "linear", "attn.out_proj.weight": "linear", "up.weight": "conv_transpose1d",
-                   "head.weight": "linear"}
+    assert ops == {"attn.in_proj_weight": "linear", "attn.out_proj.weight": "linear", "up.weight": "conv_transpose1d", "head.weight": "linear"}
     assert [s.name for s in report.skipped] == ["embed.weight"]
     up = next(layer for layer in report.layers if layer.name == "up.weight")
     assert up.sigma == pytest.approx(exact_sigma(torch_convention_matrix(net.up.weight, transposed=True)), rel=1e-5)

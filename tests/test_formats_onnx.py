@@ -55,8 +55,13 @@ def test_matmul_with_constant_on_either_side(tmp_path: Path, weight_first: bool)
     w = _w(6, 9)
     inputs = ["W", "x"] if weight_first else ["x", "W"]
     x_shape = [9, 2] if weight_first else [2, 6]
-    path = _save(tmp_path, [helper.make_node("MatMul", inputs, ["y"])], [numpy_helper.from_array(w, "W")],
-                 [_io("x", x_shape)], [_io("y", [6, 2] if weight_first else [2, 9])])
+    path = _save(
+        tmp_path,
+        [helper.make_node("MatMul", inputs, ["y"])],
+        [numpy_helper.from_array(w, "W")],
+        [_io("x", x_shape)],
+        [_io("y", [6, 2] if weight_first else [2, 9])],
+    )
     (layer,) = inspect(path).layers
     assert layer.op == "matmul"
     assert layer.sigma == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
@@ -83,8 +88,7 @@ def test_dequantize_linear_per_channel(tmp_path: Path) -> None:
     q = RNG.integers(-127, 128, size=(6, 10)).astype(np.int8)
     scale = np.linspace(0.01, 0.05, 6).astype(np.float32)
     zero = np.zeros(6, dtype=np.int8)
-    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0),
-             helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0), helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
     inits = [numpy_helper.from_array(a, n) for a, n in ((q, "q"), (scale, "s"), (zero, "z"))]
     path = _save(tmp_path, nodes, inits, [_io("x", [1, 10])], [_io("y", [1, 6])])
     (layer,) = inspect(path).layers
@@ -97,8 +101,9 @@ def test_if_branches_keep_same_named_weights_apart(tmp_path: Path) -> None:
     w_then, w_else = _w(3, 5), 10 * _w(3, 5)
 
     def branch(w: np.ndarray, label: str):  # type: ignore[no-untyped-def]
-        return helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["out"], transB=1)], label, [],
-                                 [_io("out", [1, 3])], initializer=[numpy_helper.from_array(w, "W")])
+        return helper.make_graph(
+            [helper.make_node("Gemm", ["x", "W"], ["out"], transB=1)], label, [], [_io("out", [1, 3])], initializer=[numpy_helper.from_array(w, "W")]
+        )
 
     node = helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=branch(w_then, "t"), else_branch=branch(w_else, "e"))
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
@@ -112,11 +117,15 @@ def test_if_branches_keep_same_named_weights_apart(tmp_path: Path) -> None:
 def test_conv_attributes_and_embedding_skip(tmp_path: Path) -> None:
     w = _w(4, 2, 3, 3)
     table = _w(100, 8)
-    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], strides=[2, 2], pads=[1, 0, 1, 0], group=1),
-             helper.make_node("Gather", ["E", "ids"], ["e"])]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], strides=[2, 2], pads=[1, 0, 1, 0], group=1), helper.make_node("Gather", ["E", "ids"], ["e"])]
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [3])
-    path = _save(tmp_path, nodes, [numpy_helper.from_array(w, "W"), numpy_helper.from_array(table, "E")],
-                 [_io("x", [1, 2, 8, 8]), ids], [_io("y", [1, 4, 4, 3]), helper.make_tensor_value_info("e", TensorProto.FLOAT, [3, 8])])
+    path = _save(
+        tmp_path,
+        nodes,
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(table, "E")],
+        [_io("x", [1, 2, 8, 8]), ids],
+        [_io("y", [1, 4, 4, 3]), helper.make_tensor_value_info("e", TensorProto.FLOAT, [3, 8])],
+    )
     report = inspect(path)
     (layer,) = report.layers
     assert layer.op == "conv2d"
@@ -125,9 +134,16 @@ def test_conv_attributes_and_embedding_skip(tmp_path: Path) -> None:
 
 def test_external_data_inside_the_folder_is_read(tmp_path: Path) -> None:
     w = _w(64, 32)
-    path = _save(tmp_path, [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [numpy_helper.from_array(w, "W")],
-                 [_io("x", [1, 32])], [_io("y", [1, 64])], save_as_external_data=True, location="weights.bin",
-                 size_threshold=0)
+    path = _save(
+        tmp_path,
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+        [numpy_helper.from_array(w, "W")],
+        [_io("x", [1, 32])],
+        [_io("y", [1, 64])],
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     assert (tmp_path / "weights.bin").exists()
     assert _sigma(path)["W"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
 
@@ -136,8 +152,16 @@ def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
     inner = tmp_path / "model"
     inner.mkdir()
     w = _w(4, 4)
-    path = _save(inner, [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [numpy_helper.from_array(w, "W")],
-                 [_io("x", [1, 4])], [_io("y", [1, 4])], save_as_external_data=True, location="w.bin", size_threshold=0)
+    path = _save(
+        inner,
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+        [numpy_helper.from_array(w, "W")],
+        [_io("x", [1, 4])],
+        [_io("y", [1, 4])],
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     os.replace(inner / "w.bin", tmp_path / "secret.bin")
     proto = onnx.load(str(path), load_external_data=False)
     for entry in proto.graph.initializer[0].external_data:
@@ -175,8 +199,7 @@ def test_loop_body_and_scaled_initializer(tmp_path: Path) -> None:
     body = helper.make_graph(
         [helper.make_node("MatMul", ["h_in", "Wb"], ["h_out"]), helper.make_node("Identity", ["c_in"], ["c_out"])],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-         _io("h_in", [1, 4])],
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), _io("h_in", [1, 4])],
         [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), _io("h_out", [1, 4])],
         initializer=[numpy_helper.from_array(w, "Wb")],
     )
@@ -187,8 +210,7 @@ def test_loop_body_and_scaled_initializer(tmp_path: Path) -> None:
         helper.make_node("Gemm", ["h", "Wo_scaled"], ["y"], transB=1),
     ]
     n = helper.make_tensor_value_info("n", TensorProto.INT64, [])
-    path = _save(tmp_path, nodes, [numpy_helper.from_array(outer[:, :4].copy(), "Wo"), half],
-                 [n, _io("x", [1, 4])], [_io("y", [1, 3])])
+    path = _save(tmp_path, nodes, [numpy_helper.from_array(outer[:, :4].copy(), "Wo"), half], [n, _io("x", [1, 4])], [_io("y", [1, 3])])
     sig = _sigma(path)
     assert sig["loop.body/Wb"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
     assert sig["Wo"] == pytest.approx(0.5 * exact_sigma(torch.from_numpy(outer[:, :4])), rel=1e-5)
@@ -205,16 +227,17 @@ def test_conv_weight_behind_transpose_and_reshape_uses_the_layout_the_conv_sees(
         helper.make_node("Reshape", ["K_flat", "shape"], ["K2"]),
         helper.make_node("Conv", ["x", "K2"], ["y2"], pads=[1, 1, 1, 1]),
     ]
-    inits = [numpy_helper.from_array(hwio, "K_hwio"), numpy_helper.from_array(flat, "K_flat"),
-             numpy_helper.from_array(np.array([8, 2, 3, 3], dtype=np.int64), "shape")]
+    inits = [
+        numpy_helper.from_array(hwio, "K_hwio"),
+        numpy_helper.from_array(flat, "K_flat"),
+        numpy_helper.from_array(np.array([8, 2, 3, 3], dtype=np.int64), "shape"),
+    ]
     path = _save(tmp_path, nodes, inits, [_io("x", [1, 2, 8, 8])], [_io("y1", [1, 8, 8, 8]), _io("y2", [1, 8, 8, 8])])
     report = inspect(path)
-    assert [(layer.name, layer.op, layer.shape) for layer in report.layers] == [
-        ("K_hwio", "conv2d", (3, 3, 2, 8)), ("K_flat", "conv2d", (8, 18))]
+    assert [(layer.name, layer.op, layer.shape) for layer in report.layers] == [("K_hwio", "conv2d", (3, 3, 2, 8)), ("K_flat", "conv2d", (8, 18))]
     sigma = exact_sigma(torch.from_numpy(w.reshape(8, -1)))
     kernel = torch.from_numpy(w).double()
-    jac = torch.autograd.functional.jacobian(lambda x: torch.nn.functional.conv2d(x, kernel, padding=1),
-                                             torch.zeros(1, 2, 8, 8, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(lambda x: torch.nn.functional.conv2d(x, kernel, padding=1), torch.zeros(1, 2, 8, 8, dtype=torch.float64))
     operator = exact_sigma(jac.reshape(8 * 64, -1))
     for layer in report.layers:
         assert layer.sigma == pytest.approx(sigma, rel=1e-5)

@@ -48,8 +48,7 @@ def test_checkpoint_wrappers_ignore_optimizer_and_scalars(tmp_path: Path, wrappe
     opt = torch.optim.Adam(net.parameters())
     net(torch.randn(2, 6)).sum().backward()
     opt.step()
-    torch.save({wrapper: net.state_dict(), "optimizer": opt.state_dict(), "epoch": 7, "best_acc": 0.91},
-               tmp_path / "c.pth")
+    torch.save({wrapper: net.state_dict(), "optimizer": opt.state_dict(), "epoch": 7, "best_acc": 0.91}, tmp_path / "c.pth")
     report = inspect(tmp_path / "c.pth")
     assert report.model_format == "checkpoint"
     assert _names(report) == ["0.weight", "1.weight"]
@@ -59,8 +58,7 @@ def test_checkpoint_wrappers_ignore_optimizer_and_scalars(tmp_path: Path, wrappe
 def test_lightning_prefix_and_nested_dicts(tmp_path: Path) -> None:
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(4, 4))
-    torch.save({"state_dict": {"model": {"encoder": net.state_dict()}}, "optimizer_states": [{}], "global_step": 3},
-               tmp_path / "l.ckpt")
+    torch.save({"state_dict": {"model": {"encoder": net.state_dict()}}, "optimizer_states": [{}], "global_step": 3}, tmp_path / "l.ckpt")
     assert _names(inspect(tmp_path / "l.ckpt")) == ["model.encoder.0.weight"]
 
 

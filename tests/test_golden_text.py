@@ -18,12 +18,15 @@ def test_column_widths_and_bar_lengths_follow_the_numbers() -> None:
     assert_matches_golden(GOLDEN.replace("│ 28 │ ████▌ │", "│  28 │ ████▋  │"), GOLDEN)
 
 
-@pytest.mark.parametrize("changed", [
-    GOLDEN.replace("1.119254587887917", "1.1195"),  # a real change of the bound
-    GOLDEN.replace("16×16", "8×8"),  # an input size
-    GOLDEN.replace("│ 28 │", "│ 29 │"),  # a count
-    GOLDEN.replace("above", "within"),  # the wording
-])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        GOLDEN.replace("1.119254587887917", "1.1195"),  # a real change of the bound
+        GOLDEN.replace("16×16", "8×8"),  # an input size
+        GOLDEN.replace("│ 28 │", "│ 29 │"),  # a count
+        GOLDEN.replace("above", "within"),  # the wording
+    ],
+)
 def test_real_changes_fail(changed: str) -> None:
     with pytest.raises(AssertionError):
         assert_matches_golden(changed, GOLDEN)

@@ -27,8 +27,7 @@ def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
 def _conv_norm(conv: nn.Conv2d, size: int) -> float:
     w = conv.weight.detach().double()
     x = torch.zeros(1, w.shape[1], size, size, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(
-        lambda t: nn.functional.conv2d(t, w, stride=conv.stride, padding=conv.padding), x)
+    jac = torch.autograd.functional.jacobian(lambda t: nn.functional.conv2d(t, w, stride=conv.stride, padding=conv.padding), x)
     return exact_sigma(jac.reshape(-1, x.numel()))
 
 
@@ -80,8 +79,7 @@ def _residual_bounds(net: Residual) -> tuple[float, float]:
     w = net.conv1.weight.detach().double()
     scale = (net.bn1.weight / torch.sqrt(net.bn1.running_var + net.bn1.eps)).detach().double()
     bn_conv = nn.functional.conv2d
-    jac = torch.autograd.functional.jacobian(lambda t: bn_conv(t, w, padding=1) * scale.view(1, -1, 1, 1),
-                                             torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    jac = torch.autograd.functional.jacobian(lambda t: bn_conv(t, w, padding=1) * scale.view(1, -1, 1, 1), torch.zeros(1, 3, 8, 8, dtype=torch.float64))
     folded = exact_sigma(jac.reshape(-1, 3 * 64))
     tight = (1 + c2 * folded) * 0.5 * head  # avg pool 2x2: 1/2
     separate = (1 + c2 * _bn_scale(net.bn1) * c1) * 0.5 * head  # every node's constant taken separately
@@ -113,10 +111,18 @@ def test_unet_like_concat_and_upsample(tmp_path: Path) -> None:
     assert max(report.bound.lower or 0.0, _autograd_lower(net, (1, 2, 8, 8))) <= graph
 
 
-@pytest.mark.parametrize("act, constant", [
-    (nn.LeakyReLU(3.0), 3.0), (nn.ELU(alpha=2.0), 2.0), (nn.Sigmoid(), 0.25), (nn.Tanh(), 1.0),
-    (nn.SiLU(), 1.09984), (nn.Softplus(), 1.0), (nn.ReLU(), 1.0),
-])
+@pytest.mark.parametrize(
+    "act, constant",
+    [
+        (nn.LeakyReLU(3.0), 3.0),
+        (nn.ELU(alpha=2.0), 2.0),
+        (nn.Sigmoid(), 0.25),
+        (nn.Tanh(), 1.0),
+        (nn.SiLU(), 1.09984),
+        (nn.Softplus(), 1.0),
+        (nn.ReLU(), 1.0),
+    ],
+)
 def test_mlp_activations(tmp_path: Path, act: nn.Module, constant: float) -> None:
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(6, 8), act, nn.Linear(8, 3))
@@ -164,8 +170,7 @@ def test_user_supplied_constants_are_opt_in_and_recorded(tmp_path: Path, cli) ->
 
     path = _export(Encoder(), (1, 5, 8), tmp_path / "enc.onnx")
     report = inspect(path)
-    labels = [a.removeprefix("graph: no bound, ").split(" (")[0] for a in report.bound.assumptions
-              if a.startswith("graph: no bound, ")]
+    labels = [a.removeprefix("graph: no bound, ").split(" (")[0] for a in report.bound.assumptions if a.startswith("graph: no bound, ")]
     assert labels
     supplied = inspect(path, settings=Settings(node_constants=tuple((label, 3.0) for label in labels)))
     assert supplied.bound.graph is not None

@@ -44,8 +44,13 @@ def _sha(path: Path) -> str:
 
 
 def _onnx(tmp: Path, name: str, nodes, inits, **save_kw) -> Path:  # type: ignore[no-untyped-def]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=inits,
+    )
     path = tmp / name
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path), **save_kw)
     return path
@@ -145,13 +150,11 @@ def external_outside(tmp: Path) -> tuple[Path, str]:
     (tmp / "secret.bin").write_bytes(np.eye(4, dtype=np.float32).tobytes())
     model = tmp / "inner"
     model.mkdir()
-    return _relocated(_matmul_onnx(model, save_as_external_data=True, location="w.bin", size_threshold=0),
-                      "../secret.bin"), "outside the model's folder"
+    return _relocated(_matmul_onnx(model, save_as_external_data=True, location="w.bin", size_threshold=0), "../secret.bin"), "outside the model's folder"
 
 
 def external_absolute(tmp: Path) -> tuple[Path, str]:
-    return _relocated(_matmul_onnx(tmp, save_as_external_data=True, location="w.bin", size_threshold=0),
-                      "/etc/passwd"), "outside the model's folder"
+    return _relocated(_matmul_onnx(tmp, save_as_external_data=True, location="w.bin", size_threshold=0), "/etc/passwd"), "outside the model's folder"
 
 
 def external_symlink(tmp: Path) -> tuple[Path, str]:
@@ -212,10 +215,28 @@ def missing(tmp: Path) -> tuple[Path, str]:
 
 
 CORPUS: list[Callable[[Path], tuple[Path, str]]] = [
-    plain_pickle, torch_zip_pickle, pickled_module, truncated_torch, truncated_onnx, truncated_safetensors, empty,
-    random_bytes, random_no_extension, wrong_extension, zip_bomb, external_outside, external_absolute,
-    external_symlink, onnx_fails_checker, protobuf_garbage, safetensors_bad_header, safetensors_huge_shape,
-    onnx_huge_shape, nan_weights, a_directory, missing,
+    plain_pickle,
+    torch_zip_pickle,
+    pickled_module,
+    truncated_torch,
+    truncated_onnx,
+    truncated_safetensors,
+    empty,
+    random_bytes,
+    random_no_extension,
+    wrong_extension,
+    zip_bomb,
+    external_outside,
+    external_absolute,
+    external_symlink,
+    onnx_fails_checker,
+    protobuf_garbage,
+    safetensors_bad_header,
+    safetensors_huge_shape,
+    onnx_huge_shape,
+    nan_weights,
+    a_directory,
+    missing,
 ]
 
 
@@ -228,9 +249,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(cli, tmp_path: Path, build, command: str) -> None:  # type: ignore[no-untyped-def]
     path, words = build(tmp_path)
     before = _snapshot(tmp_path)
-    args = {"inspect": ["inspect", str(path), "-f", "json"],
-            "check": ["check", str(path), "--fail-above", "10"],
-            "normalize": ["normalize", str(path), "-o", str(tmp_path / "out.pt")]}[command]
+    args = {
+        "inspect": ["inspect", str(path), "-f", "json"],
+        "check": ["check", str(path), "--fail-above", "10"],
+        "normalize": ["normalize", str(path), "-o", str(tmp_path / "out.pt")],
+    }[command]
     code, out, err = cli(*args)
     assert code == 2, (out, err)
     lines = err.splitlines()
@@ -284,8 +307,10 @@ def test_output_folder_that_cannot_be_written(cli, tmp_path: Path, monkeypatch: 
         monkeypatch.setattr(tempfile, "mkdtemp", denied)
     src = tmp_path / "in.pt"
     torch.save({"fc.weight": torch.eye(3) * 2}, src)
-    for args in (["normalize", str(src), "-o", str(target.with_suffix(".pt"))],
-                 ["check", str(src), "--fail-above", "9", "-f", "json", "-o", str(target.with_suffix(".json"))]):
+    for args in (
+        ["normalize", str(src), "-o", str(target.with_suffix(".pt"))],
+        ["check", str(src), "--fail-above", "9", "-f", "json", "-o", str(target.with_suffix(".json"))],
+    ):
         code, out, err = cli(*args)
         assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("lipcheck: error: "), err
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["in.pt"] + (["ro"] if where == "read-only" else []))

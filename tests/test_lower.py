@@ -29,7 +29,7 @@ class Chain(nn.Module):
         self.a, self.b, self.c = nn.Linear(width, 1), nn.Linear(1, 1), nn.Linear(1, 1)
         self.drop = nn.Dropout(0.5)
         with torch.no_grad():
-            self.a.weight.fill_(2.0 / width ** 0.5)  # width 1 or 4: 2 * a with ‖a‖ = 1, exact in float32
+            self.a.weight.fill_(2.0 / width**0.5)  # width 1 or 4: 2 * a with ‖a‖ = 1, exact in float32
             self.b.weight.fill_(3.0)
             self.c.weight.fill_(4.0)
             for layer, bias in zip((self.a, self.b, self.c), biases):
@@ -48,8 +48,7 @@ def _export(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
 
 # Biases up to 1e4: the outputs are large, so float32 rounding of f(x) - f(y) is large too.
 @pytest.mark.parametrize("biases", [(10.0, 100.0, 1000.0), (1000.0, 1.0, 1.0), (0.5, 1.0, 0.25)])
-def test_onnx_lower_bound_of_a_constant_24_chain_stays_at_or_below_24(tmp_path: Path,
-                                                                      biases: tuple[float, float, float]) -> None:
+def test_onnx_lower_bound_of_a_constant_24_chain_stays_at_or_below_24(tmp_path: Path, biases: tuple[float, float, float]) -> None:
     report = inspect(_export(Chain(1, biases), (1, 1), tmp_path / "chain.onnx"))
     assert report.bound.lower is not None
     assert 23.0 <= report.bound.lower <= 24.0
@@ -82,15 +81,16 @@ def test_float64_twin_evaluates_conv_resize_and_constants_in_double() -> None:
         helper.make_node("Resize", ["s", "", "scales"], ["y"], mode="nearest"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 6])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b"),
-         numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b"), numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     twin = float64_twin(model)
-    assert all(init.data_type in (TensorProto.DOUBLE, TensorProto.INT64) or init.name.startswith("scales")
-               for init in twin.graph.initializer)
+    assert all(init.data_type in (TensorProto.DOUBLE, TensorProto.INT64) or init.name.startswith("scales") for init in twin.graph.initializer)
     x = rng.standard_normal((1, 1, 5, 6)).astype(np.float32)
     (y,) = Float64Model(model)([x])
 
@@ -106,11 +106,14 @@ def test_float64_twin_evaluates_conv_resize_and_constants_in_double() -> None:
 def test_no_float64_evaluation_gives_no_lower_bound_and_says_why(tmp_path: Path) -> None:
     """A contrib op onnxruntime runs in float32 only, unknown to the reference evaluator: no number."""
     w = np.full((3, 3), 0.5, dtype=np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("Gelu", ["h"], ["y"], domain="com.microsoft")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-                              [numpy_helper.from_array(w, "w")])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gelu", ["h"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     path = tmp_path / "gelu.onnx"
     onnx.save(model, str(path))
@@ -126,8 +129,7 @@ def _patterns_norm(w1: np.ndarray, w2: np.ndarray, patterns: np.ndarray) -> floa
 def _chain_lower(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray) -> float:
     from lipcheck.graph.lower_chain import certified_pairs, chain_directions
 
-    found = chain_directions([torch.from_numpy(w1), torch.from_numpy(w2)], [b1, None], [torch.relu], 0,
-                             budget_s=5.0, starts=48, kinked=[True])
+    found = chain_directions([torch.from_numpy(w1), torch.from_numpy(w2)], [b1, None], [torch.relu], 0, budget_s=5.0, starts=48, kinked=[True])
 
     def ratio(x: np.ndarray, y: np.ndarray) -> float:
         f = lambda z: np.maximum(w1 @ z + b1, 0.0) @ w2.T  # noqa: E731

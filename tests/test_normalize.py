@@ -38,8 +38,9 @@ def _conv_norm(weight: torch.Tensor, padding: int, size: int, stride: int = 1) -
 
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(4 * 6 * 6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2)
+    ).eval()
 
 
 def test_state_dict_checkpoint_keeps_everything_else(tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_state_dict_checkpoint_keeps_everything_else(tmp_path: Path) -> None:
     # A state_dict has no conv geometry: the conv is divided by its (loose) geometry-free bound.
     assert _conv_norm(after["model"]["0.weight"], 1, 6) <= 2.0
     report = inspect(tmp_path / "out.pt")
-    assert report.bound.product is not None and report.bound.product <= 2.0 ** 3
+    assert report.bound.product is not None and report.bound.product <= 2.0**3
 
 
 def test_onnx_operator_norms_meet_the_target_and_the_file_runs(tmp_path: Path) -> None:
@@ -91,15 +92,19 @@ def test_onnx_operator_norms_meet_the_target_and_the_file_runs(tmp_path: Path) -
 
 def test_onnx_external_data_and_a_shared_weight(tmp_path: Path) -> None:
     w = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32) * 3
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "W"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
-                              initializer=[numpy_helper.from_array(w, "W")])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
     src = tmp_path / "in" / "m.onnx"
     src.parent.mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
-              save_as_external_data=True, location="m.weights", size_threshold=0)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src), save_as_external_data=True, location="m.weights", size_threshold=0
+    )
     dst = tmp_path / "out" / "n.onnx"
     dst.parent.mkdir()
     normalize(src, dst, target=0.5)
@@ -223,15 +228,21 @@ def test_onnx_constant_node_and_if_branch_weights(tmp_path: Path) -> None:
 
     def branch(name: str, w: np.ndarray) -> onnx.GraphProto:
         node = helper.make_node("MatMul", ["h", "Wb"], [f"out_{name}"])
-        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"out_{name}", TensorProto.FLOAT, [1, 4])],
-                                 initializer=[numpy_helper.from_array(w, "Wb")])  # same name in both branches
+        return helper.make_graph(
+            [node], name, [], [helper.make_tensor_value_info(f"out_{name}", TensorProto.FLOAT, [1, 4])], initializer=[numpy_helper.from_array(w, "Wb")]
+        )  # same name in both branches
 
-    nodes = [helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(w_const, "Wc")),
-             helper.make_node("MatMul", ["x", "Wc"], ["h"]),
-             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", w_then), else_branch=branch("else", w_else))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    nodes = [
+        helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(w_const, "Wc")),
+        helper.make_node("MatMul", ["x", "Wc"], ["h"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", w_then), else_branch=branch("else", w_else)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     src = tmp_path / "if.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     dst = tmp_path / "out.onnx"
@@ -345,13 +356,17 @@ def test_normalize_keeps_the_input_mode_and_reports_follow_the_umask(cli, tmp_pa
 
 def _external_matmul(folder: Path) -> Path:
     w = np.random.default_rng(5).standard_normal((6, 6)).astype(np.float32) * 3
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
-                              initializer=[numpy_helper.from_array(w, "W")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
     src = folder / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
-              save_as_external_data=True, location="m.weights", size_threshold=0)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src), save_as_external_data=True, location="m.weights", size_threshold=0
+    )
     return src
 
 
@@ -377,8 +392,7 @@ def test_an_output_onnxruntime_cannot_run_is_not_written(cli, tmp_path: Path, mo
     assert checked[-1] == src  # the input was run to tell a broken output from an unrunnable model
 
 
-def test_a_model_onnxruntime_cannot_run_at_all_is_written_with_a_warning(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_onnxruntime_cannot_run_at_all_is_written_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lipcheck.formats import onnx_write
 
     src = _external_matmul(tmp_path)
@@ -392,12 +406,17 @@ def test_a_model_onnxruntime_cannot_run_at_all_is_written_with_a_warning(tmp_pat
 
 def test_onnx_output_data_file_never_overwrites_the_input_data(tmp_path: Path) -> None:
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32) * 3, "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[w],
+    )
     src = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src),
-              save_as_external_data=True, location="n.onnx.data", size_threshold=0)  # what n.onnx's data would be
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src), save_as_external_data=True, location="n.onnx.data", size_threshold=0
+    )  # what n.onnx's data would be
     before = {p.name: _sha(p) for p in tmp_path.iterdir()}
     with pytest.raises(LipcheckError, match="data file .* is one of the input's files"):
         normalize(src, tmp_path / "n.onnx")

@@ -20,13 +20,12 @@ def _check(layers: dict[str, object], name: str, w: torch.Tensor, gates: tuple[s
     assert _sigma(w) <= stacked.lipschitz.upper <= _sigma(w) * (1 + 1e-5)  # type: ignore[attr-defined]
     rows = w.shape[0] // len(gates)
     for k, gate in enumerate(gates if len(gates) > 1 else ()):
-        part = _sigma(w[k * rows:(k + 1) * rows])
+        part = _sigma(w[k * rows : (k + 1) * rows])
         assert part <= layers[f"{name}[{gate}]"].lipschitz.upper <= part * (1 + 1e-5)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("cell,gates", [("LSTM", ("i", "o", "f", "c")), ("GRU", ("z", "r", "h")), ("RNN", ("h",))])
-def test_onnx_recurrent_weights_are_layers_and_the_recursion_is_named(tmp_path: Path, cell: str,
-                                                                      gates: tuple[str, ...]) -> None:
+def test_onnx_recurrent_weights_are_layers_and_the_recursion_is_named(tmp_path: Path, cell: str, gates: tuple[str, ...]) -> None:
     import onnx
     from onnx import numpy_helper
 

@@ -22,14 +22,17 @@ def test_the_schema_itself_is_valid() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
-@pytest.mark.parametrize("args", [
-    ("inspect", "sample_models/cnn.onnx"),
-    ("inspect", "sample_models/mlp.pt"),
-    ("inspect", "sample_models/sn_discriminator.pt"),
-    ("check", "sample_models/cnn.onnx", "--fail-above", "1.0"),
-    ("check", "sample_models/mlp.pt", "--fail-above", "1.0"),
-    ("check", "sample_models/mlp.onnx", "sample_models/missing.onnx", "--fail-layer-above", "1.0"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("inspect", "sample_models/cnn.onnx"),
+        ("inspect", "sample_models/mlp.pt"),
+        ("inspect", "sample_models/sn_discriminator.pt"),
+        ("check", "sample_models/cnn.onnx", "--fail-above", "1.0"),
+        ("check", "sample_models/mlp.pt", "--fail-above", "1.0"),
+        ("check", "sample_models/mlp.onnx", "sample_models/missing.onnx", "--fail-layer-above", "1.0"),
+    ],
+)
 def test_every_report_validates(cli, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
     code, out, err = cli(*args, "-f", "json")
     assert code in (0, 1, 2), err
@@ -60,7 +63,9 @@ def test_the_report_data_and_renderers_load_without_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import lipcheck.report.data, lipcheck.report.markdown, lipcheck.report.json_report, "
-            "lipcheck.report.csv_report, lipcheck.report.github, lipcheck.report.junit, lipcheck.report.table; "
-            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys; import lipcheck.report.data, lipcheck.report.markdown, lipcheck.report.json_report, "
+        "lipcheck.report.csv_report, lipcheck.report.github, lipcheck.report.junit, lipcheck.report.table; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

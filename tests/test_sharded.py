@@ -19,8 +19,7 @@ from tests.reference import exact_sigma
 
 def _state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return {f"layers.{i}.weight": torch.randn(16, 16) for i in range(12)} | {
-        "embed.weight": torch.randn(50, 16), "layers.0.bias": torch.randn(16)}
+    return {f"layers.{i}.weight": torch.randn(16, 16) for i in range(12)} | {"embed.weight": torch.randn(50, 16), "layers.0.bias": torch.randn(16)}
 
 
 def _shard(folder: Path, state: dict[str, torch.Tensor], kind: str, shards: int = 3) -> Path:
@@ -28,8 +27,7 @@ def _shard(folder: Path, state: dict[str, torch.Tensor], kind: str, shards: int 
     weight_map = {}
     for index in range(shards):
         part = {n: state[n].contiguous() for n in names[index::shards]}
-        file = (f"model-{index + 1:05d}-of-{shards:05d}.safetensors" if kind == "safetensors"
-                else f"pytorch_model-{index + 1:05d}-of-{shards:05d}.bin")
+        file = f"model-{index + 1:05d}-of-{shards:05d}.safetensors" if kind == "safetensors" else f"pytorch_model-{index + 1:05d}-of-{shards:05d}.bin"
         if kind == "safetensors":
             save_file(part, str(folder / file))
         else:
@@ -91,11 +89,16 @@ def _huge_safetensors(path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
 
 
-@pytest.mark.parametrize(("kind", "build", "words"), [("bin", _zip_bomb, "zip bomb"),
-                                                       ("safetensors", _huge_safetensors, "safetensors")])
+@pytest.mark.parametrize(("kind", "build", "words"), [("bin", _zip_bomb, "zip bomb"), ("safetensors", _huge_safetensors, "safetensors")])
 @pytest.mark.parametrize("command", ["inspect", "check"])
-def test_a_hostile_shard_meets_the_single_file_guard(cli, tmp_path: Path, kind: str, build, words: str,  # type: ignore[no-untyped-def]
-                                                     command: str) -> None:
+def test_a_hostile_shard_meets_the_single_file_guard(
+    cli,
+    tmp_path: Path,
+    kind: str,
+    build,
+    words: str,  # type: ignore[no-untyped-def]
+    command: str,
+) -> None:
     index = _shard(tmp_path, _state(), kind)
     shard = tmp_path / json.loads(index.read_text())["weight_map"]["layers.0.weight"]
     build(shard)
@@ -108,5 +111,6 @@ def test_a_hostile_shard_meets_the_single_file_guard(cli, tmp_path: Path, kind: 
     assert words in err and "Traceback" not in err + out
     code, _, single_err = cli(command, str(single), *extra)
     assert code == 2
-    assert (err.replace(os.path.realpath(shard), "SHARD").replace(str(shard), "SHARD")
-            == single_err.replace(os.path.realpath(single), "SHARD").replace(str(single), "SHARD"))  # word for word  # the same guard, word for word
+    assert err.replace(os.path.realpath(shard), "SHARD").replace(str(shard), "SHARD") == single_err.replace(os.path.realpath(single), "SHARD").replace(
+        str(single), "SHARD"
+    )  # word for word  # the same guard, word for word

@@ -31,8 +31,7 @@ def conv_cases(draw):  # type: ignore[no-untyped-def]
     begin = [draw(st.integers(0, k)) for _ in range(dims)]
     end = begin if transposed else [draw(st.integers(0, k)) for _ in range(dims)]
     out_pad = [draw(st.integers(0, stride - 1)) if transposed and dilation == 1 else 0 for _ in range(dims)]
-    geometry = ConvGeometry((stride,) * dims, tuple(begin) + tuple(end), (dilation,) * dims, groups,
-                            tuple(out_pad) if transposed else ())
+    geometry = ConvGeometry((stride,) * dims, tuple(begin) + tuple(end), (dilation,) * dims, groups, tuple(out_pad) if transposed else ())
     shape = (c_in, c_out // groups) if transposed else (c_out, c_in // groups)
     seed = draw(st.integers(0, 2**16))
     weight = torch.randn(*shape, *(k,) * dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -72,12 +71,14 @@ def test_padded_conv_circular_bound_is_tight_at_32px() -> None:
 def test_windowed_fourier_start_needs_fewer_iterations() -> None:
     """The circular operator's top mode, windowed to the input, starts Lanczos near the answer."""
     weight = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for geometry in (ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 1), ConvGeometry((2, 2), (1, 1, 1, 1), (1, 1), 1),
-                     ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 2)):
+    for geometry in (
+        ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 1),
+        ConvGeometry((2, 2), (1, 1, 1, 1), (1, 1), 1),
+        ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 2),
+    ):
         w = weight[:, : 8 // geometry.groups]
         found = upper_end(w, geometry, (32, 32), False, rel=1e-5)
         assert found.start is not None
         cold, cold_it = operator_lower(w, geometry, (32, 32), False, upper=found.upper, tol=1e-4, max_iter=2000, seed=0)
-        warm, warm_it = operator_lower(w, geometry, (32, 32), False, upper=found.upper, tol=1e-4, max_iter=2000, seed=0,
-                                       start=found.start)
+        warm, warm_it = operator_lower(w, geometry, (32, 32), False, upper=found.upper, tol=1e-4, max_iter=2000, seed=0, start=found.start)
         assert warm_it < cold_it and warm >= cold * (1 - 1e-4) and warm <= found.upper

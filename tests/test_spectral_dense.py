@@ -131,8 +131,7 @@ def test_certificate_is_not_fooled_by_a_start_orthogonal_to_the_top() -> None:
     log_scale=st.floats(-6, 6),
     rank=st.integers(0, 80),
 )
-def test_interval_contains_svd_for_any_shape_and_dtype(m: int, n: int, dtype: torch.dtype, seed: int, log_scale: float,
-                                                       rank: int) -> None:
+def test_interval_contains_svd_for_any_shape_and_dtype(m: int, n: int, dtype: torch.dtype, seed: int, log_scale: float, rank: int) -> None:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(m, n, generator=g)
     if rank < min(m, n):  # low rank: repeated zero singular values and invariant Krylov subspaces

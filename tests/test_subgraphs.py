@@ -25,9 +25,13 @@ REL = 1e-5
 
 def _weights(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"W1": rng.standard_normal((D_HID, D_IN)), "b1": rng.standard_normal(D_HID),
-            "W2": rng.standard_normal((D_HID, D_OUT)), "W3": 2.0 * rng.standard_normal((D_HID, D_OUT)),
-            "W4": 0.5 * rng.standard_normal((D_HID, D_OUT))}
+    return {
+        "W1": rng.standard_normal((D_HID, D_IN)),
+        "b1": rng.standard_normal(D_HID),
+        "W2": rng.standard_normal((D_HID, D_OUT)),
+        "W3": 2.0 * rng.standard_normal((D_HID, D_OUT)),
+        "W4": 0.5 * rng.standard_normal((D_HID, D_OUT)),
+    }
 
 
 def _sigma(matrix: np.ndarray) -> float:
@@ -37,22 +41,37 @@ def _sigma(matrix: np.ndarray) -> float:
 def _branch(name: str, reads: str, weight: str, w: dict[str, np.ndarray]) -> onnx.GraphProto:
     """A branch y = reads @ W that reads ``reads`` from the enclosing graph."""
     return helper.make_graph(
-        [helper.make_node("MatMul", [reads, f"{name}_{weight}"], [f"{name}_y"], name=f"{name}_mm")], name, [],
+        [helper.make_node("MatMul", [reads, f"{name}_{weight}"], [f"{name}_y"], name=f"{name}_mm")],
+        name,
+        [],
         [helper.make_tensor_value_info(f"{name}_y", TensorProto.DOUBLE, [1, D_OUT])],
-        [numpy_helper.from_array(w[weight], f"{name}_{weight}")])
+        [numpy_helper.from_array(w[weight], f"{name}_{weight}")],
+    )
 
 
-def _model(path: Path, cond_nodes: list[onnx.NodeProto], then_g: onnx.GraphProto, else_g: onnx.GraphProto,
-           w: dict[str, np.ndarray], extra_inits: tuple[onnx.TensorProto, ...] = (), batch: int | str = 1) -> Path:
+def _model(
+    path: Path,
+    cond_nodes: list[onnx.NodeProto],
+    then_g: onnx.GraphProto,
+    else_g: onnx.GraphProto,
+    w: dict[str, np.ndarray],
+    extra_inits: tuple[onnx.TensorProto, ...] = (),
+    batch: int | str = 1,
+) -> Path:
     """x -> Gemm(W1, b1) -> Relu -> r; y = If(cond, then_g, else_g), whose branches read r."""
-    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-             helper.make_node("Relu", ["h"], ["r"], name="act"),
-             *cond_nodes,
-             helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then_g, else_branch=else_g)]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="act"),
+        *cond_nodes,
+        helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then_g, else_branch=else_g),
+    ]
     graph = helper.make_graph(
-        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, D_IN])],
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [batch, D_IN])],
         [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, D_OUT])],
-        [numpy_helper.from_array(w["W1"], "W1"), numpy_helper.from_array(w["b1"], "b1"), *extra_inits])
+        [numpy_helper.from_array(w["W1"], "W1"), numpy_helper.from_array(w["b1"], "b1"), *extra_inits],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -62,13 +81,13 @@ def _model(path: Path, cond_nodes: list[onnx.NodeProto], then_g: onnx.GraphProto
 
 def _shape_condition() -> list[onnx.NodeProto]:
     """cond = (Shape(x)[0] == 1): constant for every input; known only where the batch size is."""
-    return [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
-            helper.make_node("Constant", [], ["first"], name="first",
-                             value=numpy_helper.from_array(np.array(0, dtype=np.int64))),
-            helper.make_node("Gather", ["shape", "first"], ["batch"], name="batch"),
-            helper.make_node("Constant", [], ["one"], name="one",
-                             value=numpy_helper.from_array(np.array(1, dtype=np.int64))),
-            helper.make_node("Equal", ["batch", "one"], ["cond"], name="eq")]
+    return [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Constant", [], ["first"], name="first", value=numpy_helper.from_array(np.array(0, dtype=np.int64))),
+        helper.make_node("Gather", ["shape", "first"], ["batch"], name="batch"),
+        helper.make_node("Constant", [], ["one"], name="one", value=numpy_helper.from_array(np.array(1, dtype=np.int64))),
+        helper.make_node("Equal", ["batch", "one"], ["cond"], name="eq"),
+    ]
 
 
 def _model_lower(path: Path, samples: int = 24, h: float = 1e-6) -> float:
@@ -95,8 +114,7 @@ def _bool_cond(value: bool) -> onnx.TensorProto:
 
 def test_if_branches_reading_the_input_get_the_worst_branch_bound(tmp_path: Path) -> None:
     w = _weights(0)
-    path = _model(tmp_path / "if.onnx", _shape_condition(), _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w,
-                  batch="N")
+    path = _model(tmp_path / "if.onnx", _shape_condition(), _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w, batch="N")
     report = inspect(path)
     graph = report.bound.graph
     assert graph is not None and graph > 0.0
@@ -121,8 +139,7 @@ def test_if_on_a_known_shape_takes_its_branch(tmp_path: Path) -> None:
 
 def test_if_with_a_stored_condition_takes_its_branch(tmp_path: Path) -> None:
     w = _weights(1)
-    path = _model(tmp_path / "if_const.onnx", [], _branch("then", "r", "W4", w), _branch("else", "r", "W3", w), w,
-                  extra_inits=(_bool_cond(True),))
+    path = _model(tmp_path / "if_const.onnx", [], _branch("then", "r", "W4", w), _branch("else", "r", "W3", w), w, extra_inits=(_bool_cond(True),))
     report = inspect(path)
     expected = _sigma(w["W1"]) * _sigma(w["W4"])
     graph = report.bound.graph
@@ -133,8 +150,7 @@ def test_if_with_a_stored_condition_takes_its_branch(tmp_path: Path) -> None:
 
 def test_nested_if_reads_an_outer_value_two_levels_up(tmp_path: Path) -> None:
     w = _weights(2)
-    inner = helper.make_node("If", ["cond"], ["then_y"], name="inner",
-                             then_branch=_branch("t2", "r", "W2", w), else_branch=_branch("e2", "r", "W3", w))
+    inner = helper.make_node("If", ["cond"], ["then_y"], name="inner", then_branch=_branch("t2", "r", "W2", w), else_branch=_branch("e2", "r", "W3", w))
     then_g = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("then_y", TensorProto.DOUBLE, [1, D_OUT])])
     path = _model(tmp_path / "nested.onnx", _shape_condition(), then_g, _branch("else", "r", "W4", w), w, batch="N")
     report = inspect(path)
@@ -147,9 +163,11 @@ def test_nested_if_reads_an_outer_value_two_levels_up(tmp_path: Path) -> None:
 
 def test_if_on_a_condition_from_the_input_is_unbounded_and_named(tmp_path: Path) -> None:
     w = _weights(3)
-    cond = [helper.make_node("ReduceSum", ["r"], ["total"], name="total", keepdims=0),
-            helper.make_node("Constant", [], ["zero"], name="zero", value=numpy_helper.from_array(np.array(0.0))),
-            helper.make_node("Greater", ["total", "zero"], ["cond"], name="positive")]
+    cond = [
+        helper.make_node("ReduceSum", ["r"], ["total"], name="total", keepdims=0),
+        helper.make_node("Constant", [], ["zero"], name="zero", value=numpy_helper.from_array(np.array(0.0))),
+        helper.make_node("Greater", ["total", "zero"], ["cond"], name="positive"),
+    ]
     path = _model(tmp_path / "switch.onnx", cond, _branch("then", "r", "W2", w), _branch("else", "r", "W3", w), w)
     report = inspect(path)
     assert report.bound.graph is None
@@ -162,16 +180,20 @@ def test_if_whose_branches_read_only_constants_is_constant(tmp_path: Path) -> No
     const = numpy_helper.from_array(np.ones((1, D_HID)), "k")
     then_g = _branch("then", "k", "W2", w)
     else_g = _branch("else", "k", "W3", w)
-    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
-             helper.make_node("If", ["cond"], ["c"], name="gate", then_branch=then_g, else_branch=else_g),
-             helper.make_node("MatMul", ["h", "P"], ["hp"], name="proj"),
-             helper.make_node("Add", ["hp", "c"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("If", ["cond"], ["c"], name="gate", then_branch=then_g, else_branch=else_g),
+        helper.make_node("MatMul", ["h", "P"], ["hp"], name="proj"),
+        helper.make_node("Add", ["hp", "c"], ["y"], name="add"),
+    ]
     proj = np.random.default_rng(5).standard_normal((D_HID, D_OUT))
     graph = helper.make_graph(
-        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, D_IN])],
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, D_IN])],
         [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, D_OUT])],
-        [numpy_helper.from_array(w["W1"], "W1"), numpy_helper.from_array(w["b1"], "b1"), const, _bool_cond(False),
-         numpy_helper.from_array(proj, "P")])
+        [numpy_helper.from_array(w["W1"], "W1"), numpy_helper.from_array(w["b1"], "b1"), const, _bool_cond(False), numpy_helper.from_array(proj, "P")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "const.onnx"))
@@ -185,24 +207,22 @@ def test_if_whose_branches_read_only_constants_is_constant(tmp_path: Path) -> No
 def test_loop_and_scan_reading_the_input_are_unbounded_and_named(tmp_path: Path, op: str) -> None:
     if op == "Loop":
         body = helper.make_graph(
-            [helper.make_node("Identity", ["c_in"], ["c_out"], name="keep"),
-             helper.make_node("Relu", ["x"], ["step"], name="body_relu")], "body",
-            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-             helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
-            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("step", TensorProto.DOUBLE, [1, D_IN])])
+            [helper.make_node("Identity", ["c_in"], ["c_out"], name="keep"), helper.make_node("Relu", ["x"], ["step"], name="body_relu")],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("step", TensorProto.DOUBLE, [1, D_IN])],
+        )
         node = helper.make_node("Loop", ["trips", "go"], ["y"], name="repeat", body=body)
         inits = [numpy_helper.from_array(np.array(3, dtype=np.int64), "trips"), numpy_helper.from_array(np.array(True), "go")]
         out = helper.make_tensor_value_info("y", TensorProto.DOUBLE, [3, 1, D_IN])
     else:
         inits = [numpy_helper.from_array(np.zeros((1, D_IN)), "s0"), numpy_helper.from_array(np.zeros((3, 1)), "seq")]
         body = helper.make_graph(
-            [helper.make_node("Add", ["s_in", "x"], ["s_out"], name="acc"),
-             helper.make_node("Identity", ["e"], ["e_out"], name="pass")], "body",
-            [helper.make_tensor_value_info("s_in", TensorProto.DOUBLE, [1, D_IN]),
-             helper.make_tensor_value_info("e", TensorProto.DOUBLE, [1])],
-            [helper.make_tensor_value_info("s_out", TensorProto.DOUBLE, [1, D_IN]),
-             helper.make_tensor_value_info("e_out", TensorProto.DOUBLE, [1])])
+            [helper.make_node("Add", ["s_in", "x"], ["s_out"], name="acc"), helper.make_node("Identity", ["e"], ["e_out"], name="pass")],
+            "body",
+            [helper.make_tensor_value_info("s_in", TensorProto.DOUBLE, [1, D_IN]), helper.make_tensor_value_info("e", TensorProto.DOUBLE, [1])],
+            [helper.make_tensor_value_info("s_out", TensorProto.DOUBLE, [1, D_IN]), helper.make_tensor_value_info("e_out", TensorProto.DOUBLE, [1])],
+        )
         node = helper.make_node("Scan", ["s0", "seq"], ["y", "ys"], name="repeat", body=body, num_scan_inputs=1)
         out = helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, D_IN])
     graph = helper.make_graph([node], "m", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, D_IN])], [out], inits)

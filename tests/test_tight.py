@@ -20,9 +20,14 @@ from lipcheck.graph.lipsdp import Chain, Objective, certified_bound, certify, ec
 from lipcheck.graph.lower_chain import chain_directions
 from lipcheck.graph.tight import METHOD, _gelu_range, _mish_slope, _numeric_range, _silu_range
 
-_ACTS = {"relu": ((0.0, 1.0), torch.relu), "tanh": ((0.0, 1.0), torch.tanh), "sigmoid": ((0.0, 0.25), torch.sigmoid),
-         "leaky": ((0.1, 1.0), lambda z: torch.nn.functional.leaky_relu(z, 0.1)),
-         "gelu": (_gelu_range(), torch.nn.functional.gelu), "silu": (_silu_range(), torch.nn.functional.silu)}
+_ACTS = {
+    "relu": ((0.0, 1.0), torch.relu),
+    "tanh": ((0.0, 1.0), torch.tanh),
+    "sigmoid": ((0.0, 0.25), torch.sigmoid),
+    "leaky": ((0.1, 1.0), lambda z: torch.nn.functional.leaky_relu(z, 0.1)),
+    "gelu": (_gelu_range(), torch.nn.functional.gelu),
+    "silu": (_silu_range(), torch.nn.functional.silu),
+}
 
 
 def _weights(sizes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
@@ -57,9 +62,10 @@ def _lipsdp(ws: list[torch.Tensor], slopes: list[tuple[float, float]]) -> float:
     return math.sqrt(float(rho.value))
 
 
-@pytest.mark.parametrize(("sizes", "act", "seed"), [((4, 8, 8, 3), "relu", 1), ((6, 10, 10, 4), "tanh", 2),
-                                                    ((5, 12, 6), "relu", 3), ((8, 16, 16, 2), "relu", 4),
-                                                    ((5, 12, 12, 3), "gelu", 5)])
+@pytest.mark.parametrize(
+    ("sizes", "act", "seed"),
+    [((4, 8, 8, 3), "relu", 1), ((6, 10, 10, 4), "tanh", 2), ((5, 12, 6), "relu", 3), ((8, 16, 16, 2), "relu", 4), ((5, 12, 12, 3), "gelu", 5)],
+)
 def test_certified_bound_is_within_half_a_percent_of_the_sdp_optimum(sizes: tuple[int, ...], act: str, seed: int) -> None:
     ws = _weights(sizes, seed)
     chain = Chain(ws, [_ACTS[act][0]] * (len(ws) - 1))
@@ -91,8 +97,7 @@ def test_tight_bound_beats_the_closed_form_and_the_product_on_a_deeper_net() -> 
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(1, 7), min_size=3, max_size=5), st.sampled_from(sorted(_ACTS)), st.integers(0, 10_000),
-       st.floats(0.1, 30.0))
+@given(st.lists(st.integers(1, 7), min_size=3, max_size=5), st.sampled_from(sorted(_ACTS)), st.integers(0, 10_000), st.floats(0.1, 30.0))
 def test_certified_bound_is_never_below_an_attained_ratio(sizes: list[int], act: str, seed: int, gain: float) -> None:
     ws = [w * gain for w in _weights(tuple(sizes), seed)]
     slope, phi = _ACTS[act]
@@ -109,8 +114,7 @@ def test_certified_bound_is_never_below_an_attained_ratio(sizes: list[int], act:
                 x = phi(x)
         return x
 
-    found = chain_directions(ws, biases, [phi] * (len(ws) - 1), seed, budget_s=0.2, starts=6,
-                             kinked=[act in ("relu", "leaky")] * (len(ws) - 1))
+    found = chain_directions(ws, biases, [phi] * (len(ws) - 1), seed, budget_s=0.2, starts=6, kinked=[act in ("relu", "leaky")] * (len(ws) - 1))
     for x, v, _ in found:
         xt = torch.from_numpy(x)
         for h in (1e-2, 1e-5):

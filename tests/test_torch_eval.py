@@ -80,17 +80,24 @@ def test_the_ir_matches_onnxruntime_on_the_samples(name: str) -> None:
 def test_if_branches_read_outer_values(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     w1, w2, w3 = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(3))
-    then = helper.make_graph([helper.make_node("MatMul", ["h", "w2"], ["t"])], "then", [],
-                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
-    other = helper.make_graph([helper.make_node("MatMul", ["h", "w3"], ["e"])], "else", [],
-                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "w2"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "w3"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["m"]), helper.make_node("Relu", ["m"], ["h"]),
-         helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["m"]),
+            helper.make_node("Relu", ["m"], ["h"]),
+            helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w3, "w3"),
-         numpy_helper.from_array(np.array(False), "cond")])
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(w3, "w3"),
+            numpy_helper.from_array(np.array(False), "cond"),
+        ],
+    )
     path = tmp_path / "if.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     x = rng.standard_normal((1, 4))
@@ -100,9 +107,12 @@ def test_if_branches_read_outer_values(tmp_path: Path) -> None:
 
 
 def test_an_op_it_cannot_run_is_named(tmp_path: Path) -> None:
-    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="odd")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["x"], ["y"], name="odd")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "h.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     ir = onnx_graph.load(path).graph
@@ -113,12 +123,14 @@ def test_an_op_it_cannot_run_is_named(tmp_path: Path) -> None:
 
 def test_a_contrib_op_never_borrows_a_standard_ops_semantics(tmp_path: Path) -> None:
     """com.microsoft's Gelu is not ONNX's: it is named with its domain, unknown to the rules and the evaluator."""
-    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="contrib", domain="com.microsoft")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], name="contrib", domain="com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "c.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
-              str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), str(path))
     ir = onnx_graph.load(path).graph
     assert ir is not None and supported(ir) == ["contrib (com.microsoft.Gelu)"]
     from lipcheck.api import inspect

@@ -70,8 +70,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.export.save(torch.export.export(module, (x,)), paths["pt2"])
-            torch.onnx.export(module, (x,), str(paths["onnx"]), dynamo=False, do_constant_folding=False,
-                              training=torch.onnx.TrainingMode.PRESERVE)
+            torch.onnx.export(module, (x,), str(paths["onnx"]), dynamo=False, do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
             torch.jit.save(torch.jit.trace(module, (x,)), str(paths["ts"]))
         out[name] = paths
     return out
@@ -168,8 +167,9 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _rewrite(src: Path, dst: Path, change: Callable[[str, bytes], bytes | None], extra: dict[str, bytes] | None = None,
-             compress: int = zipfile.ZIP_STORED) -> Path:
+def _rewrite(
+    src: Path, dst: Path, change: Callable[[str, bytes], bytes | None], extra: dict[str, bytes] | None = None, compress: int = zipfile.ZIP_STORED
+) -> Path:
     """Copy a .pt2 member by member through ``change`` (None drops a member), adding ``extra``."""
     with zipfile.ZipFile(src) as archive, zipfile.ZipFile(dst, "w", compress) as out:
         root = archive.namelist()[0].split("/")[0]
@@ -189,11 +189,13 @@ def _graph_edit(edit: Callable[[dict], None]) -> Callable[[str, bytes], bytes]:
         graph = json.loads(data)
         edit(graph["graph_module"])
         return json.dumps(graph).encode()
+
     return change
 
 
 def sample_inputs_pickle(src: Path, tmp: Path) -> tuple[Path, str]:
     payload = pickle.dumps(_Payload(tmp / MARKER))
+
     def change(name: str, data: bytes) -> bytes:
         return payload if name == "data/sample_inputs/model.pt" else data
 
@@ -210,28 +212,30 @@ def pickled_weight(src: Path, tmp: Path) -> tuple[Path, str]:
                 meta["use_pickle"] = True
             return json.dumps(config).encode()
         return payload if name.startswith("data/weights/weight_") else data
+
     return _rewrite(src, tmp / "weights.pt2", change), "pickle"
 
 
 def opaque_constant(src: Path, tmp: Path) -> tuple[Path, str]:
     def change(name: str, data: bytes) -> bytes:
         if name == "data/constants/model_constants_config.json":
-            return json.dumps({"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False,
-                                                "tensor_meta": None}}}).encode()
+            return json.dumps({"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": None}}}).encode()
         return data
-    return _rewrite(src, tmp / "opaque.pt2", change, {"data/constants/opaque_obj_0": pickle.dumps(_Payload(tmp / MARKER))}), \
-        "opaque_obj_0"
+
+    return _rewrite(src, tmp / "opaque.pt2", change, {"data/constants/opaque_obj_0": pickle.dumps(_Payload(tmp / MARKER))}), "opaque_obj_0"
 
 
 def injected_node_name(src: Path, tmp: Path) -> tuple[Path, str]:
     def edit(gm: dict) -> None:
         gm["graph"]["nodes"][0]["outputs"][0]["as_tensor"]["name"] = f"x=__import__('os').system('touch {tmp / MARKER}')"
+
     return _rewrite(src, tmp / "name.pt2", _graph_edit(edit)), "not a Python identifier"
 
 
 def injected_call(src: Path, tmp: Path) -> tuple[Path, str]:
     def edit(gm: dict) -> None:
         gm["graph"]["nodes"][0]["target"] = "torch.ops.load_library"
+
     return _rewrite(src, tmp / "call.pt2", _graph_edit(edit)), "not an aten or prims operator"
 
 
@@ -239,28 +243,36 @@ def injected_attribute(src: Path, tmp: Path) -> tuple[Path, str]:
     def edit(gm: dict) -> None:
         spec = next(s for s in gm["signature"]["input_specs"] if "parameter" in s)
         spec["parameter"]["parameter_name"] = f'w"); __import__("os").system("touch {tmp / MARKER}"); ("'
+
     return _rewrite(src, tmp / "attr.pt2", _graph_edit(edit)), "not a dotted name"
 
 
 def injected_comment(src: Path, tmp: Path) -> tuple[Path, str]:
     def edit(gm: dict) -> None:
-        gm["graph"]["nodes"][0]["metadata"]["stack_trace"] = (
-            f'File "a.py", line 1, in f\r__import__("os").system("touch {tmp / MARKER}")\n    y = f(x)')
+        gm["graph"]["nodes"][0]["metadata"]["stack_trace"] = f'File "a.py", line 1, in f\r__import__("os").system("touch {tmp / MARKER}")\n    y = f(x)'
+
     return _rewrite(src, tmp / "comment.pt2", _graph_edit(edit)), "control character"
 
 
 def compiled_library(src: Path, tmp: Path) -> tuple[Path, str]:
-    return _rewrite(src, tmp / "aoti.pt2", lambda name, data: data, {"data/aotinductor/model/model.so": b"\x7fELF"}), \
-        "aotinductor"
+    return _rewrite(src, tmp / "aoti.pt2", lambda name, data: data, {"data/aotinductor/model/model.so": b"\x7fELF"}), "aotinductor"
 
 
 def zip_bomb(src: Path, tmp: Path) -> tuple[Path, str]:
-    return _rewrite(src, tmp / "bomb.pt2", lambda name, data: data, {"extra/bomb": bytes(200 << 20)},
-                    compress=zipfile.ZIP_DEFLATED), "inflate"
+    return _rewrite(src, tmp / "bomb.pt2", lambda name, data: data, {"extra/bomb": bytes(200 << 20)}, compress=zipfile.ZIP_DEFLATED), "inflate"
 
 
-HOSTILE = [sample_inputs_pickle, pickled_weight, opaque_constant, injected_node_name, injected_call,
-           injected_attribute, injected_comment, compiled_library, zip_bomb]
+HOSTILE = [
+    sample_inputs_pickle,
+    pickled_weight,
+    opaque_constant,
+    injected_node_name,
+    injected_call,
+    injected_attribute,
+    injected_comment,
+    compiled_library,
+    zip_bomb,
+]
 
 
 @pytest.mark.parametrize("build", HOSTILE, ids=lambda f: f.__name__)
@@ -283,8 +295,7 @@ def test_rewritten_archive_without_changes_still_loads(files: dict[str, dict[str
     """The hostile cases fail because of what they change, not because the rewrite breaks the archive."""
     path = _rewrite(files["cnn"]["pt2"], tmp_path / "same.pt2", lambda name, data: data)
     report = inspect(path, settings=Settings(lower=False))
-    assert report.bound.upper == pytest.approx(inspect(files["cnn"]["pt2"], settings=Settings(lower=False)).bound.upper,
-                                               rel=1e-12)
+    assert report.bound.upper == pytest.approx(inspect(files["cnn"]["pt2"], settings=Settings(lower=False)).bound.upper, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

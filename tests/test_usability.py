@@ -16,16 +16,19 @@ from tests.golden_text import assert_matches_golden
 GOLDEN = Path(__file__).parent / "golden"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["check", "sample_models/cnn.onnx", "--fail-above", "abc"], "'abc' is not a number"),
-    (["check", "sample_models/cnn.onnx", "--max-iter", "1.5"], "'1.5' is not a whole number"),
-    (["inspect", "--nope", "x"], "No such option: --nope"),
-    (["inspect", "sample_models/mlp.onnx", "-f", "junit"], "inspect writes table, json, markdown, csv, not junit"),
-    (["normalize", "sample_models/mlp.onnx", "-o", "x.onnx", "-f", "csv"], "normalize writes table, json, not csv"),
-    (["diff", "sample_models/mlp.pt", "sample_models/mlp.pt", "-f", "junit"], "diff writes table, json, markdown"),
-    (["check", "sample_models/cnn.onnx", "--tol", "2"], "--tol must be between 0 and 1"),
-    (["check", "sample_models/cnn.onnx", "--bound", "best"], "Invalid value for '--bound'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["check", "sample_models/cnn.onnx", "--fail-above", "abc"], "'abc' is not a number"),
+        (["check", "sample_models/cnn.onnx", "--max-iter", "1.5"], "'1.5' is not a whole number"),
+        (["inspect", "--nope", "x"], "No such option: --nope"),
+        (["inspect", "sample_models/mlp.onnx", "-f", "junit"], "inspect writes table, json, markdown, csv, not junit"),
+        (["normalize", "sample_models/mlp.onnx", "-o", "x.onnx", "-f", "csv"], "normalize writes table, json, not csv"),
+        (["diff", "sample_models/mlp.pt", "sample_models/mlp.pt", "-f", "junit"], "diff writes table, json, markdown"),
+        (["check", "sample_models/cnn.onnx", "--tol", "2"], "--tol must be between 0 and 1"),
+        (["check", "sample_models/cnn.onnx", "--bound", "best"], "Invalid value for '--bound'"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(cli, args: list[str], fragment: str) -> None:  # type: ignore[no-untyped-def]
     code, out, err = cli(*args)
     assert code == 2 and out == ""
@@ -44,13 +47,15 @@ def test_help_renders_as_written(run_cli) -> None:  # type: ignore[no-untyped-de
 def _state_dict_with_long_names(path: Path) -> None:
     torch.manual_seed(0)
     prefix = "encoder.layer.{}.attention.output.dense.weight"
-    torch.save({prefix.format(i): torch.randn(16, 16) for i in range(3)}
-               | {"encoder.layer.0.intermediate.dense_with_a_very_long_descriptive_name.weight": torch.randn(8, 16)}, path)
+    torch.save(
+        {prefix.format(i): torch.randn(16, 16) for i in range(3)}
+        | {"encoder.layer.0.intermediate.dense_with_a_very_long_descriptive_name.weight": torch.randn(8, 16)},
+        path,
+    )
 
 
 @pytest.mark.parametrize("columns", [80, 140])
-def test_table_fits_the_terminal_with_one_line_per_layer(cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                         columns: int) -> None:
+def test_table_fits_the_terminal_with_one_line_per_layer(cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, columns: int) -> None:
     path = tmp_path / "long.pt"
     _state_dict_with_long_names(path)
     monkeypatch.chdir(tmp_path)
@@ -82,7 +87,8 @@ def test_config_paths_are_relative_to_the_config_and_shapes_are_per_model(cli, t
     shutil.copy(SAMPLES / "mlp.torchscript.pt", project / "models" / "mlp.torchscript.pt")
     (project / "pyproject.toml").write_text(
         '[tool.lipcheck]\nmodels = ["models/*.pt"]\nfail-above = 100\noutput = "reports/out.json"\nformat = "json"\n'
-        '[tool.lipcheck.input-shape]\n"models/cnn*" = "1x3x16x16"\n"models/mlp*" = ["1x784"]\n')
+        '[tool.lipcheck.input-shape]\n"models/cnn*" = "1x3x16x16"\n"models/mlp*" = ["1x784"]\n'
+    )
     (project / "reports").mkdir()
     work = project / "models"  # run from a subfolder: paths still resolve from the config's folder
     code, out, err = cli("check", "--config", str(project / "pyproject.toml"), cwd=work)

@@ -25,8 +25,14 @@ class Format(str, enum.Enum):
 
 
 _EXTENSIONS = {
-    ".pt": Format.TORCH, ".pth": Format.TORCH, ".bin": Format.TORCH, ".ckpt": Format.TORCH, ".tar": Format.TORCH,
-    ".safetensors": Format.SAFETENSORS, ".onnx": Format.ONNX, ".pt2": Format.TORCH_EXPORT,
+    ".pt": Format.TORCH,
+    ".pth": Format.TORCH,
+    ".bin": Format.TORCH,
+    ".ckpt": Format.TORCH,
+    ".tar": Format.TORCH,
+    ".safetensors": Format.SAFETENSORS,
+    ".onnx": Format.ONNX,
+    ".pt2": Format.TORCH_EXPORT,
 }
 _PICKLE_PROTOCOL_2 = b"\x80\x02"
 
@@ -56,8 +62,7 @@ def detect(path: Path) -> Format:
     if by_ext is not None:
         return by_ext
     raise UnsupportedFileError(
-        f"cannot tell the format of {path}; lipcheck reads PyTorch (.pt/.pth/.bin/.ckpt), TorchScript, "
-        "torch.export (.pt2), safetensors and ONNX files"
+        f"cannot tell the format of {path}; lipcheck reads PyTorch (.pt/.pth/.bin/.ckpt), TorchScript, torch.export (.pt2), safetensors and ONNX files"
     )
 
 
@@ -83,8 +88,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return 2 <= size < 100_000_000 and head[8:9] == b"{"
 
 
-def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...], ...] | None = None,
-         allow_globals: tuple[str, ...] = ()) -> Model:
+def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...], ...] | None = None, allow_globals: tuple[str, ...] = ()) -> Model:
     """Load any supported model file into the neutral Model.
 
     ``input_shapes`` (one per model input) fixes the dynamic input sizes of a graph format.
@@ -105,8 +109,7 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
         return model
     if input_shapes is not None and not HANDLERS[fmt.value].takes_input_shape:
         model = _load(path, fmt, replace(options, input_shapes=None))
-        model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the "
-                           "geometry-free bound")
+        model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the geometry-free bound")
         return model
     return _load(path, fmt, options)
 
@@ -117,8 +120,7 @@ def _load(path: Path, fmt: Format, options: Options) -> Model:
     except (LipcheckError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a parser tripping over malformed content: the file is corrupt
-        raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first_line(exc)}); the "
-                               "file is malformed: re-export it") from None
+        raise CorruptFileError(f"cannot read {path} as {fmt.value} ({type(exc).__name__}: {first_line(exc)}); the file is malformed: re-export it") from None
 
 
 def save(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:

@@ -59,28 +59,65 @@ _MEMBERS = re.compile(
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _OPERATOR = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
-_PY_OPERATORS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt",
-                 "le", "gt", "ge", "and_", "or_", "not_"}
+_PY_OPERATORS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_"}
 # Names a symbolic-shape expression may use: torch's shape symbols (s0, u3, ...) and these functions.
 _SYMBOL = re.compile(r"[a-z]{1,3}\d+")
 _SYMPY_NAMES = {
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
-    "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
-    "Identity", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Abs", "floor", "ceiling",
-    "oo", "True", "False", "Integer", "Rational", "Float",
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "Mod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "PowByNatural",
+    "FloatPow",
+    "FloatTrueDiv",
+    "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat",
+    "TruncToInt",
+    "RoundToInt",
+    "RoundDecimal",
+    "ToFloat",
+    "Identity",
+    "Max",
+    "Min",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "And",
+    "Or",
+    "Not",
+    "Abs",
+    "floor",
+    "ceiling",
+    "oo",
+    "True",
+    "False",
+    "Integer",
+    "Rational",
+    "Float",
 }
 _EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e[-+]?\d+)?|[A-Za-z_][A-Za-z0-9_]*|\*\*|[<>=!]=|[-+*/%<>(),~&|]")
 # Characters that end a line in Python source, other than the newline itself.
 _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
 # Keys of the graph JSON whose string values end up in generated source as attribute paths.
-_PATH_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "user_input_name", "fqn", "target",
-              "custom_obj_name", "lifted_tensor_constant_name"}
+_PATH_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "user_input_name", "fqn", "target", "custom_obj_name", "lifted_tensor_constant_name"}
 
 
 def _refuse(path: Path, why: str) -> RefusedFileError:
-    return RefusedFileError(f"{path}: {why}; lipcheck refuses this .pt2 because loading it could run code. "
-                            "Re-export the model with torch.export.export and save it with torch.export.save")
+    return RefusedFileError(
+        f"{path}: {why}; lipcheck refuses this .pt2 because loading it could run code. "
+        "Re-export the model with torch.export.export and save it with torch.export.save"
+    )
 
 
 @contextlib.contextmanager
@@ -108,8 +145,7 @@ def _check_strings(path: Path, obj: Any, key: str = "", in_nodes: bool = False) 
             if k in ("custom_obj_values",) and v:
                 raise _refuse(path, "the graph holds custom (torchbind) objects")
             if k in ("as_custom_obj", "as_graph"):
-                raise _refuse(path, f"the graph passes {'a custom object' if k == 'as_custom_obj' else 'a subgraph'}"
-                                    " to an operator")
+                raise _refuse(path, f"the graph passes {'a custom object' if k == 'as_custom_obj' else 'a subgraph'} to an operator")
             _check_strings(path, v, k, in_nodes=k == "nodes")
         return
     if isinstance(obj, list):
@@ -167,39 +203,45 @@ def _screen(path: Path, data: bytes) -> None:
 
     with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(io.BytesIO(data)) as archive:
         if "serialized_exported_program.json" in archive.namelist():
-            raise UnsupportedFileError(f"{path} is a torch.export archive in the layout of torch 2.7 and earlier, "
-                                       "which stores weights as pickles; load and re-save it with torch.export.save "
-                                       "under a current torch where you trust the file")
+            raise UnsupportedFileError(
+                f"{path} is a torch.export archive in the layout of torch 2.7 and earlier, "
+                "which stores weights as pickles; load and re-save it with torch.export.save "
+                "under a current torch where you trust the file"
+            )
     try:
         with quiet():
             reader = PT2ArchiveReader(io.BytesIO(data))
             names = reader.get_file_names()
     except Exception as exc:  # torch's zip reader raises RuntimeError or AssertionError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-save it with "
-                               "torch.export.save") from None
+        raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-save it with torch.export.save") from None
     if len(set(names)) != len(names):
         raise _refuse(path, "the archive lists a member twice")
     for name in names:
         if not _MEMBERS.fullmatch(name) or ".." in name.split("/"):
-            raise _refuse(path, f"the archive holds '{name[:100]}', which a plain torch.export.save archive does not "
-                                "(compiled code, pickled objects or a legacy layout)")
-    for required in ("archive_version", "models/model.json", "data/weights/model_weights_config.json",
-                     "data/constants/model_constants_config.json", "data/sample_inputs/model.pt"):
+            raise _refuse(
+                path, f"the archive holds '{name[:100]}', which a plain torch.export.save archive does not (compiled code, pickled objects or a legacy layout)"
+            )
+    for required in (
+        "archive_version",
+        "models/model.json",
+        "data/weights/model_weights_config.json",
+        "data/constants/model_constants_config.json",
+        "data/sample_inputs/model.pt",
+    ):
         if required not in names:
-            raise CorruptFileError(f"{path} has no '{required}'; it is not a complete torch.export archive: "
-                                   "re-save it with torch.export.save")
+            raise CorruptFileError(f"{path} has no '{required}'; it is not a complete torch.export archive: re-save it with torch.export.save")
     from torch.export.pt2_archive.constants import ARCHIVE_VERSION_VALUE
 
     if reader.read_string("archive_version") != ARCHIVE_VERSION_VALUE:
-        raise UnsupportedFileError(f"{path} is a torch.export archive of another layout version; re-save it with "
-                                   f"this torch ({torch.__version__}) via torch.export.save")
+        raise UnsupportedFileError(
+            f"{path} is a torch.export archive of another layout version; re-save it with this torch ({torch.__version__}) via torch.export.save"
+        )
     for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
         try:
             payloads = json.loads(reader.read_string(config))["config"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise CorruptFileError(f"{path}: '{config}' is not valid JSON; re-save the model with "
-                                   "torch.export.save") from None
+            raise CorruptFileError(f"{path}: '{config}' is not valid JSON; re-save the model with torch.export.save") from None
         if not isinstance(payloads, dict):
             raise CorruptFileError(f"{path}: '{config}' holds no payload table; re-save the model")
         for fqn, meta in payloads.items():
@@ -216,8 +258,7 @@ def _screen(path: Path, data: bytes) -> None:
     _check_strings(path, graph)
     try:
         with quiet():
-            torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")), map_location="cpu",
-                       weights_only=True)
+            torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")), map_location="cpu", weights_only=True)
     except Exception:  # anything weights-only loading refuses would send torch to weights_only=False
         raise _refuse(path, "its sample inputs hold objects that weights-only loading refuses") from None
 
@@ -237,5 +278,4 @@ def read(path: Path) -> torch.export.ExportedProgram:
             return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # the deserializer raises many types for inconsistent archives
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-export the model and "
-                               "save it with torch.export.save") from None
+        raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-export the model and save it with torch.export.save") from None

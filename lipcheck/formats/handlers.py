@@ -17,8 +17,7 @@ from lipcheck.atomic import replacing
 from lipcheck.errors import LipcheckError
 from lipcheck.model import Model, WeightEdit
 
-STALE_OPTIMIZER = ("the checkpoint's optimizer state (moments) now describes the old weights; reset it before "
-                   "resuming training")
+STALE_OPTIMIZER = "the checkpoint's optimizer state (moments) now describes the old weights; reset it before resuming training"
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,9 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"lipcheck.formats.{name}")
 
 
-def _replacing(write: Callable[[Path, Path, list[WeightEdit], Options], object]) -> Callable[
-        [Path, Path, list[WeightEdit], Options], list[str]]:
+def _replacing(write: Callable[[Path, Path, list[WeightEdit], Options], object]) -> Callable[[Path, Path, list[WeightEdit], Options], list[str]]:
     """A writer of one file, written to a temporary beside the output and renamed into place."""
+
     def save(src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:
         with replacing(dst, mode=options.mode) as (tmp,):
             write(src, tmp, edits, options)
@@ -62,19 +61,18 @@ def _save_torch(src: Path, dst: Path, edits: list[WeightEdit], options: Options)
 
 
 def _save_sharded(src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:
-    raise LipcheckError("normalize writes single-file models; merge the shards (or normalize each framework's own "
-                        "copy) first")
+    raise LipcheckError("normalize writes single-file models; merge the shards (or normalize each framework's own copy) first")
 
 
 HANDLERS: dict[str, Handler] = {
     "torch": Handler(lambda p, o: _module("torch_pickle").load(p, o.key, o.allow_globals), _save_torch),
-    "torchscript": Handler(lambda p, o: _module("torchscript").load(p, o.input_shapes),
-                           _replacing(lambda s, d, e, o: _module("torchscript").save(s, d, e)), takes_input_shape=True),
-    "safetensors": Handler(lambda p, o: _module("safetensors_file").load(p),
-                           _replacing(lambda s, d, e, o: _module("safetensors_file").save(s, d, e))),
-    "onnx": Handler(lambda p, o: _module("onnx_graph").load(p, o.input_shapes),
-                    lambda s, d, e, o: _module("onnx_write").save(s, d, e, o.mode), takes_input_shape=True),
+    "torchscript": Handler(
+        lambda p, o: _module("torchscript").load(p, o.input_shapes), _replacing(lambda s, d, e, o: _module("torchscript").save(s, d, e)), takes_input_shape=True
+    ),
+    "safetensors": Handler(lambda p, o: _module("safetensors_file").load(p), _replacing(lambda s, d, e, o: _module("safetensors_file").save(s, d, e))),
+    "onnx": Handler(
+        lambda p, o: _module("onnx_graph").load(p, o.input_shapes), lambda s, d, e, o: _module("onnx_write").save(s, d, e, o.mode), takes_input_shape=True
+    ),
     "sharded": Handler(lambda p, o: _module("sharded").load(p), _save_sharded),
-    "torch_export": Handler(lambda p, o: _module("torch_export").load(p),
-                            _replacing(lambda s, d, e, o: _module("torch_export").save(s, d, e))),
+    "torch_export": Handler(lambda p, o: _module("torch_export").load(p), _replacing(lambda s, d, e, o: _module("torch_export").save(s, d, e))),
 }

@@ -29,8 +29,9 @@ def check_zip(path: Path) -> None:
             continue
         inflated += info.file_size
         if info.file_size > SMALL_ENTRY and info.file_size > MAX_INFLATE_RATIO * max(1, info.compress_size):
-            raise RefusedFileError(f"{path}: zip entry '{info.filename}' would inflate from {info.compress_size} to "
-                                   f"{info.file_size} bytes (a zip bomb?); lipcheck refuses it")
+            raise RefusedFileError(
+                f"{path}: zip entry '{info.filename}' would inflate from {info.compress_size} to {info.file_size} bytes (a zip bomb?); lipcheck refuses it"
+            )
     if inflated > max(SMALL_ENTRY, MAX_INFLATE_RATIO * os.path.getsize(path)):
         raise RefusedFileError(f"{path}: compressed entries would inflate to {inflated} bytes in all; lipcheck refuses it")
 
@@ -48,13 +49,16 @@ def check_layer_size(name: str, shape: tuple[int, ...]) -> None:
     count = math.prod(shape)
     need = 3 * 8 * count  # the float64 copy, the reshaped matrix and a Gram-side workspace
     if need > memory_bytes():
-        raise RefusedFileError(f"layer '{name}' declares shape {list(shape)} ({count} elements): analysing it needs "
-                               f"about {need >> 30} GiB, more than this machine has; use a bigger machine")
+        raise RefusedFileError(
+            f"layer '{name}' declares shape {list(shape)} ({count} elements): analysing it needs "
+            f"about {need >> 30} GiB, more than this machine has; use a bigger machine"
+        )
 
 
 def check_payload(name: str, shape: tuple[int, ...], itemsize: int, available: int) -> None:
     """A stored tensor must hold exactly the bytes its declared shape needs."""
     need = math.prod(shape) * itemsize
     if need != available:
-        raise CorruptFileError(f"tensor '{name}' declares shape {list(shape)} ({need} bytes) but stores {available} "
-                               "bytes; the file is truncated or corrupt: re-export it")
+        raise CorruptFileError(
+            f"tensor '{name}' declares shape {list(shape)} ({need} bytes) but stores {available} bytes; the file is truncated or corrupt: re-export it"
+        )

@@ -92,8 +92,17 @@ def classify(entries: list[TensorEntry]) -> tuple[list[Layer], list[Skipped]]:
             continue
         cell = recurrent.torch_cell(entry.name, entry.shape, shapes)
         if cell is not None:
-            layers.extend(recurrent.layers(entry.name, cell[0], cell[1], entry.shape, dtype_name(entry.dtype), entry.load,
-                                           f"{cell[0]} {'input' if '_ih_' in entry.name else 'hidden'}-to-hidden weight"))
+            layers.extend(
+                recurrent.layers(
+                    entry.name,
+                    cell[0],
+                    cell[1],
+                    entry.shape,
+                    dtype_name(entry.dtype),
+                    entry.load,
+                    f"{cell[0]} {'input' if '_ih_' in entry.name else 'hidden'}-to-hidden weight",
+                )
+            )
             continue
         reason = _skip_reason(entry)
         if reason:

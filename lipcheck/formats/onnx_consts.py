@@ -115,7 +115,8 @@ def payload_fits(tensor: TensorProto, base: str) -> None:
             raise CorruptFileError(f"external data of tensor '{tensor.name}' ends past its file; the data file is truncated")
         check_payload(tensor.name, dims, itemsize, length)
     elif tensor.HasField("raw_data") or not any(
-            len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")):
+        len(getattr(tensor, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+    ):
         check_payload(tensor.name, dims, itemsize, len(tensor.raw_data))
 
 

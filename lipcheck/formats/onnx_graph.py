@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,8 +27,7 @@ from lipcheck.model import ConvGeometry, Layer, Model, Skipped
 
 Array = Callable[[], np.ndarray]
 # Ops that turn one constant into another without mixing in an activation.
-_PASS_THROUGH = {"Transpose", "Cast", "CastLike", "Identity", "DequantizeLinear", "Mul", "Div",
-                 "Reshape", "Squeeze", "Unsqueeze", "Neg"}
+_PASS_THROUGH = {"Transpose", "Cast", "CastLike", "Identity", "DequantizeLinear", "Mul", "Div", "Reshape", "Squeeze", "Unsqueeze", "Neg"}
 _CONV_NDIM = {3: "1d", 4: "2d", 5: "3d"}
 
 
@@ -59,10 +59,15 @@ class _Scope:
     stored: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def lookup(self, name: str) -> _Const | None:
+        return self.find(name, "consts")
+
+    def find(self, name: str, table: str) -> Any:
+        """The entry for ``name`` in this scope's ``table`` (consts or producers), or the nearest enclosing one's."""
         scope: _Scope | None = self
         while scope is not None:
-            if name in scope.consts:
-                return scope.consts[name]
+            entries = getattr(scope, table)
+            if name in entries:
+                return entries[name]
             scope = scope.parent
         return None
 
@@ -70,8 +75,9 @@ class _Scope:
 class _Reader:
     """Finds the layers of an ONNX graph and the constants of each scope, without running the model."""
 
-    def __init__(self, path: Path, shapes: dict[str, onnx_shapes.Dims] | None = None, inputs: set[str] | None = None,
-                 opsets: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, path: Path, shapes: dict[str, onnx_shapes.Dims] | None = None, inputs: set[str] | None = None, opsets: dict[str, int] | None = None
+    ) -> None:
         self.path = path
         self.shapes = shapes or {}
         self.inputs = inputs or set()
@@ -137,8 +143,7 @@ class _Reader:
             return None
         main = max((c for c in inputs if c is not None), key=lambda c: int(np.prod(c.shape)))
         fold = _fold(node, inputs)
-        const = _Const(fold, main.source, main.shape, main.dtype, _folded_shape(node, inputs, fold),
-                       (*main.chain, node.op_type))
+        const = _Const(fold, main.source, main.shape, main.dtype, _folded_shape(node, inputs, fold), (*main.chain, node.op_type))
         scope.consts[name] = const
         return const
 
@@ -158,8 +163,7 @@ class _Reader:
         if value.dtype.kind != "f" or value.size > MAX_ELEMENTS or node is None:
             return None
         shape = tuple(int(d) for d in value.shape)
-        const = _Const(_fixed(value), name, shape, value.dtype.name, shape, (f"{node.op_type} of constants",),
-                       parts=self._stored_inputs(scope, name))
+        const = _Const(_fixed(value), name, shape, value.dtype.name, shape, (f"{node.op_type} of constants",), parts=self._stored_inputs(scope, name))
         scope.consts[name] = const
         return const
 
@@ -182,12 +186,8 @@ class _Reader:
 
     @staticmethod
     def producer(scope: _Scope, name: str) -> NodeProto | None:
-        s: _Scope | None = scope
-        while s is not None:
-            if name in s.producers:
-                return s.producers[name]
-            s = s.parent
-        return None
+        found: NodeProto | None = scope.find(name, "producers")
+        return found
 
     @staticmethod
     def owner(scope: _Scope, source: str) -> str:
@@ -215,8 +215,7 @@ class _Reader:
         for index, node in enumerate(graph.node):
             self.index[id(node)] = index
         if parent is None:  # a body's values may depend on its formal inputs each iteration: the main graph only
-            self.folded = fold(graph, {name: c.array for name, c in scope.consts.items()}, self.inputs, self.opsets,
-                               self.shapes)
+            self.folded = fold(graph, {name: c.array for name, c in scope.consts.items()}, self.inputs, self.opsets, self.shapes)
         for index, node in enumerate(graph.node):
             self._node(scope, node, index)
             for attr in node.attribute:
@@ -231,8 +230,7 @@ class _Reader:
                 self.stored_const(scope, node.output[0], attr.t)
             elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
                 value = np.asarray(helper.get_attribute_value(attr))
-                scope.consts[node.output[0]] = _Const(_fixed(value), node.output[0], value.shape, value.dtype.name,
-                                                      value.shape)
+                scope.consts[node.output[0]] = _Const(_fixed(value), node.output[0], value.shape, value.dtype.name, value.shape)
 
     def _node(self, scope: _Scope, node: NodeProto, index: int) -> None:
         op = node.op_type
@@ -261,15 +259,22 @@ class _Reader:
             const = consts[0] if weight_first else consts[1]
             assert const is not None
             if len(const.value_shape) == 2:
-                self.add(scope, const, "matmul", _matrix(const, not weight_first), note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}")
+                self.add(
+                    scope,
+                    const,
+                    "matmul",
+                    _matrix(const, not weight_first),
+                    note=f"node {label}: MatMul with the weight {'first' if weight_first else 'second'}",
+                )
 
     def add(self, scope: _Scope, const: _Const, op: str, load: Array, note: str, geometry: ConvGeometry | None = None) -> None:
         chain = f" via {'→'.join(const.chain)}" if const.chain else ""
         for source in (const.source, *const.parts):
             self.layer_sources.add((self.owner(scope, source), source))
         self.layers.append(
-            Layer(const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path,
-                  geometry=geometry, note=note + chain, node=self._label)
+            Layer(
+                const.source, op, const.shape, const.dtype, lambda: _to_torch(load()), scope=scope.path, geometry=geometry, note=note + chain, node=self._label
+            )
         )
 
     def _gemm(self, scope: _Scope, label: str, consts: list[_Const | None], attrs: dict) -> None:
@@ -283,8 +288,7 @@ class _Reader:
             return
         self.add(scope, const, "gemm", _matrix(const, flip, alpha), note=f"node {label}: Gemm" + (f", alpha={alpha:g}" if alpha != 1.0 else ""))
 
-    def conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None,
-              note: str | None = None) -> None:
+    def conv(self, scope: _Scope, node: NodeProto, label: str, const: _Const, attrs: dict, load: Array | None = None, note: str | None = None) -> None:
         n = len(const.value_shape) - 2
         if n not in (1, 2, 3):
             return
@@ -326,9 +330,11 @@ def _fixed(value: np.ndarray) -> Array:
 
 def _matrix(const: _Const, flip: bool, alpha: float = 1.0) -> Array:
     """A loader of a constant as a weight matrix: transposed when ``flip``, times ``alpha``."""
+
     def load() -> np.ndarray:
         w = const.array().T if flip else const.array()
         return w if alpha == 1.0 else w.astype(np.float64) * alpha
+
     return load
 
 
@@ -354,7 +360,8 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     graph = onnx_front.build(proto, constants, reader.layers, dict(shapes), reader.dequantize)
     unknown = [layer for layer in reader.layers if layer.is_conv and layer.input_spatial is None]
     if unknown and not note:
-        notes.append(f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
-                     "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm")
+        notes.append(
+            f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
+            "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm"
+        )
     return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph)
-

@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from lipcheck.formats.onnx_graph import _Const, _Reader, _Scope
 
 # (weight, scale, zero point) input positions; None: the scale is applied after the product.
-_POSITIONS: dict[str, tuple[int, int | None, int]] = {"QLinearConv": (3, 4, 5), "QLinearMatMul": (3, 4, 5),
-                                                      "MatMulInteger": (1, None, 3), "ConvInteger": (1, None, 3)}
+_POSITIONS: dict[str, tuple[int, int | None, int]] = {
+    "QLinearConv": (3, 4, 5),
+    "QLinearMatMul": (3, 4, 5),
+    "MatMulInteger": (1, None, 3),
+    "ConvInteger": (1, None, 3),
+}
 QUANTIZED = set(_POSITIONS)
 
 
@@ -38,6 +42,7 @@ def recurrent_layers(reader: _Reader, scope: _Scope, node: NodeProto, label: str
         zero = consts[scale_at + 1] if quantized and len(consts) > scale_at + 1 else None
         reader.layer_sources.add((reader.owner(scope, const.source), const.source))
         for d in range(const.value_shape[0]):
+
             def load(c: _Const = const, d: int = d, s: _Const | None = scale, z: _Const | None = zero) -> torch.Tensor:
                 w = c.array()[d]
                 if quantized:
@@ -45,15 +50,16 @@ def recurrent_layers(reader: _Reader, scope: _Scope, node: NodeProto, label: str
                     zp = z.array()[d] if z is not None else None
                     w = dequantize(w, sc, zp, -1, 0).T
                 return to_torch(w)
+
             shape = const.value_shape[1:][::-1] if quantized else const.value_shape[1:]
             name = const.source if const.value_shape[0] == 1 else f"{const.source}[{('forward', 'reverse')[d]}]"
             how = ", dequantized scale·(q − zero point)" if quantized else ""
-            reader.layers.extend(recurrent.layers(name, op, gates, tuple(shape), const.dtype, load,
-                                                  f"node {label}: {op} {kind}{how}", scope=scope.path, node=label))
+            reader.layers.extend(
+                recurrent.layers(name, op, gates, tuple(shape), const.dtype, load, f"node {label}: {op} {kind}{how}", scope=scope.path, node=label)
+            )
 
 
-def quantized_layer(reader: _Reader, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None],
-                    attrs: dict[str, Any]) -> None:
+def quantized_layer(reader: _Reader, scope: _Scope, node: NodeProto, label: str, consts: list[_Const | None], attrs: dict[str, Any]) -> None:
     """Integer and QLinear layers: the weight dequantized as scale·(q − zero point), per tensor or channel."""
     op = node.op_type
     w_at, scale_at, zero_at = _POSITIONS[op]

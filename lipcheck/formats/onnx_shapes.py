@@ -25,25 +25,30 @@ def model_inputs(graph: GraphProto) -> list[ValueInfoProto]:
 def _dims(value: ValueInfoProto) -> Dims | None:
     if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
         return None
-    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in value.type.tensor_type.shape.dim)
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim)
 
 
 def _fix_inputs(graph: GraphProto, input_shapes: tuple[tuple[int, ...], ...]) -> None:
     inputs = model_inputs(graph)
     if len(inputs) != len(input_shapes):
         names = ", ".join(value.name for value in inputs) or "none"
-        raise LipcheckError(f"the model has {len(inputs)} input(s) ({names}) but {len(input_shapes)} --input-shape "
-                            "value(s) were given; pass one --input-shape per input, in that order")
+        raise LipcheckError(
+            f"the model has {len(inputs)} input(s) ({names}) but {len(input_shapes)} --input-shape "
+            "value(s) were given; pass one --input-shape per input, in that order"
+        )
     for value, shape in zip(inputs, input_shapes):
         declared = _dims(value)
         if declared is not None and len(declared) != len(shape):
-            raise LipcheckError(f"input '{value.name}' has {len(declared)} dimensions but --input-shape "
-                                f"{'x'.join(map(str, shape))} has {len(shape)}; give all of them, batch first")
+            raise LipcheckError(
+                f"input '{value.name}' has {len(declared)} dimensions but --input-shape "
+                f"{'x'.join(map(str, shape))} has {len(shape)}; give all of them, batch first"
+            )
         if declared is not None and any(d is not None and d != s for d, s in zip(declared, shape)):
             fixed = "x".join("?" if d is None else str(d) for d in declared)
-            raise LipcheckError(f"input '{value.name}' is fixed by the file as {fixed}; --input-shape "
-                                f"{'x'.join(map(str, shape))} contradicts it (only ? dimensions can be chosen)")
+            raise LipcheckError(
+                f"input '{value.name}' is fixed by the file as {fixed}; --input-shape "
+                f"{'x'.join(map(str, shape))} contradicts it (only ? dimensions can be chosen)"
+            )
         tensor_type = value.type.tensor_type
         tensor_type.ClearField("shape")
         for size in shape:

@@ -26,10 +26,18 @@ from lipcheck.model import WeightEdit
 _CHUNK = 16 << 20
 # onnxruntime's input type names and the arrays that feed them.
 _FEED_DTYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -89,15 +97,16 @@ def _source(tensor: TensorProto, base: str) -> tuple[str, int, int]:
     location = info.get("location", "")
     target = os.path.realpath(os.path.join(base, location))
     if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != base:
-        raise RefusedFileError(f"tensor '{tensor.name}' points to external data '{location}' outside the model's "
-                               "folder; lipcheck only reads external data beside the model: move the data file next to it")
+        raise RefusedFileError(
+            f"tensor '{tensor.name}' points to external data '{location}' outside the model's "
+            "folder; lipcheck only reads external data beside the model: move the data file next to it"
+        )
     try:
         size = os.path.getsize(target)
         offset = int(info.get("offset") or 0)
         length = int(info["length"]) if info.get("length") else size - offset
     except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"cannot read the external data of tensor '{tensor.name}' ({exc}); copy the model's "
-                               "data file next to it") from None
+        raise CorruptFileError(f"cannot read the external data of tensor '{tensor.name}' ({exc}); copy the model's data file next to it") from None
     if offset < 0 or length < 0 or offset + length > size:
         raise CorruptFileError(f"external data of tensor '{tensor.name}' ends past its file; the data file is truncated")
     return target, offset, length
@@ -199,13 +208,10 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
     data_target = folder / data_name
     stored = list(_all_tensors(proto.graph))
     if data_target.is_dir():
-        raise LipcheckError(f"cannot write {dst}: its external data goes to {data_target}, which is a folder; "
-                            "choose another output name")
+        raise LipcheckError(f"cannot write {dst}: its external data goes to {data_target}, which is a folder; choose another output name")
     same_model = dst.exists() and os.path.samefile(src, dst)
-    if data_target.exists() and not same_model and any(
-            os.path.samefile(data_target, used) for used in _input_files(src, stored)):
-        raise LipcheckError(f"the output's data file {data_target} is one of the input's files; choose another "
-                            "output name or folder")
+    if data_target.exists() and not same_model and any(os.path.samefile(data_target, used) for used in _input_files(src, stored)):
+        raise LipcheckError(f"the output's data file {data_target} is one of the input's files; choose another output name or folder")
 
     # Bytes of external tensors stay where they are read from until the data file is written.
     rewritten: dict[tuple[str, str], bool] = {}
@@ -213,8 +219,10 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
         tensor = index[key]
         array = numpy_helper.to_array(_inline_copy(tensor, base))
         if array.dtype.kind not in "f" and array.dtype.name not in ("bfloat16",):
-            raise LipcheckError(f"weight '{key[1]}' is stored as {array.dtype.name} (quantized); lipcheck cannot "
-                                "rescale it exactly: exclude it with --layers or normalize the float model")
+            raise LipcheckError(
+                f"weight '{key[1]}' is stored as {array.dtype.name} (quantized); lipcheck cannot "
+                "rescale it exactly: exclude it with --layers or normalize the float model"
+            )
         scaled = divided_array(array, divisor)
         rewritten[key] = _is_external(tensor)
         tensor.CopyFrom(numpy_helper.from_array(scaled, tensor.name))
@@ -241,8 +249,6 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
         if problem is not None:
             baseline = run_error(src)
             if baseline is None:
-                raise LipcheckError(f"the normalized model would not run in onnxruntime ({problem}); nothing was "
-                                    f"written to {dst}: please report this model")
-            warnings.append(f"onnxruntime cannot run the input either ({baseline}); the output was written without "
-                            "that check")
+                raise LipcheckError(f"the normalized model would not run in onnxruntime ({problem}); nothing was written to {dst}: please report this model")
+            warnings.append(f"onnxruntime cannot run the input either ({baseline}); the output was written without that check")
     return warnings

@@ -22,19 +22,28 @@ TORCH_GATES = {4: ("LSTM", ("i", "f", "g", "o")), 3: ("GRU", ("r", "z", "n")), 1
 TORCH_NAME = re.compile(r"^(?P<base>.*?)weight_(?P<kind>ih|hh|hr)_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
 
 
-def layers(name: str, cell: str, gates: tuple[str, ...], shape: tuple[int, ...], dtype: str,
-           load: Callable[[], torch.Tensor], note: str, **where: object) -> list[Layer]:
+def layers(
+    name: str, cell: str, gates: tuple[str, ...], shape: tuple[int, ...], dtype: str, load: Callable[[], torch.Tensor], note: str, **where: object
+) -> list[Layer]:
     """The stacked (gates·H, in) matrix as a layer, then one layer per gate's (H, in) block."""
-    out = [Layer(name, "matmul", shape, dtype, load, note=f"{note}; {cell} gates {','.join(gates)} stacked",
-                 **where)]  # type: ignore[arg-type]
+    out = [Layer(name, "matmul", shape, dtype, load, note=f"{note}; {cell} gates {','.join(gates)} stacked", **where)]  # type: ignore[arg-type]
     rows = shape[0] // len(gates) if len(gates) > 1 and shape[0] % len(gates) == 0 else 0
     for k, gate in enumerate(gates if rows else ()):
-        def part(f: Callable[[], torch.Tensor] = load, k: int = k) -> torch.Tensor:
-            return f()[k * rows:(k + 1) * rows]
 
-        out.append(Layer(f"{name}[{gate}]", "matmul", (rows, *shape[1:]), dtype, part,
-                         note=f"{cell} gate {gate}: rows {k * rows}..{(k + 1) * rows - 1} of {name}",
-                         **where))  # type: ignore[arg-type]
+        def part(f: Callable[[], torch.Tensor] = load, k: int = k) -> torch.Tensor:
+            return f()[k * rows : (k + 1) * rows]
+
+        out.append(
+            Layer(
+                f"{name}[{gate}]",
+                "matmul",
+                (rows, *shape[1:]),
+                dtype,
+                part,
+                note=f"{cell} gate {gate}: rows {k * rows}..{(k + 1) * rows - 1} of {name}",
+                **where,  # type: ignore[arg-type]
+            )
+        )
     return out
 
 

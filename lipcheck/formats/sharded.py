@@ -16,8 +16,7 @@ from lipcheck.formats.named_tensors import TensorEntry, classify, natural_key
 from lipcheck.model import Model
 
 # What a model folder may hold, most specific first.
-FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                "pytorch_model.bin", "model.onnx", "model.pt", "model.pth")
+FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin", "model.onnx", "model.pt", "model.pth")
 _MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -33,8 +32,9 @@ def resolve_folder(folder: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise LipcheckError(f"{folder} is a directory with no model file lipcheck recognizes "
-                            f"({', '.join(FOLDER_FILES[:2])}, …); point lipcheck at the model file")
+        raise LipcheckError(
+            f"{folder} is a directory with no model file lipcheck recognizes ({', '.join(FOLDER_FILES[:2])}, …); point lipcheck at the model file"
+        )
     names = ", ".join(p.name for p in candidates[:6])
     raise LipcheckError(f"{folder} is a directory with several model files ({names}); name the one to inspect")
 
@@ -46,8 +46,7 @@ def load(index: Path) -> Model:
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map must map tensor names to shard file names")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"cannot read {index} as a sharded-checkpoint index ({exc}); it needs a "
-                               "'weight_map' of tensor name -> shard file") from None
+        raise CorruptFileError(f"cannot read {index} as a sharded-checkpoint index ({exc}); it needs a 'weight_map' of tensor name -> shard file") from None
     base = os.path.realpath(index.parent)
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
@@ -57,8 +56,7 @@ def load(index: Path) -> Model:
     for shard, names in sorted(by_shard.items()):
         target = os.path.realpath(os.path.join(base, shard))
         if os.path.isabs(shard) or os.path.commonpath([base, target]) != base:
-            raise RefusedFileError(f"{index} names shard '{shard}' outside its folder; lipcheck only reads shards "
-                                   "beside the index")
+            raise RefusedFileError(f"{index} names shard '{shard}' outside its folder; lipcheck only reads shards beside the index")
         if not os.path.isfile(target):
             raise CorruptFileError(f"shard '{shard}' named by {index.name} is missing; download every shard")
         kind, found = _shard_entries(Path(target), names)
@@ -84,8 +82,7 @@ def _shard_entries(path: Path, names: list[str]) -> tuple[str, list[TensorEntry]
 
         kind, found = "state_dict", torch_pickle.tensor_entries(path)[0]
     else:
-        raise UnsupportedFileError(f"shard {path.name} is a {fmt.value} file; shards must be safetensors or "
-                                   "torch.save files")
+        raise UnsupportedFileError(f"shard {path.name} is a {fmt.value} file; shards must be safetensors or torch.save files")
     by_name = {entry.name: entry for entry in found}
     missing = [n for n in names if n not in by_name]
     if missing:

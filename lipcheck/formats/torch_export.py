@@ -137,8 +137,7 @@ def load(path: Path) -> Model:
                 geometries.add(_geometry(kind(node), arguments(node), tensor.dim() - 2))
                 sizes.add(_spatial(node, tensor.dim()))
         if len(ops) > 1 or len(geometries) > 1:
-            skipped.append(Skipped(fqn, shape, "applied by calls of different kinds or geometries; "
-                                               "lipcheck bounds one linear map per weight"))
+            skipped.append(Skipped(fqn, shape, "applied by calls of different kinds or geometries; lipcheck bounds one linear map per weight"))
             continue
         op_kind = ops.pop()
         op = "linear" if op_kind == "linear" else op_for_weight(tensor.dim(), op_kind == "conv_transpose")
@@ -148,16 +147,17 @@ def load(path: Path) -> Model:
         geometry = geometries.pop() if geometries else None
         size = sizes.pop() if len(sizes) == 1 else None
         calls = ", ".join(f"{node.name} ({kind(node)})" for node, _ in found)
-        layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), _detached(tensor),
-                            geometry=geometry, note=f"graph call {calls}", input_spatial=size))
+        layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), _detached(tensor), geometry=geometry, note=f"graph call {calls}", input_spatial=size))
     from lipcheck.graph.export_front import build
 
     model = Model(str(path), "torch_export", layers, skipped, graph=build(ep, layers, uses))
     model.runnable = ep.module()
     missing = [layer.name for layer in layers if layer.is_conv and layer.input_spatial is None]
     if missing:
-        model.notes.append(f"input size not fixed by the export for {len(missing)} conv(s) ({', '.join(missing[:5])}"
-                           f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size")
+        model.notes.append(
+            f"input size not fixed by the export for {len(missing)} conv(s) ({', '.join(missing[:5])}"
+            f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size"
+        )
     shapes = [model.graph.shapes.get(name) for name in model.graph.inputs] if model.graph is not None else []
     fixed = [s for s in shapes if s and all(isinstance(d, int) for d in s)]
     if fixed and len(fixed) == len(shapes):
@@ -184,16 +184,14 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
     with torch.no_grad():
         for edit in edits:
             if edit.vectors is not None:
-                raise LipcheckError("spectral-norm parametrized exported programs cannot be rewritten; normalize "
-                                    "the checkpoint and export again")
+                raise LipcheckError("spectral-norm parametrized exported programs cannot be rewritten; normalize the checkpoint and export again")
             if edit.divisor is None:
                 continue
             if edit.name not in state:
                 raise LipcheckError(f"{edit.name} is not a weight of {src}; re-run lipcheck inspect to see the layers")
             old = state[edit.name]
             new = divided(old, edit.divisor)
-            state[edit.name] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(
-                old, torch.nn.Parameter) else new
+            state[edit.name] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, torch.nn.Parameter) else new
     buffer = io.BytesIO()
     with quiet():
         torch.export.save(ep, buffer)

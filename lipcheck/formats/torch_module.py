@@ -32,9 +32,15 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
         if op is None:
             continue
         name = f"{prefix}.weight" if prefix else "weight"
-        layer = Layer(name, op, tuple(weight.shape), dtype_name(weight.dtype),
-                      _weight_of(sub), geometry=None if op == "linear" else conv_geometry(sub),
-                      note=f"module {prefix or '(root)'}: {type(sub).__name__}")
+        layer = Layer(
+            name,
+            op,
+            tuple(weight.shape),
+            dtype_name(weight.dtype),
+            _weight_of(sub),
+            geometry=None if op == "linear" else conv_geometry(sub),
+            note=f"module {prefix or '(root)'}: {type(sub).__name__}",
+        )
         layers.append(layer)
         by_module[id(sub)] = layer
     model = Model(f"<{type(module).__name__}>", "module", layers, runnable=module)
@@ -46,6 +52,7 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
 
 def _weight_of(sub: torch.nn.Module) -> Callable[[], torch.Tensor]:
     """A loader of the module's current weight (read when the layer is certified)."""
+
     def load() -> torch.Tensor:
         weight = sub.weight
         assert isinstance(weight, torch.Tensor)
@@ -70,8 +77,7 @@ def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_sha
         with torch.no_grad():
             module(*(torch.zeros(shape, dtype=dtype, device=device) for shape in input_shapes))
     except Exception as exc:  # the caller's own module refused the shapes
-        raise LipcheckError(f"the module did not accept input_shape {list(input_shapes)} ({exc}); pass the shapes "
-                            "its forward takes, batch first") from None
+        raise LipcheckError(f"the module did not accept input_shape {list(input_shapes)} ({exc}); pass the shapes its forward takes, batch first") from None
     finally:
         module.train(was_training)
         for handle in handles:

@@ -37,8 +37,7 @@ def resolve_globals(names: tuple[str, ...]) -> list[Any]:
         except (ImportError, AttributeError, ValueError):
             obj = None
         if obj is None or not callable(obj):
-            raise LipcheckError(f"--allow-global {dotted}: no such class or function; write module.Name, "
-                                "e.g. argparse.Namespace")
+            raise LipcheckError(f"--allow-global {dotted}: no such class or function; write module.Name, e.g. argparse.Namespace")
         found.append(obj)
     return found
 
@@ -75,12 +74,13 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
         pairs = re.findall(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(exc))
         found = sorted({name for pair in pairs for name in pair if name})
         if not found:  # no refused object named: the bytes are not a pickle lipcheck can read
-            raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint: it is neither a torch.save zip "
-                                   "archive nor a pickle of tensors; is the file complete? re-save or re-download "
-                                   "it") from None
+            raise CorruptFileError(
+                f"cannot read {path} as a PyTorch checkpoint: it is neither a torch.save zip "
+                "archive nor a pickle of tensors; is the file complete? re-save or re-download "
+                "it"
+            ) from None
         needs = f" (it needs {', '.join(found)})" if found else ""
-        hint = (f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}"
-                if found else "")
+        hint = f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}" if found else ""
         raise RefusedFileError(
             f"{path} holds Python objects that weights-only loading refuses{needs}; lipcheck never runs "
             f"pickled code: re-save the weights with torch.save(model.state_dict(), PATH){hint}"
@@ -88,8 +88,7 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
     except LipcheckError:
         raise
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_reason(exc)}); is the file complete? "
-                               "re-save or re-download it") from None
+        raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_reason(exc)}); is the file complete? re-save or re-download it") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -122,10 +121,7 @@ def select_state_dict(obj: Any, key: str | None) -> tuple[Mapping[str, Any], str
     Returns the mapping, the key path it sits under (None for a bare state_dict), and notes.
     """
     if not isinstance(obj, Mapping):
-        raise LipcheckError(
-            f"the file holds a {type(obj).__name__}, not a state_dict; save the weights with "
-            "torch.save(model.state_dict(), PATH)"
-        )
+        raise LipcheckError(f"the file holds a {type(obj).__name__}, not a state_dict; save the weights with torch.save(model.state_dict(), PATH)")
     if key is not None:
         node: Any = obj
         for part in key.split("."):
@@ -147,9 +143,7 @@ def select_state_dict(obj: Any, key: str | None) -> tuple[Mapping[str, Any], str
         return obj[candidates[0]], candidates[0], []
     if not candidates:
         raise LipcheckError(f"no weight tensors found in the checkpoint; its top-level keys are: {_keys(obj)}")
-    raise LipcheckError(
-        f"the checkpoint holds several models ({', '.join(candidates)}); choose one with --key, e.g. --key {candidates[0]}"
-    )
+    raise LipcheckError(f"the checkpoint holds several models ({', '.join(candidates)}); choose one with --key, e.g. --key {candidates[0]}")
 
 
 def _keys(obj: Mapping[str, Any]) -> str:
@@ -161,8 +155,7 @@ def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
     return lambda: tensor
 
 
-def tensor_entries(path: Path, key: str | None = None,
-                   allow_globals: tuple[str, ...] = ()) -> tuple[list[TensorEntry], str | None, list[str]]:
+def tensor_entries(path: Path, key: str | None = None, allow_globals: tuple[str, ...] = ()) -> tuple[list[TensorEntry], str | None, list[str]]:
     """Every tensor of the file's state_dict, with the key path it sits under and notes (see select_state_dict)."""
     state, where, notes = select_state_dict(read(path, allow_globals), key)
     entries = [TensorEntry(name, tuple(t.shape), t.dtype, _constant(t)) for name, t in _flatten(state)]
@@ -191,8 +184,7 @@ def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
-def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None,
-         allow_globals: tuple[str, ...] = ()) -> bool:
+def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, allow_globals: tuple[str, ...] = ()) -> bool:
     """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded.
 
     Returns whether the checkpoint also holds optimizer state (whose moments are now stale).

@@ -60,8 +60,16 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
                     skipped.append(Skipped(name, shape, f"{kind} weight of unexpected shape {list(shape)}"))
                     continue
                 layers.append(
-                    Layer(name, op, shape, dtype_name(tensor.dtype), _detached(tensor), scope="",
-                          geometry=conv_geometry(sub) if kind in _CONVS else None, note=f"module {prefix or '(root)'}: {kind}")
+                    Layer(
+                        name,
+                        op,
+                        shape,
+                        dtype_name(tensor.dtype),
+                        _detached(tensor),
+                        scope="",
+                        geometry=conv_geometry(sub) if kind in _CONVS else None,
+                        note=f"module {prefix or '(root)'}: {kind}",
+                    )
                 )
             else:
                 # Modules lipcheck does not know: the state_dict naming rules, all of the module's tensors together
@@ -81,13 +89,22 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)
     elif any(layer.is_conv for layer in layers):
-        model.notes.append("conv input sizes are not recorded in TorchScript: their bound holds for every input size; "
-                           "pass --input-shape (e.g. 1x3x224x224) for the operator norm")
+        model.notes.append(
+            "conv input sizes are not recorded in TorchScript: their bound holds for every input size; "
+            "pass --input-shape (e.g. 1x3x224x224) for the operator norm"
+        )
     return model
 
 
-_CONV_CALLS = {"aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d",
-               "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
+_CONV_CALLS = {
+    "aten::_convolution",
+    "aten::conv1d",
+    "aten::conv2d",
+    "aten::conv3d",
+    "aten::conv_transpose1d",
+    "aten::conv_transpose2d",
+    "aten::conv_transpose3d",
+}
 
 
 def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes: tuple[tuple[int, ...], ...]) -> None:
@@ -99,16 +116,16 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
             graph = frozen.graph
             inputs = list(graph.inputs())[1:]
             if len(inputs) != len(input_shapes):
-                raise LipcheckError(f"the model's forward takes {len(inputs)} input(s) but {len(input_shapes)} "
-                                    "--input-shape value(s) were given; pass one per input, in order")
+                raise LipcheckError(
+                    f"the model's forward takes {len(inputs)} input(s) but {len(input_shapes)} --input-shape value(s) were given; pass one per input, in order"
+                )
             for value, shape in zip(inputs, input_shapes):
                 value.setType(torch._C.TensorType.create_from_tensor(torch.empty(shape, device="meta")))
             torch._C._jit_pass_propagate_shapes_on_graph(graph)
     except LipcheckError:
         raise
     except Exception as exc:  # torch.jit raises RuntimeError for graphs its shape analysis cannot follow
-        model.notes.append(f"TorchScript shape analysis failed ({str(exc).strip().splitlines()[0][:160]}); "
-                           "conv bounds hold for every input size")
+        model.notes.append(f"TorchScript shape analysis failed ({str(exc).strip().splitlines()[0][:160]}); conv bounds hold for every input size")
         return
     by_storage = {p.data_ptr(): name for name, p in [*module.named_parameters(), *module.named_buffers()]}
     sizes: dict[str, tuple[int, ...]] = {}
@@ -119,8 +136,7 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
         if x.node().kind() == "aten::pad":  # padding_mode other than zeros: the size before the pad
             x = next(x.node().inputs())
         weight, dims = w.toIValue(), x.type().sizes() if isinstance(x.type(), torch._C.TensorType) else None
-        if (isinstance(weight, torch.Tensor) and dims and len(dims) == weight.dim()
-                and all(isinstance(d, int) and d > 0 for d in dims)):
+        if isinstance(weight, torch.Tensor) and dims and len(dims) == weight.dim() and all(isinstance(d, int) and d > 0 for d in dims):
             name = by_storage.get(weight.data_ptr())
             if name is not None:
                 sizes[name] = tuple(dims[2:])
@@ -129,8 +145,10 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
             layer.input_spatial = sizes.get(layer.name, layer.input_spatial)
     missing = [layer.name for layer in model.layers if layer.is_conv and layer.input_spatial is None]
     if missing:
-        model.notes.append(f"input size unknown for {len(missing)} conv(s) ({', '.join(missing[:5])}"
-                           f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size")
+        model.notes.append(
+            f"input size unknown for {len(missing)} conv(s) ({', '.join(missing[:5])}"
+            f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size"
+        )
 
 
 def _tuple(value: object, n: int) -> tuple[int, ...]:
@@ -159,8 +177,7 @@ def conv_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
         if isinstance(padding, str):
             # torch's "same" puts the odd pad at the end, as ONNX SAME_UPPER does.
             auto = "SAME_UPPER" if padding.lower() == "same" else "VALID"
-            return ConvGeometry(stride, (), _tuple(sub.dilation, n), _int(sub.groups), out_pad, auto_pad=auto,
-                                padding_mode=mode)
+            return ConvGeometry(stride, (), _tuple(sub.dilation, n), _int(sub.groups), out_pad, auto_pad=auto, padding_mode=mode)
         pads = _tuple(padding, n)
         return ConvGeometry(stride, pads + pads, _tuple(sub.dilation, n), _int(sub.groups), out_pad, padding_mode=mode)
     except (AttributeError, RuntimeError, TypeError):
@@ -214,8 +231,7 @@ def _traced_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
         # torch lists (begin, end) pairs from the last axis backwards.
         begin = [flat[2 * (n - 1 - axis)] for axis in range(n)]
         end = [flat[2 * (n - 1 - axis) + 1] for axis in range(n)]
-    return ConvGeometry(stride, tuple(begin) + tuple(end), dilation, groups,
-                        output_padding if args[6].toIValue() else (), padding_mode=str(mode))
+    return ConvGeometry(stride, tuple(begin) + tuple(end), dilation, groups, output_padding if args[6].toIValue() else (), padding_mode=str(mode))
 
 
 def _constant_list(value: torch._C.Value) -> tuple[int, ...]:

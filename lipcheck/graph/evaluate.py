@@ -58,6 +58,7 @@ def float64_twin(model: ModelProto) -> ModelProto:
 
 def node_count(model: ModelProto) -> int:
     """The number of nodes in the model, subgraphs and local functions included."""
+
     def count(graph: GraphProto) -> int:
         total = 0
         for node in graph.node:
@@ -78,8 +79,7 @@ class Float64Model:
 
     def __init__(self, model: ModelProto, graph: Graph | None = None) -> None:
         self.twin = float64_twin(model)
-        self.input_names = [v.name for v in self.twin.graph.input
-                            if v.name not in {init.name for init in self.twin.graph.initializer}]
+        self.input_names = [v.name for v in self.twin.graph.input if v.name not in {init.name for init in self.twin.graph.initializer}]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._session: Any = None
         self._reference: Any = None
@@ -126,8 +126,7 @@ class Float64Model:
             with torch.no_grad():
                 values = evaluate(self._graph, [torch.from_numpy(np.asarray(x)) for x in inputs])
             return [v.detach().numpy().astype(np.float64) for v in values]
-        feeds = {name: (np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x))
-                 for name, x in zip(self.input_names, inputs)}
+        feeds = {name: (np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x)) for name, x in zip(self.input_names, inputs)}
         if self._session is not None:
             try:
                 outputs = self._session.run(None, feeds)
@@ -249,15 +248,24 @@ def _torch_conv_class() -> type:
 
         op_domain = ""
 
-        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,  # type: ignore[no-untyped-def]
-                 pads=None, strides=None):
+        def _run(  # type: ignore[no-untyped-def]
+            self,
+            X,
+            W,
+            B=None,
+            auto_pad=None,
+            dilations=None,
+            group=None,
+            kernel_shape=None,
+            pads=None,
+            strides=None,
+        ):
             import torch
 
             n = X.ndim - 2
             pad_mode = auto_pad.decode() if isinstance(auto_pad, bytes) else (auto_pad or "NOTSET")
             if X.dtype != np.float64 or W.dtype != np.float64 or n not in (1, 2, 3) or pad_mode not in ("NOTSET", "VALID"):
-                return super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
-                                    kernel_shape=kernel_shape, pads=pads, strides=strides)
+                return super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
             pads = list(pads) if pads is not None and pad_mode == "NOTSET" else [0] * (2 * n)
             x = torch.tensor(np.asarray(X))
             # ONNX pads are (begin_1..begin_n, end_1..end_n); torch's F.pad wants (begin_n, end_n, ..., begin_1, end_1).
@@ -265,11 +273,15 @@ def _torch_conv_class() -> type:
             if any(torch_pads):
                 x = torch.nn.functional.pad(x, torch_pads)
             conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[n]
-            y = conv(x, torch.tensor(np.asarray(W)),
-                     None if B is None else torch.tensor(np.asarray(B)),
-                     stride=tuple(strides or [1] * n), dilation=tuple(dilations or [1] * n), groups=int(group or 1))
+            y = conv(
+                x,
+                torch.tensor(np.asarray(W)),
+                None if B is None else torch.tensor(np.asarray(B)),
+                stride=tuple(strides or [1] * n),
+                dilation=tuple(dilations or [1] * n),
+                groups=int(group or 1),
+            )
             return (y.numpy(),)
 
     TorchConv.__name__ = "Conv"
     return TorchConv
-

@@ -25,30 +25,50 @@ if TYPE_CHECKING:
 
 # Schema names torch.export writes that TorchScript graphs do not hold.
 _EXTRA = {
-    "aten::_unsafe_view": "Reshape", "aten::t": "Transpose", "aten::numpy_T": "Transpose", "aten::clone": "Identity",
-    "aten::alias": "Identity", "aten::detach": "Identity", "aten::lift_fresh_copy": "Identity",
-    "aten::sym_size": "Shape", "aten::sym_numel": "Shape", "aten::_softmax": "Softmax", "aten::split": "Split",
-    "aten::split_with_sizes": "Split", "aten::chunk": "Split", "aten::unbind": "Split",
+    "aten::_unsafe_view": "Reshape",
+    "aten::t": "Transpose",
+    "aten::numpy_T": "Transpose",
+    "aten::clone": "Identity",
+    "aten::alias": "Identity",
+    "aten::detach": "Identity",
+    "aten::lift_fresh_copy": "Identity",
+    "aten::sym_size": "Shape",
+    "aten::sym_numel": "Shape",
+    "aten::_softmax": "Softmax",
+    "aten::split": "Split",
+    "aten::split_with_sizes": "Split",
+    "aten::chunk": "Split",
+    "aten::unbind": "Split",
     "aten::_native_batch_norm_legit_no_training": "BatchNormalization",
 }
-_UNARY = {"Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Silu", "HardSwish", "Mish", "Softmax", "Clip", "Flatten",
-          "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Slice", "Abs", "Neg", "Exp", "Log", "Sqrt",
-          "Split", "Shape", "LayerNormalization", "GroupNormalization", "InstanceNormalization"}
-_POOLS = {"aten::max_pool1d", "aten::max_pool2d", "aten::max_pool3d", "aten::max_pool1d_with_indices",
-          "aten::max_pool2d_with_indices", "aten::max_pool3d_with_indices",
-          "aten::avg_pool1d", "aten::avg_pool2d", "aten::avg_pool3d"}
-_ADAPTIVE = {"aten::adaptive_avg_pool1d", "aten::adaptive_avg_pool2d", "aten::adaptive_avg_pool3d",
-             "aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"}
+_UNARY = frozenset(
+    "Relu Sigmoid Tanh Softplus Gelu Silu HardSwish Mish Softmax Clip Flatten Reshape Transpose Identity Squeeze Unsqueeze Slice Abs Neg Exp Log Sqrt Split Shape LayerNormalization GroupNormalization InstanceNormalization".split()
+)  # ops that read only their first input
+_POOLS = {
+    "aten::max_pool1d",
+    "aten::max_pool2d",
+    "aten::max_pool3d",
+    "aten::max_pool1d_with_indices",
+    "aten::max_pool2d_with_indices",
+    "aten::max_pool3d_with_indices",
+    "aten::avg_pool1d",
+    "aten::avg_pool2d",
+    "aten::avg_pool3d",
+}
+_ADAPTIVE = {"aten::adaptive_avg_pool1d", "aten::adaptive_avg_pool2d", "aten::adaptive_avg_pool3d", "aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"}
 _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution", "aten::_convolution"}
 _CONV_T = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
 # Calls whose first output is the result and whose other outputs are side values (indices, statistics).
-_FIRST_OUTPUT = {"aten::max_pool1d_with_indices", "aten::max_pool2d_with_indices", "aten::max_pool3d_with_indices",
-                 "aten::_native_batch_norm_legit_no_training"}
+_FIRST_OUTPUT = {
+    "aten::max_pool1d_with_indices",
+    "aten::max_pool2d_with_indices",
+    "aten::max_pool3d_with_indices",
+    "aten::_native_batch_norm_legit_no_training",
+}
 
 
 class _Builder:
-    def __init__(self, ep: ExportedProgram, layers: list[Layer],
-                 uses: dict[str, list[tuple[torch.fx.Node, str]]]) -> None:
+    def __init__(self, ep: ExportedProgram, layers: list[Layer], uses: dict[str, list[tuple[torch.fx.Node, str]]]) -> None:
         self.ep = ep
         self.constants: dict[str, Constant] = {}
         self.nodes: list[Node] = []
@@ -109,8 +129,7 @@ class _Builder:
             conv = (x, self.ref(node, "weight", args.get("weight")), self.ref(node, "bias", args.get("bias")))
             return Node("ConvTranspose" if transposed else "Conv", label, conv, outs)
         if name == "aten::linear":
-            return Node("Gemm", label, (x, self.ref(node, "weight", args.get("weight")),
-                                        self.ref(node, "bias", args.get("bias"))), outs)
+            return Node("Gemm", label, (x, self.ref(node, "weight", args.get("weight")), self.ref(node, "bias", args.get("bias"))), outs)
         if name in ("aten::addmm", "aten::mm"):
             return self.matmul(node, name, args)
         if name in ("aten::batch_norm", "aten::_native_batch_norm_legit_no_training"):
@@ -186,9 +205,13 @@ class _Builder:
             names[0] = f"{label}.weight"
             self.constants[names[0]] = _ones_like(stats)  # affine=False: γ = 1
         eps = args.get("eps", 1e-5)
-        return Node("BatchNormalization", label,
-                    (x, names[0], names[1], self.ref(node, "running_mean", mean), self.ref(node, "running_var", var)),
-                    (label,), {"epsilon": float(eps) if isinstance(eps, (int, float)) else 1e-5})
+        return Node(
+            "BatchNormalization",
+            label,
+            (x, names[0], names[1], self.ref(node, "running_mean", mean), self.ref(node, "running_var", var)),
+            (label,),
+            {"epsilon": float(eps) if isinstance(eps, (int, float)) else 1e-5},
+        )
 
     def pool(self, node: torch.fx.Node, name: str, args: dict[str, Any], x: str) -> Node:
         label = node.name
@@ -196,31 +219,35 @@ class _Builder:
         dims = len(kernel)
         stride = list(args.get("stride") or kernel)
         pads = list(args.get("padding", 0)) if isinstance(args.get("padding", 0), (list, tuple)) else [args.get("padding", 0)]
-        kernel, stride, pads = ([int(v) for v in (vals * dims if len(vals) == 1 else vals)]
-                                for vals in (kernel, stride, pads))
+        kernel, stride, pads = ([int(v) for v in (vals * dims if len(vals) == 1 else vals)] for vals in (kernel, stride, pads))
         if "max_pool" in name:
             dilation = args.get("dilation", 1)
             dilations = [int(d) for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])]
             dilations = dilations * dims if len(dilations) == 1 else dilations
-            return Node("MaxPool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2,
-                                                            "dilations": dilations})
+            return Node("MaxPool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2, "dilations": dilations})
         if args.get("divisor_override") is not None or args.get("ceil_mode", False):
             return Node(f"{name} (divisor override or ceil mode)", label, (x,), (label,))  # border windows re-weighted
-        return Node("AveragePool", label, (x,), (label,), {"kernel_shape": kernel, "strides": stride, "pads": pads * 2,
-                                                            "count_include_pad": int(bool(args.get("count_include_pad", True)))})
+        return Node(
+            "AveragePool",
+            label,
+            (x,),
+            (label,),
+            {"kernel_shape": kernel, "strides": stride, "pads": pads * 2, "count_include_pad": int(bool(args.get("count_include_pad", True)))},
+        )
 
     def adaptive(self, node: torch.fx.Node, args: dict[str, Any], x: str) -> Node:
         """Adaptive average pooling: global, or a plain average pool where the sizes divide evenly."""
         label = node.name
         size = [int(v) for v in args.get("output_size", [])]
         shape = self.shapes.get(x)
-        spatial = list(shape[-len(size):]) if shape and size else []
+        spatial = list(shape[-len(size) :]) if shape and size else []
         if size and all(v == 1 for v in size) and shape and len(shape) == len(size) + 2:
             return Node("GlobalAveragePool", label, (x,), (label,))
         if spatial and all(isinstance(d, int) and d % s == 0 for d, s in zip(spatial, size)):
             kernel = [d // s for d, s in zip(spatial, size)]  # type: ignore[operator]
-            return Node("AveragePool", label, (x,), (label,), {"kernel_shape": kernel, "strides": kernel,
-                                                                "pads": [0] * (2 * len(kernel)), "count_include_pad": 1})
+            return Node(
+                "AveragePool", label, (x,), (label,), {"kernel_shape": kernel, "strides": kernel, "pads": [0] * (2 * len(kernel)), "count_include_pad": 1}
+            )
         return Node("aten::adaptive_avg_pool (uneven windows)", label, (x,), (label,))
 
 

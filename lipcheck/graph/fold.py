@@ -20,8 +20,7 @@ from onnx import AttributeProto, GraphProto, NodeProto
 
 Constant = Callable[[], np.ndarray]
 MAX_ELEMENTS = 1 << 22
-_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
-          "If", "Loop", "Scan", "DynamicQuantizeLinear"}
+_NEVER = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan", "DynamicQuantizeLinear"}
 
 
 class _Folded:
@@ -70,8 +69,9 @@ def _static_size(node: NodeProto, dims: tuple[int | None, ...]) -> np.ndarray:
     return np.asarray(dims[start:end], dtype=np.int64)
 
 
-def fold(graph: GraphProto, constants: dict[str, Constant], inputs: set[str], opsets: dict[str, int],
-         shapes: dict[str, tuple[int | None, ...]] | None = None) -> dict[str, Constant]:
+def fold(
+    graph: GraphProto, constants: dict[str, Constant], inputs: set[str], opsets: dict[str, int], shapes: dict[str, tuple[int | None, ...]] | None = None
+) -> dict[str, Constant]:
     """Return ``constants`` with every value computed from constants alone added (lazily evaluated).
 
     ``shapes`` are the static shapes of values (by shape inference): Shape and Size of a value

@@ -183,8 +183,9 @@ def _soft_log(ev: torch.Tensor, sharpness: float) -> torch.Tensor:
 
 
 # -- the optimizer ---------------------------------------------------------------------------------------
-def optimize(objective: Objective, thetas: list[torch.Tensor], budget_s: float,
-             progress: Progress | None = None, max_iter: int = 100_000) -> tuple[list[torch.Tensor], float, int]:
+def optimize(
+    objective: Objective, thetas: list[torch.Tensor], budget_s: float, progress: Progress | None = None, max_iter: int = 100_000
+) -> tuple[list[torch.Tensor], float, int]:
     """L-BFGS on the soft log ρ* from feasible ``thetas`` until the budget or a plateau; returns the
     best multipliers by the exact ρ*, that ρ*, and the iterations taken."""
     start = time.perf_counter()

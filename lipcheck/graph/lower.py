@@ -85,8 +85,14 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     # The search takes a float32 grid wherever the file's inputs are float32.
     grid = [np.dtype(d) for d in dtypes]
     fast = search is not exact or exact.backend == "onnxruntime"
-    found = _search(search, shapes, grid, rng, _JACOBIAN_MAX_INPUTS if fast else _SLOW_JACOBIAN_MAX_INPUTS,  # type: ignore[arg-type]
-                    effort)
+    found = _search(
+        search,
+        shapes,  # type: ignore[arg-type]
+        grid,
+        rng,
+        _JACOBIAN_MAX_INPUTS if fast else _SLOW_JACOBIAN_MAX_INPUTS,
+        effort,
+    )
     if not found:
         return None
     float32 = search if search is not exact else None
@@ -120,8 +126,9 @@ def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | Non
     return [kinds.get(declared.get(name, 0)) for name in names]
 
 
-def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator,
-            jacobian_limit: int, effort: float = 1.0) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+def _search(
+    run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator, jacobian_limit: int, effort: float = 1.0
+) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
     """The best pairs (x, y) by the search's own ratio: a Jacobian direction, random pairs, an attack.
 
     Random pairs and attack steps stop once the time budget is spent (see :func:`onnx_lower`).
@@ -170,7 +177,7 @@ def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: 
                 continue
             us, offset = [], 0
             for x in xs:
-                us.append(direction[offset:offset + x.size].reshape(x.shape) * 1e-2 * np.sqrt(size))
+                us.append(direction[offset : offset + x.size].reshape(x.shape) * 1e-2 * np.sqrt(size))
                 offset += x.size
             value, ys = ratio(xs, us)
             keep(value, xs, ys)
@@ -212,7 +219,7 @@ def _top_direction(run: Run, xs: list[np.ndarray], grid: list[np.dtype], size: i
         bumped[i] += step
         parts, offset = [], 0
         for x, g in zip(xs, grid):
-            parts.append(bumped[offset:offset + x.size].reshape(x.shape).astype(g))
+            parts.append(bumped[offset : offset + x.size].reshape(x.shape).astype(g))
             offset += x.size
         actual = float(np.concatenate([p.ravel() for p in parts]).astype(np.float64)[i] - flat[i])
         columns.append((np.concatenate([o.ravel() for o in run(parts)]) - base) / actual if actual else base * 0)
@@ -223,8 +230,7 @@ def _top_direction(run: Run, xs: list[np.ndarray], grid: list[np.dtype], size: i
     return vh[0]
 
 
-def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
-               nodes: int) -> float:
+def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], nodes: int) -> float:
     """The float64 ratio of the pair (x, y), largest over outputs, less the rounding slack."""
     dx = _distance(xs, ys)
     if dx == 0.0:
@@ -243,8 +249,9 @@ def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Seq
     return best * (1.0 - 2.0**-40)  # the two norms and the division, rounded down
 
 
-def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int,
-                points: int = 4, steps: int = 25, effort: float = 1.0) -> float | None:
+def torch_lower(
+    module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int, points: int = 4, steps: int = 25, effort: float = 1.0
+) -> float | None:
     """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the directions v found by power
     iteration on JᵀJ (autograd) at a few random x, or None when every ratio is 0.
 
@@ -281,7 +288,7 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
             for step in range(steps):
                 if step >= _MIN_STEPS and time.monotonic() > deadline:
                     break
-                norm = torch.sqrt(torch.stack([(v ** 2).sum() for v in vs]).sum())
+                norm = torch.sqrt(torch.stack([(v**2).sum() for v in vs]).sum())
                 if float(norm) == 0.0 or not math.isfinite(float(norm)):
                     break
                 vs = tuple(v / norm for v in vs)
@@ -296,7 +303,7 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
     found = 0.0
     with torch.no_grad():
         for _, xs, vs in candidates[:CHECKED]:
-            scale = math.sqrt(sum(float((x ** 2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs)))
+            scale = math.sqrt(sum(float((x**2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs)))
             for h in (1e-3, 1e-5):
                 ys = tuple(x + h * max(1.0, scale) * v for x, v in zip(xs, vs))
                 found = max(found, certified_torch(outputs, xs, ys, nodes))
@@ -318,8 +325,7 @@ def float64_outputs(module: torch.nn.Module) -> tuple[Callable[..., list[torch.T
     return outputs, max(8, sum(1 for _ in twin.modules()))
 
 
-def certified_torch(outputs: Callable[..., list[torch.Tensor]], xs: tuple[torch.Tensor, ...],
-                     ys: tuple[torch.Tensor, ...], nodes: int) -> float:
+def certified_torch(outputs: Callable[..., list[torch.Tensor]], xs: tuple[torch.Tensor, ...], ys: tuple[torch.Tensor, ...], nodes: int) -> float:
     """The float64 ratio of a torch pair, largest over outputs, less the rounding slack."""
     dx = math.sqrt(sum(float(((y - x) ** 2).sum()) for x, y in zip(xs, ys)))
     if dx == 0.0:

@@ -16,10 +16,15 @@ import torch
 from lipcheck.graph.lower import CHECKED
 
 
-def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarray | None],
-                     activations: Sequence[Callable[[torch.Tensor], torch.Tensor]], seed: int,
-                     budget_s: float = 2.0, starts: int = 64, kinked: Sequence[bool] = ()
-                     ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def chain_directions(
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[np.ndarray | None],
+    activations: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    seed: int,
+    budget_s: float = 2.0,
+    starts: int = 64,
+    kinked: Sequence[bool] = (),
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Points x and unit directions v where the chain's Jacobian norm ‖J(x)‖ is large, best first,
     with the norm found: x ↦ W_l φ(⋯ φ(W_0 x + c_0) ⋯) + c_l, searched in float64.
 
@@ -37,8 +42,12 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     ws = [w.to(torch.float64) for w in weights]
-    bs = [torch.as_tensor(b, dtype=torch.float64).reshape(-1) if b is not None and np.asarray(b).size == w.shape[0]
-          else torch.zeros(w.shape[0], dtype=torch.float64) for w, b in zip(ws, biases)]
+    bs = [
+        torch.as_tensor(b, dtype=torch.float64).reshape(-1)
+        if b is not None and np.asarray(b).size == w.shape[0]
+        else torch.zeros(w.shape[0], dtype=torch.float64)
+        for w, b in zip(ws, biases)
+    ]
     n0 = ws[0].shape[1]
 
     def slopes(z: torch.Tensor, phi: Callable[[torch.Tensor], torch.Tensor], tau: float) -> torch.Tensor:
@@ -118,8 +127,7 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
         found.sort(key=lambda item: item[0], reverse=True)
         seeds = torch.stack([point for _, point in found[:starts]])
         try:
-            walked = _pattern_walk(seeds, ws, bs, activations, kinked, _scale, jacobian, top,
-                                   budget_s - (time.perf_counter() - start))
+            walked = _pattern_walk(seeds, ws, bs, activations, kinked, _scale, jacobian, top, budget_s - (time.perf_counter() - start))
         except RuntimeError:  # as above: the candidates found so far stand
             walked = ([], [])
         for got, point in zip(*walked):
@@ -139,10 +147,17 @@ def chain_directions(weights: Sequence[torch.Tensor], biases: Sequence[np.ndarra
     return out
 
 
-def _pattern_walk(x: torch.Tensor, ws: list[torch.Tensor], bs: list[torch.Tensor],
-                  activations: Sequence[Callable[[torch.Tensor], torch.Tensor]], kinked: list[bool],
-                  scales: list[float], jacobian: Callable[[torch.Tensor, float], torch.Tensor],
-                  top: Callable[[torch.Tensor], torch.Tensor], budget_s: float) -> tuple[list[float], list[torch.Tensor]]:
+def _pattern_walk(
+    x: torch.Tensor,
+    ws: list[torch.Tensor],
+    bs: list[torch.Tensor],
+    activations: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    kinked: list[bool],
+    scales: list[float],
+    jacobian: Callable[[torch.Tensor, float], torch.Tensor],
+    top: Callable[[torch.Tensor], torch.Tensor],
+    budget_s: float,
+) -> tuple[list[float], list[torch.Tensor]]:
     """Alternate between the best activation pattern for the current top singular pair and a point
     that realizes it.
 
@@ -222,8 +237,7 @@ _HERMITE = tuple(np.asarray(a, dtype=np.float64) for a in np.polynomial.hermite_
 _HERMITE = (_HERMITE[0], _HERMITE[1] / _HERMITE[1].sum())
 
 
-def certified_pairs(run: Callable[[np.ndarray, np.ndarray], float], candidates: list[tuple[np.ndarray, np.ndarray, float]]
-                    ) -> float:
+def certified_pairs(run: Callable[[np.ndarray, np.ndarray], float], candidates: list[tuple[np.ndarray, np.ndarray, float]]) -> float:
     """The largest certified ratio over pairs (x, x + hv) at a few step sizes h; ``run`` returns the
     certified float64 ratio of one pair (``lower.certified`` or ``lower.certified_torch``)."""
     best = 0.0

@@ -18,8 +18,7 @@ from lipcheck.model import Layer
 Shapes = dict[str, tuple[int | None, ...]]
 
 
-def build(proto: onnx.ModelProto, constants: dict[str, dict[str, Constant]], layers: list[Layer], shapes: Shapes,
-          dequantize: set[str]) -> Graph:
+def build(proto: onnx.ModelProto, constants: dict[str, dict[str, Constant]], layers: list[Layer], shapes: Shapes, dequantize: set[str]) -> Graph:
     """The main graph as IR; ``constants`` maps each scope path ("" for the main graph) to its constants."""
     inputs = [v.name for v in onnx_shapes.model_inputs(proto.graph)]
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
@@ -28,8 +27,9 @@ def build(proto: onnx.ModelProto, constants: dict[str, dict[str, Constant]], lay
     return graph
 
 
-def _ir(proto: GraphProto, path: str, inputs: list[str], constants: dict[str, dict[str, Constant]], layers: list[Layer],
-        shapes: Shapes, opsets: dict[str, int]) -> tuple[Graph, set[str]]:
+def _ir(
+    proto: GraphProto, path: str, inputs: list[str], constants: dict[str, dict[str, Constant]], layers: list[Layer], shapes: Shapes, opsets: dict[str, int]
+) -> tuple[Graph, set[str]]:
     """One graph as IR, and the names it reads from enclosing graphs (its bodies' reads included).
 
     Labels and scope paths are the reader's, so a body's layers find their nodes: a node inside a
@@ -50,17 +50,20 @@ def _ir(proto: GraphProto, path: str, inputs: list[str], constants: dict[str, di
                 subgraphs[attr.name] = body
                 captured |= free
         captured.discard("")
-        nodes.append(Node(op_name(node), f"{path}/{local}" if path else local, tuple(node.input),
-                          tuple(node.output), attrs, subgraphs, tuple(sorted(captured))))
+        nodes.append(
+            Node(op_name(node), f"{path}/{local}" if path else local, tuple(node.input), tuple(node.output), attrs, subgraphs, tuple(sorted(captured)))
+        )
         read |= {name for name in node.input if name} | captured
         defined |= set(node.output)
     own = dict(constants.get(path, {}))
     if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
         own = fold(proto, own, set(inputs), opsets, shapes)
-    cells = {node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node)
-             if node.op_type in recurrent.ONNX_GATES}  # their weights are layers, the recursion is not one
-    layer_nodes = {(f"{path}/{layer.node}" if path else layer.node): i
-                   for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells}
+    cells = {
+        node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node) if node.op_type in recurrent.ONNX_GATES
+    }  # their weights are layers, the recursion is not one
+    layer_nodes = {
+        (f"{path}/{layer.node}" if path else layer.node): i for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells
+    }
     graph = Graph(list(inputs), [v.name for v in proto.output], nodes, own, shapes, layer_nodes)
     return graph, read - defined
 

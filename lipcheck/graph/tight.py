@@ -252,8 +252,7 @@ def find_chain(model: Model) -> tuple[FoundChain | None, str]:
                 if weights:
                     return None, f"{node.label} transposes between layers"
                 reordered = True
-            if node.op == "Dropout" and len(node.inputs) > 2 and const(node.inputs[2]) is not None \
-                    and bool(const(node.inputs[2]).any()):  # type: ignore[union-attr]
+            if node.op == "Dropout" and len(node.inputs) > 2 and const(node.inputs[2]) is not None and bool(const(node.inputs[2]).any()):  # type: ignore[union-attr]
                 return None, f"{node.label} is a dropout in training mode"
         elif node.op in ("Add", "Sub"):
             if not weights or pending is not None:
@@ -295,8 +294,7 @@ def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
         return None, "non-finite weights"
     effort = float(getattr(settings, "effort", 1.0))
     started = time.perf_counter()
-    result = certified_bound(Chain(found.weights, found.slopes, found.scale), budget_seconds(found, effort),
-                             _progress.get())
+    result = certified_bound(Chain(found.weights, found.slopes, found.scale), budget_seconds(found, effort), _progress.get())
     if result is None:
         return None, f"no multipliers passed the float64 certificate ({time.perf_counter() - started:.1f} s)"
     return result.bound, ""
@@ -312,8 +310,9 @@ def apply_tight(model: Model, settings: Settings, bound: BoundReport) -> None:
     bound.tight = value
     if value < bound.graph:
         bound.upper, bound.method = value, METHOD
-        bound.assumptions.append("tight: the graph is a plain chain of dense layers and slope-restricted "
-                                 "activations; LipSDP-Neuron multipliers certified in float64")
+        bound.assumptions.append(
+            "tight: the graph is a plain chain of dense layers and slope-restricted activations; LipSDP-Neuron multipliers certified in float64"
+        )
 
 
 def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -322,8 +321,16 @@ def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> 
     import torch.nn.functional as F
 
     a = node.attrs
-    simple = {"Relu": torch.relu, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Softplus": F.softplus,
-              "Softsign": F.softsign, "Silu": F.silu, "Mish": F.mish, "HardSwish": F.hardswish}
+    simple = {
+        "Relu": torch.relu,
+        "Tanh": torch.tanh,
+        "Sigmoid": torch.sigmoid,
+        "Softplus": F.softplus,
+        "Softsign": F.softsign,
+        "Silu": F.silu,
+        "Mish": F.mish,
+        "HardSwish": F.hardswish,
+    }
     if node.op in simple:
         return simple[node.op]
     if node.op == "LeakyRelu":
@@ -375,8 +382,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
     kinked = [node.op in ("Relu", "LeakyRelu", "PRelu") for node in found.activations]
     budget = 0.5 * budget_seconds(found, float(getattr(settings, "effort", 1.0)))
     try:
-        candidates = lower_chain.chain_directions(found.weights, found.biases[:len(found.weights)], funcs,
-                                                  settings.seed, budget, kinked=kinked)
+        candidates = lower_chain.chain_directions(found.weights, found.biases[: len(found.weights)], funcs, settings.seed, budget, kinked=kinked)
     except (RuntimeError, ValueError):  # the search is optional: the generic lower bound stands
         return
     if not candidates:
@@ -397,8 +403,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
 
         def ratio(x: np.ndarray, y: np.ndarray) -> float:
             with torch.no_grad():
-                return lower.certified_torch(outputs, (torch.from_numpy(x).reshape(shape),),
-                                              (torch.from_numpy(y).reshape(shape),), nodes)
+                return lower.certified_torch(outputs, (torch.from_numpy(x).reshape(shape),), (torch.from_numpy(y).reshape(shape),), nodes)
     else:
         return
     value = lower_chain.certified_pairs(ratio, candidates)

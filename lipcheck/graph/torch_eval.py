@@ -34,6 +34,7 @@ def _load_ops() -> None:
 
 def op(*names: str) -> Callable[[Op], Op]:
     """Register an implementation of one or more ONNX ops."""
+
     def register(fn: Op) -> Op:
         for name in names:
             _OPS[name] = fn

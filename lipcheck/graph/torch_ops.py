@@ -18,10 +18,26 @@ _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}
 
 # -- elementwise -----------------------------------------------------------------------------------
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Abs": torch.abs, "Neg": torch.neg,
-    "Exp": torch.exp, "Log": torch.log, "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Erf": torch.erf,
-    "Softplus": F.softplus, "Softsign": F.softsign, "Floor": torch.floor, "Ceil": torch.ceil, "Sign": torch.sign,
-    "Mish": F.mish, "HardSwish": F.hardswish, "Not": torch.logical_not, "Sin": torch.sin, "Cos": torch.cos,
+    "Relu": torch.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Abs": torch.abs,
+    "Neg": torch.neg,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Reciprocal": torch.reciprocal,
+    "Erf": torch.erf,
+    "Softplus": F.softplus,
+    "Softsign": F.softsign,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Sign": torch.sign,
+    "Mish": F.mish,
+    "HardSwish": F.hardswish,
+    "Not": torch.logical_not,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
 }
 
 
@@ -84,8 +100,16 @@ def _prelu(run: Run, node: Node, ins: list[Any]) -> Any:
 
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Equal": torch.eq, "Less": torch.lt,
-    "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "And": torch.logical_and,
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Pow": torch.pow,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "Greater": torch.gt,
+    "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and,
     "Or": torch.logical_or,
 }
 
@@ -207,10 +231,8 @@ def _conv_transpose(run: Run, node: Node, ins: list[Any]) -> Any:
     extra = ints(node.attrs.get("output_padding")) or [0] * spatial
     conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
     bias = ins[2] if len(ins) > 2 else None
-    out = conv(x, w, bias, stride=strides, dilation=dilations, groups=int(node.attrs.get("group", 1)),
-               output_padding=extra)
-    index = [slice(None), slice(None)] + [slice(b, out.shape[2 + i] - e) for i, (b, e) in
-                                          enumerate(zip(pads[:spatial], pads[spatial:]))]
+    out = conv(x, w, bias, stride=strides, dilation=dilations, groups=int(node.attrs.get("group", 1)), output_padding=extra)
+    index = [slice(None), slice(None)] + [slice(b, out.shape[2 + i] - e) for i, (b, e) in enumerate(zip(pads[:spatial], pads[spatial:]))]
     return out[tuple(index)]
 
 

@@ -96,14 +96,14 @@ def _gather(run: Run, node: Node, ins: list[Any]) -> Any:
     axis = axis_of(int(node.attrs.get("axis", 0)), x.dim())
     index = torch.where(index < 0, index + x.shape[axis], index)
     out = x.index_select(axis, index.reshape(-1))
-    return out.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1:])
+    return out.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
 
 
 @op("Shape")
 def _shape(run: Run, node: Node, ins: list[Any]) -> Any:
     dims = list(ins[0].shape)
     start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
-    return torch.tensor(dims[start:None if end is None else int(end)], dtype=torch.int64)
+    return torch.tensor(dims[start : None if end is None else int(end)], dtype=torch.int64)
 
 
 @op("Size")
@@ -118,8 +118,7 @@ def _constant(run: Run, node: Node, ins: list[Any]) -> Any:
     for key in ("value", "sparse_value"):
         if key in node.attrs:
             return run.tensor(numpy_helper.to_array(node.attrs[key]))
-    for key, dtype in (("value_float", np.float64), ("value_floats", np.float64), ("value_int", np.int64),
-                       ("value_ints", np.int64)):
+    for key, dtype in (("value_float", np.float64), ("value_floats", np.float64), ("value_int", np.int64), ("value_ints", np.int64)):
         if key in node.attrs:
             return run.tensor(np.asarray(node.attrs[key], dtype=dtype))
     raise Unsupported(f"{node.label} (Constant): a string constant")
@@ -159,8 +158,7 @@ def _pad(run: Run, node: Node, ins: list[Any]) -> Any:
         raise Unsupported(f"{node.label} (Pad): axes input")
     mode = node.attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    value = float(ins[2].reshape(-1)[0]) if len(ins) > 2 and ins[2] is not None and ins[2].numel() else \
-        float(node.attrs.get("value", 0.0))
+    value = float(ins[2].reshape(-1)[0]) if len(ins) > 2 and ins[2] is not None and ins[2].numel() else float(node.attrs.get("value", 0.0))
     rank = x.dim()
     order: list[int] = []
     for i in reversed(range(rank)):
@@ -188,8 +186,12 @@ def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
         size = [int(math.floor(float(n) * float(s))) for n, s in zip(x.shape[2:], scales.reshape(-1).tolist()[2:])]
     else:
         raise Unsupported(f"{node.label} ({node.op}): neither scales nor sizes")
-    if mode == "nearest" and transform in ("asymmetric", "half_pixel") and node.attrs.get(
-            "nearest_mode", b"round_prefer_floor") in (b"floor", "floor") or (mode == "nearest" and node.op == "Upsample"):
+    if (
+        mode == "nearest"
+        and transform in ("asymmetric", "half_pixel")
+        and node.attrs.get("nearest_mode", b"round_prefer_floor") in (b"floor", "floor")
+        or (mode == "nearest" and node.op == "Upsample")
+    ):
         return F.interpolate(x, size=size, mode="nearest")
     if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners") and x.dim() in (3, 4, 5):
         torch_mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]

@@ -22,6 +22,11 @@ _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"}
 _CONV_T = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
 
 
+_FIRST_INPUT_ONLY = frozenset(
+    "Relu Sigmoid Tanh Softplus Gelu Silu HardSwish Mish Softmax Clip Flatten Reshape Transpose Identity Squeeze Unsqueeze Dropout Slice Abs Neg Exp Log Sqrt HardSwish".split()
+)  # ops whose other arguments are not tensors to follow
+
+
 def _value(v: torch._C.Value) -> Any:
     try:
         return v.toIValue()
@@ -54,8 +59,7 @@ def _call_geometry(kind: str, args: list[torch._C.Value], n: int) -> tuple[ConvG
         return None
     if pads is None and auto == "NOTSET":
         return None
-    return ConvGeometry(strides, (pads + pads) if pads is not None else (), dilations, groups, out_pads,
-                        auto_pad=auto), bool(transposed)
+    return ConvGeometry(strides, (pads + pads) if pads is not None else (), dilations, groups, out_pads, auto_pad=auto), bool(transposed)
 
 
 def _call_layer(kind: str, args: list[torch._C.Value], name: str, label: str, weight: torch.Tensor) -> Layer | None:
@@ -71,12 +75,19 @@ def _call_layer(kind: str, args: list[torch._C.Value], name: str, label: str, we
         if found is None or op_name is None:
             return None
         op, geometry = op_name, found[0]
-    return Layer(name, op, tuple(tensor.shape), dtype_name(tensor.dtype), lambda: tensor, geometry=geometry,
-                 note=f"graph node {label}: {kind} reads this tensor as its weight", node=label)
+    return Layer(
+        name,
+        op,
+        tuple(tensor.shape),
+        dtype_name(tensor.dtype),
+        lambda: tensor,
+        geometry=geometry,
+        note=f"graph node {label}: {kind} reads this tensor as its weight",
+        node=label,
+    )
 
 
-def build(module: torch.jit.ScriptModule, layers: list[Layer],
-          input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph | None:
+def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph | None:
     """The module's frozen forward graph, or None when TorchScript cannot freeze it.
 
     A conv or linear call whose weight is no layer yet (a buffer passed to ``F.conv1d``, or a
@@ -94,8 +105,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
     graph = frozen.graph
     shapes = _shapes(graph, input_shapes) if input_shapes is not None else {}
     # A frozen constant is a stored tensor when it shares its storage, shape and strides (not a view of it).
-    by_storage = {(t.data_ptr(), tuple(t.shape), t.stride()): name
-                  for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    by_storage = {(t.data_ptr(), tuple(t.shape), t.stride()): name for name, t in [*module.named_parameters(), *module.named_buffers()]}
     layer_index = {layer.name: i for i, layer in enumerate(layers)}
     constants: dict[str, Any] = {}
     nodes: list[Node] = []
@@ -108,11 +118,11 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
         if kind == "prim::Constant":
             value = _value(node.output())
             if isinstance(value, torch.Tensor):
-                constants[outs[0]] = (lambda t=value: t.detach().to(torch.float64).numpy())
+                constants[outs[0]] = lambda t=value: t.detach().to(torch.float64).numpy()
             elif isinstance(value, (int, float, bool)) or (isinstance(value, list) and all(isinstance(x, (int, float)) for x in value)):
-                constants[outs[0]] = (lambda v=value: np.asarray(v, dtype=np.float64))
+                constants[outs[0]] = lambda v=value: np.asarray(v, dtype=np.float64)
             else:
-                constants[outs[0]] = (lambda: np.zeros(0))
+                constants[outs[0]] = lambda: np.zeros(0)
             continue
         if kind == "prim::ListConstruct":
             lists[outs[0]] = ins
@@ -127,8 +137,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
             ins = ins[:3]
         if kind in _CONVS or kind in _CONV_T or kind == "aten::linear":
             weight = _value(args[1])
-            name = (by_storage.get((weight.data_ptr(), tuple(weight.shape), weight.stride()))
-                    if isinstance(weight, torch.Tensor) else None)
+            name = by_storage.get((weight.data_ptr(), tuple(weight.shape), weight.stride())) if isinstance(weight, torch.Tensor) else None
             if isinstance(weight, torch.Tensor) and name not in layer_index:
                 found = _call_layer(kind, args, name or f"{label}.weight", label, weight)
                 if found is not None:
@@ -184,7 +193,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
             if isinstance(scales, (list, tuple)) and scales and all(isinstance(v, (int, float)) for v in scales):
                 mode = "nearest" if "nearest" in kind else "linear"
                 name = f"{label}.scales"
-                constants[name] = (lambda v=[1.0, 1.0, *scales]: np.asarray(v, dtype=np.float64))
+                constants[name] = lambda v=[1.0, 1.0, *scales]: np.asarray(v, dtype=np.float64)
                 op, ins, attrs = "Resize", [ins[0], "", name], {"mode": mode}
         elif op == "ReduceMean":
             dims = _value(args[1]) if len(args) > 1 else None
@@ -198,9 +207,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer],
             ins = ins[:1]
         elif op == "HardSigmoid":
             attrs["alpha"] = 1.0 / 6.0
-        elif op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Gelu", "Silu", "HardSwish", "Mish", "Softmax", "Clip",
-                    "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Dropout", "Slice", "Abs",
-                    "Neg", "Exp", "Log", "Sqrt", "HardSwish"):
+        elif op in _FIRST_INPUT_ONLY:
             ins = ins[:1]
         nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs))
     inputs = [v.debugName() for v in list(graph.inputs())[1:]]

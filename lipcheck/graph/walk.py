@@ -44,8 +44,9 @@ class GraphBound:
 class Walk:
     """One pass over a graph (or an If branch, with its enclosing walk as ``parent``)."""
 
-    def __init__(self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float],
-                 fuse: Fuse | None = None, parent: Walk | None = None) -> None:
+    def __init__(
+        self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float], fuse: Fuse | None = None, parent: Walk | None = None
+    ) -> None:
         self.graph = graph
         self.fuse = fuse
         self.parent = parent
@@ -157,16 +158,13 @@ class Walk:
         for name in lost:
             producer = self.producer.get(name)
             if producer is not None and producer.label not in self.reasons:
-                blocking.append(f"{producer.label} ({producer.op}): computes output {name}, which depends on the "
-                                "nodes named before it")
+                blocking.append(f"{producer.label} ({producer.op}): computes output {name}, which depends on the nodes named before it")
         found = GraphBound({k: v for k, v in per_output.items() if math.isfinite(v)}, blocking, notes=list(self.notes))
-        found.supplied = [f"{label} ({self.supplied[label]!r}-Lipschitz, supplied by the user, not verified)"
-                          for label in self.used]
+        found.supplied = [f"{label} ({self.supplied[label]!r}-Lipschitz, supplied by the user, not verified)" for label in self.used]
         return found
 
 
-def graph_bound(graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float] | None = None,
-                fuse: Fuse | None = None) -> GraphBound:
+def graph_bound(graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float] | None = None, fuse: Fuse | None = None) -> GraphBound:
     """Bound every output's Lipschitz constant by walking the graph once.
 
     ``supplied`` maps node labels to constants the user vouches for (``--node-constant``).

@@ -13,8 +13,7 @@ from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 if TYPE_CHECKING:
     from lipcheck.report.run import Run
 
-RENDERERS = {"table": "table", "json": "json_report", "markdown": "markdown", "github": "github", "junit": "junit",
-             "csv": "csv_report"}
+RENDERERS = {"table": "table", "json": "json_report", "markdown": "markdown", "github": "github", "junit": "junit", "csv": "csv_report"}
 
 
 def render(run: Run, fmt: str) -> str:

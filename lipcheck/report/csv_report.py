@@ -7,8 +7,7 @@ import io
 
 from lipcheck.report.run import Run
 
-COLUMNS = ["model", "layer", "op", "shape", "dtype", "sigma", "lower", "upper", "method", "input_size",
-           "converged", "threshold", "passed"]
+COLUMNS = ["model", "layer", "op", "shape", "dtype", "sigma", "lower", "upper", "method", "input_size", "converged", "threshold", "passed"]
 
 
 def render(run: Run) -> str:
@@ -24,22 +23,48 @@ def render(run: Run) -> str:
         for layer in result.report.layers:
             lip = layer.lipschitz
             check = layer_checks.get(layer.display_name)
-            writer.writerow([
-                result.path, layer.display_name, layer.op, "x".join(map(str, layer.shape)), layer.dtype,
-                _num(layer.sigma), _num(lip.lower if lip else None), _num(lip.upper if lip else None),
-                lip.method if lip else "", "x".join(map(str, layer.input_size)) if layer.input_size else "",
-                str(layer.converged).lower(), _num(check.threshold if check else None),
-                "" if check is None else str(check.passed).lower(),
-            ])
+            writer.writerow(
+                [
+                    result.path,
+                    layer.display_name,
+                    layer.op,
+                    "x".join(map(str, layer.shape)),
+                    layer.dtype,
+                    _num(layer.sigma),
+                    _num(lip.lower if lip else None),
+                    _num(lip.upper if lip else None),
+                    lip.method if lip else "",
+                    "x".join(map(str, layer.input_size)) if layer.input_size else "",
+                    str(layer.converged).lower(),
+                    _num(check.threshold if check else None),
+                    "" if check is None else str(check.passed).lower(),
+                ]
+            )
         bound_checks = [c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "bound"]
         b = result.report.bound
-        rows = (("network bound", b.lower, b.upper, b.method or "; ".join(b.blocking)),
-                ("product of layer bounds", None, b.product, "a network bound only for a plain chain"))
+        rows = (
+            ("network bound", b.lower, b.upper, b.method or "; ".join(b.blocking)),
+            ("product of layer bounds", None, b.product, "a network bound only for a plain chain"),
+        )
         for (label, lower, upper, method), subject in zip(rows, ("network", "product")):
             check = next((c for c in bound_checks if c.subject == subject), None)
-            writer.writerow([result.path, f"({label})", "", "", "", "", _num(lower), _num(upper), method, "", "",
-                             _num(check.threshold if check else None),
-                             "" if check is None else str(check.passed).lower()])
+            writer.writerow(
+                [
+                    result.path,
+                    f"({label})",
+                    "",
+                    "",
+                    "",
+                    "",
+                    _num(lower),
+                    _num(upper),
+                    method,
+                    "",
+                    "",
+                    _num(check.threshold if check else None),
+                    "" if check is None else str(check.passed).lower(),
+                ]
+            )
     return out.getvalue()
 
 

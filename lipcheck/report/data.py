@@ -82,6 +82,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as the object report.schema.json describes."""
+
         def layer(entry: LayerReport) -> dict[str, Any]:
             out = asdict(entry)
             out["shape"] = list(entry.shape)

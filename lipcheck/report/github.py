@@ -25,18 +25,15 @@ def render(run: Run) -> str:
     lines = []
     for result in run.results:
         if result.error is not None:
-            lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: cannot analyse')}"
-                         f"::{escape_data(result.error)}")
+            lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: cannot analyse')}::{escape_data(result.error)}")
         elif result.outcome is not None:
             for message in result.outcome.errors:
-                lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: no network bound')}"
-                             f"::{escape_data(message)}")
+                lines.append(f"::error file={escape_property(result.path)},title={escape_property('lipcheck: no network bound')}::{escape_data(message)}")
             for check in result.outcome.failures:
                 if check.value is None and result.outcome.errors:
                     continue  # already annotated as the error it is
                 title = "lipcheck: layer above its threshold" if check.name == "layer" else "lipcheck: Lipschitz gate failed"
-                lines.append(f"::error file={escape_property(result.path)},title={escape_property(title)}"
-                             f"::{escape_data(check.message)}")
+                lines.append(f"::error file={escape_property(result.path)},title={escape_property(title)}::{escape_data(check.message)}")
     lines.append(f"lipcheck: {len(run.results)} model(s), {len(run.failed)} failed, {len(run.errors)} error(s)")
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,10 @@ def render(run: Run) -> str:
     if len(run.results) == 1:
         body: dict[str, Any] = result_dict(run, run.results[0])
     else:
-        body = {"schema_version": SCHEMA_VERSION, "tool_version": __version__,
-                "reports": [result_dict(run, r) for r in run.results],
-                "passed": not run.failed and not run.errors}
+        body = {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": __version__,
+            "reports": [result_dict(run, r) for r in run.results],
+            "passed": not run.failed and not run.errors,
+        }
     return json.dumps(_finite(body), indent=2, allow_nan=False) + "\n"

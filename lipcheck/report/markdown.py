@@ -13,25 +13,34 @@ def _cell(text: str) -> str:
 
 def _layer_row(index: int, layer: LayerReport) -> str:
     sigma = down(layer.sigma) if layer.sigma is not None else "non-finite"
-    cells = [str(index), f"`{_cell(layer.display_name)}`", layer.op, "×".join(map(str, layer.shape)), sigma,
-             interval_text(layer), at_text(layer), "yes" if layer.converged else "no"]
+    cells = [
+        str(index),
+        f"`{_cell(layer.display_name)}`",
+        layer.op,
+        "×".join(map(str, layer.shape)),
+        sigma,
+        interval_text(layer),
+        at_text(layer),
+        "yes" if layer.converged else "no",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
 def _report(report: Report) -> list[str]:
-    lines = ["| # | layer | op | shape | σ (torch) | Lipschitz [lower, upper] | at | converged |",
-             "|---:|---|---|---|---:|---:|---:|---|"]
+    lines = ["| # | layer | op | shape | σ (torch) | Lipschitz [lower, upper] | at | converged |", "|---:|---|---|---|---:|---:|---:|---|"]
     lines += [_layer_row(i, layer) for i, layer in enumerate(report.layers)]
     b = report.bound
-    lines += ["", f"- network bound: **{_cell(network_text(report))}**",
-              f"- attained lower bound: {lower_text(report)}",
-              *([f"- tight (LipSDP-Neuron, certified): {up(b.tight)}"] if b.tight is not None else []),
-              f"- product of layer bounds (plain chains only): {product_text(report)}"]
+    lines += [
+        "",
+        f"- network bound: **{_cell(network_text(report))}**",
+        f"- attained lower bound: {lower_text(report)}",
+        *([f"- tight (LipSDP-Neuron, certified): {up(b.tight)}"] if b.tight is not None else []),
+        f"- product of layer bounds (plain chains only): {product_text(report)}",
+    ]
     lines += [f"- assumes: {_cell(a)}" for a in b.assumptions]
     lines += [f"- note: {_cell(n)}" for n in report.notes]
     if report.skipped:
-        lines.append(f"- skipped {len(report.skipped)} tensor(s): " +
-                     ", ".join(f"`{_cell(s.name)}` ({_cell(s.reason)})" for s in report.skipped))
+        lines.append(f"- skipped {len(report.skipped)} tensor(s): " + ", ".join(f"`{_cell(s.name)}` ({_cell(s.reason)})" for s in report.skipped))
     return lines
 
 

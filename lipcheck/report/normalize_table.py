@@ -23,8 +23,14 @@ def render(result: Result, console: Console) -> None:
     for column in ("layer", "σ before", "upper before", "σ after", "upper after", "action"):
         table.add_column(column, justify="left" if column in ("layer", "action") else "right")
     for plan, old, new in zip(result.plans, result.before.layers, result.after.layers):
-        table.add_row(Text(plan.name), _num(old.sigma), up(old.lipschitz.upper) if old.lipschitz else "—",
-                      _num(new.sigma), up(new.lipschitz.upper) if new.lipschitz else "—", Text(plan.action))
+        table.add_row(
+            Text(plan.name),
+            _num(old.sigma),
+            up(old.lipschitz.upper) if old.lipschitz else "—",
+            _num(new.sigma),
+            up(new.lipschitz.upper) if new.lipschitz else "—",
+            Text(plan.action),
+        )
     lines = [Text(f"product bound: {product_text(result.before)} → {product_text(result.after)}")]
     console.print(Group(table, *lines))
 
@@ -34,11 +40,19 @@ def render_json(result: Result) -> str:
     body: dict[str, Any] = {
         "input": result.before.model_path,
         "output": result.after.model_path,
-        "layers": [{"name": p.name, "target": p.target, "divisor": p.divisor, "action": p.action,
-                    "sigma_before": old.sigma, "sigma_after": new.sigma,
-                    "upper_before": old.lipschitz.upper if old.lipschitz else None,
-                    "upper_after": new.lipschitz.upper if new.lipschitz else None}
-                   for p, old, new in zip(result.plans, result.before.layers, result.after.layers)],
+        "layers": [
+            {
+                "name": p.name,
+                "target": p.target,
+                "divisor": p.divisor,
+                "action": p.action,
+                "sigma_before": old.sigma,
+                "sigma_after": new.sigma,
+                "upper_before": old.lipschitz.upper if old.lipschitz else None,
+                "upper_after": new.lipschitz.upper if new.lipschitz else None,
+            }
+            for p, old, new in zip(result.plans, result.before.layers, result.after.layers)
+        ],
         "product_before": result.before.bound.product,
         "product_after": result.after.bound.product,
         "warnings": result.warnings,

@@ -38,8 +38,7 @@ def _draw(axis: Any, result: FileResult, run: Run) -> None:
     axis.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=7)
     axis.set_ylabel("Lipschitz constant", fontsize=8)
     bound = report.bound
-    judged = (f"network bound {up(bound.upper)} ({bound.method})" if bound.upper is not None
-              else "no network bound")
+    judged = f"network bound {up(bound.upper)} ({bound.method})" if bound.upper is not None else "no network bound"
     axis.set_title(f"{report.model_path}: {judged}", fontsize=9)
     axis.legend(handles=legend, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 

@@ -55,7 +55,7 @@ def middle_ellipsis(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     tail = (width - 1) // 2 + (width - 1) % 2
-    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail :]
 
 
 def build(report: Report, width: int = 80) -> Group:
@@ -69,9 +69,12 @@ def build(report: Report, width: int = 80) -> Group:
     title = f"{report.model_path} ({report.model_format})" + (f"; layer names below follow {prefix}" if prefix else "")
     table = Table(title=Text(title), title_justify="left")
     shapes = ["×".join(map(str, layer.shape)) for layer in report.layers]
-    widths = {"#": len(str(len(names))), "op": max((len(layer.op) for layer in report.layers), default=2),
-             "upper": max([len(upper_text(layer)) + 1 for layer in report.layers] + [19]),
-             "at": max([len(at_text(layer)) for layer in report.layers] + [2])}
+    widths = {
+        "#": len(str(len(names))),
+        "op": max((len(layer.op) for layer in report.layers), default=2),
+        "upper": max([len(upper_text(layer)) + 1 for layer in report.layers] + [19]),
+        "at": max([len(at_text(layer)) for layer in report.layers] + [2]),
+    }
     if wide:
         widths |= {"shape": max(len(text) for text in [*shapes, "shape"]), "sigma": 10, "iters": 5, "bar": _BAR_WIDTH}
     name_width = max(_NAME_MIN, width - sum(widths.values()) - 3 * (len(widths) + 1) - 1)
@@ -87,7 +90,7 @@ def build(report: Report, width: int = 80) -> Group:
         table.add_column("iters", justify="right", no_wrap=True)
         table.add_column(Text(f"0 ┄ {up(largest, 3)}") if largest > 0 else "", no_wrap=True)
     for index, (layer, name) in enumerate(zip(report.layers, names)):
-        cells: list[RenderableType] = [str(index), Text(middle_ellipsis(name[len(prefix):], name_width)), Text(layer.op)]
+        cells: list[RenderableType] = [str(index), Text(middle_ellipsis(name[len(prefix) :], name_width)), Text(layer.op)]
         if wide:
             cells += [Text(shapes[index]), _sigma(layer)]
         star = "" if layer.converged else "*"
@@ -140,7 +143,11 @@ def render_text(run: Run) -> str:
     """The table as plain text (for -o FILE), as wide as $COLUMNS or 80 columns."""
     import os
 
-    console = Console(record=True, file=open(os.devnull, "w"), no_color=True,  # noqa: SIM115
-                      width=int(os.environ.get("COLUMNS", 0)) or 80)
+    console = Console(
+        record=True,
+        file=open(os.devnull, "w"),
+        no_color=True,  # noqa: SIM115
+        width=int(os.environ.get("COLUMNS", 0)) or 80,
+    )
     render(run, console)
     return console.export_text(styles=False)

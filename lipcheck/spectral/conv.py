@@ -92,8 +92,9 @@ def _conv_fn(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool):  #
         if transposed:
             conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
             pad = [min(b, e) for b, e in zip(begin, end)]
-            y = conv_t(x, weight, stride=geometry.stride, padding=pad, dilation=geometry.dilation,
-                       groups=geometry.groups, output_padding=geometry.output_padding or 0)
+            y = conv_t(
+                x, weight, stride=geometry.stride, padding=pad, dilation=geometry.dilation, groups=geometry.groups, output_padding=geometry.output_padding or 0
+            )
             extra = [(b - p, e - p) for b, e, p in zip(begin, end, pad)]
             slices = [slice(None), slice(None)] + [slice(lo, y.shape[2 + i] - hi) for i, (lo, hi) in enumerate(extra)]
             return y[tuple(slices)]
@@ -106,8 +107,7 @@ def _conv_fn(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool):  #
     return apply
 
 
-def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...],
-                transposed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The operator's adjoint at this input size: a transposed conv for a zero-padded conv, else autograd.
 
     For y = conv(pad(x)), the adjoint is the transposed conv (same weight, stride, dilation, groups),
@@ -132,8 +132,7 @@ def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int
 
     def adjoint(y: torch.Tensor) -> torch.Tensor:
         z = conv_t(y, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
-        flat = [p for size, b, got in zip(reversed(spatial), reversed(begin), reversed(z.shape[2:]))
-                for p in (-b, size + b - got)]
+        flat = [p for size, b, got in zip(reversed(spatial), reversed(begin), reversed(z.shape[2:])) for p in (-b, size + b - got)]
         return F.pad(z, flat)
 
     return adjoint
@@ -181,8 +180,7 @@ def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple
     dims = len(spatial)
     begin, end = _pads(geometry, dims)
     kernel = tuple(w.shape[2:])
-    outs = [max(0, (n + b + e - (k - 1) * d - 1) // s + 1)
-            for n, k, s, d, b, e in zip(spatial, kernel, geometry.stride, geometry.dilation, begin, end)]
+    outs = [max(0, (n + b + e - (k - 1) * d - 1) // s + 1) for n, k, s, d, b, e in zip(spatial, kernel, geometry.stride, geometry.dilation, begin, end)]
     if min(outs, default=1) <= 0:
         raise RuntimeError("the conv has no output at this input size")
     groups = geometry.groups
@@ -192,8 +190,7 @@ def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple
     group = torch.arange(groups).reshape(-1, 1)
     out_index = torch.arange(p_size).reshape(outs)
     for tap in itertools.product(*(range(k) for k in kernel)):
-        reads = [torch.arange(o) * s + t * d - b for o, s, t, d, b in
-                 zip(outs, geometry.stride, tap, geometry.dilation, begin)]
+        reads = [torch.arange(o) * s + t * d - b for o, s, t, d, b in zip(outs, geometry.stride, tap, geometry.dilation, begin)]
         inside = [(r >= 0) & (r < n) for r, n in zip(reads, spatial)]
         rows = out_index[torch.meshgrid(*(torch.nonzero(ok).flatten() for ok in inside), indexing="ij")].reshape(-1)
         kept = [r[ok] for r, ok in zip(reads, inside)]
@@ -221,14 +218,16 @@ def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tu
     n = weight.dim() - 2
     begin, end = _pads(geometry, n)
     out_pad = geometry.output_padding or (0,) * n
-    return tuple((size - 1) * s - b - e + d * (k - 1) + op + 1
-                 for size, s, b, e, d, k, op in zip(spatial, geometry.stride, begin, end, geometry.dilation,
-                                                     weight.shape[2:], out_pad))
+    return tuple(
+        (size - 1) * s - b - e + d * (k - 1) + op + 1
+        for size, s, b, e, d, k, op in zip(spatial, geometry.stride, begin, end, geometry.dilation, weight.shape[2:], out_pad)
+    )
 
 
 METHOD_EXPLICIT = "explicit operator matrix at the input size: Lanczos (lower), Cholesky certificate (upper)"
-METHOD_OPERATOR = ("Lanczos on the operator at the input size from the windowed top Fourier mode (lower), "
-                   "circular-embedding per-frequency Cholesky certificate (upper)")
+METHOD_OPERATOR = (
+    "Lanczos on the operator at the input size from the windowed top Fourier mode (lower), circular-embedding per-frequency Cholesky certificate (upper)"
+)
 
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
@@ -250,8 +249,7 @@ class UpperEnd:
     certificates: int
 
 
-def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-              rel: float, device: str = "cpu") -> UpperEnd:
+def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *, rel: float, device: str = "cpu") -> UpperEnd:
     """The circular-embedding bound for this conv at this input size (resolved geometry)."""
     n = weight.dim() - 2
     if transposed:
@@ -268,8 +266,7 @@ def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, 
         return UpperEnd(pad_norm(spatial, geometry) * found.upper * (1 + 2.0**-50), None, found.certificates)
     kernel = tuple(weight.shape[2:])
     sizes = conv_fourier.ring_sizes(spatial, kernel, geometry.stride, geometry.dilation, begin, end)
-    found_c = conv_fourier.circular_certificate(weight, geometry.groups, geometry.stride, geometry.dilation, sizes,
-                                                rel=rel, device=device)
+    found_c = conv_fourier.circular_certificate(weight, geometry.groups, geometry.stride, geometry.dilation, sizes, rel=rel, device=device)
     start = conv_start.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin)
     return UpperEnd(found_c.upper, start if float(start.norm()) > 0 else None, found_c.certificates)
 
@@ -303,9 +300,18 @@ def certified_ratio(weight: torch.Tensor, geometry: ConvGeometry, transposed: bo
     return max(0.0, y_low / x_norm * (1 - conv_fourier._gamma(2)))
 
 
-def operator_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                   upper: float, tol: float, max_iter: int, seed: int,
-                   start: torch.Tensor | None = None) -> tuple[float, int]:
+def operator_lower(
+    weight: torch.Tensor,
+    geometry: ConvGeometry,
+    spatial: tuple[int, ...],
+    transposed: bool,
+    *,
+    upper: float,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    start: torch.Tensor | None = None,
+) -> tuple[float, int]:
     """Lanczos on A^T A at the input size in float32; returns (certified lower end, iterations).
 
     Stops when the lower end is within ``tol`` of ``upper`` (the interval meets the tolerance),
@@ -361,9 +367,18 @@ def operator_lower(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[
     return min(lower, upper), it
 
 
-def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                      tol: float, max_iter: int, seed: int, upper_cap: float = math.inf,
-                      device: str = "cpu") -> ConvInterval:
+def operator_interval(
+    weight: torch.Tensor,
+    geometry: ConvGeometry,
+    spatial: tuple[int, ...],
+    transposed: bool,
+    *,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    upper_cap: float = math.inf,
+    device: str = "cpu",
+) -> ConvInterval:
     """Bracket a conv's operator norm at the given input spatial size.
 
     Small operators take the dense path at ``tol``; the others aim at conv_tolerance(tol).
@@ -375,24 +390,22 @@ def operator_interval(weight: torch.Tensor, geometry: ConvGeometry, spatial: tup
     in_size = c * math.prod(spatial)
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
-        est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed,
-                      device=device)
+        est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed, device=device)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps)
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device)
     upper = min(found.upper, upper_cap)
-    lower, iterations = operator_lower(w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter,
-                                       seed=seed, start=found.start)
+    lower, iterations = operator_lower(w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start)
     return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates)
 
 
-def operator_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *,
-                   tol: float, max_iter: int, seed: int, device: str = "cpu") -> float:
+def operator_upper(
+    weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *, tol: float, max_iter: int, seed: int, device: str = "cpu"
+) -> float:
     """Only the certified upper end of operator_interval (no lower end is computed where avoidable)."""
     w64 = weight.to(torch.float64)
     geometry = resolve(w64, geometry, spatial, transposed)
     in_size = input_channels(weight, geometry, transposed) * math.prod(spatial)
     if min(in_size, _output_size(w64, geometry, spatial, transposed)) <= EXPLICIT_MAX_SIDE:
-        return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed,
-                                 device=device).upper
+        return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device).upper
     return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device).upper

@@ -74,8 +74,9 @@ def _gamma(k: int) -> float:
     return _SAFETY * ku / (1.0 - ku)
 
 
-def ring_sizes(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-               dilation: tuple[int, ...], begin: list[int], end: list[int]) -> list[int]:
+def ring_sizes(
+    spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], begin: list[int], end: list[int]
+) -> list[int]:
     """The smallest ring per axis whose circular conv contains the zero-padded one (module doc)."""
     sizes = []
     for n, k, s, d, b, e in zip(spatial, kernel, stride, dilation, begin, end):
@@ -123,8 +124,7 @@ class GramTaps:
     taps: TapOffsets
 
 
-def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...],
-              sizes: list[int]) -> GramTaps:
+def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int]) -> GramTaps:
     """The Gram polynomial's coefficients on the smaller side (see the module doc)."""
     w = weight.to(torch.float64)
     c_out, c_in = w.shape[0], w.shape[1]
@@ -162,7 +162,7 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
         cols = per_tap.permute(0, 2, 1, 3).reshape(groups, m, t_count * c_in)
         for a in range(t_count):
             # Pair (b, a) is the transpose of pair (a, b): half the products are enough.
-            products = torch.bmm(per_tap[:, a].mT, cols[:, :, a * c_in:]).reshape(groups, c_in, t_count - a, c_in)
+            products = torch.bmm(per_tap[:, a].mT, cols[:, :, a * c_in :]).reshape(groups, c_in, t_count - a, c_in)
             for b in range(a, t_count):
                 delta = tuple(y - x for x, y in zip(taps.shifts[a], taps.shifts[b]))
                 product = products[:, :, b - a, :]
@@ -178,8 +178,7 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     return _paired(index, blocks, groups, side, product_error, taps)
 
 
-def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], groups: int, side: str,
-            product_error: float, taps: TapOffsets) -> GramTaps:
+def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], groups: int, side: str, product_error: float, taps: TapOffsets) -> GramTaps:
     """Pair each H_delta with H_-delta into S (cos, real part) and D (sin, imaginary part) rows."""
     n = blocks[0].shape[-1]
     zero = tuple(0 for _ in taps.reduced)
@@ -200,8 +199,6 @@ def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], group
     return GramTaps([zero] + half, table.reshape(rows, -1), abs_sum, n, groups, side, product_error, taps)
 
 
-
-
 def _half_frequencies(reduced: list[int]) -> torch.Tensor:
     """Integer frequency indices covering every class of {j, -j}: first axis up to M_0 / 2."""
     axes = [torch.arange(reduced[0] // 2 + 1)] + [torch.arange(m) for m in reduced[1:]]
@@ -214,7 +211,7 @@ def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: li
     d = torch.tensor(deltas, dtype=torch.int64).reshape(len(deltas), -1)
     angle = torch.zeros(freqs.shape[0], len(deltas), dtype=torch.float64)
     for axis, m in enumerate(reduced):
-        angle += torch.remainder(freqs[:, axis:axis + 1] * d[:, axis], m).to(torch.float64) / m
+        angle += torch.remainder(freqs[:, axis : axis + 1] * d[:, axis], m).to(torch.float64) / m
     angle *= 2 * math.pi
     return torch.cat([torch.cos(angle), torch.sin(angle[:, 1:])], dim=1)
 
@@ -252,8 +249,7 @@ def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
     return ok, bound * (1 + _gamma(4))
 
 
-def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = None,
-                  max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = None, max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lanczos with full reorthogonalization on a batch of Hermitian matrices: top Ritz values and vectors.
 
     Stops when every top Ritz value moved by under ``rel`` (relative) over the last two steps or the
@@ -315,15 +311,16 @@ class CircularBound:
     certificates: int  # Cholesky factorizations behind the bound
 
 
-def circular_certificate(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...],
-                         sizes: list[int], *, rel: float, device: str = "cpu") -> CircularBound:
+def circular_certificate(
+    weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int], *, rel: float, device: str = "cpu"
+) -> CircularBound:
     """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
     taps = gram_taps(weight, groups, stride, dilation, sizes)
     freqs = _half_frequencies(taps.taps.reduced)
     n = taps.n
     e_g = gram_error(taps)
     per_chunk = max(1, _CHUNK_ENTRIES // max(1, groups * n * n))
-    chunks = [freqs[i:i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
+    chunks = [freqs[i : i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
     dev = torch.device(device)
     stored: dict[int, torch.Tensor] = {}
     keep = freqs.shape[0] * groups * n * n <= _STORE_ENTRIES

@@ -13,7 +13,7 @@ def symbol_at(weight: torch.Tensor, groups: int, group: int, taps: TapOffsets, f
     """K(w) = sum_t e^{i w.q_t} W_t E_{r_t} of one group at one frequency: (C_out/g, C_in/g * s^D)."""
     w = weight.to(torch.float64)
     m, c_in = w.shape[0] // groups, w.shape[1]
-    per_tap = w[group * m:(group + 1) * m].reshape(m, c_in, -1)
+    per_tap = w[group * m : (group + 1) * m].reshape(m, c_in, -1)
     k = torch.zeros(m, c_in, taps.phases, dtype=torch.complex128)
     for t, (shift, r) in enumerate(zip(taps.shifts, taps.residues)):
         angle = 2 * math.pi * sum((f * q % mm) / mm for f, q, mm in zip(frequency, shift, taps.reduced))
@@ -21,8 +21,7 @@ def symbol_at(weight: torch.Tensor, groups: int, group: int, taps: TapOffsets, f
     return k.reshape(m, c_in * taps.phases)
 
 
-def windowed_mode(weight: torch.Tensor, groups: int, found: CircularBound, spatial: tuple[int, ...],
-                  stride: tuple[int, ...], begin: list[int]) -> torch.Tensor:
+def windowed_mode(weight: torch.Tensor, groups: int, found: CircularBound, spatial: tuple[int, ...], stride: tuple[int, ...], begin: list[int]) -> torch.Tensor:
     """The circular operator's top input mode on the real input, under a sine window per axis.
 
     With v the top right singular vector of K(w) at the top frequency, the ring input

@@ -78,14 +78,14 @@ class _Side:
         # Scaling by 2^-k is exact: it keeps the Gram matrix inside float32's range (for the
         # iteration) and float64's (for the certificate). Weights of ordinary size are left alone.
         exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
-        self.scale = 2.0 ** -exponent if abs(exponent) > 32 else 1.0
+        self.scale = 2.0**-exponent if abs(exponent) > 32 else 1.0
         self.p, self.q = self.a.shape
 
     def chunks(self):  # type: ignore[no-untyped-def]
         """Row blocks of the scaled matrix in float64 on the device."""
         step = max(1, _CHUNK_ELEMENTS // max(1, self.q))
         for start in range(0, self.p, step):
-            block = self.a[start:start + step].to(device=self.device, dtype=torch.float64)
+            block = self.a[start : start + step].to(device=self.device, dtype=torch.float64)
             yield block if self.scale == 1.0 else block * self.scale
 
     def gram(self) -> tuple[torch.Tensor, float]:
@@ -115,7 +115,7 @@ class _Side:
         out = torch.zeros(self.q, dtype=torch.float64, device=self.device)
         start = 0
         for block in self.chunks():
-            out += block.mT @ u[start:start + block.shape[0]]
+            out += block.mT @ u[start : start + block.shape[0]]
             start += block.shape[0]
         return out
 
@@ -276,8 +276,15 @@ def certify_batch(
         grams.append(g)
         fro2s.append(fro2)
     if live:
-        found = _certify_grams([sides[i] for i in live], torch.stack(grams) if len(grams) > 1 else grams[0].unsqueeze(0), fro2s, tol=tol, max_iter=max_iter,
-                               seed=seed, u0s=[(u0s[i] if u0s else None) for i in live])
+        found = _certify_grams(
+            [sides[i] for i in live],
+            torch.stack(grams) if len(grams) > 1 else grams[0].unsqueeze(0),
+            fro2s,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            u0s=[(u0s[i] if u0s else None) for i in live],
+        )
         for index, estimate in zip(live, found):
             results[index] = estimate
     return [r for r in results if r is not None]
@@ -318,8 +325,9 @@ def _check_now(iterations: int) -> bool:
     return iterations <= 2 or iterations % (2 if iterations <= 8 else 4) == 0
 
 
-def _certify_grams(sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, tol: float, max_iter: int, seed: int,
-                   u0s: Sequence[torch.Tensor | None]) -> list[SpectralEstimate]:
+def _certify_grams(
+    sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, tol: float, max_iter: int, seed: int, u0s: Sequence[torch.Tensor | None]
+) -> list[SpectralEstimate]:
     b, q, _ = g.shape
     dev = g.device
     lanczos = _Lanczos(g, _starts(sides, u0s, seed, dev), low_precision=tol >= _FLOAT32_FROM_TOL and q > 1, seed=seed)
@@ -381,6 +389,5 @@ def _certify_grams(sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, t
         lo = float(lower[i]) / side.scale
         hi = float(upper[i]) / side.scale
         lo = min(lo, hi)
-        out.append(SpectralEstimate(sigma=lo, upper=hi, iterations=lanczos.iterations, certificate_steps=steps[i],
-                                    converged=hi - lo <= tol * hi))
+        out.append(SpectralEstimate(sigma=lo, upper=hi, iterations=lanczos.iterations, certificate_steps=steps[i], converged=hi - lo <= tol * hi))
     return out

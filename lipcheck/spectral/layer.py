@@ -31,10 +31,13 @@ _MAX_WORKERS = 4
 _CONV_CACHE_SIZE = 512
 _conv_cache: dict[tuple[object, ...], object] = {}
 _conv_cache_lock = threading.Lock()
-METHOD_CONV_NO_GEOMETRY = ("no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation, groups and "
-                           "zero/circular padding; an ONNX or TorchScript file gives the operator norm")
-METHOD_CONV_ANY_SIZE = ("input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; "
-                        "pass --input-shape for the operator norm")
+METHOD_CONV_NO_GEOMETRY = (
+    "no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation, groups and "
+    "zero/circular padding; an ONNX or TorchScript file gives the operator norm"
+)
+METHOD_CONV_ANY_SIZE = (
+    "input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; pass --input-shape for the operator norm"
+)
 METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
 
 
@@ -88,7 +91,7 @@ def _batches(layers: list[Layer], device: str) -> list[list[int]]:
     for (rows, cols), members in by_shape.items():
         side = min(rows, cols)
         size = max(1, min(gram_budget // max(1, side * side), _BATCH_WEIGHT_ELEMENTS // max(1, rows * cols)))
-        batches.extend(members[start:start + size] for start in range(0, len(members), size))
+        batches.extend(members[start : start + size] for start in range(0, len(members), size))
     return sorted(batches, key=lambda batch: batch[0])
 
 
@@ -173,8 +176,7 @@ def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: in
 Pending = Callable[[], LayerEstimate]
 
 
-def _estimate_batch(layers: list[Layer], batch: list[int],
-                    settings: Settings) -> list[tuple[int, LayerEstimate | Pending]]:
+def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -> list[tuple[int, LayerEstimate | Pending]]:
     """Load one batch of same-shaped layers and certify them together.
 
     A conv that needs its operator norm at an input size comes back as a function that computes
@@ -195,9 +197,15 @@ def _estimate_batch(layers: list[Layer], batch: list[int],
             peaks.append(peak)
     if loaded:
         warm = [_warm_start(layers[i]) for i, _ in loaded]
-        found = certify_batch([sigma_matrix(layers[i], w) for i, w in loaded], tol=settings.tol,
-                              max_iter=settings.max_iter, seed=settings.seed, u0s=warm, device=settings.device,
-                              peaks=peaks)
+        found = certify_batch(
+            [sigma_matrix(layers[i], w) for i, w in loaded],
+            tol=settings.tol,
+            max_iter=settings.max_iter,
+            seed=settings.seed,
+            u0s=warm,
+            device=settings.device,
+            peaks=peaks,
+        )
         for (index, weight), est in zip(loaded, found):
             layer = layers[index]
             if _needs_operator(layer):
@@ -244,15 +252,12 @@ def _needs_operator(layer: Layer) -> bool:
 def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
     if not layer.is_conv:
         interval = Interval(est.sigma, est.upper, METHOD_DENSE)
-        return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged,
-                             est.iterations, est.converged)
+        return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged, est.iterations, est.converged)
     interval, behind = _conv_interval(layer, weight.to(torch.float64), est, settings)
-    return LayerEstimate(est.sigma, est.upper, interval, behind.iterations, behind.certificate_steps, behind.converged,
-                         est.iterations, est.converged)
+    return LayerEstimate(est.sigma, est.upper, interval, behind.iterations, behind.certificate_steps, behind.converged, est.iterations, est.converged)
 
 
-def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
-                   settings: Settings) -> tuple[Interval, SpectralEstimate | ConvInterval]:
+def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> tuple[Interval, SpectralEstimate | ConvInterval]:
     """The operator norm of a conv (exact-ish at a known input size, else a bound for every size),
     and the iteration that interval comes from."""
     kernel = tuple(weight.shape[2:])
@@ -260,8 +265,7 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
     # the dim-0 matrix bounds both; for a Conv that is sigma's own matrix.
     bound = est
     if layer.is_transposed:
-        bound = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
-                        seed=settings.seed, device=settings.device)
+        bound = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed, device=settings.device)
     geometry = layer.geometry
     if geometry is None:
         return Interval(None, math.sqrt(math.prod(kernel)) * bound.upper, METHOD_CONV_NO_GEOMETRY), bound
@@ -273,18 +277,40 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate,
     if spatial is None:
         return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
     key = _conv_key("interval", weight, layer, settings)
-    found = _cached(key, lambda: operator_interval(weight, geometry, spatial, layer.is_transposed,
-                                                   tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed,
-                                                   upper_cap=any_size, device=settings.device))
+    found = _cached(
+        key,
+        lambda: operator_interval(
+            weight,
+            geometry,
+            spatial,
+            layer.is_transposed,
+            tol=settings.tol,
+            max_iter=settings.max_iter,
+            seed=settings.seed,
+            upper_cap=any_size,
+            device=settings.device,
+        ),
+    )
     assert isinstance(found, ConvInterval)
     return Interval(found.lower, found.upper, found.method), found
 
 
 def _conv_key(kind: str, weight: torch.Tensor, layer: Layer, settings: Settings) -> tuple[object, ...]:
     digest = hashlib.blake2b(weight.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).hexdigest()
-    return (kind, digest, str(weight.dtype), tuple(weight.shape), layer.geometry, layer.input_spatial,
-            layer.is_transposed, settings.tol, settings.max_iter, settings.seed, settings.device,
-            conv_module.EXPLICIT_MAX_SIDE)
+    return (
+        kind,
+        digest,
+        str(weight.dtype),
+        tuple(weight.shape),
+        layer.geometry,
+        layer.input_spatial,
+        layer.is_transposed,
+        settings.tol,
+        settings.max_iter,
+        settings.seed,
+        settings.device,
+        conv_module.EXPLICIT_MAX_SIDE,
+    )
 
 
 def _cached(key: tuple[object, ...], compute: Callable[[], object]) -> object:
@@ -323,9 +349,10 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
     if _needs_operator(layer) and not layer.is_transposed:
         assert geometry is not None and spatial is not None
         key = _conv_key("upper", weight, layer, settings)
-        value = _cached(key, lambda: operator_upper(weight, geometry, spatial, False, tol=settings.tol,
-                                                    max_iter=settings.max_iter, seed=settings.seed,
-                                                    device=settings.device))
+        value = _cached(
+            key,
+            lambda: operator_upper(weight, geometry, spatial, False, tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed, device=settings.device),
+        )
         sized = min(float(value), _any_size_upper(layer, weight, settings))  # type: ignore[arg-type]
         return sized + margin
     est = estimate(replace(layer, load=lambda: weight, warm_u=None), settings)
@@ -335,6 +362,5 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
 def _any_size_upper(layer: Layer, weight: torch.Tensor, settings: Settings) -> float:
     """The size-free conv bound: any_size_factor times a certified sigma of the reshaped weight."""
     assert layer.geometry is not None
-    est = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter,
-                  seed=settings.seed, device=settings.device)
+    est = certify(weight.reshape(weight.shape[0], -1), tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed, device=settings.device)
     return any_size_factor(tuple(weight.shape[2:]), layer.geometry) * est.upper

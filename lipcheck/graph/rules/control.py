@@ -24,8 +24,9 @@ def branches(walk: Walk, node: Node, ins: list[float]) -> tuple[float, ...] | fl
     from lipcheck.graph.walk import Walk as _Walk
 
     if ins[0] > 0.0:
-        return walk.unbounded(node, "its condition depends on the input, so the output can jump from one "
-                                    "branch to the other: not continuous, no Lipschitz bound")
+        return walk.unbounded(
+            node, "its condition depends on the input, so the output can jump from one branch to the other: not continuous, no Lipschitz bound"
+        )
     names = ["then_branch", "else_branch"]
     cond = walk.const(node.inputs[0])
     if cond is not None and cond.size == 1:
@@ -45,12 +46,14 @@ def branches(walk: Walk, node: Node, ins: list[float]) -> tuple[float, ...] | fl
 @rule("Loop", "Scan")
 def loop(walk: Walk, node: Node, ins: list[float]) -> float:
     """Bodies are not followed; reached only when the node reads something input-dependent."""
-    return walk.unbounded(node, f"lipcheck does not bound {node.op} bodies, and this one reads values that "
-                                "depend on the input")
+    return walk.unbounded(node, f"lipcheck does not bound {node.op} bodies, and this one reads values that depend on the input")
 
 
 @rule("LSTM", "GRU", "RNN", "com.microsoft.DynamicQuantizeLSTM")
 def recurrent(walk: Walk, node: Node, ins: list[float]) -> float:
     """A recurrent layer: its weights are reported as layers, the recursion over time is not bounded."""
-    return walk.unbounded(node, f"a recurrent layer ({node.op}) composes its cell once per time step; lipcheck "
-                                "reports its weights as layers but does not bound the recursion over time")
+    return walk.unbounded(
+        node,
+        f"a recurrent layer ({node.op}) composes its cell once per time step; lipcheck "
+        "reports its weights as layers but does not bound the recursion over time",
+    )

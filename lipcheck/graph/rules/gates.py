@@ -71,9 +71,14 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
         b = expression(walk, node.inputs[1], x, seen, depth + 1)
         if a is None or b is None:
             return None
-        fn = {"Add": lambda t: a(t) + b(t), "Sub": lambda t: a(t) - b(t), "Mul": lambda t: a(t) * b(t),
-              "Div": lambda t: a(t) / b(t), "Max": lambda t: np.maximum(a(t), b(t)),
-              "Min": lambda t: np.minimum(a(t), b(t))}.get(op)
+        fn = {
+            "Add": lambda t: a(t) + b(t),
+            "Sub": lambda t: a(t) - b(t),
+            "Mul": lambda t: a(t) * b(t),
+            "Div": lambda t: a(t) / b(t),
+            "Max": lambda t: np.maximum(a(t), b(t)),
+            "Min": lambda t: np.minimum(a(t), b(t)),
+        }.get(op)
         if op == "Pow":
             p = _scalar(walk, node.inputs[1])
             if p is None or p != int(p) or p < 0:
@@ -156,8 +161,10 @@ def _inner_scale(walk: Walk, labels: list[str]) -> float:
     return scale
 
 
-SQUEEZE_EXCITATION = ("a squeeze-excitation gate multiplies activations by a sigmoid of their pooled values, a "
-                      "function of the input: not globally Lipschitz (its slope grows with the activations' size)")
+SQUEEZE_EXCITATION = (
+    "a squeeze-excitation gate multiplies activations by a sigmoid of their pooled values, a "
+    "function of the input: not globally Lipschitz (its slope grows with the activations' size)"
+)
 _POOLED = ("GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax", "AdaptiveAveragePool")
 _SQUASH = ("Sigmoid", "HardSigmoid", "Clip", "Div", "Mul", "Add", "Relu", "Identity")
 

@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 
 _PRODUCT = "a product of two activations (as in attention) is not globally Lipschitz"
 # A value no input reaches through its values (shapes, sizes, constants) whose value folding did not produce.
-UNKNOWN_FACTOR = ("that does not depend on the input's values but that lipcheck could not evaluate (computed from "
-                  "shapes while the input size is open, or too large or unsupported to fold): pass --input-shape")
-UNSURE_BROADCAST = ("some elementwise inputs have shapes lipcheck does not know: the bound assumes they are not "
-                    "broadcast (copied) into a larger output; pass --input-shape to check")
+UNKNOWN_FACTOR = (
+    "that does not depend on the input's values but that lipcheck could not evaluate (computed from "
+    "shapes while the input size is open, or too large or unsupported to fold): pass --input-shape"
+)
+UNSURE_BROADCAST = (
+    "some elementwise inputs have shapes lipcheck does not know: the bound assumes they are not "
+    "broadcast (copied) into a larger output; pass --input-shape to check"
+)
 
 
 def copies(walk: Walk, name: str, out: str) -> float:
@@ -49,8 +53,7 @@ def copies(walk: Walk, name: str, out: str) -> float:
 
 def spread(walk: Walk, node: Node, ins: list[float]) -> list[float]:
     """Each input's bound times the square root of the copies broadcasting makes of its entries."""
-    return [lip * math.sqrt(copies(walk, name, node.outputs[0])) if lip > 0.0 else 0.0
-            for name, lip in zip(node.inputs, ins)]
+    return [lip * math.sqrt(copies(walk, name, node.outputs[0])) if lip > 0.0 else 0.0 for name, lip in zip(node.inputs, ins)]
 
 
 def layer(walk: Walk, node: Node, ins: list[float]) -> float:
@@ -70,8 +73,7 @@ def layer(walk: Walk, node: Node, ins: list[float]) -> float:
     return upper * data
 
 
-@rule("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulInteger", "ConvInteger", "QLinearConv",
-      "QLinearMatMul")
+@rule("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul")
 def unread_weight(walk: Walk, node: Node, ins: list[float]) -> float:
     """A linear op that is not a reported layer: two activations multiplied, or a weight not read."""
     data = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "MatMulInteger": (0, 1), "ConvInteger": (0, 1)}.get(node.op)

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
     from lipcheck.graph.walk import Walk
 
-_LOOSE = ("normalization: {what} bounded by max|γ|/√ε (ε = {eps:g}), its global constant, reached only at inputs "
-          "constant over the normalized axes; usually very loose")
+_LOOSE = (
+    "normalization: {what} bounded by max|γ|/√ε (ε = {eps:g}), its global constant, reached only at inputs "
+    "constant over the normalized axes; usually very loose"
+)
 
 
 @rule("BatchNormalization")
@@ -44,8 +46,13 @@ def batch_norm(walk: Walk, node: Node, ins: list[float]) -> float:
 def _folded(walk: Walk, node: Node, scale: np.ndarray) -> float:
     """Batch norm right after a conv/linear used nowhere else: bound the fused layer instead."""
     producer = walk.producer.get(node.inputs[0])
-    if (walk.fuse is None or producer is None or producer.label not in walk.graph.layer_nodes
-            or producer.op not in ("Conv", "Gemm") or walk.consumers.get(node.inputs[0], 0) != 1):
+    if (
+        walk.fuse is None
+        or producer is None
+        or producer.label not in walk.graph.layer_nodes
+        or producer.op not in ("Conv", "Gemm")
+        or walk.consumers.get(node.inputs[0], 0) != 1
+    ):
         return math.inf
     fused = walk.fuse(walk.graph.layer_nodes[producer.label], scale)
     if fused is None:
@@ -54,8 +61,9 @@ def _folded(walk: Walk, node: Node, scale: np.ndarray) -> float:
     return fused * data
 
 
-@rule("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipSimplifiedLayerNormalization",
-      "GroupNormalization", "InstanceNormalization")
+@rule(
+    "LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipSimplifiedLayerNormalization", "GroupNormalization", "InstanceNormalization"
+)
 def fused_norm(walk: Walk, node: Node, ins: list[float]) -> float:
     """max|γ|/√ε times the input's bound (see the module docstring)."""
     eps = float(node.attrs.get("epsilon", 1e-5))
@@ -71,8 +79,7 @@ def fused_norm(walk: Walk, node: Node, ins: list[float]) -> float:
 
 
 rule("LpNormalization", reason="dividing by the input's own norm is not Lipschitz near 0")(not_lipschitz)
-rule("MeanVarianceNormalization",
-     reason="mean-variance normalization has no ε: its slope is unbounded near inputs constant over its axes")(not_lipschitz)
+rule("MeanVarianceNormalization", reason="mean-variance normalization has no ε: its slope is unbounded near inputs constant over its axes")(not_lipschitz)
 
 
 def _axes(walk: Walk, node: Node) -> tuple[int, ...] | None:
@@ -96,9 +103,12 @@ def _square_mean(walk: Walk, name: str, d: str, seen: list[str]) -> tuple[tuple[
         square = walk.find(mean.inputs[0])
         if square is None:
             continue
-        is_square = (square.op == "Pow" and square.inputs[0] == d and walk.const(square.inputs[1]) is not None
-                     and float(walk.const(square.inputs[1]).reshape(-1)[0]) == 2.0) or (  # type: ignore[union-attr]
-                     square.op == "Mul" and square.inputs[0] == square.inputs[1] == d)
+        is_square = (
+            square.op == "Pow"
+            and square.inputs[0] == d
+            and walk.const(square.inputs[1]) is not None
+            and float(walk.const(square.inputs[1]).reshape(-1)[0]) == 2.0  # type: ignore[union-attr]
+        ) or (square.op == "Mul" and square.inputs[0] == square.inputs[1] == d)
         axes = _axes(walk, mean)
         if is_square and axes is not None:
             seen += [add.label, mean.label, square.label]

@@ -75,6 +75,6 @@ def adaptive_pool(walk: Walk, node: Node, ins: list[float]) -> float:
     shape = walk.graph.shapes.get(node.inputs[0])
     if not size or any(s <= 0 for s in size) or not shape or len(shape) < len(size):
         return walk.unbounded(node, "an adaptive pool whose input or output size lipcheck could not read")
-    if any(n is None or m > n for m, n in zip(size, shape[-len(size):])):
+    if any(n is None or m > n for m, n in zip(size, shape[-len(size) :])):
         return walk.unbounded(node, "an adaptive pool that enlarges an axis copies entries an unknown number of times")
     return ins[0] * math.sqrt(2.0 ** len(size))

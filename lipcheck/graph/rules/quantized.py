@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
     from lipcheck.graph.walk import Walk
 
-ROUNDING = ("quantized: each quantized tensor is taken as its dequantized value scale·(q − zero point), so "
-            "Quantize/Dequantize pairs are the identity; the rounding to the integer grid (at most scale/2 "
-            "per entry, a constant offset, not a slope) is not counted")
+ROUNDING = (
+    "quantized: each quantized tensor is taken as its dequantized value scale·(q − zero point), so "
+    "Quantize/Dequantize pairs are the identity; the rounding to the integer grid (at most scale/2 "
+    "per entry, a constant offset, not a slope) is not counted"
+)
 
 
 @rule("QuantizeLinear", "DequantizeLinear")

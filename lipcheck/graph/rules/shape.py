@@ -17,8 +17,24 @@ if TYPE_CHECKING:
 _FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
 
 
-@rule("Identity", "Dropout", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "CastLike",
-      "Split", "GlobalMaxPool", "DepthToSpace", "SpaceToDepth", "Neg", "ReduceMax", "ReduceMin")
+@rule(
+    "Identity",
+    "Dropout",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "CastLike",
+    "Split",
+    "GlobalMaxPool",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Neg",
+    "ReduceMax",
+    "ReduceMin",
+)
 def move(walk: Walk, node: Node, ins: list[float]) -> float:
     """Entries moved, selected or negated without changing any value's size: norm <= 1."""
     return ins[0]
