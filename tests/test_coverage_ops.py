@@ -357,3 +357,23 @@ def test_strides_and_anchors_computed_from_shapes_are_constants(tmp_path: Path) 
     # Without the input size the stride's value is unknown: named as such, not as a product of activations.
     open_size = inspect(path).bound
     assert open_size.graph is None and "could not evaluate (computed from shapes" in open_size.blocking[0]
+
+
+def test_dynamic_quantization_with_a_quantized_bias_is_bounded_like_its_float_model(tmp_path: Path) -> None:
+    """onnxruntime's quantize_dynamic writes floor(b / (s_x·s_w)) for a conv bias: the constant b, rounding noted."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    plain, quantized = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False, opset_version=17)
+    quantize_dynamic(str(plain), str(quantized), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    float_bound = inspect(plain, settings=Settings(lower=False)).bound.graph
+    report = inspect(quantized, settings=Settings(lower=False))
+    assert float_bound is not None and report.bound.graph is not None, report.bound.blocking
+    assert report.bound.graph == pytest.approx(float_bound, rel=0.05)  # the same network, weights on an int8 grid
+    assert any("rounding" in a for a in report.bound.assumptions)

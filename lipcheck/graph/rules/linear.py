@@ -142,6 +142,7 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
 def div(walk: Walk, node: Node, ins: list[float]) -> float:
     """By a nonzero constant: 1/min|c| times; a normalization x/sqrt(mean(x²)+eps): its constant."""
     from lipcheck.graph.rules.norms import normalization
+    from lipcheck.graph.rules.quantized import ROUNDING, quantized_bias
 
     c = walk.const(node.inputs[1])
     if ins[1] == 0.0 and c is not None and c.size and float(np.abs(c).min()) > 0.0:
@@ -149,6 +150,9 @@ def div(walk: Walk, node: Node, ins: list[float]) -> float:
     found = normalization(walk, node)
     if found is not None:
         return found
+    if quantized_bias(walk, node):
+        walk.note(ROUNDING)
+        return 0.0
     if ins[1] == 0.0 and c is None:
         return walk.unbounded(node, "division by a value " + UNKNOWN_FACTOR)
     return walk.unbounded(node, "division by an activation (or by zero) is not globally Lipschitz")

@@ -51,7 +51,7 @@ def rescaled(walk: Walk, node: Node) -> float | None:
     then in ``graph.dequantize``); otherwise the weight scale's max|c| multiplies here.
     """
     for i, j in ((0, 1), (1, 0)):
-        product = _through(walk, node.inputs[i], ("Cast",))
+        product = _through_bias(walk, _through(walk, node.inputs[i], ("Cast",)))
         source = walk.find(product) if product else None
         if source is None or source.op not in ("MatMulInteger", "ConvInteger"):
             continue
@@ -73,6 +73,30 @@ def _through(walk: Walk, name: str, ops: tuple[str, ...]) -> str:
         name = node.inputs[0]
         node = walk.find(name)
     return name
+
+
+def _through_bias(walk: Walk, name: str) -> str:
+    """Past ``Add(int product, quantized bias)``: the bias is a constant on the integer grid (see :func:`quantized_bias`)."""
+    node = walk.find(name)
+    if node is not None and node.op == "Add":
+        for i, j in ((0, 1), (1, 0)):
+            if walk.of(node.inputs[j]) == 0.0:
+                return _through(walk, node.inputs[i], ("Cast",))
+    return name
+
+
+def quantized_bias(walk: Walk, node: Node) -> bool:
+    """Whether ``node`` divides a constant by a dynamic quantization scale (times constants).
+
+    Exporters quantize a layer's float bias b as floor(b / (s_x·s_w)) on the integer grid of the
+    product and multiply the sum back by s_x·s_w: the bias term is then b up to one grid step, a
+    bounded offset like every other rounding here, so it counts as the constant b.
+    """
+    if node.op != "Div" or walk.of(node.inputs[0]) != 0.0:
+        return False
+    return any(
+        candidate.op == "DynamicQuantizeLinear" and _scale_factor(walk, node.inputs[1], candidate.outputs[1]) is not None for candidate in walk.graph.nodes
+    )
 
 
 def _scale_factor(walk: Walk, name: str, scale: str) -> float | None:
