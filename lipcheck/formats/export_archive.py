@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, UnsupportedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, UnsupportedFileError, first_line
 from lipcheck.formats.limits import check_zip
 
 MODEL = "model"  # the program torch.export.save writes and torch.export.load returns
@@ -213,7 +213,7 @@ def _screen(path: Path, data: bytes) -> None:
             reader = PT2ArchiveReader(io.BytesIO(data))
             names = reader.get_file_names()
     except Exception as exc:  # torch's zip reader raises RuntimeError or AssertionError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc)
         raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-save it with torch.export.save") from None
     if len(set(names)) != len(names):
         raise _refuse(path, "the archive lists a member twice")
@@ -277,5 +277,5 @@ def read(path: Path) -> torch.export.ExportedProgram:
         with quiet():
             return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # the deserializer raises many types for inconsistent archives
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc)
         raise CorruptFileError(f"cannot read {path} as a torch.export archive ({first}); re-export the model and save it with torch.export.save") from None

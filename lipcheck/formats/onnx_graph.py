@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
 
-from lipcheck.errors import CorruptFileError, RefusedFileError
+from lipcheck.errors import CorruptFileError, RefusedFileError, first_line
 from lipcheck.formats import onnx_quant, onnx_shapes, recurrent
 from lipcheck.formats.onnx_consts import fold_chain as _fold
 from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
@@ -353,7 +353,7 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     try:
         onnx.checker.check_model(str(path))  # by path: external data is checked beside the model
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise CorruptFileError(f"{path} fails the ONNX checker ({first}); re-export the model") from None
     notes = [note] if note else []
     constants = {scope.path: {name: const.array for name, const in scope.consts.items()} for scope in reader.scopes}

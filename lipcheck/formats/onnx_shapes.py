@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto
 
-from lipcheck.errors import LipcheckError
+from lipcheck.errors import LipcheckError, first_line
 
 Dims = tuple[int | None, ...]
 # Initializers larger than this are stripped of their data before inference (shapes suffice).
@@ -98,7 +98,7 @@ def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -
     except Exception as exc:  # onnx raises InferenceError and others on graphs it cannot follow
         shapes: dict[str, Dims] = {}
         _collect(work.graph, shapes)
-        return shapes, f"ONNX shape inference failed ({str(exc).strip().splitlines()[0][:160]}); convs whose input size is unknown get a bound for every size"
+        return shapes, f"ONNX shape inference failed ({first_line(exc)}); convs whose input size is unknown get a bound for every size"
     shapes = {}
     _collect(inferred.graph, shapes)
     return shapes, None

@@ -19,7 +19,7 @@ import onnx
 from onnx import AttributeProto, GraphProto, TensorProto, numpy_helper
 
 from lipcheck.atomic import staged
-from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, first_line
 from lipcheck.formats.edit import divided_array
 from lipcheck.model import WeightEdit
 
@@ -148,11 +148,6 @@ def _copy_range(source: str, offset: int, length: int, sink: BinaryIO) -> None:
             left -= len(chunk)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def run_error(path: Path) -> str | None:
     """Load ``path`` in onnxruntime and run it once on zeros; the error's first line, or None when it ran.
 
@@ -174,7 +169,7 @@ def run_error(path: Path) -> str | None:
             feeds[arg.name] = np.zeros(shape, dtype)
         session.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types for every kind of failure
-        return _first_line(exc)
+        return first_line(exc, 200)
     return None
 
 

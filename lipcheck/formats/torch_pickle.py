@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, first_line
 from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, sn_vector_names
 from lipcheck.model import Model, WeightEdit
@@ -44,7 +44,7 @@ def resolve_globals(names: tuple[str, ...]) -> list[Any]:
 
 def _reason(exc: BaseException) -> str:
     """What torch's message says went wrong, without its advice about unsafe loading or internals."""
-    text = _first_line(exc)
+    text = first_line(exc, 200)
     if "zip archive" in text or "central directory" in text:
         return "its zip archive is damaged"
     if "Weights only load failed" in text or "weights_only" in text:
@@ -89,11 +89,6 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
         raise
     except Exception as exc:  # torch raises many types for corrupt files
         raise CorruptFileError(f"cannot read {path} as a PyTorch checkpoint ({_reason(exc)}); is the file complete? re-save or re-download it") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _holds_tensors(obj: Any) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lipcheck.errors import CorruptFileError, LipcheckError
+from lipcheck.errors import CorruptFileError, LipcheckError, first_line
 from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, dtype_name, op_for_weight
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped, WeightEdit
@@ -31,7 +31,7 @@ def _read(path: Path) -> torch.jit.ScriptModule:
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch.jit raises RuntimeError and friends for bad archives
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise CorruptFileError(f"cannot read {path} as a TorchScript archive ({first})") from None
 
 
@@ -125,7 +125,7 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
     except LipcheckError:
         raise
     except Exception as exc:  # torch.jit raises RuntimeError for graphs its shape analysis cannot follow
-        model.notes.append(f"TorchScript shape analysis failed ({str(exc).strip().splitlines()[0][:160]}); conv bounds hold for every input size")
+        model.notes.append(f"TorchScript shape analysis failed ({first_line(exc)}); conv bounds hold for every input size")
         return
     by_storage = {p.data_ptr(): name for name, p in [*module.named_parameters(), *module.named_buffers()]}
     sizes: dict[str, tuple[int, ...]] = {}
