@@ -91,10 +91,10 @@ def bound(
     for a plain chain with 1-Lipschitz activations. Raises LipcheckError when the bound asked for
     does not exist, naming what blocks it.
     """
-    report = inspect(path, settings=_with_shape(settings, input_shape), key=key)
-    value = {"upper": report.bound.upper, "graph": report.bound.graph, "product": report.bound.product}.get(kind)
     if kind not in BOUND_KINDS:
         raise LipcheckError(f"unknown bound kind {kind!r}; choose one of {', '.join(BOUND_KINDS)}")
+    report = inspect(path, settings=_with_shape(settings, input_shape), key=key)
+    value = {"upper": report.bound.upper, "graph": report.bound.graph, "product": report.bound.product}[kind]
     if value is None:
         why = "; ".join(report.bound.blocking) if kind != "product" else "a layer bound is unknown or out of range"
         raise LipcheckError(f"no {kind} bound for this model: {why}")

@@ -292,7 +292,7 @@ def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
         return None, why
     if not all(bool(w.isfinite().all()) for w in found.weights):
         return None, "non-finite weights"
-    effort = float(getattr(settings, "effort", 1.0))
+    effort = settings.effort
     started = time.perf_counter()
     result = certified_bound(Chain(found.weights, found.slopes, found.scale), budget_seconds(found, effort), _progress.get())
     if result is None:
@@ -380,7 +380,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
     if len(funcs) != len(maybe):
         return
     kinked = [node.op in ("Relu", "LeakyRelu", "PRelu") for node in found.activations]
-    budget = 0.5 * budget_seconds(found, float(getattr(settings, "effort", 1.0)))
+    budget = 0.5 * budget_seconds(found, settings.effort)
     try:
         candidates = lower_chain.chain_directions(found.weights, found.biases[: len(found.weights)], funcs, settings.seed, budget, kinked=kinked)
     except (RuntimeError, ValueError):  # the search is optional: the generic lower bound stands
@@ -393,7 +393,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
         from lipcheck.graph.evaluate import Float64Model, node_count
 
         proto = onnx.load(str(path))
-        exact = Float64Model(proto)
+        exact = Float64Model(proto, graph)  # graphs onnxruntime cannot run in double go to the IR in torch
         nodes = node_count(proto)
 
         def ratio(x: np.ndarray, y: np.ndarray) -> float:
