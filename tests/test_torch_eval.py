@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from lipcheck.formats import onnx_graph
 from lipcheck.graph.torch_eval import Unsupported, evaluate, supported
 from tests.conftest import SAMPLES
+from tests.test_differential import _input_shapes
 from tests.test_third_party_onnx import backend_models
 
 REL = 1e-4  # onnxruntime computes in float32; the IR in float64
@@ -22,17 +23,9 @@ MODELS = backend_models("pytorch-converted", "pytorch-operator", "simple")
 
 
 def _float_inputs(path: Path) -> list[np.ndarray] | None:
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {init.name for init in model.graph.initializer}
-    shapes = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value for d in tensor.shape.dim]
-        if tensor.elem_type != TensorProto.FLOAT or not dims or not all(dims) or np.prod(dims) > 200_000:
-            return None
-        shapes.append(dims)
+    shapes = _input_shapes(onnx.load(str(path), load_external_data=False))
+    if shapes is None or any(not shape or np.prod(shape) > 200_000 for shape in shapes):
+        return None
     rng = np.random.default_rng(0)
     return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
 
