@@ -82,3 +82,17 @@ def test_windowed_fourier_start_needs_fewer_iterations() -> None:
         cold, cold_it = operator_lower(w, geometry, (32, 32), False, upper=found.upper, tol=1e-4, max_iter=2000, seed=0)
         warm, warm_it = operator_lower(w, geometry, (32, 32), False, upper=found.upper, tol=1e-4, max_iter=2000, seed=0, start=found.start)
         assert warm_it < cold_it and warm >= cold * (1 - 1e-4) and warm <= found.upper
+
+
+def test_float32_lanczos_keeps_orthogonality_where_the_krylov_space_closes_early() -> None:
+    # The explicit matrix of this transposed conv has a Gram with few distinct eigenvalues (the top
+    # one, 2.0061^2, repeated): the Krylov space closes after a few steps and the float32 products
+    # leave a small, mostly cancelled residual. One orthogonalization pass there lost the basis'
+    # orthogonality, and the interval stayed at [1.47, 2.62].
+    weight = torch.tensor([[[[0.3923, -0.2236, -0.3195], [-1.2050, 1.0445, -0.6332], [0.5731, 0.5409, -0.3919]]]], dtype=torch.float64)
+    geometry = ConvGeometry((3, 3), (1, 1, 1, 1), (2, 2), 1, (0, 0))
+    matrix = explicit_matrix(weight, resolve(weight, geometry, (6, 6), True), (6, 6), True)
+    exact = float(torch.linalg.svdvals(matrix)[0])
+    interval = operator_interval(weight, geometry, (6, 6), True, tol=1e-6, max_iter=20000, seed=0)
+    assert interval.lower <= exact <= interval.upper
+    assert interval.converged and interval.upper - interval.lower <= 1e-6 * interval.upper

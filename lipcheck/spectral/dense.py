@@ -38,6 +38,8 @@ _STOP_FRACTION = 0.5
 _MAX_BASIS = 320
 # Every this many steps the new Lanczos vector is orthogonalized a second time.
 _REORTHOGONALIZE_EVERY = 4
+_FLOAT32_INVARIANT = 1e-5
+_CANCELLATION = 100.0
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,10 @@ class _Lanczos:
         self.g = g.to(torch.float32) if low_precision else g
         self.b, self.q, _ = g.shape
         # beta below this is an invariant subspace (the largest diagonal entry is at most lambda_1).
-        self.tiny_at = 1e-12 * g.diagonal(dim1=1, dim2=2).amax(dim=1)
+        # Products in float32 leave rounding noise of about 1e-7 lambda_1 in z; continuing from that
+        # noise would leave T without the couplings that full reorthogonalization removes, so such
+        # a beta also starts a fresh block.
+        self.tiny_at = (_FLOAT32_INVARIANT if low_precision else 1e-12) * g.diagonal(dim1=1, dim2=2).amax(dim=1)
         self.generator = torch.Generator().manual_seed(seed)
         self.iterations = 0
         self._restart(starts)
@@ -170,8 +175,12 @@ class _Lanczos:
         # Full reorthogonalization; the coefficient on the newest vector is alpha_j = q_jᵀ G q_j.
         coefficients = torch.bmm(kept, z)
         self.alpha[:, j] = coefficients[:, j, 0]
+        before = torch.linalg.vector_norm(z, dim=(1, 2))
         z = torch.baddbmm(z, kept.mT, coefficients, alpha=-1.0).squeeze(2)
         beta = torch.linalg.vector_norm(z, dim=1)
+        # One pass loses about u * |z before| / |z after| of orthogonality, and the loss compounds
+        # over later steps: where most of z cancelled, a second pass restores it at once.
+        cancelled = bool((beta * _CANCELLATION < before).any())
         tiny = beta <= self.tiny_at
         norm = beta
         if bool(tiny.any()):
@@ -182,7 +191,7 @@ class _Lanczos:
             z = torch.where(tiny.unsqueeze(1), fresh, z)
             beta = torch.where(tiny, torch.zeros_like(beta), beta)
             norm = torch.where(tiny, torch.ones_like(beta), beta)
-        elif j % _REORTHOGONALIZE_EVERY == _REORTHOGONALIZE_EVERY - 1:
+        elif cancelled or j % _REORTHOGONALIZE_EVERY == _REORTHOGONALIZE_EVERY - 1:
             # A second pass now and then ("twice is enough") keeps the basis orthogonal to rounding.
             z = self._orthogonalize(z.unsqueeze(2), kept).squeeze(2)
             norm = beta = torch.linalg.vector_norm(z, dim=1)
