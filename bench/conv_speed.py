@@ -2,6 +2,7 @@
 
     python bench/conv_speed.py            # prints markdown; RESULTS.md records one run
     python bench/conv_speed.py --quick    # the ResNet-50 row only
+    python bench/conv_speed.py --device cuda   # every lipcheck run with --device cuda
 
 Builds, with torch.nn and seeded random weights (batch norms with random statistics):
 - a ResNet-50-shaped network (v1.5: stride on the 3x3), exported to ONNX at 1x3x224x224;
@@ -121,11 +122,15 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
+DEVICE = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+
+
 def inspect(path: Path, *extra: str) -> tuple[float, dict]:
-    """Run `lipcheck inspect` in a fresh process; return (wall seconds, JSON report)."""
+    """Run `lipcheck inspect` in a fresh process (on DEVICE); return (wall seconds, JSON report)."""
     out = path.with_suffix(".json")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(out), *extra], check=True, capture_output=True)
+    command = [sys.executable, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(out), "--device", DEVICE, *extra]
+    subprocess.run(command, check=True, capture_output=True)
     wall = time.perf_counter() - start
     return wall, json.loads(out.read_text())
 
@@ -176,6 +181,8 @@ def main() -> None:
     quick = "--quick" in sys.argv
     torch.manual_seed(0)
     print(f"- machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f}")
+    if DEVICE != "cpu":
+        print(f"- lipcheck runs with --device {DEVICE}: {torch.cuda.get_device_name(torch.device(DEVICE))}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         r50 = export_onnx(resnet(Bottleneck, [3, 4, 6, 3], 4), (1, 3, 224, 224), root / "resnet50.onnx")
@@ -203,7 +210,7 @@ def main() -> None:
         from lipcheck.settings import Settings
 
         start = time.perf_counter()
-        inspect_api(r50, settings=Settings(lower=False))
+        inspect_api(r50, settings=Settings(lower=False, device=DEVICE))
         print(f"ResNet-50 in this process without the network's empirical lower bound: {time.perf_counter() - start:.2f} s")
         if quick:
             return

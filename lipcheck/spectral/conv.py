@@ -123,7 +123,7 @@ def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int
 
         def by_autograd(y: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
-                x = torch.zeros(1, channels, *spatial, dtype=y.dtype, requires_grad=True)
+                x = torch.zeros(1, channels, *spatial, dtype=y.dtype, device=y.device, requires_grad=True)
                 (grad,) = torch.autograd.grad(apply(x), x, y)
             return grad
 
@@ -311,6 +311,7 @@ def operator_lower(
     max_iter: int,
     seed: int,
     start: torch.Tensor | None = None,
+    device: str = "cpu",
 ) -> tuple[float, int]:
     """Lanczos on A^T A at the input size in float32; returns (certified lower end, iterations).
 
@@ -318,7 +319,7 @@ def operator_lower(
     when Lanczos' error estimate says the top Ritz value has settled to a small share of ``tol``
     (the remaining width is the upper end's, which more steps cannot close), or at ``max_iter``.
     """
-    w32 = weight.to(torch.float32)
+    w32 = weight.to(device=device, dtype=torch.float32)
     apply = _conv_fn(w32, geometry, transposed)
     adjoint = _adjoint_fn(w32, geometry, spatial, transposed)
     channels = input_channels(weight, geometry, transposed)
@@ -326,7 +327,7 @@ def operator_lower(
     noise = torch.randn(1, channels, *spatial, generator=g, dtype=torch.float64)
     x0 = noise if start is None else start + 1e-3 * noise * (start.norm() / noise.norm())
     shape = x0.shape
-    q = (x0 / x0.norm()).to(torch.float32).reshape(-1)
+    q = (x0 / x0.norm()).to(device=device, dtype=torch.float32).reshape(-1)
     basis: list[torch.Tensor] = [q]
     alphas: list[float] = []
     betas: list[float] = []
@@ -352,7 +353,7 @@ def operator_lower(
         theta = max(0.0, float(values[-1]))
         residual = beta * abs(float(vectors[-1, -1]))
         error = residual if j == 1 else min(residual, residual**2 / max(float(values[-1] - values[-2]), 1e-300))
-        best_vec = (vectors[:, -1].to(torch.float32) @ kept).reshape(-1)
+        best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
         sigma = math.sqrt(theta)
         met = sigma >= upper * (1 - 0.9 * tol)
         settled = error <= _SETTLED * tol * theta
@@ -363,7 +364,7 @@ def operator_lower(
             continue
         betas.append(beta)
         basis.append(z / beta)
-    lower = certified_ratio(weight, geometry, transposed, best_vec.reshape(shape))
+    lower = certified_ratio(weight.to(device), geometry, transposed, best_vec.reshape(shape))
     return min(lower, upper), it
 
 
@@ -395,7 +396,9 @@ def operator_interval(
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device)
     upper = min(found.upper, upper_cap)
-    lower, iterations = operator_lower(w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start)
+    lower, iterations = operator_lower(
+        w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start, device=device
+    )
     return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates)
 
 

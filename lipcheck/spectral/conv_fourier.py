@@ -140,7 +140,7 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     def slot(delta: tuple[int, ...], n: int) -> torch.Tensor:
         if delta not in index:
             index[delta] = len(blocks)
-            blocks.append(torch.zeros(groups, n, n, dtype=torch.float64))
+            blocks.append(torch.zeros(groups, n, n, dtype=torch.float64, device=w.device))
         return blocks[index[delta]]
 
     if side == "out":
@@ -184,8 +184,9 @@ def _paired(index: dict[tuple[int, ...], int], blocks: list[torch.Tensor], group
     zero = tuple(0 for _ in taps.reduced)
     half = [d for d in index if d > zero]
     rows = 1 + 2 * len(half)
-    table = torch.zeros(rows, groups * n * n, 2, dtype=torch.float64)
-    empty = torch.zeros(groups * n * n, dtype=torch.float64)
+    device = blocks[0].device
+    table = torch.zeros(rows, groups * n * n, 2, dtype=torch.float64, device=device)
+    empty = torch.zeros(groups * n * n, dtype=torch.float64, device=device)
 
     def coefficient(delta: tuple[int, ...]) -> torch.Tensor:
         return blocks[index[delta]].reshape(-1) if delta in index else empty
@@ -218,8 +219,8 @@ def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: li
 
 def gram_blocks(taps: GramTaps, freqs: torch.Tensor) -> torch.Tensor:
     """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128."""
-    out = torch.empty(freqs.shape[0], taps.groups, taps.n, taps.n, dtype=torch.complex128)
-    phases = _phase_table(freqs, taps.deltas, taps.taps.reduced)
+    out = torch.empty(freqs.shape[0], taps.groups, taps.n, taps.n, dtype=torch.complex128, device=taps.table.device)
+    phases = _phase_table(freqs, taps.deltas, taps.taps.reduced).to(taps.table.device)
     torch.mm(phases, taps.table, out=torch.view_as_real(out).reshape(freqs.shape[0], -1))
     return out
 
@@ -258,14 +259,14 @@ def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = N
     b, n, _ = g.shape
     steps = n if max_steps is None else min(n, max_steps)
     gen = torch.Generator().manual_seed(0)
-    q = start if start is not None else torch.randn(b, n, generator=gen, dtype=torch.float64).to(g.dtype)
+    q = start if start is not None else torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
     q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
     basis = [q]
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
     history: list[torch.Tensor] = []
-    values = torch.zeros(b, dtype=torch.float64)
-    vectors = torch.zeros(b, 1, dtype=torch.float64)
+    values = torch.zeros(b, dtype=torch.float64, device=g.device)
+    vectors = torch.zeros(b, 1, dtype=torch.float64, device=g.device)
     for j in range(steps):
         z = torch.bmm(g, basis[-1].unsqueeze(2)).squeeze(2)
         kept = torch.stack(basis, dim=1)  # (b, j+1, n)
@@ -287,7 +288,7 @@ def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = N
         tiny = beta <= 1e-13 * values.abs().clamp_min(1e-300)
         if bool(tiny.all()):
             break
-        fresh = torch.randn(b, n, generator=gen, dtype=torch.float64).to(g.dtype)
+        fresh = torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
         z = torch.where(tiny.unsqueeze(1), fresh, z)
         for _ in range(2):
             z = z - torch.bmm(kept.mT, torch.bmm(kept.conj(), z.unsqueeze(2))).squeeze(2)
@@ -315,13 +316,13 @@ def circular_certificate(
     weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int], *, rel: float, device: str = "cpu"
 ) -> CircularBound:
     """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
-    taps = gram_taps(weight, groups, stride, dilation, sizes)
+    dev = torch.device(device)
+    taps = gram_taps(weight.to(dev), groups, stride, dilation, sizes)
     freqs = _half_frequencies(taps.taps.reduced)
     n = taps.n
     e_g = gram_error(taps)
     per_chunk = max(1, _CHUNK_ENTRIES // max(1, groups * n * n))
     chunks = [freqs[i : i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
-    dev = torch.device(device)
     stored: dict[int, torch.Tensor] = {}
     keep = freqs.shape[0] * groups * n * n <= _STORE_ENTRIES
 
@@ -388,4 +389,4 @@ def _power_screen(g: torch.Tensor) -> torch.Tensor:
 def _blocks_at(taps: GramTaps, freqs: torch.Tensor, picks: torch.Tensor, groups: int, n: int) -> torch.Tensor:
     rows = torch.div(picks, groups, rounding_mode="floor")
     blocks = gram_blocks(taps, freqs[rows])  # (P, groups, n, n)
-    return blocks[torch.arange(picks.numel()), picks % groups]
+    return blocks[torch.arange(picks.numel(), device=blocks.device), (picks % groups).to(blocks.device)]

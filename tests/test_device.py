@@ -1,0 +1,45 @@
+"""--device cuda gives the same certified intervals as the CPU; skipped where torch sees no CUDA GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lipcheck.model import ConvGeometry
+from lipcheck.spectral import conv as conv_module
+from lipcheck.spectral.dense import certify
+from tests.reference import exact_sigma
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CASES = [
+    # (C_out, C_in, kernel, stride, input side, groups): explicit operators small enough for float64 SVD
+    (8, 4, 3, 1, 9, 1),
+    (6, 6, 3, 2, 10, 2),
+    (4, 3, 5, 1, 8, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_conv_interval_on_cuda_contains_the_norm_and_matches_the_cpu(case: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    c_out, c_in, k, s, side, groups = case
+    g = torch.Generator().manual_seed(sum(case))
+    weight = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64)
+    geometry = ConvGeometry((s, s), (k // 2,) * 4, (1, 1), groups)
+    exact = exact_sigma(conv_module.explicit_matrix(weight, conv_module.resolve(weight, geometry, (side, side), False), (side, side), False))
+    monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)  # the Fourier path, not the explicit matrix
+    found = {d: conv_module.operator_interval(weight, geometry, (side, side), False, tol=1e-6, max_iter=300, seed=0, device=d) for d in ("cpu", "cuda")}
+    for interval in found.values():
+        assert interval.lower <= exact * (1 + 1e-12) and interval.upper >= exact * (1 - 1e-12)
+    assert math.isclose(found["cuda"].upper, found["cpu"].upper, rel_tol=1e-6)
+
+
+def test_dense_certificate_on_cuda_contains_the_svd_value() -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 200, generator=g, dtype=torch.float64)
+    est = certify(w, tol=1e-6, max_iter=300, seed=0, device="cuda")
+    exact = exact_sigma(w)
+    assert est.sigma <= exact <= est.upper
+    assert est.upper - est.sigma <= 1e-6 * est.upper
