@@ -54,6 +54,23 @@ def test_onnx_lower_bound_of_a_constant_24_chain_stays_at_or_below_24(tmp_path: 
     assert 23.0 <= report.bound.lower <= 24.0
 
 
+def test_onnx_lower_bound_of_a_linear_cnn_reaches_its_operator_norm(tmp_path: Path) -> None:
+    # Two strided convs and a linear head with nothing between them: the constant is the norm of
+    # one matrix, its Jacobian, taken here in float64. Random pairs land far below it; the
+    # Jacobian search of the IR in torch reaches it, and the certified float64 ratio stays at or below it.
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 1, 1), nn.Flatten(), nn.Linear(4 * 24 * 24, 3)).double()
+    with torch.no_grad():
+        net[3].weight[0] *= 4.0  # a clear top singular value: power iteration settles in a few steps
+    shape = (1, 2, 48, 48)  # more inputs than a finite-difference Jacobian is built for
+    jacobian = torch.autograd.functional.jacobian(net, torch.zeros(shape, dtype=torch.float64)).reshape(3, -1)
+    exact = float(torch.linalg.svdvals(jacobian)[0])
+    report = inspect(_export(net.float(), shape, tmp_path / "linear_cnn.onnx"))
+    assert report.bound.lower is not None and report.bound.upper is not None
+    assert 0.99 * exact <= report.bound.lower <= exact * (1 + 1e-9)
+    assert report.bound.upper >= exact * (1 - 1e-9)
+
+
 def test_torch_lower_bound_leaves_the_module_as_it_was() -> None:
     net = Chain(4, (5.0, 1.0, 0.0)).train()
     flags = [m.training for m in net.modules()]

@@ -39,6 +39,9 @@ _NARROW = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, 17, 18,
 _TYPE_ATTRS = {"to", "dtype"}
 # A protobuf message cannot be serialized past 2 GiB; bigger twins go to onnxruntime through a file.
 _IN_MEMORY_BYTES = 2**31 - 2**24
+# Ops onnxruntime's CPU provider runs in float32 only: a graph holding one goes to the IR in torch
+# without building a double session that would be refused.
+_NO_DOUBLE_KERNEL = {"Conv"}
 
 
 class NoFloat64Evaluation(RuntimeError):
@@ -86,12 +89,16 @@ class Float64Model:
         self._graph: Graph | None = None
         self.backend = ""
         errors = []
+        self._constants: dict[str, Any] = {}
+        runs_in_torch = graph is not None and not supported(graph)
         try:
+            if runs_in_torch and any(node.op_type in _NO_DOUBLE_KERNEL for node in model.graph.node):
+                raise NotImplementedError("no double kernel for " + ", ".join(sorted(_NO_DOUBLE_KERNEL)))
             self._session = self._ort_session()
             self.backend = "onnxruntime"
         except Exception as exc:  # onnxruntime lacks a double kernel for some op
             errors.append(f"onnxruntime: {first_line(exc, 200)}")
-            if graph is not None and not supported(graph):
+            if runs_in_torch:
                 self._graph, self.backend = graph, "torch"
                 return
             try:
@@ -124,7 +131,7 @@ class Float64Model:
             from lipcheck.graph.torch_eval import evaluate
 
             with torch.no_grad():
-                values = evaluate(self._graph, [torch.from_numpy(np.asarray(x)) for x in inputs])
+                values = evaluate(self._graph, [torch.from_numpy(np.asarray(x)) for x in inputs], cache=self._constants)
             return [v.detach().numpy().astype(np.float64) for v in values]
         feeds = {name: (np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x)) for name, x in zip(self.input_names, inputs)}
         if self._session is not None:

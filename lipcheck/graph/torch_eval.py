@@ -55,19 +55,23 @@ def supported(graph: Graph) -> list[str]:
     return missing
 
 
-def evaluate(graph: Graph, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
-    """The graph's outputs for ``inputs`` (one per graph input, in order), computed in ``dtype``."""
+def evaluate(graph: Graph, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64, cache: dict[str, Any] | None = None) -> list[torch.Tensor]:
+    """The graph's outputs for ``inputs`` (one per graph input, in order), computed in ``dtype``.
+
+    ``cache`` keeps the graph's constants as tensors between calls with the same graph and dtype.
+    """
     _load_ops()
-    run = Run(graph, dtype, {})
+    run = Run(graph, dtype, {}, cache)
     for name, value in zip(graph.inputs, inputs):
         run.values[name] = value.to(dtype) if value.is_floating_point() else value
     return run.outputs()
 
 
 class Run:
-    def __init__(self, graph: Graph, dtype: torch.dtype, outer: dict[str, Any]) -> None:
+    def __init__(self, graph: Graph, dtype: torch.dtype, outer: dict[str, Any], cache: dict[str, Any] | None = None) -> None:
         self.graph, self.dtype = graph, dtype
         self.values: dict[str, Any] = dict(outer)
+        self.cache = cache
 
     def value(self, name: str) -> Any:
         if not name:
@@ -75,7 +79,12 @@ class Run:
         if name not in self.values:
             if name not in self.graph.constants:
                 raise Unsupported(f"value {name!r} is neither computed nor stored")
-            self.values[name] = self.tensor(self.graph.constants[name]())
+            if self.cache is None:
+                self.values[name] = self.tensor(self.graph.constants[name]())
+            else:
+                if name not in self.cache:
+                    self.cache[name] = self.tensor(self.graph.constants[name]())
+                self.values[name] = self.cache[name]
         return self.values[name]
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
