@@ -203,12 +203,14 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     if model.graph is not None:
         from lipcheck.graph.walk import GraphBound, graph_bound
 
+        segments, segment_notes = _segments(model, settings)
         try:
             walked = graph_bound(
                 model.graph,
                 [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
                 dict(settings.node_constants),
                 fuse=_fuser(model, settings),
+                segments=segments,
             )
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
@@ -220,10 +222,13 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             raise LipcheckError(f"--node-constant names no node of this graph: {', '.join(unknown)}; the report's assumptions name the nodes that need one")
         if graph_value is not None:
             method = "graph with user-supplied node constants" if walked.supplied else "graph"
+            if segments:
+                method += " and certified chain segments"
             assumptions.append(
                 "graph: follows the file's graph (residual adds, concatenations, norms, pools, "
                 "activations) with each layer's certified upper bound; sound for the model as built"
             )
+            assumptions.extend(f"graph: {note}" for note in segment_notes)
         else:
             blocking = list(walked.unbounded) or ["the graph has no output lipcheck can follow"]
             assumptions.extend(f"graph: no bound, {reason}" for reason in blocking)
@@ -255,6 +260,17 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         bound=bound,
         notes=notes,
     )
+
+
+def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, float]], list[str]]:
+    """Certified constants of the chains inside a graph that is not one chain as a whole (that one
+    gets its tight bound from apply_tight)."""
+    from lipcheck.graph.segments import segment_constants
+    from lipcheck.graph.tight import find_chain
+
+    if find_chain(model)[0] is not None:
+        return {}, []
+    return segment_constants(model, settings.effort)
 
 
 def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], float | None]:

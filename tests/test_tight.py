@@ -149,18 +149,60 @@ def test_an_exported_mlp_reports_the_tight_bound_between_lower_and_graph(tmp_pat
     assert bound.lower <= bound.upper
 
 
-def test_a_residual_network_keeps_the_graph_bound(tmp_path: Path) -> None:
-    class Residual(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+class _Residual(nn.Module):
+    """x + b(relu(a(x))): the branch is a chain of two dense layers inside a graph that is not one."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.b(torch.relu(self.a(x)))
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
-    path = tmp_path / "res.onnx"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(torch.relu(self.a(x)))
+
+
+def _export_residual(net: nn.Module, width: int, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Residual().eval(), torch.zeros(1, 6), str(path), dynamo=False, opset_version=17)
-    bound = inspect(path).bound
-    assert bound.tight is None and bound.method == "graph"
+        torch.onnx.export(net.eval(), torch.zeros(1, width), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_residual_block_takes_its_branch_constant_from_lipsdp(tmp_path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    net = _Residual(6, 10)
+    bound = inspect(_export_residual(net, 6, tmp_path / "res.onnx")).bound
+    assert bound.tight is None and bound.method == "graph and certified chain segments"
+    ws = [net.a.weight.detach().double(), net.b.weight.detach().double()]
+    sdp = _lipsdp(ws, [(0.0, 1.0)])
+    product = float(torch.linalg.svdvals(ws[0])[0] * torch.linalg.svdvals(ws[1])[0])
+    assert bound.graph is not None and bound.upper == bound.graph
+    # The walk adds the skip's 1 to the branch's constant: 1 + L_branch, L_branch within 0.5% of the SDP optimum.
+    assert 1.0 + sdp * (1 - 1e-6) <= bound.graph <= 1.0 + 1.005 * sdp
+    assert bound.graph < 1.0 + product
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_residual_network_with_chain_segments_stays_above_every_attained_ratio(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(8, 12), _Residual(12, 24), nn.Tanh(), _Residual(12, 16), nn.Linear(12, 3)).double().eval()
+    path = _export_residual(net.float(), 8, tmp_path / "resnet.onnx")
+    with_segments = inspect(path).bound
+    from lipcheck.graph import segments
+
+    monkeypatch.setattr(segments, "segment_constants", lambda model, effort=1.0: ({}, []))
+    plain = inspect(path).bound
+    assert with_segments.graph is not None and plain.graph is not None
+    assert with_segments.graph < plain.graph
+    net = net.double()
+    x = torch.randn(256, 8, dtype=torch.float64, requires_grad=True)
+    # Directions from power iteration on each point's Jacobian: ratios near the local maximum.
+    v = torch.randn(256, 8, dtype=torch.float64)
+    for _ in range(30):
+        v = v / v.norm(dim=1, keepdim=True)
+        _, jv = torch.autograd.functional.jvp(net, x, v)
+        (v,) = torch.autograd.grad(net(x), x, jv)
+    v = v / v.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        ratios = (net(x + 1e-4 * v) - net(x)).norm(dim=1) / 1e-4
+    assert float(ratios.max()) <= with_segments.graph

@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 METHOD = "tight (LipSDP-Neuron multipliers, certified)"
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
-_LINEAR = {"Gemm", "MatMul"}
+LINEAR = {"Gemm", "MatMul"}
 # Seconds of optimization per million multiply-adds of one pass through the chain, and the floor and cap.
 _SECONDS_PER_MFLOP = 4.0
 _MIN_SECONDS, _MAX_SECONDS = 1.0, 10.0
@@ -170,111 +170,138 @@ def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[
     return None
 
 
+@dataclass
+class Building:
+    """A chain being read node by node (see find_chain)."""
+
+    weights: list[torch.Tensor] = field(default_factory=list)
+    activations: list[Node] = field(default_factory=list)
+    slopes: list[tuple[float, float]] = field(default_factory=list)
+    biases: list[np.ndarray | None] = field(default_factory=list)
+    pending: Node | None = None  # an activation seen since the last layer
+    reordered: bool = False
+
+    def found(self, scale: float = 1.0) -> FoundChain:
+        return FoundChain(list(self.weights), list(self.activations), list(self.slopes), list(self.biases), scale, self.pending, self.reordered)
+
+
+class ChainReader:
+    """What reading chains out of a model's graph needs: who reads each value, which values depend
+    on the inputs, and the constants; ``step`` takes one node into a chain."""
+
+    def __init__(self, model: Model) -> None:
+        graph = model.graph
+        assert graph is not None
+        self.model, self.graph = model, graph
+        self.consumers: dict[str, list[Node]] = {}
+        for node in graph.nodes:
+            for name in node.inputs:
+                self.consumers.setdefault(name, []).append(node)
+        self.live = set(graph.inputs)
+        for node in graph.nodes:
+            if any(name in self.live for name in (*node.inputs, *node.captures)):
+                self.live.update(node.outputs)
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.live or name not in self.graph.constants:
+            return None
+        try:
+            return np.asarray(self.graph.constants[name](), dtype=np.float64)
+        except Exception:  # a constant lipcheck cannot materialize
+            return None
+
+    def step(self, chain: Building, node: Node, value: str) -> str:
+        """Extend ``chain`` by ``node``, which reads ``value``; "" or why the node does not fit."""
+        import torch
+
+        data = [name for name in node.inputs if name in self.live]
+        if data != [value] or node.inputs[0] != value:
+            return f"{node.label} reads more than the chain's value"
+        if any(self.consumers.get(name) for name in node.outputs[1:]):
+            return f"{node.label} has a second output in use"
+        if node.label in self.graph.layer_nodes:
+            if node.op not in LINEAR:
+                return f"{node.label} is not a dense layer"
+            if node.op == "Gemm" and int(node.attrs.get("transA", 0)) != 0:
+                return f"{node.label} transposes its input"
+            layer = self.model.layers[self.graph.layer_nodes[node.label]]
+            w = layer.load().to(torch.float64)
+            if w.dim() != 2:
+                return f"{node.label} has a batched weight"
+            alpha = float(node.attrs.get("alpha", 1.0))
+            mantissa, _ = math.frexp(abs(alpha))
+            if alpha == 0.0 or mantissa != 0.5:
+                return f"{node.label} has a Gemm alpha that is not a power of two"
+            w = w * alpha
+            if chain.weights:
+                if chain.pending is None:
+                    return f"two layers with no activation between them at {node.label}"
+                if w.shape[1] != chain.weights[-1].shape[0]:
+                    return f"{node.label} does not fit the previous layer"
+                found = slope_range(chain.pending, self.const)
+                if found is None:
+                    return f"{chain.pending.label}: {chain.pending.op} is not a slope-restricted activation lipcheck knows"
+                chain.activations.append(chain.pending)
+                chain.slopes.append(found)
+                chain.pending = None
+            elif chain.pending is not None:
+                return "an activation before the first layer"
+            chain.weights.append(w)
+            bias = self.const(node.inputs[2]) if node.op == "Gemm" and len(node.inputs) > 2 else None
+            if bias is not None and node.op == "Gemm":
+                bias = bias * float(node.attrs.get("beta", 1.0))
+            chain.biases.append(bias)
+        elif node.op in _MOVES or node.op == "Transpose":
+            if node.op == "Transpose":
+                if chain.weights:
+                    return f"{node.label} transposes between layers"
+                chain.reordered = True
+            mode = self.const(node.inputs[2]) if node.op == "Dropout" and len(node.inputs) > 2 else None
+            if mode is not None and bool(mode.any()):
+                return f"{node.label} is a dropout in training mode"
+        elif node.op in ("Add", "Sub"):
+            if not chain.weights or chain.pending is not None:
+                return f"{node.label} adds outside a layer's bias position"
+            other = self.const(node.inputs[1])
+            if other is None:
+                return f"{node.label} adds something that is not a constant"
+            if node.op == "Sub":
+                other = -other
+            chain.biases[-1] = other if chain.biases[-1] is None else chain.biases[-1] + other
+        else:
+            if chain.pending is not None or not chain.weights or slope_range(node, self.const) is None:
+                return f"{node.label}: {node.op} does not belong in a plain chain"
+            chain.pending = node
+        return ""
+
+
 def find_chain(model: Model) -> tuple[FoundChain | None, str]:
     """The model's chain, or None and why the graph is not one."""
-    import torch
-
     graph = model.graph
     if graph is None:
         return None, "no graph"
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         return None, "not one input and one output"
-    consumers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        if node.subgraphs:
-            return None, "control flow"
-        for name in node.inputs:
-            consumers.setdefault(name, []).append(node)
-    live = {graph.inputs[0]}
-    for node in graph.nodes:
-        if any(name in live for name in (*node.inputs, *node.captures)):
-            live.update(node.outputs)
-
-    def const(name: str) -> np.ndarray | None:
-        if name in live or name not in graph.constants:
-            return None
-        try:
-            return np.asarray(graph.constants[name](), dtype=np.float64)
-        except Exception:  # a constant lipcheck cannot materialize
-            return None
-
-    weights: list[torch.Tensor] = []
-    activations: list[Node] = []
-    slopes: list[tuple[float, float]] = []
-    biases: list[np.ndarray | None] = []
-    pending: Node | None = None  # an activation seen since the last layer
-    reordered = False
+    if any(node.subgraphs for node in graph.nodes):
+        return None, "control flow"
+    reader = ChainReader(model)
+    chain = Building()
     value = graph.inputs[0]
     while value != graph.outputs[0]:
-        readers = consumers.get(value, [])
+        readers = reader.consumers.get(value, [])
         if len(readers) != 1:
             return None, "a value read more than once (a branch) or not at all"
-        node = readers[0]
-        data = [name for name in node.inputs if name in live]
-        if data != [value] or node.inputs[0] != value:
-            return None, f"{node.label} reads more than the chain's value"
-        if any(consumers.get(name) for name in node.outputs[1:]):
-            return None, f"{node.label} has a second output in use"
-        if node.label in graph.layer_nodes:
-            if node.op not in _LINEAR:
-                return None, f"{node.label} is not a dense layer"
-            if node.op == "Gemm" and int(node.attrs.get("transA", 0)) != 0:
-                return None, f"{node.label} transposes its input"
-            layer = model.layers[graph.layer_nodes[node.label]]
-            w = layer.load().to(torch.float64)
-            if w.dim() != 2:
-                return None, f"{node.label} has a batched weight"
-            alpha = float(node.attrs.get("alpha", 1.0))
-            mantissa, _ = math.frexp(abs(alpha))
-            if alpha == 0.0 or mantissa != 0.5:
-                return None, f"{node.label} has a Gemm alpha that is not a power of two"
-            w = w * alpha
-            if weights:
-                if pending is None:
-                    return None, f"two layers with no activation between them at {node.label}"
-                if w.shape[1] != weights[-1].shape[0]:
-                    return None, f"{node.label} does not fit the previous layer"
-                activations.append(pending)
-                found = slope_range(pending, const)
-                if found is None:
-                    return None, f"{pending.label}: {pending.op} is not a slope-restricted activation lipcheck knows"
-                slopes.append(found)
-                pending = None
-            elif pending is not None:
-                return None, "an activation before the first layer"
-            weights.append(w)
-            bias = const(node.inputs[2]) if node.op == "Gemm" and len(node.inputs) > 2 else None
-            if bias is not None and node.op == "Gemm":
-                bias = bias * float(node.attrs.get("beta", 1.0))
-            biases.append(bias)
-        elif node.op in _MOVES or node.op == "Transpose":
-            if node.op == "Transpose":
-                if weights:
-                    return None, f"{node.label} transposes between layers"
-                reordered = True
-            if node.op == "Dropout" and len(node.inputs) > 2 and const(node.inputs[2]) is not None and bool(const(node.inputs[2]).any()):  # type: ignore[union-attr]
-                return None, f"{node.label} is a dropout in training mode"
-        elif node.op in ("Add", "Sub"):
-            if not weights or pending is not None:
-                return None, f"{node.label} adds outside a layer's bias position"
-            other = const(node.inputs[1])
-            if other is None:
-                return None, f"{node.label} adds something that is not a constant"
-            if node.op == "Sub":
-                other = -other
-            biases[-1] = other if biases[-1] is None else biases[-1] + other
-        else:
-            if pending is not None or not weights or slope_range(node, const) is None:
-                return None, f"{node.label}: {node.op} does not belong in a plain chain"
-            pending = node
-        value = node.outputs[0]
-    if len(weights) < 2:
+        why = reader.step(chain, readers[0], value)
+        if why:
+            return None, why
+        value = readers[0].outputs[0]
+    if len(chain.weights) < 2:
         return None, "fewer than two layers"
     scale = 1.0
-    if pending is not None:
-        a, b = slope_range(pending, const)  # type: ignore[misc]
+    if chain.pending is not None:
+        a, b = slope_range(chain.pending, reader.const)  # type: ignore[misc]
         scale = max(abs(a), abs(b))
-    return FoundChain(weights, activations, slopes, biases, scale, pending, reordered), ""
+    return chain.found(scale), ""
 
 
 def budget_seconds(chain: FoundChain, effort: float = 1.0) -> float:

@@ -45,9 +45,16 @@ class Walk:
     """One pass over a graph (or an If branch, with its enclosing walk as ``parent``)."""
 
     def __init__(
-        self, graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float], fuse: Fuse | None = None, parent: Walk | None = None
+        self,
+        graph: Graph,
+        layer_uppers: list[float | None],
+        supplied: dict[str, float],
+        fuse: Fuse | None = None,
+        parent: Walk | None = None,
+        segments: dict[str, tuple[str, float]] | None = None,
     ) -> None:
         self.graph = graph
+        self.segments = segments or {}
         self.fuse = fuse
         self.parent = parent
         self.consumers: dict[str, int] = {}
@@ -134,6 +141,9 @@ class Walk:
                 value = self.node(node, ins)
             values = value if isinstance(value, tuple) else (value,) * len(node.outputs)
             for out, lip in zip(node.outputs, values):
+                if out in self.segments:  # a chain's own certified constant, where it is smaller
+                    start, constant = self.segments[out]
+                    lip = min(lip, constant * self.of(start))
                 self.lip[out] = lip
         return [self.of(name) for name in self.graph.outputs]
 
@@ -164,9 +174,17 @@ class Walk:
         return found
 
 
-def graph_bound(graph: Graph, layer_uppers: list[float | None], supplied: dict[str, float] | None = None, fuse: Fuse | None = None) -> GraphBound:
+def graph_bound(
+    graph: Graph,
+    layer_uppers: list[float | None],
+    supplied: dict[str, float] | None = None,
+    fuse: Fuse | None = None,
+    segments: dict[str, tuple[str, float]] | None = None,
+) -> GraphBound:
     """Bound every output's Lipschitz constant by walking the graph once.
 
-    ``supplied`` maps node labels to constants the user vouches for (``--node-constant``).
+    ``supplied`` maps node labels to constants the user vouches for (``--node-constant``);
+    ``segments`` maps a chain's end value to its start value and certified constant
+    (lipcheck.graph.segments).
     """
-    return Walk(graph, layer_uppers, supplied or {}, fuse).run()
+    return Walk(graph, layer_uppers, supplied or {}, fuse, segments=segments).run()
