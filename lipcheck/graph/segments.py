@@ -12,6 +12,7 @@ output or a node that does not fit.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,10 +20,12 @@ from typing import TYPE_CHECKING
 from lipcheck.graph.tight import LINEAR, Building, ChainReader, FoundChain, budget_seconds
 
 if TYPE_CHECKING:
+    from lipcheck.graph.ir import Node
     from lipcheck.model import Model
 
 # LipSDP's matrices grow with the hidden widths: wider runs stay with the product of their layers.
 MAX_WIDTH = 1024
+MAX_WEIGHT = 1 << 22
 # Seconds for every run of one model together, times --effort.
 TOTAL_SECONDS = 10.0
 
@@ -55,7 +58,7 @@ def find_segments(model: Model) -> list[Segment]:
         chain, value, current = Building(), data[0], node
         labels: list[str] = []
         best: tuple[FoundChain, str, list[str]] | None = None
-        while not reader.step(chain, current, value):
+        while not _too_large(model, current) and not reader.step(chain, current, value):
             labels.append(current.label)
             value = current.outputs[0]
             if chain.pending is None and len(chain.weights) >= 2:
@@ -69,6 +72,14 @@ def find_segments(model: Model) -> list[Segment]:
             found.append(Segment(data[0], end, inside[0], inside[-1], run))
             taken.update(inside)
     return found
+
+
+def _too_large(model: Model, node: Node) -> bool:
+    """A layer whose weight LipSDP could not take in its budget (it is not even loaded)."""
+    graph = model.graph
+    assert graph is not None
+    index = graph.layer_nodes.get(node.label)
+    return index is not None and math.prod(model.layers[index].shape) > MAX_WEIGHT
 
 
 def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tuple[str, float]], list[str]]:
