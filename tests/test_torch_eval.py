@@ -129,3 +129,22 @@ def test_a_contrib_op_never_borrows_a_standard_ops_semantics(tmp_path: Path) -> 
     from lipcheck.api import inspect
 
     assert inspect(path).bound.graph is None
+
+
+def test_gather_of_one_element_gives_a_scalar(tmp_path: Path) -> None:
+    # A box decoder's stride reads one element of a 1-D tensor with a scalar index: a 0-d result.
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Reshape", ["s", "one"], ["v"]),
+            helper.make_node("Gather", ["v", "zero"], ["g"], axis=0),
+            helper.make_node("Mul", ["x", "g"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "one"), numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")],
+    )
+    path = tmp_path / "gather.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert _agrees(path) is True

@@ -96,7 +96,7 @@ def _gather(run: Run, node: Node, ins: list[Any]) -> Any:
     axis = axis_of(int(node.attrs.get("axis", 0)), x.dim())
     index = torch.where(index < 0, index + x.shape[axis], index)
     out = x.index_select(axis, index.reshape(-1))
-    return out.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+    return out.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1 :]))
 
 
 @op("Shape")
