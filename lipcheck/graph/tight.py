@@ -53,7 +53,7 @@ METHOD = "tight (LipSDP-Neuron multipliers, certified)"
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 LINEAR = {"Gemm", "MatMul"}
 # Seconds of optimization per million multiply-adds of one pass through the chain, and the floor and cap.
-_SECONDS_PER_MFLOP = 4.0
+_SECONDS_PER_MFLOP = 8.0
 _MIN_SECONDS, _MAX_SECONDS = 1.0, 10.0
 
 # (fraction of the budget spent, best bound so far): set by the CLI to draw the bound falling
