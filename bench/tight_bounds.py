@@ -1,8 +1,9 @@
 """Tight certified bounds and chain lower bounds against the product, ECLipsE-Fast and LipSDP-Neuron
-solved by cvxpy with Clarabel, on random-weight ReLU nets of the usual benchmark shapes; prints a
-markdown table (append it to bench/RESULTS.md with the machine).
+solved by cvxpy with Clarabel, on random-weight ReLU nets of the usual benchmark shapes and on the
+trained fully connected nets of the corpus (bench/corpus.json: an ACAS Xu network, ERAN's MNIST
+nets); prints markdown tables (append them to bench/RESULTS.md with the machine).
 
-    python bench/tight_bounds.py [--sdp-max 2000]
+    python bench/tight_bounds.py [--sdp-max 2000] [--real-only]
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sdp-max", type=int, default=200, help="largest reduced LipSDP matrix handed to cvxpy")
+    parser.add_argument("--real-only", action="store_true", help="only the trained nets of the corpus")
     args = parser.parse_args()
     from test_tight import _lipsdp, _weights
 
     rows = []
-    for name, sizes in NETS.items():
+    for name, sizes in ({} if args.real_only else NETS).items():
         ws = _weights(sizes, 0)
         g = torch.Generator().manual_seed(1)
         biases = [0.1 * torch.randn(w.shape[0], generator=g, dtype=torch.float64).numpy() for w in ws]
@@ -96,6 +98,45 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    print()
+    real_nets(args.sdp_max, _lipsdp)
+
+
+REAL = ["ACASXU_run2a_2_2_batch_2000.onnx", "mnist_relu_3_50.onnx", "mnist_300_200_100.onnx"]
+
+
+def real_nets(sdp_max: int, lipsdp: object) -> None:
+    """`lipcheck inspect` (in process) of the corpus' trained chains against the same references."""
+    from bench.fetch_corpus import fetch
+    from lipcheck.api import inspect
+    from lipcheck.formats import load
+    from lipcheck.graph.tight import find_chain
+
+    paths = {p.name: p for p in fetch(Path(__file__).resolve().parent / ".corpus")}
+    print("| trained net (corpus) | product | ECLipsE-Fast | LipSDP (Clarabel) | lipcheck bound (method) | inspect time | ECLipsE/bound | lower |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in REAL:
+        chain, why = find_chain(load(paths[name]))
+        if chain is None:
+            print(f"| {name} | not a chain: {why} |")
+            continue
+        closed = eclipse_fast(chain.weights) * chain.scale
+        sizes = [chain.weights[0].shape[1]] + [w.shape[0] for w in chain.weights[:-1]]
+        sdp = None
+        if min(sizes[0], sizes[1]) + sum(sizes[1:]) <= sdp_max:
+            t0 = time.perf_counter()
+            sdp = (lipsdp(chain.weights, chain.slopes) * chain.scale, time.perf_counter() - t0)  # type: ignore[operator]
+        start = time.perf_counter()
+        report = inspect(paths[name])
+        took = time.perf_counter() - start
+        bound = report.bound
+        assert bound.upper is not None
+        sdp_text = f"{sdp[0]:.6g} ({sdp[1]:.0f} s)" if sdp else "–"
+        print(
+            f"| {name} ({'-'.join(map(str, sizes + [chain.weights[-1].shape[0]]))}) | {bound.product:.4g} | {closed:.4g} | {sdp_text} | "
+            f"{bound.upper:.6g} ({bound.method}) | {took:.1f} s | {closed / bound.upper:.1f}× | {bound.lower:.5g} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

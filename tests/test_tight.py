@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -206,3 +207,41 @@ def test_a_residual_network_with_chain_segments_stays_above_every_attained_ratio
     with torch.no_grad():
         ratios = (net(x + 1e-4 * v) - net(x)).norm(dim=1) / 1e-4
     assert float(ratios.max()) <= with_segments.graph
+
+
+def _translated_chain(tmp_path: Path, shift: np.ndarray) -> Path:
+    """x - shift, then Gemm-Relu-Gemm: ACAS Xu's exporter subtracts the input's mean this way."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((5, 12)).astype(np.float32), rng.standard_normal((12, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", ["x", "shift"], ["s"]),
+            helper.make_node("MatMul", ["s", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shift.shape[0] if shift.ndim == 2 else 1, 3])],
+        [numpy_helper.from_array(shift.astype(np.float32), "shift"), numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    path = tmp_path / "translated.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_translation_before_the_first_layer_keeps_the_chain(tmp_path: Path) -> None:
+    bound = inspect(_translated_chain(tmp_path, np.array([[3.0, -2.0, 0.5, 1.0, 4.0]]))).bound
+    assert bound.method == METHOD and bound.tight is not None and bound.lower is not None
+    # The chain's search runs in the chain's coordinates and moves its points back by the shift,
+    # so the attained ratio comes close to the certified bound.
+    assert 0.5 * bound.tight <= bound.lower <= bound.tight
+
+
+def test_a_constant_that_broadcasts_the_input_larger_is_not_a_translation(tmp_path: Path) -> None:
+    # x (1x5) - c (3x5) copies x three times: the map is sqrt(3) times the chain's, not a chain.
+    bound = inspect(_translated_chain(tmp_path, np.zeros((3, 5)))).bound
+    assert bound.tight is None and bound.graph is not None and bound.lower is not None
+    assert bound.lower <= bound.graph

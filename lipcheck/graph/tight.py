@@ -82,6 +82,7 @@ class FoundChain:
     scale: float  # a trailing activation's largest |slope|, else 1
     tail: Node | None
     input_reordered: bool  # a move before the first layer that is not a plain reshape
+    offset: np.ndarray | None = None  # constants added to the input before the first layer (flattened)
 
 
 def _gelu_range() -> tuple[float, float]:
@@ -180,9 +181,10 @@ class Building:
     biases: list[np.ndarray | None] = field(default_factory=list)
     pending: Node | None = None  # an activation seen since the last layer
     reordered: bool = False
+    offset: np.ndarray | None = None
 
     def found(self, scale: float = 1.0) -> FoundChain:
-        return FoundChain(list(self.weights), list(self.activations), list(self.slopes), list(self.biases), scale, self.pending, self.reordered)
+        return FoundChain(list(self.weights), list(self.activations), list(self.slopes), list(self.biases), scale, self.pending, self.reordered, self.offset)
 
 
 class ChainReader:
@@ -260,18 +262,32 @@ class ChainReader:
             if mode is not None and bool(mode.any()):
                 return f"{node.label} is a dropout in training mode"
         elif node.op in ("Add", "Sub"):
-            if not chain.weights or chain.pending is not None:
-                return f"{node.label} adds outside a layer's bias position"
             other = self.const(node.inputs[1])
             if other is None:
                 return f"{node.label} adds something that is not a constant"
             if node.op == "Sub":
                 other = -other
+            if not chain.weights and chain.pending is None:
+                return self._translate(chain, node, value, other)
+            if chain.pending is not None:
+                return f"{node.label} adds outside a layer's bias position"
             chain.biases[-1] = other if chain.biases[-1] is None else chain.biases[-1] + other
         else:
             if chain.pending is not None or not chain.weights or slope_range(node, self.const) is None:
                 return f"{node.label}: {node.op} does not belong in a plain chain"
             chain.pending = node
+        return ""
+
+    def _translate(self, chain: Building, node: Node, value: str, other: np.ndarray) -> str:
+        """Take x + c before the first layer: an isometry when c does not enlarge x by broadcasting."""
+        shape = self.graph.shapes.get(value)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return f"{node.label} adds a constant to an input of unknown shape"
+        dims = tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        if other.ndim > len(dims) or any(c not in (1, d) for c, d in zip(other.shape[::-1], dims[::-1])):
+            return f"{node.label} broadcasts its input to a larger shape"
+        shift = np.broadcast_to(other, dims).reshape(-1)
+        chain.offset = shift.copy() if chain.offset is None else chain.offset + shift
         return ""
 
 
@@ -433,6 +449,12 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
                 return lower.certified_torch(outputs, (torch.from_numpy(x).reshape(shape),), (torch.from_numpy(y).reshape(shape),), nodes)
     else:
         return
+    if found.offset is not None:  # the chain reads the input plus constants: search points move back
+        offset, chain_ratio = found.offset, ratio
+
+        def ratio(x: np.ndarray, y: np.ndarray) -> float:
+            return chain_ratio(x - offset, y - offset)
+
     value = lower_chain.certified_pairs(ratio, candidates)
     if value > 0.0 and (report.bound.lower is None or value > report.bound.lower):
         report.bound.lower = value
