@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -204,14 +205,11 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         from lipcheck.graph.walk import GraphBound, graph_bound
 
         segments, segment_notes = _segments(model, settings)
+        uppers = [entry.lipschitz.upper if entry.lipschitz else None for entry in layers]
+        fuse = _fuser(model, settings)
         try:
-            walked = graph_bound(
-                model.graph,
-                [entry.lipschitz.upper if entry.lipschitz else None for entry in layers],
-                dict(settings.node_constants),
-                fuse=_fuser(model, settings),
-                segments=segments,
-            )
+            _prefetch_fused(model, uppers, settings, fuse)
+            walked = graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=fuse, segments=segments)
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
         graph_value = walked.value
@@ -273,13 +271,41 @@ def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, fl
     return segment_constants(model, settings.effort)
 
 
+def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings, fuse: Callable[[int, np.ndarray], float | None]) -> None:
+    """Certify every layer the graph walk will fold a batch norm into, side by side, before the walk
+    asks for them one at a time (``fuse`` keeps its results)."""
+    from lipcheck.graph.walk import graph_bound
+    from lipcheck.spectral.layer import side_by_side
+
+    assert model.graph is not None
+    wanted: list[tuple[int, np.ndarray]] = []
+
+    def record(index: int, scale: np.ndarray) -> float | None:
+        wanted.append((index, scale))
+        return None
+
+    graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=record)
+    unique = {(index, scale.tobytes()): (index, scale) for index, scale in wanted}
+    if len(unique) > 1:
+        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique.values()], settings.device)
+
+
 def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], float | None]:
-    """Certify a layer with its output channels scaled (a batch norm folded into it)."""
+    """Certify a layer with its output channels scaled (a batch norm folded into it); each
+    (layer, scale) is worked out once."""
     import torch
 
     from lipcheck.spectral.layer import fused_upper
 
+    done: dict[tuple[int, bytes], float | None] = {}
+
     def fuse(index: int, scale: np.ndarray) -> float | None:
+        key = (index, scale.tobytes())
+        if key not in done:
+            done[key] = _fused(index, scale)
+        return done[key]
+
+    def _fused(index: int, scale: np.ndarray) -> float | None:
         layer = model.layers[index]
         if layer.is_transposed:
             return None

@@ -51,6 +51,8 @@ def _root(version: Annotated[bool | None, typer.Option(
 
 
 # -- running and reporting ---------------------------------------------------------------------------
+_NO_GRAPH = ("state_dict", "checkpoint", "safetensors")  # formats whose files hold weights only
+
 def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = None, **common: Any) -> Any:
     from rich.console import Console
 
@@ -58,14 +60,15 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
     from lipcheck.report.progress import LayerProgress
 
     settings = {path: opt.settings_for(ctx, path, **common) for path in paths}
-    for path, chosen in settings.items():
-        if chosen.input_shape and Path(path).suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar"):
-            opt.warn(f"{path}: --input-shape applies to files with a graph (ONNX, TorchScript, .pt2); ignored here")
     from lipcheck.graph.tight import reporting
 
     with LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight):
-        return analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
-                             on_file=progress.start_file if len(paths) > 1 else None)
+        run = analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
+                            on_file=progress.start_file if len(paths) > 1 else None)
+    for result in run.results:
+        if result.report is not None and settings[result.path].input_shape and result.report.model_format in _NO_GRAPH:
+            opt.warn(f"{result.path}: --input-shape applies to files with a graph (ONNX, TorchScript, .pt2); ignored here")
+    return run
 
 
 # -- commands ------------------------------------------------------------------------------------------

@@ -105,6 +105,12 @@ def test_input_shape_on_a_file_without_graph_warns(cli) -> None:  # type: ignore
     assert code == 0 and "lipcheck: warning:" in err and "--input-shape applies to files with a graph" in err
 
 
+def test_input_shape_on_a_torchscript_file_named_pt_is_used_without_a_warning(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli("inspect", "sample_models/cnn.torchscript.pt", "--input-shape", "1x3x16x16", "-f", "json", "--no-lower")
+    assert code == 0 and "warning" not in err
+    assert all(layer["input_size"] for layer in json.loads(out)["layers"] if layer["op"] == "conv2d")
+
+
 def test_diff_of_unrelated_models_warns(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     other = tmp_path / "other.pt"
     torch.save({"head.weight": torch.randn(3, 4)}, other)

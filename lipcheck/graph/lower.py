@@ -27,6 +27,7 @@ import copy
 import heapq
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -415,7 +416,10 @@ def float64_outputs(module: torch.nn.Module) -> tuple[Callable[..., list[torch.T
     for the rounding slack; the module itself is left as it is."""
     import torch
 
-    twin = copy.deepcopy(module).double().eval()
+    with warnings.catch_warnings():
+        # A scripted module's parameters can be non-leaf tensors; copying them warns about .grad.
+        warnings.simplefilter("ignore", UserWarning)
+        twin = copy.deepcopy(module).double().eval()
 
     def outputs(*xs: torch.Tensor) -> list[torch.Tensor]:
         out = twin(*xs)

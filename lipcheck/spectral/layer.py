@@ -147,6 +147,22 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]:
+    """Run independent tasks as estimate_all runs its batches (on a CPU, one per thread, each
+    single-threaded), in the order given; return their results in that order."""
+    threads = torch.get_num_threads()
+    workers = 1 if device != "cpu" else max(1, min(_MAX_WORKERS, threads, len(tasks)))
+    if workers == 1:
+        return [task() for task in tasks]
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
+    try:
+        _single_threaded_workers(pool, workers, threads)
+        futures = [pool.submit(task) for task in tasks]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: int) -> None:
     """Start the pool's threads, each with one intra-op thread, and leave the caller's count as it was.
 
