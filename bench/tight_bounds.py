@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from lipcheck.graph.chains import FoundChain  # noqa: E402
 from lipcheck.graph.lipsdp import Chain, certified_bound, eclipse_fast  # noqa: E402
 from lipcheck.graph.lower_chain import certified_pairs, chain_directions  # noqa: E402
-from lipcheck.graph.tight import FoundChain, budget_seconds  # noqa: E402
+from lipcheck.graph.tight import budget_seconds  # noqa: E402
 
 NETS = {
     "small 6-10-10-4": (6, 10, 10, 4),
@@ -110,7 +111,7 @@ def real_nets(sdp_max: int, lipsdp: object) -> None:
     from bench.fetch_corpus import fetch
     from lipcheck.api import inspect
     from lipcheck.formats import load
-    from lipcheck.graph.tight import find_chain
+    from lipcheck.graph.chains import find_chain
 
     paths = {p.name: p for p in fetch(Path(__file__).resolve().parent / ".corpus")}
     print("| trained net (corpus) | product | ECLipsE-Fast | LipSDP (Clarabel) | lipcheck bound (method) | inspect time | ECLipsE/bound | lower |")

@@ -263,8 +263,8 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
 def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, float]], list[str]]:
     """Certified constants of the chains inside a graph that is not one chain as a whole (that one
     gets its tight bound from apply_tight)."""
+    from lipcheck.graph.chains import find_chain
     from lipcheck.graph.segments import segment_constants
-    from lipcheck.graph.tight import find_chain
 
     if find_chain(model)[0] is not None:
         return {}, []

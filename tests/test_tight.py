@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipcheck.api import inspect
+from lipcheck.graph.chains import _gelu_range, _mish_slope, _numeric_range, _silu_range
 from lipcheck.graph.lipsdp import Chain, Objective, certified_bound, certify, eclipse_fast
 from lipcheck.graph.lower_chain import chain_directions
-from lipcheck.graph.tight import METHOD, _gelu_range, _mish_slope, _numeric_range, _silu_range
+from lipcheck.graph.tight import METHOD
 
 _ACTS = {
     "relu": ((0.0, 1.0), torch.relu),

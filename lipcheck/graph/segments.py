@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lipcheck.graph.tight import LINEAR, Building, ChainReader, FoundChain, budget_seconds
+from lipcheck.graph.chains import LINEAR, Building, ChainReader, FoundChain
+from lipcheck.graph.tight import budget_seconds
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node

@@ -1,0 +1,91 @@
+"""Pairs for the ONNX lower bound from the network's own Jacobian: power iteration on J(x)ᵀJ(x) of
+lipcheck's IR run in torch in float32. Only directions are searched here; lipcheck.graph.lower
+certifies the ratio of each pair in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from lipcheck.graph.ir import Graph
+from lipcheck.graph.lower import CHECKED
+
+_POINTS = 4  # random points whose Jacobian is searched by power iteration
+_STEP = 1e-3  # the pair's step, relative to the input's RMS (at least 1)
+_BUDGET_PASSES = 12  # the ascent's time budget in float32 forward passes of the IR in torch (times --effort)
+_MIN_STEPS = 2
+_MAX_STEPS = 48  # power steps per point and output
+_MIN_SECONDS = 2.0  # the budget's floor, as for the other searches
+
+
+def differentiable(graph: Graph) -> bool:
+    """Whether lipcheck's IR of the graph runs in torch, so autograd can search it."""
+    from lipcheck.graph.torch_eval import supported
+
+    return not supported(graph)
+
+
+def ir_ascent(graph: Graph, shapes: list[tuple[int, ...]], seed: int, effort: float) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Pairs (x, x + h v) with v found by power iteration on J(x)ᵀJ(x) of the IR run in torch in
+    float32 (J v by a forward difference, Jᵀ u by autograd), best first by their float32 ratio.
+
+    Stops after about ``effort`` × max(_MIN_SECONDS, _BUDGET_PASSES forward passes), after at
+    least _MIN_STEPS steps from the first point. Returns [] where the IR cannot be run or differentiated.
+    """
+    import torch
+
+    from lipcheck.graph.torch_eval import Unsupported, evaluate
+
+    generator = torch.Generator().manual_seed(seed)
+    constants: dict[str, object] = {}
+
+    def draw() -> list[torch.Tensor]:
+        return [torch.randn(s, generator=generator, dtype=torch.float32) for s in shapes]
+
+    def flat(values: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [v.reshape(-1) for v in values if v.is_floating_point()]
+
+    try:
+        with torch.no_grad():
+            count = len(flat(evaluate(graph, draw(), torch.float32, constants)))
+            started = time.monotonic()  # the first pass also converted the constants: time the second
+            evaluate(graph, draw(), torch.float32, constants)
+    except (Unsupported, RuntimeError, ValueError, IndexError, TypeError):
+        return []
+    deadline = started + effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
+    found: list[tuple[float, list[torch.Tensor], list[torch.Tensor]]] = []
+    directions: dict[int, list[torch.Tensor]] = {}  # per output, the last point's direction: a warm start
+    for point in range(_POINTS):
+        if found and time.monotonic() > deadline:
+            break
+        xs = [x.requires_grad_(True) for x in draw()]
+        scale = max(1.0, math.sqrt(sum(float((x.detach() ** 2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs))))
+        try:
+            with torch.enable_grad():
+                outs = flat(evaluate(graph, xs, torch.float32, constants))
+        except (Unsupported, RuntimeError, ValueError, IndexError, TypeError):
+            return []
+        for k in range(min(count, 4)):
+            vs = directions.get(k) or draw()
+            for step in range(_MAX_STEPS):
+                if (step >= _MIN_STEPS or point > 0) and time.monotonic() > deadline:
+                    break
+                norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
+                if norm == 0.0 or not math.isfinite(norm):
+                    break
+                h = _STEP * scale / norm
+                with torch.no_grad():
+                    ys = [x.detach() + h * v for x, v in zip(xs, vs)]
+                    moved = flat(evaluate(graph, ys, torch.float32, constants))
+                jv = (moved[k] - outs[k].detach()) / h
+                value = float(jv.norm()) / norm
+                if math.isfinite(value):
+                    found.append((value, [x.detach() for x in xs], ys))
+                grads = torch.autograd.grad(outs[k], xs, jv, retain_graph=True, allow_unused=True)
+                vs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
+            directions[k] = [v.detach() for v in vs]
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [([x.numpy() for x in xs], [y.numpy() for y in ys]) for _, xs, ys in found[:CHECKED]]
