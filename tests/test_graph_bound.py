@@ -226,3 +226,23 @@ def test_torch_transformer_encoder_layer_exported_by_dynamo(tmp_path: Path) -> N
     # LayerNorm is globally Lipschitz (max|γ|/√ε): it is named only as the node computing the lost output.
     assert "(LayerNormalization): computes output" in text and "LayerNorm is not globally Lipschitz" not in text
     assert "(MatMul): a product of two activations" in text
+
+
+@pytest.mark.parametrize(
+    ("pool", "side"), [(torch.nn.AdaptiveAvgPool2d(1), 6), (torch.nn.AdaptiveAvgPool2d((3, 2)), 7), (torch.nn.AdaptiveMaxPool2d((3, 3)), 7)]
+)
+def test_adaptive_pools_in_torchscript_are_bounded_by_their_operator(tmp_path: Path, pool: torch.nn.Module, side: int) -> None:
+    # An average pool is linear: its constant is the norm of its matrix (1/sqrt(36) for a global
+    # mean over 6x6), read here from the Jacobian; a max pool's is at most sqrt(windows per entry).
+    net = torch.nn.Sequential(pool, torch.nn.Flatten()).eval()
+    shape = (1, 2, side, side)
+    torch.jit.trace(net, torch.zeros(shape)).save(str(tmp_path / "pool.pt"))
+    from lipcheck.settings import Settings
+
+    bound = inspect(tmp_path / "pool.pt", settings=Settings(input_shape=(shape,), lower=False)).bound
+    x = torch.randn(shape, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(net.double(), x).reshape(-1, x.numel())
+    exact = float(torch.linalg.svdvals(jacobian)[0])
+    assert bound.graph is not None and exact * (1 - 1e-12) <= bound.graph
+    if isinstance(pool, torch.nn.AdaptiveAvgPool2d):
+        assert bound.graph <= exact * (2.5 if side % 3 else 1 + 1e-9)

@@ -50,7 +50,6 @@ _AGREEMENT = 1e-2  # a float64 ratio this close to its float32 one ends the chec
 _BUDGET_PASSES = 60  # the search's time budget, in forward passes of the model (times --effort)
 _MIN_SECONDS = 2.0  # ... but never less than this
 _MIN_PAIRS = 4  # pairs tried whatever the budget
-_MIN_STEPS = 3  # power steps from the first point whatever the budget
 _PER_NODE = 2.0**-40
 _FLOAT32_ERROR_SCALE = 2.0**-19
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
@@ -278,76 +277,47 @@ def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Seq
     return best * (1.0 - 2.0**-40)  # the two norms and the division, rounded down
 
 
-def torch_lower(
-    module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int, points: int = 4, steps: int = 25, effort: float = 1.0
-) -> float | None:
-    """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the directions v found by power
-    iteration on JᵀJ (autograd) at a few random x, or None when every ratio is 0.
+def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...], seed: int, effort: float = 1.0) -> float | None:
+    """The largest certified float64 ratio ‖f(x+hv)−f(x)‖/‖hv‖ at the pairs a float32 copy of the
+    module finds by power iteration on its Jacobian (lipcheck.graph.lower_ir.jacobian_pairs), or
+    None when every ratio is 0.
 
-    The power iterations stop once about ``effort`` × max(2 s, _BUDGET_PASSES forward passes) is
-    spent, after at least _MIN_STEPS steps from the first point.
-
-    The module runs as a float64 copy in eval mode; the caller's module, its dtype and its training
-    flag are left as they were. Autograd only finds directions: ‖J(x)v‖ itself could exceed the
-    constant where f is not differentiable, so the value is an attained finite-difference ratio
-    less the rounding slack of the module docstring (one node per submodule).
+    The module runs as float32 and float64 copies in eval mode; the caller's module, its dtype and
+    its training flag are left as they were. The value is an attained finite-difference ratio of the
+    float64 copy less the rounding slack of the module docstring (one node per submodule); the
+    checks stop once one matches its float32 ratio.
     """
     import torch
 
+    from lipcheck.graph.lower_ir import jacobian_pairs
+
     outputs, nodes = float64_outputs(module)
+    search, _ = float64_outputs(module, torch.float32)
     param = next(iter(module.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
-    generator = torch.Generator().manual_seed(seed)
 
-    def draw() -> tuple[torch.Tensor, ...]:
-        return tuple(torch.randn(s, generator=generator, dtype=torch.float64).to(device) for s in input_shapes)
+    def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [o.cpu() for o in search(*(x.to(device) for x in xs))]
 
-    started = time.monotonic()
+    best = 0.0
     with torch.no_grad():
-        count = len(outputs(*draw()))
-    deadline = started + effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
-    candidates: list[tuple[float, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = []
-    for _ in range(points):
-        if candidates and time.monotonic() > deadline:
-            break
-        xs = draw()
-        for k in range(min(count, 4)):
-            vs = draw()
-            best = (0.0, xs, vs)
-            for step in range(steps):
-                if step >= _MIN_STEPS and time.monotonic() > deadline:
-                    break
-                norm = torch.sqrt(torch.stack([(v**2).sum() for v in vs]).sum())
-                if float(norm) == 0.0 or not math.isfinite(float(norm)):
-                    break
-                vs = tuple(v / norm for v in vs)
-                _, jv = torch.autograd.functional.jvp(lambda *a, k=k: outputs(*a)[k], xs, vs)
-                value = float(jv.norm())
-                if math.isfinite(value) and value > best[0]:
-                    best = (value, xs, vs)
-                _, back = torch.autograd.functional.vjp(lambda *a, k=k: outputs(*a)[k], xs, jv)
-                vs = back if isinstance(back, tuple) else (back,)
-            candidates.append(best)
-    candidates.sort(key=lambda c: c[0], reverse=True)
-    found = 0.0
-    with torch.no_grad():
-        for _, xs, vs in candidates[:CHECKED]:
-            scale = math.sqrt(sum(float((x**2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs)))
-            for h in (1e-3, 1e-5):
-                ys = tuple(x + h * max(1.0, scale) * v for x, v in zip(xs, vs))
-                found = max(found, certified_torch(outputs, xs, ys, nodes))
-    return found if found > 0.0 else None
+        for searched, xs, ys in jacobian_pairs(run, input_shapes, seed, effort):
+            value = certified_torch(outputs, tuple(x.to(device, torch.float64) for x in xs), tuple(y.to(device, torch.float64) for y in ys), nodes)
+            best = max(best, value)
+            if value > 0.0 and abs(searched - value) <= _AGREEMENT * value:
+                break
+    return best if best > 0.0 else None
 
 
-def float64_outputs(module: torch.nn.Module) -> tuple[Callable[..., list[torch.Tensor]], int]:
-    """A float64 copy of the module in eval mode as a function to flat outputs, and its node count
-    for the rounding slack; the module itself is left as it is."""
+def float64_outputs(module: torch.nn.Module, dtype: torch.dtype | None = None) -> tuple[Callable[..., list[torch.Tensor]], int]:
+    """A float64 (or ``dtype``) copy of the module in eval mode as a function to flat outputs, and
+    its node count for the rounding slack; the module itself is left as it is."""
     import torch
 
     with warnings.catch_warnings():
         # A scripted module's parameters can be non-leaf tensors; copying them warns about .grad.
         warnings.simplefilter("ignore", UserWarning)
-        twin = copy.deepcopy(module).double().eval()
+        twin = copy.deepcopy(module).to(dtype or torch.float64).eval()
 
     def outputs(*xs: torch.Tensor) -> list[torch.Tensor]:
         out = twin(*xs)

@@ -63,18 +63,28 @@ def reduce_sum(walk: Walk, node: Node, ins: list[float]) -> float:
 
 @rule("AdaptiveAveragePool", "AdaptiveMaxPool")
 def adaptive_pool(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Adaptive pools (TorchScript): to size 1 a global pool; else an entry sits in at most 2 windows per axis.
+    """Adaptive pools (TorchScript): an entry sits in at most 2 windows per axis, 1 where m divides n.
 
     PyTorch's window for output i spans [floor(i·n/m), ceil((i+1)·n/m)); consecutive windows
-    overlap by at most one entry when m <= n, so an entry lies in at most 2 windows per axis, each
-    weighing it at most 1. With m > n or n unknown windows can share more, so it is not bounded.
+    overlap by at most one entry when m <= n, so an entry lies in at most c = 2 windows per axis (1
+    when m divides n, the windows then tiling the axis), and every window holds at least
+    w = floor(n/m) entries. A max weighs each entry at most 1: the constant is sqrt(∏ c). A mean
+    over a window W has ‖mean(x)‖² ≤ Σ_W x²/|W| (Cauchy–Schwarz), so the constant is
+    sqrt(∏ c / ∏ w): 1/√n for a global mean. With m > n or n unknown windows can share more, so it is
+    not bounded. A global pool of unknown input size is bounded by 1 (a mean's norm is at most 1).
     """
     size = [int(s) if s is not None else 0 for s in node.attrs.get("output_size", [])]
-    if size and all(s == 1 for s in size):
-        return ins[0]  # a global mean (norm <= 1) or a global max
     shape = walk.graph.shapes.get(node.inputs[0])
-    if not size or any(s <= 0 for s in size) or not shape or len(shape) < len(size):
+    sides = [n if isinstance(n, int) else None for n in shape[-len(size) :]] if size and shape and len(shape) >= len(size) else []
+    if size and all(s == 1 for s in size) and (not sides or None in sides):
+        return ins[0]  # a global mean (norm <= 1) or a global max
+    if not size or any(s <= 0 for s in size) or not sides:
         return walk.unbounded(node, "an adaptive pool whose input or output size lipcheck could not read")
-    if any(n is None or m > n for m, n in zip(size, shape[-len(size) :])):
+    axes = [(m, n) for m, n in zip(size, sides) if n is not None]
+    if len(axes) < len(size) or any(m > n for m, n in axes):
         return walk.unbounded(node, "an adaptive pool that enlarges an axis copies entries an unknown number of times")
-    return ins[0] * math.sqrt(2.0 ** len(size))
+    copies = math.prod(1 if n % m == 0 else 2 for m, n in axes)
+    if node.op == "AdaptiveMaxPool":
+        return ins[0] * math.sqrt(copies)
+    window = math.prod(n // m for m, n in axes)
+    return ins[0] * math.sqrt(copies / window) * (1 + 2.0**-50)
