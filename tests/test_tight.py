@@ -21,6 +21,7 @@ from lipcheck.graph.chains import _gelu_range, _mish_slope, _numeric_range, _sil
 from lipcheck.graph.lipsdp import Chain, Objective, certified_bound, certify, eclipse_fast
 from lipcheck.graph.lower_chain import chain_directions
 from lipcheck.graph.tight import METHOD
+from lipcheck.settings import Settings
 
 _ACTS = {
     "relu": ((0.0, 1.0), torch.relu),
@@ -246,3 +247,24 @@ def test_a_constant_that_broadcasts_the_input_larger_is_not_a_translation(tmp_pa
     bound = inspect(_translated_chain(tmp_path, np.zeros((3, 5)))).bound
     assert bound.tight is None and bound.graph is not None and bound.lower is not None
     assert bound.lower <= bound.graph
+
+
+def test_a_reshape_computed_from_the_inputs_shape_keeps_the_chain(tmp_path: Path) -> None:
+    # x.view(x.size(0), -1) exports as Shape -> Gather -> Concat -> Reshape: the Shape reads only
+    # the input's (fixed) shape, so the input still has one reader and the chain stands.
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 16), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x.view(x.size(0), -1))))
+
+    torch.manual_seed(2)
+    path = tmp_path / "flat.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Flat().eval(), torch.zeros(1, 3, 4), str(path), dynamo=False, opset_version=17, dynamic_axes={"x": {0: "batch"}}, input_names=["x"])
+    assert "Shape" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    bound = inspect(path, settings=Settings(input_shape=((1, 3, 4),))).bound
+    assert bound.method == METHOD and bound.tight is not None and bound.graph is not None and bound.tight < bound.graph

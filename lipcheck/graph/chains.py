@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 LINEAR = {"Gemm", "MatMul"}
+_SHAPE_ONLY = {"Shape", "Size"}
 
 
 @dataclass
@@ -171,13 +172,16 @@ class ChainReader:
         graph = model.graph
         assert graph is not None
         self.model, self.graph = model, graph
+        # Shape and Size read only a value's shape, fixed with the input's: they are not readers of
+        # its entries, and what they compute is not data.
         self.consumers: dict[str, list[Node]] = {}
         for node in graph.nodes:
-            for name in node.inputs:
-                self.consumers.setdefault(name, []).append(node)
+            if node.op not in _SHAPE_ONLY:
+                for name in node.inputs:
+                    self.consumers.setdefault(name, []).append(node)
         self.live = set(graph.inputs)
         for node in graph.nodes:
-            if any(name in self.live for name in (*node.inputs, *node.captures)):
+            if node.op not in _SHAPE_ONLY and any(name in self.live for name in (*node.inputs, *node.captures)):
                 self.live.update(node.outputs)
 
     def const(self, name: str) -> np.ndarray | None:
