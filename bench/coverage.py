@@ -1,4 +1,4 @@
-"""Coverage over real models: per model, layers found, the graph bound or the first blocking node,
+"""Coverage over real models: per model, layers found, the network bound and how it was found or the first blocking node,
 a float64 sampled lower ratio where a bound exists, and the time taken.
 
     python bench/fetch_corpus.py && python bench/coverage.py
@@ -54,10 +54,10 @@ def main() -> None:
             print(f"{path.name:45s} error: {type(exc).__name__}: {exc}")
             continue
         took = time.perf_counter() - start
-        graph = report.bound.graph
-        if graph is not None:
+        upper = report.bound.upper
+        if upper is not None:
             ratio = sampled_ratio(path, shape) if shape else None
-            what = f"graph {graph:.4g}" + (f" ≥ sampled {ratio:.4g}" if ratio is not None else "")
+            what = f"{report.bound.method} {upper:.4g}" + (f" ≥ sampled {ratio:.4g}" if ratio is not None else "")
         else:
             what = "none: " + (report.bound.blocking[0] if report.bound.blocking else "?")[:110]
         print(f"{path.name:45s} layers {len(report.layers):4d}  {what}  ({took:.1f} s)")

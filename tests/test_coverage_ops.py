@@ -377,3 +377,21 @@ def test_dynamic_quantization_with_a_quantized_bias_is_bounded_like_its_float_mo
     assert float_bound is not None and report.bound.graph is not None, report.bound.blocking
     assert report.bound.graph == pytest.approx(float_bound, rel=0.05)  # the same network, weights on an int8 grid
     assert any("rounding" in a for a in report.bound.assumptions)
+
+
+def test_atan_and_asinh_are_one_lipschitz(tmp_path: Path) -> None:
+    # DAVE-2's steering head ends in atan; both slopes are at most 1 (at 0), reached there.
+    w = np.diag([3.0, 0.5]).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Atan", ["m"], ["a"]), helper.make_node("Asinh", ["a"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "atan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    bound = inspect(path).bound
+    assert bound.graph is not None and math.isclose(bound.graph, 3.0, rel_tol=1e-6)
+    # The slope of asinh(atan(3x)) is 3 at 0 only: the IR evaluates both ops for an attained ratio.
+    assert bound.lower is not None and 0.0 < bound.lower <= bound.graph

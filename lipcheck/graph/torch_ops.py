@@ -38,6 +38,8 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Not": torch.logical_not,
     "Sin": torch.sin,
     "Cos": torch.cos,
+    "Atan": torch.atan,
+    "Asinh": torch.asinh,
 }
 
 

@@ -30,7 +30,7 @@ rule("Gelu", "FastGelu", "BiasGelu", constant=GELU)(scaled)
 rule("Mish", constant=MISH)(scaled)
 rule("HardSwish", constant=1.5)(scaled)
 rule("Erf", constant=2 / math.sqrt(math.pi))(scaled)
-rule("Sin", "Cos", constant=1.0)(scaled)
+rule("Sin", "Cos", "Atan", "Asinh", constant=1.0)(scaled)  # |atan'| = 1/(1+x²), |asinh'| = 1/√(1+x²)
 # Softmax's Jacobian diag(p) - p p^T has spectral norm <= 1/2.
 rule("Softmax", constant=0.5)(scaled)
 
