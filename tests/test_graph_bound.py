@@ -246,3 +246,31 @@ def test_adaptive_pools_in_torchscript_are_bounded_by_their_operator(tmp_path: P
     assert bound.graph is not None and exact * (1 - 1e-12) <= bound.graph
     if isinstance(pool, torch.nn.AdaptiveAvgPool2d):
         assert bound.graph <= exact * (2.5 if side % 3 else 1 + 1e-9)
+
+
+def test_the_walks_own_rounding_never_takes_the_bound_below_the_exact_product(tmp_path: Path) -> None:
+    # 300 multiplications by float32 constants: the exact constant is their product, computed here
+    # in exact fractions; float64 products rounded to nearest drift below it about half the time.
+    import fractions
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(0.9, 1.1, 300).astype(np.float32)
+    nodes = [helper.make_node("Mul", [f"v{i}", f"c{i}"], [f"v{i + 1}"]) for i in range(300)]
+    inits = [numpy_helper.from_array(np.array(c, dtype=np.float32), f"c{i}") for i, c in enumerate(scales)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("v300", TensorProto.FLOAT, [1, 4])], inits
+    )
+    path = tmp_path / "muls.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    from lipcheck.settings import Settings
+
+    bound = inspect(path, settings=Settings(lower=False)).bound
+    exact = fractions.Fraction(1)
+    for c in scales:
+        exact *= fractions.Fraction(float(c))
+    assert bound.graph is not None and fractions.Fraction(bound.graph) >= exact
+    assert bound.graph <= float(exact) * (1 + 1e-9)
