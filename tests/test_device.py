@@ -43,3 +43,26 @@ def test_dense_certificate_on_cuda_contains_the_svd_value() -> None:
     exact = exact_sigma(w)
     assert est.sigma <= exact <= est.upper
     assert est.upper - est.sigma <= 1e-6 * est.upper
+
+
+def test_lower_bound_of_a_module_on_cuda_is_attained_and_near_the_norm() -> None:
+    from lipcheck.graph.lower import torch_lower
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.Linear(8, 3, bias=False)).cuda()
+    exact = exact_sigma((net[1].weight @ net[0].weight).detach().cpu())
+    lower = torch_lower(net, ((1, 6),), seed=0)
+    assert lower is not None and 0.99 * exact <= lower <= exact * (1 + 1e-9)
+    assert next(net.parameters()).device.type == "cuda" and next(net.parameters()).dtype == torch.float32
+
+
+def test_inspect_with_device_cuda_matches_the_cpu_on_the_sample_cnn() -> None:
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    on = {d: inspect("sample_models/cnn.onnx", settings=Settings(device=d, lower=False)) for d in ("cpu", "cuda")}
+    for a, b in zip(on["cpu"].layers, on["cuda"].layers):
+        assert a.lipschitz is not None and b.lipschitz is not None
+        assert math.isclose(a.lipschitz.upper, b.lipschitz.upper, rel_tol=1e-5)
+    assert on["cpu"].bound.upper is not None and on["cuda"].bound.upper is not None
+    assert math.isclose(on["cpu"].bound.upper, on["cuda"].bound.upper, rel_tol=1e-5)
