@@ -50,7 +50,7 @@ def test_lower_bound_of_a_module_on_cuda_is_attained_and_near_the_norm() -> None
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.Linear(8, 3, bias=False)).cuda()
-    exact = exact_sigma((net[1].weight @ net[0].weight).detach().cpu())
+    exact = exact_sigma((net[1].weight.double() @ net[0].weight.double()).detach().cpu())
     lower = torch_lower(net, ((1, 6),), seed=0)
     assert lower is not None and 0.99 * exact <= lower <= exact * (1 + 1e-9)
     assert next(net.parameters()).device.type == "cuda" and next(net.parameters()).dtype == torch.float32
