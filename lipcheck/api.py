@@ -266,9 +266,12 @@ def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, fl
     from lipcheck.graph.chains import find_chain
     from lipcheck.graph.segments import segment_constants
 
-    if find_chain(model)[0] is not None:
-        return {}, []
-    return segment_constants(model, settings.effort)
+    try:
+        if find_chain(model)[0] is not None:
+            return {}, []
+        return segment_constants(model, settings.effort)
+    except Exception as exc:  # the segments only tighten the walk: without them it still stands
+        return {}, [f"no chain segments ({first_line(exc)})"]
 
 
 def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings, fuse: Callable[[int, np.ndarray], float | None]) -> None:

@@ -268,3 +268,83 @@ def test_a_reshape_computed_from_the_inputs_shape_keeps_the_chain(tmp_path: Path
     assert "Shape" in {node.op_type for node in onnx.load(str(path)).graph.node}
     bound = inspect(path, settings=Settings(input_shape=((1, 3, 4),))).bound
     assert bound.method == METHOD and bound.tight is not None and bound.graph is not None and bound.tight < bound.graph
+
+
+def _onnx(tmp_path: Path, name: str, nodes: list, inits: dict, x_shape: list, y: str, y_shape: list) -> Path:  # type: ignore[type-arg]
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp_path / name
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _reaching_pair_ratio(w1: np.ndarray, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A point inside the activation region where x W1 D W2 has its largest norm, and that norm's top direction."""
+    import itertools
+
+    d = max(itertools.product([0, 1], repeat=w1.shape[1]), key=lambda p: np.linalg.norm(w1 @ np.diag(p) @ w2, 2))
+    u, _, _ = np.linalg.svd(w1 @ np.diag(d) @ w2)
+    x = np.where(np.array(d) == 1, 10.0, -10.0) @ np.linalg.inv(w1)
+    return x, u[:, 0]
+
+
+@pytest.mark.parametrize("where", ["bias", "segment", "prelu"])
+def test_a_constant_that_broadcasts_rows_into_copies_is_never_a_chains_bias(tmp_path: Path, where: str) -> None:
+    # x (1x4) + b (3x4) has three copies of each row: sqrt(3) times the per-row constant. A chain
+    # (whole or inside the graph) reading it as a bias reported 4.06 where the file reaches 7.03.
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((4, 4)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    inits = {"W1": w1, "W2": w2, "b": np.zeros((3, 4), np.float32)}
+    if where == "prelu":
+        inits["slope"] = np.zeros((3, 4), np.float32)
+        nodes = [
+            helper.make_node("MatMul", ["x", "W1"], ["a"]),
+            helper.make_node("PRelu", ["a", "slope"], ["r"]),
+            helper.make_node("MatMul", ["r", "W2"], ["y"]),
+        ]
+        out = "y"
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "b"], ["ab"])]
+        nodes += [helper.make_node("Relu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+        out = "y"
+        if where == "segment":
+            nodes = [nodes[0], helper.make_node("Relu", ["a"], ["r"]), nodes[3], helper.make_node("Add", ["y", "b2"], ["yb"])]
+            nodes += [helper.make_node("Tanh", ["yb"], ["t"]), helper.make_node("Sigmoid", ["yb"], ["s"]), helper.make_node("Add", ["t", "s"], ["z"])]
+            inits["b2"] = np.zeros((3, 2), np.float32)
+            out = "z"
+    path = _onnx(tmp_path, f"{where}.onnx", nodes, inits, [1, 4], out, [3, 2])
+    bound = inspect(path, settings=Settings(lower=False)).bound
+    x, v = _reaching_pair_ratio(w1.astype(np.float64), w2.astype(np.float64))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xs = x[None].astype(np.float32)
+    ys = (x + 1e-3 * v)[None].astype(np.float32)
+    attained = np.linalg.norm(session.run(None, {"x": ys})[0].astype(np.float64) - session.run(None, {"x": xs})[0]) / np.linalg.norm(ys.astype(np.float64) - xs)
+    assert bound.upper is not None and bound.upper >= attained * (1 - 1e-3)
+
+
+def test_constants_on_either_side_of_a_reshape_end_the_chain_without_a_traceback(tmp_path: Path) -> None:
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "W1": rng.standard_normal((4, 4)).astype(np.float32),
+        "W2": rng.standard_normal((4, 4)).astype(np.float32),
+        "c1": np.ones((2, 3, 1), np.float32),
+        "s": np.array([6, 4], np.int64),
+        "c2": np.ones((6, 1), np.float32),
+    }
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "c1"], ["a1"]), helper.make_node("Reshape", ["a1", "s"], ["a2"])]
+    nodes += [helper.make_node("Add", ["a2", "c2"], ["a3"]), helper.make_node("Relu", ["a3"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    bound = inspect(_onnx(tmp_path, "reshape.onnx", nodes, inits, [2, 3, 4], "y", [6, 4]), settings=Settings(lower=False)).bound
+    assert bound.upper is not None and bound.graph is not None

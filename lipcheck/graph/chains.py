@@ -238,34 +238,51 @@ class ChainReader:
                 if chain.weights:
                     return f"{node.label} transposes between layers"
                 chain.reordered = True
-            mode = self.const(node.inputs[2]) if node.op == "Dropout" and len(node.inputs) > 2 else None
-            if mode is not None and bool(mode.any()):
-                return f"{node.label} is a dropout in training mode"
+            if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
+                mode = self.const(node.inputs[2])
+                if mode is None or bool(mode.any()):
+                    return f"{node.label} is a dropout that may be in training mode"
         elif node.op in ("Add", "Sub"):
             other = self.const(node.inputs[1])
             if other is None:
                 return f"{node.label} adds something that is not a constant"
+            if self._enlarges(value, other.shape):
+                return f"{node.label} broadcasts its input to a larger shape"
             if node.op == "Sub":
                 other = -other
             if not chain.weights and chain.pending is None:
                 return self._translate(chain, node, value, other)
             if chain.pending is not None:
                 return f"{node.label} adds outside a layer's bias position"
-            chain.biases[-1] = other if chain.biases[-1] is None else chain.biases[-1] + other
+            try:
+                chain.biases[-1] = other if chain.biases[-1] is None else chain.biases[-1] + other
+            except ValueError:  # two constants on either side of a reshape: no one bias vector
+                return f"{node.label} adds a constant that does not line up with the layer's bias"
         else:
             if chain.pending is not None or not chain.weights or slope_range(node, self.const) is None:
                 return f"{node.label}: {node.op} does not belong in a plain chain"
+            slope = self.const(node.inputs[1]) if node.op == "PRelu" else None
+            if slope is not None and self._enlarges(value, slope.shape):
+                return f"{node.label} broadcasts its input to a larger shape"
             chain.pending = node
         return ""
 
+    def _enlarges(self, value: str, other: tuple[int, ...]) -> bool:
+        """Whether broadcasting against a constant of shape ``other`` can make ``value`` larger (each
+        entry then appears several times, and the chain's per-row constant no longer bounds the map)."""
+        shape = self.graph.shapes.get(value)
+        if shape is None:
+            return math.prod(other) != 1
+        if len(other) > len(shape):
+            return True
+        return any(c != 1 and c != d for c, d in zip(reversed(other), reversed(shape)))
+
     def _translate(self, chain: Building, node: Node, value: str, other: np.ndarray) -> str:
-        """Take x + c before the first layer: an isometry when c does not enlarge x by broadcasting."""
+        """Take x + c before the first layer: an isometry (c does not enlarge x, checked by the caller)."""
         shape = self.graph.shapes.get(value)
         if shape is None or not all(isinstance(d, int) for d in shape):
             return f"{node.label} adds a constant to an input of unknown shape"
         dims = tuple(int(d) for d in shape)  # type: ignore[arg-type]
-        if other.ndim > len(dims) or any(c not in (1, d) for c, d in zip(other.shape[::-1], dims[::-1])):
-            return f"{node.label} broadcasts its input to a larger shape"
         shift = np.broadcast_to(other, dims).reshape(-1)
         chain.offset = shift.copy() if chain.offset is None else chain.offset + shift
         return ""

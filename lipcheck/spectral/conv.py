@@ -364,7 +364,8 @@ def operator_lower(
             continue
         betas.append(beta)
         basis.append(z / beta)
-    lower = certified_ratio(weight.to(device), geometry, transposed, best_vec.reshape(shape))
+    # On the CPU: its rounding bound assumes plain dot products, which a GPU library need not use.
+    lower = certified_ratio(weight, geometry, transposed, best_vec.reshape(shape).cpu())
     return min(lower, upper), it
 
 

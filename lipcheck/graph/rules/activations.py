@@ -89,8 +89,32 @@ def thresholded(walk: Walk, node: Node, ins: list[float]) -> float:
 
 @rule("PRelu")
 def prelu(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Slopes 1 and the per-channel slope."""
+    """Slopes 1 and the per-channel slope, times the copies a slope larger than the input makes.
+
+    The standard broadcasts the slope to the input only, but onnxruntime also broadcasts the input
+    to a larger slope, so the copies are counted from the two shapes, not from the declared output.
+    """
     slope = walk.const(node.inputs[1])
     if slope is None:
         return walk.unbounded(node, "a PRelu slope lipcheck could not read")
-    return max(1.0, float(np.abs(slope).max())) * ins[0]
+    copies = _broadcast_copies(walk.graph.shapes.get(node.inputs[0]), slope.shape)
+    if copies is None:
+        return walk.unbounded(node, "a PRelu slope that may broadcast its input to a larger shape lipcheck cannot size")
+    return max(1.0, float(np.abs(slope).max())) * ins[0] * math.sqrt(copies)
+
+
+def _broadcast_copies(shape: tuple[int | None, ...] | None, other: tuple[int, ...]) -> int | None:
+    """How many times broadcasting against a constant of shape ``other`` repeats each input entry,
+    or None where an unknown size leaves it open. A size-1 axis of the constant never repeats."""
+    if all(c == 1 for c in other):
+        return 1
+    if shape is None:
+        return None
+    copies = math.prod(other[: max(0, len(other) - len(shape))])
+    for c, d in zip(reversed(other), reversed(shape)):
+        if c == 1 or c == d:
+            continue
+        if d != 1:
+            return None  # unknown, or sizes that do not broadcast
+        copies *= c
+    return copies
