@@ -348,3 +348,30 @@ def test_constants_on_either_side_of_a_reshape_end_the_chain_without_a_traceback
     nodes += [helper.make_node("Add", ["a2", "c2"], ["a3"]), helper.make_node("Relu", ["a3"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
     bound = inspect(_onnx(tmp_path, "reshape.onnx", nodes, inits, [2, 3, 4], "y", [6, 4]), settings=Settings(lower=False)).bound
     assert bound.upper is not None and bound.graph is not None
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_shapes_the_file_declares_for_computed_values_are_not_trusted(tmp_path: Path, batch: int | str) -> None:
+    # The file declares a = x W1 as 3x4, so a (3,4) bias looks like no broadcast; onnxruntime only
+    # warns and copies each row 3 times (with batch N the copies happen at N = 1).
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((4, 4)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "b"], ["ab"])]
+    nodes += [helper.make_node("Relu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(np.zeros((3, 4), np.float32), "b")],
+        value_info=[helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 4])],
+    )
+    path = tmp_path / "declared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    settings = Settings(lower=False)
+    bound = inspect(path, settings=settings).bound
+    x, v = _reaching_pair_ratio(w1.astype(np.float64), w2.astype(np.float64))
+    exact = math.sqrt(3) * np.linalg.norm(w1.astype(np.float64)[:, :] @ np.diag((x @ w1.astype(np.float64) > 0).astype(float)) @ w2.astype(np.float64), 2)
+    assert bound.upper is not None and bound.upper >= exact * (1 - 1e-9)

@@ -1,7 +1,8 @@
-"""Static shapes of an ONNX graph's values, by ONNX shape inference (nothing is run).
+"""Static shapes of an ONNX graph's values, by ONNX shape inference from the inputs' shapes (nothing
+is run; shapes the file declares for computed values are not taken on trust).
 
-Used to learn the input size each convolution sees. ``--input-shape`` fixes the graph inputs
-whose dimensions the file leaves dynamic.
+Used to learn the input size each convolution sees and how broadcasting copies entries.
+``--input-shape`` fixes the graph inputs whose dimensions the file leaves dynamic.
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def _strip(graph: GraphProto) -> None:
                 _strip(attr.g)
 
 
+def _forget_declared(graph: GraphProto) -> None:
+    """Drop the shapes a file declares for values it computes: onnxruntime only warns when they are
+    wrong and runs with the real ones, so they are claims, not facts. Inputs keep theirs (they are
+    checked when the model is fed)."""
+    del graph.value_info[:]
+    for value in graph.output:
+        if value.type.HasField("tensor_type"):
+            value.type.tensor_type.ClearField("shape")
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                del attr.g.value_info[:]
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    del sub.value_info[:]
+
+
 def _collect(graph: GraphProto, out: dict[str, Dims]) -> None:
     for value in [*graph.input, *graph.value_info, *graph.output]:
         dims = _dims(value)
@@ -92,6 +110,7 @@ def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -
     work.CopyFrom(proto)
     if input_shapes is not None:
         _fix_inputs(work.graph, input_shapes)
+    _forget_declared(work.graph)
     _strip(work.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(work, check_type=False, strict_mode=False, data_prop=True)

@@ -29,7 +29,8 @@ def copies(walk: Walk, name: str, out: str) -> float:
     """How many times broadcasting repeats each entry of ``name`` in ``out`` (1 where sizes agree).
 
     An axis of size 1 (or a missing leading axis) against a known output size ``n`` repeats each
-    entry ``n`` times. Unknown sizes on both sides are taken as equal, noted in the assumptions.
+    entry ``n`` times, and so may an axis of unknown size (it may be 1): the worst case is counted.
+    Unknown sizes on both sides are taken as equal, noted in the assumptions.
     """
     src, dst = walk.graph.shapes.get(name), walk.graph.shapes.get(out)
     c = walk.const(name)
@@ -44,7 +45,7 @@ def copies(walk: Walk, name: str, out: str) -> float:
     padded = (None,) * (len(dst) - len(src)) + tuple(src) if len(dst) >= len(src) else tuple(src)
     for index, (a, b) in enumerate(zip(padded, dst)):
         missing = index < len(dst) - len(src)
-        if (missing or a == 1) and b is not None:
+        if (missing or a == 1 or a is None) and b is not None:
             count *= b
         elif (missing or a == 1) and b is None:
             walk.note(UNSURE_BROADCAST)
