@@ -107,25 +107,19 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     return _best_certified(exact, float32, found, nodes)
 
 
-def _best_certified(exact: Run, float32: Run | None, pairs: list[tuple[list[np.ndarray], list[np.ndarray]]], nodes: int) -> float:
+Pairs = list[tuple[float, list[np.ndarray], list[np.ndarray]]]  # (the search's own ratio, xs, ys), best first
+
+
+def _best_certified(exact: Run, float32: Run | None, pairs: Pairs, nodes: int) -> float:
     """The largest certified ratio over pairs given best first; stops once a pair's float64 ratio
     matches its search ratio, since the pairs after it were found smaller by the same search."""
     best = 0.0
-    for xs, ys in pairs:
+    for searched, xs, ys in pairs:
         value = certified(exact, float32, xs, ys, nodes)
         best = max(best, value)
-        if float32 is not None and value > 0.0:
-            searched = _search_ratio(float32, xs, ys)
-            if abs(searched - value) <= _AGREEMENT * value:
-                break
+        if value > 0.0 and abs(searched - value) <= _AGREEMENT * value:
+            break
     return best
-
-
-def _search_ratio(run: Run, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> float:
-    dx = _distance(xs, ys)
-    if dx == 0.0:
-        return 0.0
-    return max((float(np.linalg.norm(b - a)) for a, b in zip(run(list(xs)), run(list(ys)))), default=0.0) / dx
 
 
 def _float32_session(path: Path) -> tuple[Run | None, list[type | None] | None]:
@@ -154,10 +148,8 @@ def _declared_types(model: onnx.ModelProto, names: list[str]) -> list[type | Non
     return [kinds.get(declared.get(name, 0)) for name in names]
 
 
-def _search(
-    run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator, jacobian_limit: int, effort: float = 1.0
-) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """The best pairs (x, y) by the search's own ratio: a Jacobian direction, random pairs, an attack.
+def _search(run: Run, shapes: list[tuple[int, ...]], grid: list[np.dtype], rng: np.random.Generator, jacobian_limit: int, effort: float = 1.0) -> Pairs:
+    """The best pairs (x, y) by the search's own ratio, best first: a Jacobian direction, random pairs, an attack.
 
     Random pairs and attack steps stop once the time budget is spent (see :func:`onnx_lower`).
     """
@@ -229,7 +221,7 @@ def _search(
         keep(value, trial_x, ys)
         if value > current:
             current, xs, us = value, trial_x, trial_u
-    return [(xs, ys) for value, _, xs, ys in best if value > 0.0]
+    return [(value, xs, ys) for value, _, xs, ys in sorted(best, key=lambda item: item[0], reverse=True) if value > 0.0]
 
 
 def _distance(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> float:

@@ -33,8 +33,8 @@ def differentiable(graph: Graph) -> bool:
     return not supported(graph)
 
 
-def ir_ascent(graph: Graph, shapes: list[tuple[int, ...]], seed: int, effort: float) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Pairs (x, x + h v) for the IR run in torch in float32 (see jacobian_pairs), best first, as
+def ir_ascent(graph: Graph, shapes: list[tuple[int, ...]], seed: int, effort: float) -> list[tuple[float, list[np.ndarray], list[np.ndarray]]]:
+    """(float32 ratio, xs, ys) for the IR run in torch in float32 (see jacobian_pairs), best first, as
     arrays; [] where the IR cannot be run or differentiated."""
     import torch
 
@@ -49,7 +49,7 @@ def ir_ascent(graph: Graph, shapes: list[tuple[int, ...]], seed: int, effort: fl
         found = jacobian_pairs(run, shapes, seed, effort)
     except (Unsupported, RuntimeError, ValueError, IndexError, TypeError):
         return []
-    return [([x.numpy() for x in xs], [y.numpy() for y in ys]) for _, xs, ys in found]
+    return [(value, [x.numpy() for x in xs], [y.numpy() for y in ys]) for value, xs, ys in found]
 
 
 def jacobian_pairs(
