@@ -13,7 +13,7 @@ from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import load
 from lipcheck.gate import BOUND_KINDS, GateSpec, Outcome, evaluate
 from lipcheck.graph.tight import apply_tight, improve_lower
-from lipcheck.model import Layer, Model
+from lipcheck.model import WEIGHTS_ONLY_FORMATS, Layer, Model
 from lipcheck.product import PRODUCT_ASSUMPTION, log10_product, product_upper
 from lipcheck.report.data import BoundReport, LayerReport, Report, SkippedReport
 from lipcheck.report.run import FileResult, Run
@@ -191,7 +191,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     layers = [found[index] for index in range(total)]
     log10 = log10_product([entry.lipschitz.upper if entry.lipschitz else None for entry in layers])
     assumptions = [PRODUCT_ASSUMPTION]
-    if model.format in ("state_dict", "checkpoint", "safetensors"):
+    if model.format in WEIGHTS_ONLY_FORMATS:
         assumptions.append("order: no graph in the file, so layers are listed in file order")
     notes = list(model.notes)
     if any(layer.is_conv and layer.geometry is None for layer in model.layers):

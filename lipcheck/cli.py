@@ -32,6 +32,7 @@ from lipcheck.cli_options import (
     TolOpt,
 )
 from lipcheck.cli_output import publish, write_atomic
+from lipcheck.model import WEIGHTS_ONLY_FORMATS
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -51,8 +52,6 @@ def _root(version: Annotated[bool | None, typer.Option(
 
 
 # -- running and reporting ---------------------------------------------------------------------------
-_NO_GRAPH = ("state_dict", "checkpoint", "safetensors")  # formats whose files hold weights only
-
 def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = None, **common: Any) -> Any:
     from rich.console import Console
 
@@ -66,7 +65,7 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
         run = analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
                             on_file=progress.start_file if len(paths) > 1 else None)
     for result in run.results:
-        if result.report is not None and settings[result.path].input_shape and result.report.model_format in _NO_GRAPH:
+        if result.report is not None and settings[result.path].input_shape and result.report.model_format in WEIGHTS_ONLY_FORMATS:
             opt.warn(f"{result.path}: --input-shape applies to files with a graph (ONNX, TorchScript, .pt2); ignored here")
     return run
 

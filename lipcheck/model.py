@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 LINEAR_OPS = ("linear", "matmul", "gemm")
 CONV_OPS = ("conv1d", "conv2d", "conv3d")
 CONV_TRANSPOSE_OPS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+WEIGHTS_ONLY_FORMATS = ("state_dict", "checkpoint", "safetensors")  # files with no graph: layers in file order
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     """
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
-    workers = 1 if settings.device != "cpu" else max(1, min(_MAX_WORKERS, threads, len(layers)))
+    workers = _workers(settings.device, threads, len(layers))
     if workers == 1:
         for batch in batches:
             for index, result in _estimate_batch(layers, batch, settings):
@@ -151,7 +151,7 @@ def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]
     """Run independent tasks as estimate_all runs its batches (on a CPU, one per thread, each
     single-threaded), in the order given; return their results in that order."""
     threads = torch.get_num_threads()
-    workers = 1 if device != "cpu" else max(1, min(_MAX_WORKERS, threads, len(tasks)))
+    workers = _workers(device, threads, len(tasks))
     if workers == 1:
         return [task() for task in tasks]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
@@ -161,6 +161,11 @@ def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]
         return [future.result() for future in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _workers(device: str, threads: int, jobs: int) -> int:
+    """Jobs run side by side on a CPU, one per thread (at most _MAX_WORKERS); one at a time elsewhere."""
+    return 1 if device != "cpu" else max(1, min(_MAX_WORKERS, threads, jobs))
 
 
 def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: int) -> None:
