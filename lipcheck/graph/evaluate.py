@@ -11,6 +11,7 @@ cast back to float32, and those hold sizes, not activations.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -81,8 +82,8 @@ class Float64Model:
     """
 
     def __init__(self, model: ModelProto, graph: Graph | None = None) -> None:
-        self.twin = float64_twin(model)
-        self.input_names = [v.name for v in self.twin.graph.input if v.name not in {init.name for init in self.twin.graph.initializer}]
+        self._model = model
+        self.input_names = [v.name for v in model.graph.input if v.name not in {init.name for init in model.graph.initializer}]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._session: Any = None
         self._reference: Any = None
@@ -108,6 +109,11 @@ class Float64Model:
                 errors.append(f"reference evaluator: {first_line(ref_exc, 200)}")
         if not self.backend:
             raise NoFloat64Evaluation("no float64 evaluation of this graph (" + "; ".join(errors) + ")")
+
+    @functools.cached_property
+    def twin(self) -> ModelProto:
+        """The float64 twin of the model (built only for onnxruntime or the reference evaluator)."""
+        return float64_twin(self._model)
 
     def _ort_session(self) -> Any:
         import onnxruntime as ort

@@ -30,7 +30,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +46,7 @@ _JACOBIAN_MAX_INPUTS = 4096
 _SLOW_JACOBIAN_MAX_INPUTS = 256  # when only the reference evaluator (numpy) runs the graph
 _JACOBIAN_POINTS = 1
 CHECKED = 4  # best pairs of the float32 search whose float64 ratio is computed
-_AGREEMENT = 1e-2  # a float64 ratio this close to its float32 one ends the checks (relative)
+_AGREEMENT = 1e-2  # checks end once the next pair cannot beat the best certified ratio by more than this (relative)
 _BUDGET_PASSES = 60  # the search's time budget, in forward passes of the model (times --effort)
 _MIN_SECONDS = 2.0  # ... but never less than this
 _MIN_PAIRS = 4  # pairs tried whatever the budget
@@ -90,7 +90,7 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     if differentiable(graph):
         ascent = ir_ascent(graph, shapes, seed, effort)  # type: ignore[arg-type]
         if ascent:
-            return _best_certified(exact, float32, ascent, nodes)
+            return best_certified(ascent, lambda xs, ys: certified(exact, float32, xs, ys, nodes))
     # The search takes a float32 grid wherever the file's inputs are float32.
     grid = [np.dtype(d) for d in dtypes]
     fast = search is not exact or exact.backend == "onnxruntime"
@@ -104,21 +104,27 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     )
     if not found:
         return None
-    return _best_certified(exact, float32, found, nodes)
+    return best_certified(found, lambda xs, ys: certified(exact, float32, xs, ys, nodes))
 
 
 Pairs = list[tuple[float, list[np.ndarray], list[np.ndarray]]]  # (the search's own ratio, xs, ys), best first
 
 
-def _best_certified(exact: Run, float32: Run | None, pairs: Pairs, nodes: int) -> float:
-    """The largest certified ratio over pairs given best first; stops once a pair's float64 ratio
-    matches its search ratio, since the pairs after it were found smaller by the same search."""
-    best = 0.0
+def best_certified(pairs: Sequence[tuple[float, Any, Any]], check: Callable[[Any, Any], float]) -> float:
+    """The largest certified ratio ``check(xs, ys)`` over pairs given best first by their search ratio.
+
+    The search's float32 ratios run high by a factor seen on the pairs checked so far; the checks stop
+    once the next pair's search ratio, corrected by that factor, cannot beat the best certified
+    ratio by more than _AGREEMENT.
+    """
+    best, excess = 0.0, 1.0
     for searched, xs, ys in pairs:
-        value = certified(exact, float32, xs, ys, nodes)
-        best = max(best, value)
-        if value > 0.0 and abs(searched - value) <= _AGREEMENT * value:
+        if best > 0.0 and searched / excess <= best * (1.0 + _AGREEMENT):
             break
+        value = check(xs, ys)
+        if value > 0.0:
+            excess = max(excess, searched / value)
+        best = max(best, value)
     return best
 
 
@@ -277,7 +283,7 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
     The module runs as float32 and float64 copies in eval mode; the caller's module, its dtype and
     its training flag are left as they were. The value is an attained finite-difference ratio of the
     float64 copy less the rounding slack of the module docstring (one node per submodule); the
-    checks stop once one matches its float32 ratio.
+    checks stop as :func:`best_certified` says.
     """
     import torch
 
@@ -291,13 +297,11 @@ def torch_lower(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ..
     def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
         return [o.cpu() for o in search(*(x.to(device) for x in xs))]
 
-    best = 0.0
+    def check(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+        return certified_torch(outputs, tuple(x.to(device, torch.float64) for x in xs), tuple(y.to(device, torch.float64) for y in ys), nodes)
+
     with torch.no_grad():
-        for searched, xs, ys in jacobian_pairs(run, input_shapes, seed, effort):
-            value = certified_torch(outputs, tuple(x.to(device, torch.float64) for x in xs), tuple(y.to(device, torch.float64) for y in ys), nodes)
-            best = max(best, value)
-            if value > 0.0 and abs(searched - value) <= _AGREEMENT * value:
-                break
+        best = best_certified(jacobian_pairs(run, input_shapes, seed, effort), check)
     return best if best > 0.0 else None
 
 

@@ -124,7 +124,7 @@ def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int
         def by_autograd(y: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():
                 x = torch.zeros(1, channels, *spatial, dtype=y.dtype, device=y.device, requires_grad=True)
-                (grad,) = torch.autograd.grad(apply(x), x, y)
+                (grad,) = torch.autograd.grad((apply(x) * y).sum(), x)
             return grad
 
         return by_autograd
@@ -231,8 +231,9 @@ METHOD_OPERATOR = (
 
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
-    x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64)
-    return _conv_fn(weight, geometry, transposed)(x).numel()
+    # On the meta device: shapes only, no arithmetic.
+    x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=weight.dtype, device="meta")
+    return _conv_fn(weight.to("meta"), geometry, transposed)(x).numel()
 
 
 def conv_tolerance(tol: float) -> float:

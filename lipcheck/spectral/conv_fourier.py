@@ -237,14 +237,17 @@ def gram_error(taps: GramTaps) -> float:
 
 
 def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound."""
+    """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound.
+
+    ``g`` is overwritten with tau I - G (the blocks are large and read once).
+    """
     n = g.shape[-1]
-    shifted = -g
+    diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
+    shifted = g.neg_()
     shifted.diagonal(dim1=-2, dim2=-1).add_(tau.unsqueeze(-1).to(g.dtype))
     trace = shifted.diagonal(dim1=-2, dim2=-1).real.abs().sum(dim=-1) * (1 + _gamma(n + 2))
     _, info = torch.linalg.cholesky_ex(shifted)
     fro2 = trace / (1 - _gamma(4 * n + 8))
-    diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
     bound = tau + UNIT_ROUNDOFF * _SAFETY * (tau + diag) + _gamma(4 * n + 8) * fro2
     ok = (info == 0) & torch.isfinite(fro2)
     return ok, bound * (1 + _gamma(4))
@@ -345,16 +348,19 @@ def circular_certificate(
     bound, steps, offset = 0.0, 0, 0
     for chunk_number in range(len(chunks)):
         g = blocks(chunk_number)
+        stored.pop(chunk_number, None)
         taus = torch.full((g.shape[0],), tau, dtype=torch.float64, device=dev)
         ok, found = _cholesky_bounds(g, taus)
-        steps += g.shape[0]
+        del g
+        steps += taus.shape[0]
         failed = torch.nonzero(~ok).flatten()
         for _ in range(3):
             if failed.numel() == 0:
                 break
-            values, vectors = hermitian_top(g[failed], rel=rel / 20)
+            retry = _blocks_at(taps, freqs, offset + failed.cpu(), groups, n).to(dev)
+            values, vectors = hermitian_top(retry, rel=rel / 20)
             sub_tau = torch.maximum(values * (1 + rel), taus[failed] * (1 + rel))
-            sub_ok, sub_found = _cholesky_bounds(g[failed], sub_tau)
+            sub_ok, sub_found = _cholesky_bounds(retry, sub_tau)
             steps += failed.numel()
             found[failed] = sub_found
             ok[failed] = sub_ok
@@ -365,11 +371,10 @@ def circular_certificate(
                 tau = float(sub_found[worst])
             failed = failed[~sub_ok]
         if failed.numel():
-            fro = torch.linalg.matrix_norm(g[failed], ord="fro") * (1 + _gamma(n * n + 2))
+            fro = torch.linalg.matrix_norm(_blocks_at(taps, freqs, offset + failed.cpu(), groups, n).to(dev), ord="fro") * (1 + _gamma(n * n + 2))
             found[failed] = fro
         bound = max(bound, float(found.max()))
-        offset += g.shape[0]
-        stored.pop(chunk_number, None)
+        offset += taus.shape[0]
     upper = math.sqrt((bound + e_g) * (1 + _gamma(4))) * (1 + _gamma(2))
     freq_row, group = divmod(top_index, groups)
     return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps, steps)
