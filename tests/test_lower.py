@@ -188,3 +188,25 @@ def test_chain_lower_bound_on_a_plane_reaches_the_best_realizable_region() -> No
     exact = _patterns_norm(w1, w2, patterns)
     lower = _chain_lower(w1, b1, w2)
     assert 0.985 * exact <= lower <= exact * (1 + 1e-6)
+
+
+def test_pair_checks_stop_once_the_next_pair_cannot_win_and_go_on_past_an_untrusted_float32_ratio() -> None:
+    """Pairs come best first by their float32 ratio; checks stop only when the next cannot beat the best."""
+    from lipcheck.graph.lower import best_certified
+
+    def run(pairs: list[tuple[float, float]]) -> tuple[float, int]:
+        exact = {index: value for index, (_, value) in enumerate(pairs)}
+        calls = []
+
+        def check(xs: int, ys: int) -> float:
+            calls.append(xs)
+            return exact[xs]
+
+        return best_certified([(searched, index, index) for index, (searched, _) in enumerate(pairs)], check), len(calls)
+
+    # float32 ratios 2% high throughout: the first check shows it, so the second pair cannot win.
+    assert run([(1.02, 1.0), (1.015, 0.995), (0.9, 0.88)]) == (1.0, 1)
+    # The first float32 ratio is far off (an artifact of float32 rounding): the next pair is checked and wins.
+    assert run([(1.0, 0.5), (0.99, 0.98), (0.4, 0.39)]) == (0.98, 2)
+    # A later pair whose float32 ratio beats the best certified one is checked.
+    assert run([(1.0, 0.9), (0.99, 0.97), (0.5, 0.5)]) == (0.97, 2)

@@ -47,6 +47,7 @@ _SLOW_JACOBIAN_MAX_INPUTS = 256  # when only the reference evaluator (numpy) run
 _JACOBIAN_POINTS = 1
 CHECKED = 4  # best pairs of the float32 search whose float64 ratio is computed
 _AGREEMENT = 1e-2  # checks end once the next pair cannot beat the best certified ratio by more than this (relative)
+_MAX_EXCESS = 1.05  # float32 search ratios above their float64 ones by more than this are not trusted to rank pairs
 _BUDGET_PASSES = 60  # the search's time budget, in forward passes of the model (times --effort)
 _MIN_SECONDS = 2.0  # ... but never less than this
 _MIN_PAIRS = 4  # pairs tried whatever the budget
@@ -113,9 +114,9 @@ Pairs = list[tuple[float, list[np.ndarray], list[np.ndarray]]]  # (the search's 
 def best_certified(pairs: Sequence[tuple[float, Any, Any]], check: Callable[[Any, Any], float]) -> float:
     """The largest certified ratio ``check(xs, ys)`` over pairs given best first by their search ratio.
 
-    The search's float32 ratios run high by a factor seen on the pairs checked so far; the checks stop
-    once the next pair's search ratio, corrected by that factor, cannot beat the best certified
-    ratio by more than _AGREEMENT.
+    The search's float32 ratios run high by a factor seen on the pairs checked so far (trusted up to
+    _MAX_EXCESS); the checks stop once the next pair's search ratio, corrected by that factor, cannot
+    beat the best certified ratio by more than _AGREEMENT.
     """
     best, excess = 0.0, 1.0
     for searched, xs, ys in pairs:
@@ -123,7 +124,7 @@ def best_certified(pairs: Sequence[tuple[float, Any, Any]], check: Callable[[Any
             break
         value = check(xs, ys)
         if value > 0.0:
-            excess = max(excess, searched / value)
+            excess = min(_MAX_EXCESS, max(excess, searched / value))
         best = max(best, value)
     return best
 
