@@ -210,3 +210,27 @@ def test_pair_checks_stop_once_the_next_pair_cannot_win_and_go_on_past_an_untrus
     assert run([(1.0, 0.5), (0.99, 0.98), (0.4, 0.39)]) == (0.98, 2)
     # A later pair whose float32 ratio beats the best certified one is checked.
     assert run([(1.0, 0.9), (0.99, 0.97), (0.5, 0.5)]) == (0.97, 2)
+
+
+class _LinearResidualCnn(nn.Module):
+    """x + conv2(conv1(x)): linear, so its Lipschitz constant is its Jacobian's largest singular value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.conv1(x))
+
+
+def test_torch_lower_bound_of_a_module_that_is_no_chain_reaches_its_exact_norm() -> None:
+    """The Jacobian search on a live module (not a dense chain): within 1% of the float64 SVD."""
+    net = _LinearResidualCnn()
+    twin = _LinearResidualCnn().double()
+    jac = torch.autograd.functional.jacobian(twin, torch.zeros(1, 2, 6, 6, dtype=torch.float64)).reshape(72, 72)
+    exact = float(torch.linalg.matrix_norm(jac, ord=2))
+    report = inspect(net, settings=Settings(input_shape=((1, 2, 6, 6),)))
+    assert not any("lower bound" in note for note in report.notes), report.notes
+    assert report.bound.lower is not None and 0.99 * exact <= report.bound.lower <= exact * (1 + 1e-9)

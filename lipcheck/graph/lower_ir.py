@@ -103,7 +103,8 @@ def jacobian_pairs(
                 if math.isfinite(value):
                     found.append((value, [x.detach() for x in xs], ys))
                 # Jᵀ(Jv) as the gradient of a scalar: grad_outputs would make torch import sympy (half a second).
-                grads = torch.autograd.grad((outs[k] * jv).sum(), xs, retain_graph=True, allow_unused=True)
+                with torch.enable_grad():
+                    grads = torch.autograd.grad((outs[k] * jv).sum(), xs, retain_graph=True, allow_unused=True)
                 vs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
             directions[k] = [v.detach() for v in vs]
     found.sort(key=lambda item: item[0], reverse=True)
