@@ -21,6 +21,7 @@ from lipcheck.formats.onnx_consts import fold_chain as _fold
 from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
 from lipcheck.formats.onnx_consts import payload_fits as _check_payload
 from lipcheck.formats.onnx_consts import to_torch as _to_torch
+from lipcheck.formats.onnx_labels import node_labels
 from lipcheck.graph import onnx_front
 from lipcheck.graph.fold import MAX_ELEMENTS, fold
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped
@@ -91,6 +92,7 @@ class _Reader:
         self.dequantize: set[str] = set()  # Mul nodes whose weight scale a layer's weight already includes
         self._label = ""
         self.index: dict[int, int] = {}
+        self.labels: dict[int, str] = {}  # node_labels of each node, by id
 
     # -- stored tensors -------------------------------------------------------------------
     def tensor_array(self, tensor: TensorProto) -> Array:
@@ -212,15 +214,17 @@ class _Reader:
                 scope.producers[out] = node
             if node.op_type == "Constant" and node.output:
                 self._constant_node(scope, node)
+        labels = node_labels(graph.node)
         for index, node in enumerate(graph.node):
             self.index[id(node)] = index
+            self.labels[id(node)] = labels[index]
         if parent is None:  # a body's values may depend on its formal inputs each iteration: the main graph only
             self.folded = fold(graph, {name: c.array for name, c in scope.consts.items()}, self.inputs, self.opsets, self.shapes)
         for index, node in enumerate(graph.node):
-            self._node(scope, node, index)
+            self._node(scope, node, index, labels[index])
             for attr in node.attribute:
                 if attr.type == AttributeProto.GRAPH:
-                    label = f"{node.name or f'{node.op_type}_{index}'}.{attr.name}"
+                    label = f"{labels[index]}.{attr.name}"
                     self.walk(attr.g, f"{path}/{label}" if path else label, scope)
         return scope
 
@@ -232,14 +236,13 @@ class _Reader:
                 value = np.asarray(helper.get_attribute_value(attr))
                 scope.consts[node.output[0]] = _Const(_fixed(value), node.output[0], value.shape, value.dtype.name, value.shape)
 
-    def _node(self, scope: _Scope, node: NodeProto, index: int) -> None:
+    def _node(self, scope: _Scope, node: NodeProto, index: int, label: str) -> None:
         op = node.op_type
         consts = [self.resolve(scope, name) if name else None for name in node.input]
         for const in consts:
             if const is not None:
                 self._use(scope, const, op)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        label = node.name or f"{op}_{index}"
         self._label = label
         if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(consts) > 1 and consts[0] is None and consts[1] is None:
             slots = (1,) if op in ("Conv", "ConvTranspose") else (0, 1)

@@ -110,7 +110,7 @@ def _weight_scale(reader: _Reader, scope: _Scope, node: NodeProto) -> tuple[_Con
         for candidate in scale_mul.input:
             const = reader.resolve(scope, candidate)
             if const is not None:
-                local = user.name or f"{user.op_type}_{reader.index[id(user)]}"
+                local = reader.labels[id(user)]
                 return const, f"{scope.path}/{local}" if scope.path else local
         return None, None
     return None, None

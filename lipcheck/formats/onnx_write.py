@@ -21,6 +21,7 @@ from onnx import AttributeProto, GraphProto, TensorProto, numpy_helper
 from lipcheck.atomic import staged
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, first_line
 from lipcheck.formats.edit import divided_array
+from lipcheck.formats.onnx_labels import node_labels
 from lipcheck.model import WeightEdit
 
 _CHUNK = 16 << 20
@@ -45,6 +46,7 @@ def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProt
     """Index every stored tensor by (graph path, name), with the paths the loader uses."""
     for init in graph.initializer:
         out[(path, init.name)] = init
+    labels = node_labels(graph.node)
     for index, node in enumerate(graph.node):
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
@@ -52,7 +54,7 @@ def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProt
                     out[(path, node.output[0])] = attr.t
         for attr in node.attribute:
             if attr.type == AttributeProto.GRAPH:
-                label = f"{node.name or f'{node.op_type}_{index}'}.{attr.name}"
+                label = f"{labels[index]}.{attr.name}"
                 _tensors(attr.g, f"{path}/{label}" if path else label, out)
 
 

@@ -11,7 +11,8 @@ SIMPLE: dict[str, str] = {
     "aten::relu_": "Relu",
     "aten::sigmoid": "Sigmoid",
     "aten::tanh": "Tanh",
-    "aten::softplus": "Softplus",
+    "aten::softplus": "TorchSoftplus",  # returns x above its threshold: a jump (see the rule)
+    "aten::selu": "Selu",
     "aten::gelu": "Gelu",
     "aten::silu": "Silu",
     "aten::hardswish": "HardSwish",

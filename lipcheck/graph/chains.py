@@ -107,7 +107,15 @@ _RANGES: dict[str, tuple[float, float]] = {}
 
 
 def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[float, float] | None:
-    """The slope range [a, b] of an elementwise activation node, or None when it is not one."""
+    """The slope range [a, b] of an elementwise activation node, or None when it is not one the
+    LipSDP certificate takes (it needs b > a and a + b > 0: a linear or odd-slope map is none)."""
+    found = _slope_range(node, const)
+    if found is None or not (found[1] > found[0] and found[0] + found[1] > 0.0):
+        return None
+    return found
+
+
+def _slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[float, float] | None:
     op, attrs = node.op, node.attrs
     if op in ("Relu", "Clip"):
         return 0.0, 1.0
@@ -132,13 +140,11 @@ def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[
             return None
         return min(1.0, float(slope.min())), max(1.0, float(slope.max()))
     if op == "Gelu":
-        approximate = attrs.get("approximate", "none")
-        approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
-        if approximate == "tanh":
-            if "gelu_tanh" not in _RANGES:
-                _RANGES["gelu_tanh"] = _numeric_range(_gelu_tanh_slope)
-            return _RANGES["gelu_tanh"]
-        return _gelu_range()
+        # The hull of the erf and tanh forms' ranges: a front end that loses the form stays sound.
+        if "gelu_tanh" not in _RANGES:
+            _RANGES["gelu_tanh"] = _numeric_range(_gelu_tanh_slope)
+        erf, tanh = _gelu_range(), _RANGES["gelu_tanh"]
+        return min(erf[0], tanh[0]), max(erf[1], tanh[1])
     if op == "Silu":
         return _silu_range()
     if op == "Mish":
@@ -214,7 +220,7 @@ class ChainReader:
             mantissa, _ = math.frexp(abs(alpha))
             if alpha == 0.0 or mantissa != 0.5:
                 return f"{node.label} has a Gemm alpha that is not a power of two"
-            w = w * alpha
+            # The layer's weight already carries alpha (the ONNX reader scales it, exactly for a power of two).
             if chain.weights:
                 if chain.pending is None:
                     return f"two layers with no activation between them at {node.label}"

@@ -174,6 +174,8 @@ class _Builder:
             floating = dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point)
             return Node("Identity" if floating else "Cast", label, (x,), outs, {} if floating else {"to": 7})
         op = SIMPLE.get(name) or _EXTRA.get(name) or name
+        if op == "Clip" and any(isinstance(args.get(bound), torch.fx.Node) for bound in ("min", "max")):
+            op = f"{name} (bounds from tensors)"  # clamp(x, min=g(x)): left to the unknown-op rule
         if op in _UNARY:
             return Node(op, label, (x,), outs)
         ins = tuple(value.name for value in node.all_input_nodes)

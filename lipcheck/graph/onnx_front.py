@@ -11,6 +11,7 @@ import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, helper
 
 from lipcheck.formats import onnx_shapes, recurrent
+from lipcheck.formats.onnx_labels import node_labels
 from lipcheck.graph.fold import Constant, fold
 from lipcheck.graph.ir import Graph, Node
 from lipcheck.model import Layer
@@ -38,8 +39,9 @@ def _ir(
     nodes = []
     defined = set(inputs) | {init.name for init in proto.initializer}
     read: set[str] = set()
+    labels = node_labels(proto.node)
     for index, node in enumerate(proto.node):
-        local = node.name or f"{node.op_type}_{index}"
+        local = labels[index]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.type != AttributeProto.GRAPH}
         subgraphs: dict[str, Graph] = {}
         captured: set[str] = set()
@@ -59,7 +61,7 @@ def _ir(
     if not path:  # a body's values may depend on its formal inputs each iteration: fold the main graph only
         own = fold(proto, own, set(inputs), opsets, shapes)
     cells = {
-        node.name or f"{node.op_type}_{index}" for index, node in enumerate(proto.node) if node.op_type in recurrent.ONNX_GATES
+        labels[index] for index, node in enumerate(proto.node) if node.op_type in recurrent.ONNX_GATES
     }  # their weights are layers, the recursion is not one
     layer_nodes = {
         (f"{path}/{layer.node}" if path else layer.node): i for i, layer in enumerate(layers) if layer.scope == path and layer.node and layer.node not in cells

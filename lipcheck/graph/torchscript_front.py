@@ -27,6 +27,11 @@ _FIRST_INPUT_ONLY = frozenset(
 )  # ops whose other arguments are not tensors to follow
 
 
+def _computed(v: torch._C.Value) -> bool:
+    """Whether a node argument is computed in the graph rather than a constant."""
+    return v.node().kind() != "prim::Constant"
+
+
 def _value(v: torch._C.Value) -> Any:
     try:
         return v.toIValue()
@@ -185,9 +190,19 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             attrs["alpha"] = float(slope) if isinstance(slope, (int, float)) else 0.01
             ins = ins[:1]
         elif op == "Elu":
-            alpha, scale = _value(args[1]), _value(args[2])
-            attrs["alpha"] = float(alpha or 1.0) * float(scale or 1.0)
+            # elu(x, alpha, scale, input_scale): scale and input_scale other than 1 are left to the unknown-op rule.
+            alpha, scale, input_scale = (_value(a) if len(args) > i else 1.0 for i, a in zip((1, 2, 3), args[1:4]))
+            attrs["alpha"] = float(alpha) if isinstance(alpha, (int, float)) else 1.0
+            if scale != 1 or input_scale != 1:
+                op, attrs = f"{kind} (scaled)", {}
             ins = ins[:1]
+        elif op == "Dropout":
+            train = _value(args[2]) if len(args) > 2 else False
+            if train is not False:
+                op = f"{kind} (training)"  # a random mask scaled by 1/(1-p), or a mode read at run time
+            ins = ins[:1]
+        elif op == "Clip" and any(_computed(a) for a in args[1:3]):
+            op = f"{kind} (bounds from tensors)"  # clamp(x, min=g(x)): left to the unknown-op rule
         elif kind.startswith("aten::upsample_") and len(args) >= 3:
             scales = _value(args[2]) if kind.endswith(("nearest1d", "nearest2d", "nearest3d")) or len(args) == 3 else None
             if isinstance(scales, (list, tuple)) and scales and all(isinstance(v, (int, float)) for v in scales):
