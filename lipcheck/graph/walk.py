@@ -140,6 +140,9 @@ class Walk:
             else:
                 value = self.node(node, ins)
             values = value if isinstance(value, tuple) else (value,) * len(node.outputs)
+            if any(math.isnan(v) for v in values):
+                self.unbounded(node, "its bound is not a number (an unbounded input met a zero or an infinity)")
+                values = tuple(math.inf if math.isnan(v) else v for v in values)
             for out, lip in zip(node.outputs, values):
                 if out in self.segments:  # a chain's own certified constant, where it is smaller
                     start, constant = self.segments[out]
@@ -165,7 +168,7 @@ class Walk:
         # constants (Higham's gamma_K, with room for the rules' square roots and divisions).
         widen = 1.0 + 2.0 * _operations(self.graph) * 2.0**-53
         per_output = {name: value * widen for name, value in zip(self.graph.outputs, self.walk())}
-        lost = [name for name, v in per_output.items() if math.isinf(v)]
+        lost = [name for name, v in per_output.items() if not math.isfinite(v)]
         blocking = list(self.reasons.values()) if lost else []
         if lost and not blocking:
             blocking = ["an output depends on a value lipcheck cannot trace"]

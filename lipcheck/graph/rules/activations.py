@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lipcheck.graph.rules import not_lipschitz, rule, scaled
+from lipcheck.graph.rules.linear import spread
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
@@ -23,7 +24,12 @@ SILU = 1.09984
 GELU = 1.12900
 MISH = 1.0885
 
-rule("Relu", "Abs", "Softplus", "Softsign", "Tanh", "Clip", "Relu6", constant=1.0)(scaled)
+rule("Relu", "Abs", "Softplus", "Softsign", "Tanh", "Relu6", constant=1.0)(scaled)
+rule(
+    "TorchSoftplus",
+    reason="torch's softplus returns x where beta*x exceeds its threshold, a jump of log(1+exp(-threshold))/beta "
+    "there: not continuous, so not Lipschitz (--node-constant with 1 for this node assumes the smooth softplus)",
+)(not_lipschitz)
 rule("Sigmoid", constant=0.25)(scaled)
 rule("Silu", "Swish", constant=SILU)(scaled)
 rule("Gelu", "FastGelu", "BiasGelu", constant=GELU)(scaled)
@@ -67,10 +73,23 @@ def elu(walk: Walk, node: Node, ins: list[float]) -> float:
     return max(1.0, abs(float(node.attrs.get("alpha", 1.0)))) * ins[0]
 
 
+# ONNX's defaults (float32 1.67326319... and 1.05070102...) and torch's, rounded up.
+SELU_ALPHA, SELU_GAMMA = 1.6732633, 1.0507011
+
+
 @rule("Selu")
 def selu(walk: Walk, node: Node, ins: list[float]) -> float:
     """gamma times Elu's bound."""
-    return abs(float(node.attrs.get("gamma", 1.0507))) * max(1.0, abs(float(node.attrs.get("alpha", 1.67326)))) * ins[0]
+    return abs(float(node.attrs.get("gamma", SELU_GAMMA))) * max(1.0, abs(float(node.attrs.get("alpha", SELU_ALPHA)))) * ins[0]
+
+
+@rule("Clip")
+def clip(walk: Walk, node: Node, ins: list[float]) -> float:
+    """min(max(x, lo), hi) moves by at most the largest move of x, lo and hi: 1-Lipschitz in x for
+    constant bounds, else sqrt of the sum of squares, broadcast copies counted (as Max and Min)."""
+    if all(lip == 0.0 for lip in ins[1:]):
+        return ins[0]
+    return math.sqrt(sum(lip * lip for lip in spread(walk, node, ins)))
 
 
 @rule("HardSigmoid")

@@ -112,13 +112,25 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
     return fn
 
 
-def sup_slope(h: Fn, scale: float = 1.0) -> float | None:
-    """An upper bound of ``sup |h'|`` (grid maximum rounded up), or None when ``h'`` does not settle."""
+_DENSITY = 5000  # grid points per unit of the gate's innermost argument
+_MAX_POINTS = 4_000_001
+
+
+def sup_slope(h: Fn, scale: float = 1.0, offset: float = 0.0, shrink: float = 1.0) -> float | None:
+    """An upper bound of ``sup |h'|`` (grid maximum rounded up), or None when ``h'`` does not settle.
+
+    The grid covers |x| <= (64 + offset) / min(shrink, 1), ``offset`` the sum of the gate's additive
+    constants and ``shrink`` its smallest multiplier (where the slope changes), with _DENSITY points
+    per unit of x·scale; a gate needing more than _MAX_POINTS is not bounded here.
+    """
     step = 1e-6
     with np.errstate(all="ignore"):
         slope: Fn = lambda t: (h(t + step) - h(t - step)) / (2 * step)  # noqa: E731
-        span = 64.0 / max(scale, 1e-3)
-        grid = np.linspace(-span, span, 640_001)
+        span = (64.0 + offset) / min(max(shrink, 1e-12), 1.0) / max(scale, 1e-3)
+        points = int(2 * span * max(scale, 1e-3) * _DENSITY) + 1
+        if points > _MAX_POINTS:
+            return known_gate(h)
+        grid = np.linspace(-span, span, max(points, 640_001))
         inner = float(np.nanmax(np.abs(slope(grid))))
         tails = [np.abs(slope(np.array([s * 10.0**k]))).item() for s in (-1, 1) for k in (2, 3, 4, 5, 6)]
         far = [np.abs(slope(np.array([s * 10.0**k]) / max(scale, 1e-3))).item() for s in (-1, 1) for k in (5, 6)]
@@ -131,6 +143,39 @@ def sup_slope(h: Fn, scale: float = 1.0) -> float | None:
     return next((k for k in _KNOWN if raw <= k <= bound), bound)
 
 
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * t))
+
+
+_FAMILIES: list[tuple[Fn, float]] = [
+    (lambda t: 0.5 * t * (1.0 + _erf(t / math.sqrt(2.0))), GELU),
+    (lambda t: 0.5 * t * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (t + 0.044715 * t**3))), GELU),
+    (lambda t: t * np.clip(t / 6.0 + 0.5, 0.0, 1.0), 1.5),
+    (lambda t: t * np.tanh(np.logaddexp(0.0, t)), MISH),
+]
+
+
+def known_gate(h: Fn) -> float | None:
+    """For a gate that matches GELU (either form), HardSwish, Mish or x·σ(βx) to 1e-6 on a wide grid
+    (constants stored in float32 differ in their last bits), the larger of that family's documented
+    constant and the gate's own grid maximum of |h'| rounded up; else None. For gates whose slope
+    features are too spread out for the plain grid: these families change slope only near 0."""
+    grid = np.concatenate([np.linspace(-50.0, 50.0, 500_001), np.geomspace(50.0, 1e6, 2001), -np.geomspace(50.0, 1e6, 2001)])
+    step = 1e-6
+    with np.errstate(all="ignore"):
+        values = h(grid)
+        one = float(h(np.array([1.0]))[0])
+        candidates = list(_FAMILIES)
+        if 0.0 < one < 1.0:
+            beta = math.log(one / (1.0 - one))  # x·σ(βx) at x = 1 is σ(β)
+            candidates.append((lambda t: t * _sigmoid(beta * t), SILU))
+        for f, constant in candidates:
+            if bool(np.all(np.abs(values - f(grid)) <= 1e-6 * (1.0 + np.abs(values)))):
+                slope = float(np.nanmax(np.abs((h(grid + step) - h(grid - step)) / (2 * step))))
+                return max(constant, slope * (1 + 1e-4) + 1e-9) if math.isfinite(slope) else None
+    return None
+
+
 def gate(walk: Walk, node: Node) -> float | None:
     """A Mul of ``x`` and a function of the same ``x``: ``sup |h'|`` times ``x``'s bound, or None."""
     for i, j in ((0, 1), (1, 0)):
@@ -141,7 +186,7 @@ def gate(walk: Walk, node: Node) -> float | None:
         g = expression(walk, other, x, seen)
         if g is None or not seen:
             continue
-        slope = sup_slope(_times_input(g), _inner_scale(walk, seen))
+        slope = sup_slope(_times_input(g), _inner_scale(walk, seen), *_offsets(walk, seen))
         if slope is None:
             continue
         walk.forgive(seen)
@@ -159,6 +204,28 @@ def _inner_scale(walk: Walk, labels: list[str]) -> float:
                 if c:
                     scale = max(scale, abs(1.0 / c) if node.op == "Div" else abs(c))
     return scale
+
+
+def _offsets(walk: Walk, labels: list[str]) -> tuple[float, float]:
+    """The sum of the gate's additive constants and its smallest multiplier: where its slope can change."""
+    offset, shrink = 0.0, 1.0
+    for node in (walk.find_label(label) for label in labels):
+        if node is None:
+            continue
+        for position, name in enumerate(node.inputs):
+            c = _scalar(walk, name) if name else None
+            if c is None:
+                continue
+            if node.op in ("Add", "Sub", "Max", "Min", "Clip"):
+                offset += abs(c)
+            elif node.op == "Mul" and c != 0.0:
+                shrink = min(shrink, abs(c))
+            elif node.op == "Div" and position == 1 and c != 0.0:
+                shrink = min(shrink, abs(1.0 / c))
+        if node.op == "HardSigmoid":
+            alpha, beta = abs(float(node.attrs.get("alpha", 0.2))), abs(float(node.attrs.get("beta", 0.5)))
+            offset += beta / max(alpha, 1e-12)
+    return offset, shrink
 
 
 SQUEEZE_EXCITATION = (

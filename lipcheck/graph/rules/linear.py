@@ -54,7 +54,7 @@ def copies(walk: Walk, name: str, out: str) -> float:
 
 def spread(walk: Walk, node: Node, ins: list[float]) -> list[float]:
     """Each input's bound times the square root of the copies broadcasting makes of its entries."""
-    return [lip * math.sqrt(copies(walk, name, node.outputs[0])) if lip > 0.0 else 0.0 for name, lip in zip(node.inputs, ins)]
+    return [0.0 if lip == 0.0 else lip * math.sqrt(copies(walk, name, node.outputs[0])) for name, lip in zip(node.inputs, ins)]
 
 
 def layer(walk: Walk, node: Node, ins: list[float]) -> float:
@@ -64,14 +64,31 @@ def layer(walk: Walk, node: Node, ins: list[float]) -> float:
         return walk.unbounded(node, "non-finite weights")
     # The data input(s) go through the weight; a Gemm's C (or a conv's bias) is added after it.
     data = sum(lip for i, lip in enumerate(ins[:2]) if walk.const(node.inputs[i]) is None)
-    if node.op in ("Gemm",) and len(ins) > 2:
-        return upper * data + ins[2]
     if node.op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
         data = ins[0]
         from lipcheck.graph.rules.quantized import ROUNDING
 
         walk.note(ROUNDING)
-    return upper * data
+        return _through(upper, data)
+    return _through(upper, data) + _bias(walk, node, ins)
+
+
+def _through(upper: float, data: float) -> float:
+    """A weight's bound times its input's; a zero weight makes its output constant, whatever the input."""
+    return 0.0 if upper == 0.0 else upper * data
+
+
+def _bias(walk: Walk, node: Node, ins: list[float]) -> float:
+    """The bound of an added third input that depends on the input: Gemm's beta·C (broadcast), a
+    conv's bias (one value per channel, repeated over every output position)."""
+    if len(ins) < 3 or ins[2] == 0.0:
+        return 0.0
+    if node.op == "Gemm":
+        return abs(float(node.attrs.get("beta", 1.0))) * spread(walk, node, ins)[2]
+    out = walk.graph.shapes.get(node.outputs[0])
+    if node.op in ("Conv", "ConvTranspose") and out and len(out) > 2 and all(out):
+        return ins[2] * math.sqrt(float(np.prod(out)) / float(out[1]))  # type: ignore[arg-type]
+    return walk.unbounded(node, "a bias that depends on the input, added an unknown number of times")
 
 
 @rule("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul")
@@ -165,11 +182,28 @@ def gather(walk: Walk, node: Node, ins: list[float]) -> float:
     indices = walk.const(node.inputs[1])
     if ins[1] > 0.0 or indices is None:
         return walk.unbounded(node, "indices that depend on the input")
+    shape = walk.graph.shapes.get(node.inputs[0])
     if node.op == "GatherND":
         rows = indices.reshape(-1, indices.shape[-1]) if indices.ndim else indices.reshape(1, 1)
-        _, counts = np.unique(rows.astype(np.int64), axis=0, return_counts=True)
+        rows = rows.astype(np.int64)
+        first = int(node.attrs.get("batch_dims", 0))
+        for column in range(rows.shape[1]):
+            axis = first + column
+            size = shape[axis] if shape is not None and axis < len(shape) else None
+            if size:
+                rows[:, column] %= size  # -1 and size - 1 name the same entry
+            elif bool(np.any(rows[:, column] < 0)):
+                return ins[0] * math.sqrt(float(rows.shape[0]))  # unknown size: every row may name one entry
+        _, counts = np.unique(rows, axis=0, return_counts=True)
     else:
-        _, counts = np.unique(indices.astype(np.int64), return_counts=True)
+        flat = indices.astype(np.int64).ravel()
+        axis = int(node.attrs.get("axis", 0))
+        size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+        if size:
+            flat = flat % size
+        elif bool(np.any(flat < 0)):
+            return ins[0] * math.sqrt(float(flat.size)) if flat.size else 0.0
+        _, counts = np.unique(flat, return_counts=True)
     if node.op == "GatherElements":
         return ins[0] * math.sqrt(float(indices.size)) if indices.size else 0.0  # indices along one axis repeat freely
     return ins[0] * math.sqrt(float(counts.max())) if counts.size else 0.0

@@ -35,6 +35,10 @@ _LOOSE = (
 @rule("BatchNormalization")
 def batch_norm(walk: Walk, node: Node, ins: list[float]) -> float:
     """γ/sqrt(var+ε) per channel; folded into the conv/linear before it where that is tighter."""
+    if int(node.attrs.get("training_mode", 0)):
+        return walk.unbounded(node, "batch norm in training mode normalizes by the batch's own statistics")
+    if any(lip > 0.0 for lip in ins[1:]):
+        return walk.unbounded(node, "batch-norm parameters that depend on the input")
     gamma, var = walk.const(node.inputs[1]), walk.const(node.inputs[4])
     if gamma is None or var is None:
         return walk.unbounded(node, "batch-norm statistics lipcheck could not read")
@@ -70,6 +74,8 @@ def fused_norm(walk: Walk, node: Node, ins: list[float]) -> float:
     gamma = walk.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else np.ones(1)
     if gamma is None or (len(ins) > 1 and ins[1] > 0.0):
         return walk.unbounded(node, "a scale that lipcheck could not read as a constant")
+    if node.op != "SkipSimplifiedLayerNormalization" and any(lip > 0.0 for lip in ins[2:]):
+        return walk.unbounded(node, "a normalization bias that depends on the input")
     if eps <= 0.0:
         return walk.unbounded(node, "normalization with ε = 0 is not Lipschitz near inputs constant over its axes")
     walk.note(_LOOSE.format(what=f"{node.op} {node.label}", eps=eps))
@@ -100,6 +106,8 @@ def _square_mean(walk: Walk, name: str, d: str, seen: list[str]) -> tuple[tuple[
         mean = walk.find(add.inputs[i])
         if eps is None or eps.size != 1 or float(eps.reshape(())) <= 0.0 or mean is None or mean.op != "ReduceMean":
             continue
+        if not int(mean.attrs.get("keepdims", 1)):
+            continue  # without kept axes the mean broadcasts against d along other axes
         square = walk.find(mean.inputs[0])
         if square is None:
             continue
@@ -107,6 +115,7 @@ def _square_mean(walk: Walk, name: str, d: str, seen: list[str]) -> tuple[tuple[
             square.op == "Pow"
             and square.inputs[0] == d
             and walk.const(square.inputs[1]) is not None
+            and walk.const(square.inputs[1]).size == 1  # type: ignore[union-attr]
             and float(walk.const(square.inputs[1]).reshape(-1)[0]) == 2.0  # type: ignore[union-attr]
         ) or (square.op == "Mul" and square.inputs[0] == square.inputs[1] == d)
         axes = _axes(walk, mean)
@@ -158,7 +167,13 @@ def normalization(walk: Walk, node: Node) -> float | None:
         sub = walk.find(d)
         if sub is not None and sub.op == "Sub":
             mean = walk.find(sub.inputs[1])
-            if mean is not None and mean.op == "ReduceMean" and mean.inputs[0] == sub.inputs[0] and _axes(walk, mean) == axes:
+            if (
+                mean is not None
+                and mean.op == "ReduceMean"
+                and mean.inputs[0] == sub.inputs[0]
+                and _axes(walk, mean) == axes
+                and int(mean.attrs.get("keepdims", 1))
+            ):
                 x, what = sub.inputs[0], "LayerNorm (decomposed)"
         walk.forgive(seen)
         walk.note(_LOOSE.format(what=f"{what} ending at {node.label}", eps=eps))

@@ -26,12 +26,22 @@ def pool(walk: Walk, node: Node, ins: list[float]) -> float:
     copies = math.prod(-(-k // s) for k, s in zip(kernel, strides))
     if node.op == "MaxPool":
         return lip * (1.0 if all(s >= k for k, s in zip(kernel, strides)) else math.sqrt(copies))
+    entries = math.prod(int(k) for k in a.get("kernel_shape", []))
     if node.op == "LpPool":
-        return lip * math.sqrt(copies)
+        # A p-norm over n entries is n^(1/p - 1/2)-Lipschitz in l2 for p < 2, 1-Lipschitz for p >= 2.
+        p = float(a.get("p", 2))
+        if p < 1.0:
+            return walk.unbounded(node, "an LpPool with p < 1 is no norm")
+        return lip * math.sqrt(copies) * entries ** max(0.0, 1.0 / p - 0.5) * (1 + 2.0**-50)
     pads = [int(p) for p in a.get("pads", [])]
-    if (any(pads) or int(a.get("ceil_mode", 0))) and not int(a.get("count_include_pad", 0)):
-        return lip * math.sqrt(copies)  # border windows average fewer entries
-    return lip * math.sqrt(copies / math.prod(int(k) for k in a.get("kernel_shape", [])))
+    auto = a.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    padded = any(pads) or auto not in ("NOTSET", "VALID", "")
+    # Border windows average fewer entries: padded ones unless pads count, and with ceil_mode the
+    # windows running past the end (onnxruntime divides those by the entries they hold).
+    if (padded and not int(a.get("count_include_pad", 0))) or int(a.get("ceil_mode", 0)):
+        return lip * math.sqrt(copies)
+    return lip * math.sqrt(copies / entries)
 
 
 @rule("GlobalAveragePool", "ReduceMean")
@@ -57,6 +67,8 @@ def reduce_sum(walk: Walk, node: Node, ins: list[float]) -> float:
     axes = [int(x) for x in (axes_const.ravel() if axes_const is not None else node.attrs.get("axes", []))]
     if not shape or not all(shape):
         return walk.unbounded(node, "a sum over axes whose size lipcheck does not know")
+    if len(node.inputs) > 1 and node.inputs[1] and axes_const is None:
+        axes = list(range(len(shape)))  # axes computed at run time: the worst case sums everything
     axes = axes or ([] if int(node.attrs.get("noop_with_empty_axes", 0)) else list(range(len(shape))))
     return ins[0] * math.sqrt(math.prod(shape[ax] or 1 for ax in axes))  # every size is known here
 

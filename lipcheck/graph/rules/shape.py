@@ -19,14 +19,12 @@ _FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
 
 @rule(
     "Identity",
-    "Dropout",
     "Reshape",
     "Flatten",
     "Transpose",
     "Squeeze",
     "Unsqueeze",
     "Slice",
-    "CastLike",
     "Split",
     "GlobalMaxPool",
     "DepthToSpace",
@@ -40,10 +38,43 @@ def move(walk: Walk, node: Node, ins: list[float]) -> float:
     return ins[0]
 
 
-@rule("Shape", "Size", "ConstantOfShape", "Range", "EyeLike", "NonZero", "Constant")
+@rule("Shape", "Size", "EyeLike", "Constant")
 def sizes(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Outputs that do not depend continuously on activations (shapes, sizes): constant, 0."""
+    """Outputs that depend only on shapes (fixed at the input shape): constant, 0."""
     return 0.0
+
+
+@rule("ConstantOfShape", "Range", "NonZero")
+def from_values(walk: Walk, node: Node, ins: list[float]) -> float:
+    """Sizes or indices read from values: constant where those values are, else jumping with them."""
+    if any(lip > 0.0 for lip in ins):
+        return walk.unbounded(node, f"{node.op} of values that depend on the input: its result jumps with them")
+    return 0.0
+
+
+@rule("Dropout")
+def dropout(walk: Walk, node: Node, ins: list[float]) -> float:
+    """The identity at inference; in training mode a random mask scaled by 1/(1 - ratio)."""
+    mode = walk.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(())
+    if mode is None or mode.size != 1:
+        return walk.unbounded(node, "a Dropout whose training mode lipcheck could not read")
+    if not bool(mode.reshape(())):
+        return ins[0]
+    ratio = walk.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else np.asarray(0.5)
+    if ratio is None or ratio.size != 1 or not 0.0 <= float(ratio.reshape(())) < 1.0:
+        return walk.unbounded(node, "a training-mode Dropout whose ratio lipcheck could not read")
+    return ins[0] / (1.0 - float(ratio.reshape(()))) * (1 + 2.0**-20)  # room for the scale rounded in float32
+
+
+@rule("CastLike")
+def cast_like(walk: Walk, node: Node, ins: list[float]) -> float:
+    """A cast to the type of its second input: to a float type it keeps values, to an integer it rounds."""
+    name = node.inputs[1] if len(node.inputs) > 1 else ""
+    stored = walk.graph.constants.get(name) if name else None
+    target = np.asarray(stored()).dtype if stored is not None else None
+    if target is None or not np.issubdtype(target, np.floating):
+        return walk.unbounded(node, "a CastLike to a type lipcheck could not read as a float type (a cast to an integer type rounds, which is not Lipschitz)")
+    return ins[0]
 
 
 @rule("Cast")
@@ -62,7 +93,13 @@ def pad(walk: Walk, node: Node, ins: list[float]) -> float:
     if sum(ins[1:2]) > 0.0 or sum(ins[3:4]) > 0.0:
         return walk.unbounded(node, "pads that depend on the input")
     if mode == "constant":
-        return ins[0] + sum(ins[2:3])
+        if sum(ins[2:3]) == 0.0:
+            return ins[0]
+        src, out = walk.graph.shapes.get(node.inputs[0]), walk.graph.shapes.get(node.outputs[0])
+        if not src or not out or not all(src) or not all(out):
+            return walk.unbounded(node, "a padding value that depends on the input, copied an unknown number of times")
+        added = float(np.prod(out)) - float(np.prod(src))  # type: ignore[arg-type]
+        return ins[0] + ins[2] * math.sqrt(max(added, 0.0))
     found = pad_copies(walk, node, mode)
     if found is None:
         return walk.unbounded(node, f"{mode} padding with pads lipcheck could not read")
@@ -118,24 +155,72 @@ def expand(walk: Walk, node: Node, ins: list[float]) -> float:
 
 @rule("Resize", "Upsample")
 def resize(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Nearest copies each entry at most prod(ceil(s)) times; linear rows sum to 1 (2·ceil(s) per axis)."""
-    mode = node.attrs.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    lip = ins[0]
-    scales = None
-    for index in (2, 1):  # Resize: (X, roi, scales, sizes); Upsample: (X, scales)
-        if len(node.inputs) > index:
-            c = walk.const(node.inputs[index])
-            if c is not None and c.size:
-                scales = c.ravel()
-                break
-    if scales is None and len(node.inputs) > 3:
-        size, shape = walk.const(node.inputs[3]), walk.graph.shapes.get(node.inputs[0])
-        if size is not None and shape and all(shape):
-            scales = np.asarray(size, dtype=np.float64).ravel() / np.asarray(shape, dtype=np.float64)
+    """Per resized axis with scale s: nearest copies an entry at most ceil(s) times; linear rows sum to 1
+    with at most 2·ceil(s) entries per column; cubic rows and columns by the kernel's absolute sums."""
+    attrs = node.attrs
+    mode = _text(attrs.get("mode", "nearest"))
+    if any(lip > 0.0 for lip in ins[1:]):
+        return walk.unbounded(node, "resize scales, sizes or region that depend on the input")
+    if _text(attrs.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
+        return walk.unbounded(node, "crop-and-resize zooms into a region of interest lipcheck does not read")
+    scales = _resize_scales(walk, node)
     if scales is None:
         return walk.unbounded(node, "resize scales lipcheck could not read")
-    copies = float(np.prod(np.ceil(np.maximum(scales, 1.0))))
+    up = np.ceil(np.maximum(scales, 1.0))
     if mode == "nearest":
-        return lip * math.sqrt(copies)
-    return lip * math.sqrt(float(np.prod(2.0 * np.ceil(np.maximum(scales, 1.0)))))
+        return ins[0] * math.sqrt(float(np.prod(up)))
+    if mode == "linear":
+        return ins[0] * math.sqrt(float(np.prod(2.0 * up)))
+    if mode == "cubic":
+        if int(attrs.get("exclude_outside", 0)) or (int(attrs.get("antialias", 0)) and bool(np.any(scales < 1.0))):
+            return walk.unbounded(node, "cubic resize with exclude_outside or antialiased downscaling reweights taps lipcheck does not bound")
+        rows, columns = cubic_sums(float(attrs.get("cubic_coeff_a", -0.75)))
+        return ins[0] * math.sqrt(float(np.prod(rows * columns * up)))
+    return walk.unbounded(node, f"resize mode {mode!r} lipcheck does not know")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _resize_scales(walk: Walk, node: Node) -> np.ndarray | None:
+    """The scale of every resized axis: Upsample (X, scales), Resize-10 (X, scales), Resize-11+
+    (X, roi, scales, sizes) with sizes read against the input's shape and keep_aspect_ratio_policy."""
+    inputs = node.inputs
+    index = 1 if node.op == "Upsample" or len(inputs) == 2 else 2
+    given = walk.const(inputs[index]) if len(inputs) > index and inputs[index] else None
+    if given is not None and given.size:
+        return np.asarray(given, dtype=np.float64).ravel()
+    sizes = walk.const(inputs[3]) if node.op == "Resize" and len(inputs) > 3 and inputs[3] else None
+    shape = walk.graph.shapes.get(inputs[0])
+    if sizes is None or not shape or not all(shape):
+        return None
+    axes = [int(a) for a in node.attrs.get("axes", range(len(shape)))]
+    if len(axes) != sizes.size:
+        return None
+    ratio = np.asarray(sizes, dtype=np.float64).ravel() / np.asarray([shape[a] for a in axes], dtype=np.float64)
+    policy = _text(node.attrs.get("keep_aspect_ratio_policy", "stretch"))
+    if policy == "not_larger":
+        ratio[:] = ratio.min()
+    elif policy == "not_smaller":
+        ratio[:] = ratio.max()
+    return ratio
+
+
+def cubic_sums(a: float) -> tuple[float, float]:
+    """For the cubic kernel k with coefficient a: the most a row's |weights| sum to (max over the
+    phase t of sum_m |k(t - m)|) and sum over the four unit intervals of max |k| (a column's sum per
+    output phase), each on a fine grid plus the grid's worst slope times its step."""
+    t = np.linspace(0.0, 1.0, 100_001)
+
+    def k(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        inner = (a + 2) * x**3 - (a + 3) * x**2 + 1
+        outer = a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+        return np.where(x <= 1.0, inner, np.where(x < 2.0, outer, 0.0))
+
+    slack = 2e-5 * (20.0 * abs(a) + 20.0)  # step 1e-5 times a bound on |k'| (both pieces), twice
+    taps = [np.abs(k(t + m)) for m in (-2.0, -1.0, 0.0, 1.0)]
+    rows = float(np.max(sum(taps))) + 4 * slack
+    columns = float(sum(np.max(tap) for tap in taps)) + 4 * slack
+    return rows, columns
