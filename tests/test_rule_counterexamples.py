@@ -164,6 +164,13 @@ def _slow_offset_gate(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [np.array([440.01])], [np.array([439.99])]
 
 
+def _gate_with_a_pole(tmp: Path):  # type: ignore[no-untyped-def]
+    """x · 1/(x − 200): a pole at 200, so not Lipschitz; a slope grid would see only a large number."""
+    nodes = [helper.make_node("Sub", ["x", "c"], ["t"]), helper.make_node("Div", ["one", "t"], ["g"]), helper.make_node("Mul", ["x", "g"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])], [_c("c", np.array(200.0)), _c("one", np.array(1.0))])
+    return p, [np.array([200.0 + 1e-9])], [np.array([200.0 + 2e-9])]
+
+
 def _rms_keepdims_0(tmp: Path):  # type: ignore[no-untyped-def]
     nodes = [
         helper.make_node("Mul", ["x", "x"], ["sq"]),
@@ -331,6 +338,7 @@ CASES: dict[str, Case] = {
     "nonzero of the input": _nonzero,
     "gate with an offset": _offset_gate,
     "gate with a small slope and an offset": _slow_offset_gate,
+    "gate with a pole": _gate_with_a_pole,
     "rms norm without kept axes": _rms_keepdims_0,
     "rms norm with a vector power": _rms_vector_power,
     "resize by sizes with a roi": _resize_sizes_with_roi,

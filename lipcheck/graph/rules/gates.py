@@ -71,6 +71,8 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
         b = expression(walk, node.inputs[1], x, seen, depth + 1)
         if a is None or b is None:
             return None
+        if op == "Div" and _scalar(walk, node.inputs[1]) is None:
+            return None  # a divisor that moves with x can reach 0: a pole no grid bounds
         fn = {
             "Add": lambda t: a(t) + b(t),
             "Sub": lambda t: a(t) - b(t),
