@@ -197,7 +197,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     if any(layer.is_conv and layer.geometry is None for layer in model.layers):
         notes.append(
             "convs: this file records no stride, padding or input size, so their bound is the loose "
-            "sqrt(kh*kw)*sigma (assuming zero or circular padding); the same model as ONNX, "
+            "sqrt(kh*kw)*sigma (assuming zero padding, or circular padding no wider than (k-1)*dilation per axis); the same model as ONNX, "
             "TorchScript or .pt2 gives each conv's operator norm"
         )
     graph_value, method, blocking = None, None, []

@@ -324,7 +324,89 @@ def _worst_pair(path: Path, shape: tuple[int, ...], dtype: type = np.float32) ->
     return [best[1]], [best[2]]
 
 
+def _i8(v: object) -> np.ndarray:
+    return np.asarray(v, np.int8)
+
+
+def _f32(v: object) -> np.ndarray:
+    return np.asarray(v, np.float32)
+
+
+def _qdq_scales(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s2", "z"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [2], F)], [_out("y", [2], F)], [_c("s1", _f32(1.0)), _c("s2", _f32(100.0)), _c("z", _i8(0))])
+    return p, [_f32([1, 0])], [_f32([0, 0])]
+
+
+def _quantized_output(tmp: Path):  # type: ignore[no-untyped-def]
+    node = helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q"])
+    p = _save(tmp, [node], [_in("x", [2], F)], [_out("q", [2], TensorProto.INT8)], [_c("s1", _f32(0.01)), _c("z", _i8(0))])
+    return p, [_f32([1, 0])], [_f32([0, 0])]
+
+
+def _qlinear_output_scale(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "one", "z"], ["q"]),
+        helper.make_node("QLinearMatMul", ["q", "one", "z", "W", "one", "z", "ys", "z"], ["qy"]),
+        helper.make_node("DequantizeLinear", ["qy", "one", "z"], ["y"]),
+    ]
+    consts = [_c("one", _f32(1.0)), _c("ys", _f32(0.05)), _c("z", _i8(0)), _c("W", _i8(np.eye(2)))]
+    p = _save(tmp, nodes, [_in("x", [1, 2], F)], [_out("y", [1, 2], F)], consts)
+    return p, [_f32([[1, 0]])], [_f32([[0, 0]])]
+
+
+def _integer_product(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q"]),
+        helper.make_node("MatMulInteger", ["q", "W"], ["p"]),
+        helper.make_node("Cast", ["p"], ["y"], to=F),
+    ]
+    p = _save(tmp, nodes, [_in("x", [1, 2], F)], [_out("y", [1, 2], F)], [_c("s1", _f32(0.01)), _c("z", _i8(0)), _c("W", _i8(np.eye(2)))])
+    return p, [_f32([[1, 0]])], [_f32([[0, 0]])]
+
+
+def _dynamic_then_constant_scale(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]), helper.make_node("DequantizeLinear", ["q", "one", "zu"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [2], F)], [_out("y", [2], F)], [_c("one", _f32(1.0)), _c("zu", np.asarray(0, np.uint8))])
+    return p, [_f32([1, 0.5])], [_f32([1, 0.25])]
+
+
+def _constant_over_dynamic_scale(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]), helper.make_node("Div", ["b", "s"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [2], F)], [_out("y", [1], F)], [_c("b", _f32([1.0]))])
+    return p, [_f32([1, 0])], [_f32([2, 0])]
+
+
+def _norm_statistics_output(tmp: Path):  # type: ignore[no-untyped-def]
+    node = helper.make_node("LayerNormalization", ["x", "g"], ["y", "mu", "isd"], axis=-1, epsilon=1e-2)
+    p = _save(tmp, [node], [_in("x", [1, 2], F)], [_out("isd", [1, 1], F)], [_c("g", _f32([1, 1]))])
+    a = np.sqrt(1e-2 / 2)
+    return p, [_f32([[a, -a]])], [_f32([[1.01 * a, -1.01 * a]])]
+
+
+def _pool_indices_output(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2], strides=[2]), helper.make_node("Cast", ["idx"], ["f"], to=F)]
+    p = _save(tmp, nodes, [_in("x", [1, 1, 2], F)], [_out("f", [1, 1, 1], F)])
+    return p, [_f32([[[1e-3, 0]]])], [_f32([[[0, 1e-3]]])]
+
+
+def _slice_start_input(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("Add", ["st", "two"], ["en"]), helper.make_node("Slice", ["x", "st", "en"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [4], F), _in("st", [1], TensorProto.INT64)], [_out("y", [2], F)], [_c("two", np.array([2], np.int64))])
+    x = _f32([0, 0, 0, 100])
+    return p, [x, np.array([1], np.int64)], [x, np.array([2], np.int64)]
+
+
 CASES: dict[str, Case] = {
+    "quantize and dequantize with other scales": _qdq_scales,
+    "quantized output": _quantized_output,
+    "qlinear output scale": _qlinear_output_scale,
+    "integer product of a static quantization": _integer_product,
+    "dynamic quantization dequantized by a constant": _dynamic_then_constant_scale,
+    "constant over a dynamic scale": _constant_over_dynamic_scale,
+    "normalization statistics output": _norm_statistics_output,
+    "pool indices output": _pool_indices_output,
+    "slice start from an integer input": _slice_start_input,
     "clip with a min from the input": _clip_min_input,
     "gather with a negative index": _gather_negative,
     "gather_nd with a negative index": _gather_nd_negative,

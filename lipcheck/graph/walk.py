@@ -131,7 +131,7 @@ class Walk:
             # Values a body reads from this graph are inputs of the node too: constant only if all are.
             captured = [self.of(name) for name in node.captures]
             value: float | tuple[float, ...]
-            if all(v == 0.0 for v in ins + captured):
+            if all(v == 0.0 for v in ins + captured) and node.op not in RANDOM:
                 value = 0.0
             elif node.label in self.supplied:
                 # The user vouches that this node is C-Lipschitz in its inputs taken together.
@@ -139,7 +139,14 @@ class Walk:
                 self.used.append(node.label)
             else:
                 value = self.node(node, ins)
-            values = value if isinstance(value, tuple) else (value,) * len(node.outputs)
+            if isinstance(value, tuple):
+                values = value
+            elif value == 0.0 or not math.isfinite(value) or node.op in SHARED_OUTPUTS:
+                values = (value,) * len(node.outputs)
+            else:  # a rule bounds the first output: the others (indices, statistics) are not bounded by it
+                values = (value,) + (math.inf,) * (len(node.outputs) - 1)
+                if any(self.consumers.get(out) or out in self.graph.outputs for out in node.outputs[1:]):
+                    self.unbounded(node, f"its output(s) after the first ({', '.join(node.outputs[1:])}) are not bounded by its rule")
             if any(math.isnan(v) for v in values):
                 self.unbounded(node, "its bound is not a number (an unbounded input met a zero or an infinity)")
                 values = tuple(math.inf if math.isnan(v) else v for v in values)
@@ -179,6 +186,12 @@ class Walk:
         found = GraphBound({k: v for k, v in per_output.items() if math.isfinite(v)}, blocking, notes=list(self.notes))
         found.supplied = [f"{label} ({self.supplied[label]!r}-Lipschitz, supplied by the user, not verified)" for label in self.used]
         return found
+
+
+# Ops whose rule bounds every output (Split's outputs are all slices of its input).
+SHARED_OUTPUTS = frozenset({"Split"})
+# Ops that draw random values: never constant, whatever their inputs.
+RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
 def _operations(graph: Graph) -> int:

@@ -132,7 +132,9 @@ def _adjoint_fn(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int
 
     def adjoint(y: torch.Tensor) -> torch.Tensor:
         z = conv_t(y, weight, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups)
-        flat = [p for size, b, got in zip(reversed(spatial), reversed(begin), reversed(z.shape[2:])) for p in (-b, size + b - got)]
+        kept = [slice(min(b, got), min(b + size, got)) for size, b, got in zip(spatial, begin, z.shape[2:])]
+        z = z[(slice(None), slice(None), *kept)]
+        flat = [p for size, got in zip(reversed(spatial), reversed(z.shape[2:])) for p in (0, size - got)]
         return F.pad(z, flat)
 
     return adjoint
@@ -234,6 +236,27 @@ def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
     # On the meta device: shapes only, no arithmetic.
     x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=weight.dtype, device="meta")
     return _conv_fn(weight.to("meta"), geometry, transposed)(x).numel()
+
+
+def _normalized(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The weight in float64 times an exact power of two 2^k bringing its largest entry near 1, and 2^k.
+
+    Operator norms scale with it exactly; float32 iterations and float64 Gram blocks then stay
+    inside their ranges for weights of any size.
+    """
+    w = weight.to(torch.float64)
+    peak = float(w.abs().max()) if w.numel() else 0.0
+    exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
+    scale = 2.0 ** -max(exponent, -1000) if abs(exponent) > 32 else 1.0
+    return (w * scale if scale != 1.0 else w), scale
+
+
+def _unscaled(value: float, scale: float, up: bool) -> float:
+    """``value / scale`` rounded outward (it can be subnormal, where division rounds)."""
+    if scale == 1.0:
+        return value
+    found = value / scale
+    return math.nextafter(found, math.inf if up else 0.0)
 
 
 def conv_tolerance(tol: float) -> float:
@@ -387,7 +410,10 @@ def operator_interval(
     Small operators take the dense path at ``tol``; the others aim at conv_tolerance(tol).
     ``upper_cap`` is any other valid upper bound (the size-free one); the smaller end is kept.
     """
-    w64 = weight.to(torch.float64)
+    w64, scale = _normalized(weight)
+    if scale != 1.0:
+        inner = operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, upper_cap=upper_cap * scale, device=device)
+        return replace(inner, lower=_unscaled(inner.lower, scale, False), upper=_unscaled(inner.upper, scale, True))
     geometry = resolve(w64, geometry, spatial, transposed)
     c = input_channels(weight, geometry, transposed)
     in_size = c * math.prod(spatial)
@@ -408,7 +434,9 @@ def operator_upper(
     weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *, tol: float, max_iter: int, seed: int, device: str = "cpu"
 ) -> float:
     """Only the certified upper end of operator_interval (no lower end is computed where avoidable)."""
-    w64 = weight.to(torch.float64)
+    w64, scale = _normalized(weight)
+    if scale != 1.0:
+        return _unscaled(operator_upper(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device), scale, True)
     geometry = resolve(w64, geometry, spatial, transposed)
     in_size = input_channels(weight, geometry, transposed) * math.prod(spatial)
     if min(in_size, _output_size(w64, geometry, spatial, transposed)) <= EXPLICIT_MAX_SIDE:

@@ -80,7 +80,8 @@ class _Side:
         # Scaling by 2^-k is exact: it keeps the Gram matrix inside float32's range (for the
         # iteration) and float64's (for the certificate). Weights of ordinary size are left alone.
         exponent = math.frexp(peak)[1] if peak > 0.0 and math.isfinite(peak) else 0
-        self.scale = 2.0**-exponent if abs(exponent) > 32 else 1.0
+        # Subnormal weights (exponent below -1022) take 2^1000: the largest power that stays finite.
+        self.scale = 2.0 ** -max(exponent, -1000) if abs(exponent) > 32 else 1.0
         self.p, self.q = self.a.shape
 
     def chunks(self):  # type: ignore[no-untyped-def]
@@ -397,6 +398,8 @@ def _certify_grams(
     for i, side in enumerate(sides):
         lo = float(lower[i]) / side.scale
         hi = float(upper[i]) / side.scale
+        if side.scale != 1.0:  # unscaled results can be subnormal, where division rounds: round outward
+            lo, hi = math.nextafter(lo, 0.0), math.nextafter(hi, math.inf)
         lo = min(lo, hi)
         out.append(SpectralEstimate(sigma=lo, upper=hi, iterations=lanczos.iterations, certificate_steps=steps[i], converged=hi - lo <= tol * hi))
     return out

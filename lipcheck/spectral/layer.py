@@ -32,8 +32,9 @@ _CONV_CACHE_SIZE = 512
 _conv_cache: dict[tuple[object, ...], object] = {}
 _conv_cache_lock = threading.Lock()
 METHOD_CONV_NO_GEOMETRY = (
-    "no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation, groups and "
-    "zero/circular padding; an ONNX or TorchScript file gives the operator norm"
+    "no geometry in the file: sqrt(kernel taps) * upper sigma, for any stride, dilation and groups with "
+    "zero padding, or circular padding no wider than the kernel's reach ((k-1)*dilation per axis); an ONNX "
+    "or TorchScript file gives the operator norm"
 )
 METHOD_CONV_ANY_SIZE = (
     "input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; pass --input-shape for the operator norm"

@@ -64,12 +64,14 @@ def layer(walk: Walk, node: Node, ins: list[float]) -> float:
         return walk.unbounded(node, "non-finite weights")
     # The data input(s) go through the weight; a Gemm's C (or a conv's bias) is added after it.
     data = sum(lip for i, lip in enumerate(ins[:2]) if walk.const(node.inputs[i]) is None)
-    if node.op in ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"):
-        data = ins[0]
-        from lipcheck.graph.rules.quantized import ROUNDING
+    if node.op in ("QLinearConv", "QLinearMatMul"):
+        from lipcheck.graph.rules.quantized import qlinear_factor
 
-        walk.note(ROUNDING)
-        return _through(upper, data)
+        factor = qlinear_factor(walk, node, ins)
+        return math.inf if factor is None else factor * _through(upper, ins[0])
+    if node.op in ("MatMulInteger", "ConvInteger"):
+        # An integer product is bounded only as part of its dequantization (quantized.rescaled).
+        return walk.unbounded(node, "an integer product, bounded only where it is multiplied back by its input's dynamic scale")
     return _through(upper, data) + _bias(walk, node, ins)
 
 
@@ -140,7 +142,7 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
         c = walk.const(node.inputs[j])
         if c is not None:  # an entry broadcast k times against c meets at most k entries of c
             return float(np.abs(c).max()) * spread(walk, node, ins)[i] if c.size else 0.0
-    found = rescaled(walk, node)
+    found = rescaled(walk, node, walk.uppers)
     if found is None:
         found = gate(walk, node)
     if found is None:
@@ -160,7 +162,6 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
 def div(walk: Walk, node: Node, ins: list[float]) -> float:
     """By a nonzero constant: 1/min|c| times; a normalization x/sqrt(mean(x²)+eps): its constant."""
     from lipcheck.graph.rules.norms import normalization
-    from lipcheck.graph.rules.quantized import ROUNDING, quantized_bias
 
     c = walk.const(node.inputs[1])
     if ins[1] == 0.0 and c is not None and c.size and float(np.abs(c).min()) > 0.0:
@@ -168,9 +169,6 @@ def div(walk: Walk, node: Node, ins: list[float]) -> float:
     found = normalization(walk, node)
     if found is not None:
         return found
-    if quantized_bias(walk, node):
-        walk.note(ROUNDING)
-        return 0.0
     if ins[1] == 0.0 and c is None:
         return walk.unbounded(node, "division by a value " + UNKNOWN_FACTOR)
     return walk.unbounded(node, "division by an activation (or by zero) is not globally Lipschitz")

@@ -1,12 +1,17 @@
-"""Quantization: every quantized tensor stands for its dequantized float value scale·(q − zero point).
+"""Quantization: bounds are on the tensors' own values, integer tensors included, rounding aside.
 
-Quantize/Dequantize pairs are then the identity up to rounding, which the bound does not count
-(it says so in its notes); quantized layers are bounded by their dequantized float weight.
+QuantizeLinear divides by its scale and DequantizeLinear multiplies by it, so a Quantize/Dequantize
+pair with one scale is the identity up to rounding; QLinearMatMul and QLinearConv are their
+dequantized float weight times input scale over output scale. Dynamic quantization
+(DynamicQuantizeLinear) picks its scale from the input's range, so its integer output is not
+Lipschitz in the input; it is bounded only where the integer product is multiplied back by that
+same scale (onnxruntime's quantize_dynamic: MatMulInteger or ConvInteger with the input's own zero
+point, Cast, Mul by the scale times the weight scale), which is the float layer up to rounding.
+Rounding to the integer grid (at most half a scale step per entry) is not counted, and says so.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,98 +22,131 @@ if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
     from lipcheck.graph.walk import Walk
 
-ROUNDING = (
-    "quantized: each quantized tensor is taken as its dequantized value scale·(q − zero point), so "
-    "Quantize/Dequantize pairs are the identity; the rounding to the integer grid (at most scale/2 "
-    "per entry, a constant offset, not a slope) is not counted"
+ROUNDING = "quantized: rounding to the integer grid (at most half a scale step per entry, so the bound holds up to that additive offset) is not counted"
+DYNAMIC = (
+    "dynamic quantization: the integer output scales with the input's own range, so it is bounded only "
+    "where an integer product is multiplied back by the same dynamic scale"
 )
+
+
+def _scale(walk: Walk, name: str) -> np.ndarray | None:
+    c = walk.const(name) if name else None
+    return c if c is not None and c.size and bool(np.all(np.isfinite(c))) and bool(np.all(c != 0.0)) else None
 
 
 @rule("QuantizeLinear", "DequantizeLinear")
 def quantize(walk: Walk, node: Node, ins: list[float]) -> float:
-    """The identity on dequantized values (rounding noted)."""
-    if len(ins) > 1 and any(lip > 0.0 for lip in ins[1:]):
-        return walk.unbounded(node, "a quantization scale that depends on the input")
+    """Quantize: 1/min|scale| times; Dequantize: max|scale| times (a dynamic quantization's own scale: its input)."""
+    if node.op == "DequantizeLinear":
+        source = walk.find(node.inputs[0])
+        if (
+            source is not None
+            and source.op == "DynamicQuantizeLinear"
+            and node.inputs[1] == source.outputs[1]
+            and len(node.inputs) > 2
+            and node.inputs[2] == source.outputs[2]
+        ):
+            walk.forgive([source.label])
+            walk.note(ROUNDING)
+            return walk.of(source.inputs[0])
+    if any(lip > 0.0 for lip in ins[1:]):
+        return walk.unbounded(node, "a quantization scale or zero point that depends on the input")
+    scale = _scale(walk, node.inputs[1])
+    if scale is None:
+        return walk.unbounded(node, "a quantization scale lipcheck could not read")
     walk.note(ROUNDING)
-    return ins[0]
+    magnitude = np.abs(scale)
+    return ins[0] / float(magnitude.min()) if node.op == "QuantizeLinear" else ins[0] * float(magnitude.max())
 
 
 @rule("DynamicQuantizeLinear")
 def dynamic_quantize(walk: Walk, node: Node, ins: list[float]) -> tuple[float, ...]:
-    """The quantized tensor stands for the input; its scale and zero point depend on the input.
+    """Unbounded outputs: see :func:`rescaled` for the pattern that dequantizes them."""
+    walk.unbounded(node, DYNAMIC)
+    return (float("inf"),) * len(node.outputs)
 
-    They are left unbounded here: a consumer that multiplies an integer product back by that
-    scale is recognised in :func:`rescaled` and treated as the dequantization it is.
-    """
+
+def qlinear_factor(walk: Walk, node: Node, ins: list[float]) -> float | None:
+    """QLinearMatMul/QLinearConv: input scale over output scale (their dequantized weight is the layer), or None."""
+    if any(lip > 0.0 for i, lip in enumerate(ins) if i not in (0, 3)):
+        walk.unbounded(node, "quantization parameters or a bias that depend on the input")
+        return None
+    a, y = _scale(walk, node.inputs[1]), _scale(walk, node.inputs[6]) if len(node.inputs) > 6 else None
+    if a is None or y is None or a.size != 1 or y.size != 1:
+        walk.unbounded(node, "per-tensor input and output scales lipcheck could not read")
+        return None
     walk.note(ROUNDING)
-    return (ins[0], math.inf, math.inf)[: len(node.outputs)]
+    return abs(float(a.reshape(()))) / abs(float(y.reshape(())))
 
 
-def rescaled(walk: Walk, node: Node) -> float | None:
-    """``Mul(int product, input scale · weight scale)`` after MatMulInteger/ConvInteger: the dequantization.
+def rescaled(walk: Walk, node: Node, uppers: list[float | None]) -> float | None:
+    """``Mul(Cast(int product), dynamic scale · weight scale)`` after MatMulInteger/ConvInteger of a
+    DynamicQuantizeLinear output with its own zero point: the float layer applied to the quantized input.
 
-    The layer's weight already includes the weight scale where the reader found it (the node is
-    then in ``graph.dequantize``); otherwise the weight scale's max|c| multiplies here.
+    The layer's weight includes the weight scale where the reader folded it (the Mul is then in
+    ``graph.dequantize`` and its factor must be exactly scale · one constant); otherwise the
+    constants' max|c| multiplies here. A float bias added to the integer product must be a constant
+    divided by the same scale times constants (a bias quantized on the product's grid).
     """
     for i, j in ((0, 1), (1, 0)):
-        product = _through_bias(walk, _through(walk, node.inputs[i], ("Cast",)))
-        source = walk.find(product) if product else None
-        if source is None or source.op not in ("MatMulInteger", "ConvInteger"):
+        seen: list[str] = []
+        product = _through(walk, node.inputs[i], ("Cast",), seen)
+        add = walk.find(product)
+        bias: Node | None = None
+        if add is not None and add.op == "Add":
+            for a, b in ((0, 1), (1, 0)):
+                candidate = walk.find(_through(walk, add.inputs[b], ("Cast", "Floor", "Round"), seen))
+                if candidate is not None and candidate.op == "Div" and walk.of(candidate.inputs[0]) == 0.0:
+                    bias, product = candidate, _through(walk, add.inputs[a], ("Cast",), seen)
+                    seen.append(add.label)
+                    break
+        source = walk.find(product)
+        if source is None or source.op not in ("MatMulInteger", "ConvInteger") or source.label not in walk.graph.layer_nodes:
             continue
         dyn = walk.find(source.inputs[0])
-        if dyn is None or dyn.op != "DynamicQuantizeLinear":
+        if dyn is None or dyn.op != "DynamicQuantizeLinear" or len(source.inputs) < 3 or source.inputs[2] != dyn.outputs[2]:
             continue
-        factor = _scale_factor(walk, node.inputs[j], dyn.outputs[1])
-        if factor is None:
+        if len(source.inputs) > 3 and source.inputs[3] and walk.const(source.inputs[3]) is None:
+            continue  # the weight's zero point must be a constant
+        folded = node.label in walk.graph.dequantize
+        factor = _scale_factor(walk, node.inputs[j], dyn.outputs[1], exact=folded)
+        if factor is None or (bias is not None and _scale_factor(walk, bias.inputs[1], dyn.outputs[1]) is None):
             continue
-        if node.label in walk.graph.dequantize:
-            factor = 1.0
-        return factor * walk.of(product)
+        upper = uppers[walk.graph.layer_nodes[source.label]]
+        if upper is None:
+            continue
+        walk.forgive([dyn.label, source.label, *seen] + ([bias.label] if bias is not None else []))
+        walk.note(ROUNDING)
+        data = walk.of(dyn.inputs[0])
+        return 0.0 if upper == 0.0 else (1.0 if folded else factor) * upper * data
     return None
 
 
-def _through(walk: Walk, name: str, ops: tuple[str, ...]) -> str:
+def _through(walk: Walk, name: str, ops: tuple[str, ...], seen: list[str] | None = None) -> str:
     node = walk.find(name)
     while node is not None and node.op in ops:
+        if seen is not None:
+            seen.append(node.label)
         name = node.inputs[0]
         node = walk.find(name)
     return name
 
 
-def _through_bias(walk: Walk, name: str) -> str:
-    """Past ``Add(int product, quantized bias)``: the bias is a constant on the integer grid (see :func:`quantized_bias`)."""
-    node = walk.find(name)
-    if node is not None and node.op == "Add":
-        for i, j in ((0, 1), (1, 0)):
-            if walk.of(node.inputs[j]) == 0.0:
-                return _through(walk, node.inputs[i], ("Cast",))
-    return name
-
-
-def quantized_bias(walk: Walk, node: Node) -> bool:
-    """Whether ``node`` divides a constant by a dynamic quantization scale (times constants).
-
-    Exporters quantize a layer's float bias b as floor(b / (s_x·s_w)) on the integer grid of the
-    product and multiply the sum back by s_x·s_w: the bias term is then b up to one grid step, a
-    bounded offset like every other rounding here, so it counts as the constant b.
-    """
-    if node.op != "Div" or walk.of(node.inputs[0]) != 0.0:
-        return False
-    return any(
-        candidate.op == "DynamicQuantizeLinear" and _scale_factor(walk, node.inputs[1], candidate.outputs[1]) is not None for candidate in walk.graph.nodes
-    )
-
-
-def _scale_factor(walk: Walk, name: str, scale: str) -> float | None:
-    """``name`` = the dynamic scale times constants: max|constants|; None when it is something else."""
+def _scale_factor(walk: Walk, name: str, scale: str, exact: bool = False) -> float | None:
+    """``name`` = the dynamic scale times constants: the constants' product of max|c|; None when it is
+    something else. ``exact``: only the scale times one constant (the one folded into the layer)."""
     if name == scale:
-        return 1.0
+        return None if exact else 1.0
     node = walk.find(name)
     if node is None or node.op != "Mul":
         return None
     for i, j in ((0, 1), (1, 0)):
         c = walk.const(node.inputs[j])
+        if c is None:
+            continue
+        if exact:
+            return 1.0 if node.inputs[i] == scale else None
         inner = _scale_factor(walk, node.inputs[i], scale)
-        if c is not None and inner is not None:
+        if inner is not None:
             return inner * (float(np.abs(c).max()) if c.size else 0.0)
     return None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipcheck.graph.rules import rule
+from lipcheck.graph.rules import not_lipschitz, rule
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
@@ -34,8 +34,22 @@ _FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20}
     "ReduceMin",
 )
 def move(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Entries moved, selected or negated without changing any value's size: norm <= 1."""
+    """Entries moved, selected or negated without changing any value's size: norm <= 1, for indices,
+    axes and sizes that do not depend on the input (else which entries move jumps with it)."""
+    if any(lip > 0.0 for lip in ins[1:]):
+        return walk.unbounded(node, "indices, axes or sizes that depend on the input: which entries it takes jumps with them")
     return ins[0]
+
+
+rule(
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    reason="draws random values: a different function at every run",
+)(not_lipschitz)
 
 
 @rule("Shape", "Size", "EyeLike", "Constant")

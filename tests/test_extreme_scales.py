@@ -1,0 +1,54 @@
+"""Weights of extreme size: every interval still contains the truth, and nothing raises.
+
+Operator norms scale exactly with the weight, so one float64 SVD of the operator at scale 1 gives
+the truth at every scale; the intervals must contain it (tiny weights once gave [3.7e-106, 3.7e-106]
+around a truth of 1.9e-100, and weights of 1e20 an internal error).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lipcheck.model import ConvGeometry
+from lipcheck.spectral import conv
+from lipcheck.spectral.dense import certify
+
+_GEOMETRY = ConvGeometry(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+_SPATIAL = (6, 6)  # 64 channels: 2304 columns, above the explicit limit, so the Fourier path runs
+
+
+@pytest.fixture(scope="module")
+def conv_case() -> tuple[torch.Tensor, float]:
+    weight = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 24.0
+    assert 64 * math.prod(_SPATIAL) > conv.EXPLICIT_MAX_SIDE
+    matrix = conv.explicit_matrix(weight, _GEOMETRY, _SPATIAL, False)
+    return weight, float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-100, 1e-85, 1e-30, 1.0, 1e12, 1e20, 1e150])
+def test_conv_operator_intervals_scale_with_the_weight(conv_case: tuple[torch.Tensor, float], scale: float) -> None:
+    weight, truth = conv_case
+    found = conv.operator_interval(weight * scale, _GEOMETRY, _SPATIAL, False, tol=1e-3, max_iter=200, seed=0)
+    assert found.lower * (1 - 1e-12) <= truth * scale <= found.upper * (1 + 1e-12)
+    assert found.lower >= 0.9 * truth * scale  # the lower end is found, not left at 0
+    assert conv.operator_upper(weight * scale, _GEOMETRY, _SPATIAL, False, tol=1e-3, max_iter=200, seed=0) >= truth * scale * (1 - 1e-12)
+
+
+def test_an_operator_that_reads_only_padding_is_bracketed_without_an_error() -> None:
+    weight = torch.randn(64, 64, 1, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    geometry = ConvGeometry(stride=(1, 3), padding=(0, 5, 0, 0), dilation=(1, 1), groups=1)
+    found = conv.operator_interval(weight, geometry, (40, 1), False, tol=1e-3, max_iter=50, seed=0)
+    assert found.lower == 0.0 <= found.upper
+
+
+@pytest.mark.parametrize("scale", [1e-310, 1e-300, 1e300])
+def test_dense_intervals_of_subnormal_and_huge_weights(scale: float) -> None:
+    matrix = torch.randn(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    truth = float(torch.linalg.matrix_norm(matrix, ord=2))
+    found = certify(matrix * scale, tol=1e-6, max_iter=100, seed=0)
+    scaled = float(torch.linalg.matrix_norm(matrix * scale, ord=2)) if scale > 1e-300 else truth * scale
+    assert found.sigma <= scaled * (1 + 1e-9) and found.upper >= scaled * (1 - 1e-9)
+    assert found.sigma > 0.0
