@@ -297,8 +297,8 @@ def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, 
 
 def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
     """A certified upper bound on the operator norm from a circular embedding (module doc)."""
-    w64 = weight.to(torch.float64)
-    return upper_end(w64, resolve(w64, geometry, spatial, transposed), spatial, transposed, rel=1e-4).upper
+    w64, scale = _normalized(weight)
+    return _unscaled(upper_end(w64, resolve(w64, geometry, spatial, transposed), spatial, transposed, rel=1e-4).upper, scale, True)
 
 
 def certified_ratio(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool, x: torch.Tensor) -> float:
