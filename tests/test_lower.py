@@ -234,3 +234,29 @@ def test_torch_lower_bound_of_a_module_that_is_no_chain_reaches_its_exact_norm()
     report = inspect(net, settings=Settings(input_shape=((1, 2, 6, 6),)))
     assert not any("lower bound" in note for note in report.notes), report.notes
     assert report.bound.lower is not None and 0.99 * exact <= report.bound.lower <= exact * (1 + 1e-9)
+
+
+def test_lower_bound_never_reports_a_function_onnxruntime_does_not_compute(tmp_path: Path) -> None:
+    """A linear Resize with non-integer scales: an evaluator reading the scales as output over input
+    size computes another linear map (norm 1.41 against the file's 1.05); its ratio is not reported."""
+    node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, 8])],
+        [numpy_helper.from_array(np.array([1, 1, 0.6, 2], np.float32), "sc")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, str(path))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    basis = np.eye(12, dtype=np.float32)
+    matrix = np.stack([session.run(None, {"x": basis[i].reshape(1, 1, 3, 4)})[0].ravel() for i in range(12)], 1).astype(np.float64)
+    truth = float(np.linalg.svd(matrix, compute_uv=False)[0])
+    report = inspect(path)
+    assert report.bound.lower is None or report.bound.lower <= truth * (1 + 1e-6)
+    assert report.bound.upper is not None and report.bound.upper >= truth

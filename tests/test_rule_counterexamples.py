@@ -397,7 +397,38 @@ def _slice_start_input(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [x, np.array([1], np.int64)], [x, np.array([2], np.int64)]
 
 
+def _bn(src: str, dst: str) -> onnx.NodeProto:
+    return helper.make_node("BatchNormalization", [src, "g", "b", "m", "v"], [dst], epsilon=0.0)
+
+
+def _bn_consts() -> list[onnx.TensorProto]:
+    return [_c("g", _f32([0.1, 10.0])), _c("b", _f32([0, 0])), _c("m", _f32([0, 0])), _c("v", _f32([1, 1]))]
+
+
+def _bn_after_weight_as_a(tmp: Path):  # type: ignore[no-untyped-def]
+    """Gemm(W, x) then batch norm: the norm scales the product's columns, not W's rows."""
+    nodes = [helper.make_node("Gemm", ["W", "x"], ["y"]), _bn("y", "z")]
+    p = _save(tmp, nodes, [_in("x", [2, 2], F)], [_out("z", [2, 2], F)], [_c("W", _f32(np.diag([10.0, 0.1]))), *_bn_consts()])
+    return p, *_worst_pair(p, (2, 2))
+
+
+def _bn_after_input_bias(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = [helper.make_node("Gemm", ["x", "W", "x"], ["y"]), _bn("y", "z")]
+    p = _save(tmp, nodes, [_in("x", [2, 2], F)], [_out("z", [2, 2], F)], [_c("W", _z(2, 2)), *_bn_consts()])
+    return p, *_worst_pair(p, (2, 2))
+
+
+def _nearest_resize_edges(tmp: Path):  # type: ignore[no-untyped-def]
+    """Nearest, half_pixel, floor, scale 2.6: the edge row takes 4 outputs, more than ceil(2.6)."""
+    node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", nearest_mode="floor")
+    p = _save(tmp, [node], [_in("x", [1, 1, 3, 4], F)], [_out("y", [1, 1, 7, 2], F)], [_c("sc", _f32([1, 1, 2.6, 0.7]))], opset=13)
+    return p, *_worst_pair(p, (1, 1, 3, 4))
+
+
 CASES: dict[str, Case] = {
+    "batch norm after gemm with the weight first": _bn_after_weight_as_a,
+    "batch norm after gemm with an input bias": _bn_after_input_bias,
+    "nearest resize with edge copies": _nearest_resize_edges,
     "quantize and dequantize with other scales": _qdq_scales,
     "quantized output": _quantized_output,
     "qlinear output scale": _qlinear_output_scale,

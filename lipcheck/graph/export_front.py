@@ -42,7 +42,7 @@ _EXTRA = {
     "aten::_native_batch_norm_legit_no_training": "BatchNormalization",
 }
 _UNARY = frozenset(
-    "Relu Sigmoid Tanh Softplus Gelu Silu HardSwish Mish Softmax Clip Flatten Reshape Transpose Identity Squeeze Unsqueeze Slice Abs Neg Exp Log Sqrt Split Shape LayerNormalization GroupNormalization InstanceNormalization".split()
+    "Relu Sigmoid Tanh Softplus Gelu Silu HardSwish Mish Softmax Clip Flatten Reshape Transpose Identity Squeeze Unsqueeze Slice Abs Neg Exp Log Sqrt Split Shape".split()
 )  # ops that read only their first input
 _POOLS = {
     "aten::max_pool1d",
@@ -174,6 +174,13 @@ class _Builder:
             floating = dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point)
             return Node("Identity" if floating else "Cast", label, (x,), outs, {} if floating else {"to": 7})
         op = SIMPLE.get(name) or _EXTRA.get(name) or name
+        if op in ("LayerNormalization", "GroupNormalization", "InstanceNormalization"):
+            # Scale and bias as inputs 1 and 2 and epsilon, as the normalization rule reads them.
+            eps = args.get("eps")
+            if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+                return Node(f"{name} (epsilon unread)", label, (x,), outs)
+            scale, shift = (self.ref(node, arg, args.get(arg)) if args.get(arg) is not None else "" for arg in ("weight", "bias"))
+            return Node(op, label, (x, scale, shift), outs, {"epsilon": float(eps)})
         if op == "Clip" and any(isinstance(args.get(bound), torch.fx.Node) for bound in ("min", "max")):
             op = f"{name} (bounds from tensors)"  # clamp(x, min=g(x)): left to the unknown-op rule
         if op in _UNARY:
@@ -192,6 +199,9 @@ class _Builder:
             bias = self.ref(node, "self", args.get("self")) if name == "aten::addmm" else ""
             return Node("Gemm", node.name, (x, weight, bias), (node.name,))
         ins = tuple(value.name for value in node.all_input_nodes)
+        if scaled:
+            self.layer_nodes.pop(node.name, None)  # beta·b + alpha·x·Wᵀ is no plain layer: left to the unknown-op rule
+            return Node(f"{name} (scaled)", node.name, ins, (node.name,))
         return Node("MatMul" if name == "aten::mm" else f"{name}", node.name, ins, (node.name,))
 
     def batch_norm(self, node: torch.fx.Node, name: str, args: dict[str, Any]) -> Node:

@@ -32,6 +32,22 @@ def _computed(v: torch._C.Value) -> bool:
     return v.node().kind() != "prim::Constant"
 
 
+def _same_geometry(call: ConvGeometry, layer: ConvGeometry | None) -> bool:
+    """Whether a conv call applies its weight as the layer's geometry says (a module whose padding
+    mode is not zeros pads in a node of its own, so its call has no padding)."""
+    if layer is None:
+        return False
+    padding = call.padding if layer.padding_mode == "zeros" or any(call.padding) else layer.padding
+    fields = (call.stride, call.dilation, call.groups, call.auto_pad, tuple(call.output_padding) or (0,) * len(call.stride))
+    return padding == layer.padding and fields == (
+        layer.stride,
+        layer.dilation,
+        layer.groups,
+        layer.auto_pad,
+        tuple(layer.output_padding) or (0,) * len(layer.stride),
+    )
+
+
 def _value(v: torch._C.Value) -> Any:
     try:
         return v.toIValue()
@@ -116,6 +132,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
     nodes: list[Node] = []
     lists: dict[str, list[str]] = {}
     layer_nodes: dict[str, int] = {}
+    calls: dict[str, list[tuple[str, tuple[int | None, ...] | None]]] = {}  # a layer's calls: node label, input size
     for index, node in enumerate(graph.nodes()):
         kind = node.kind()
         outs = [o.debugName() for o in node.outputs()]
@@ -153,7 +170,13 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
                     layer_index[found.name] = len(layers) - 1
                     name = found.name
             if name in layer_index:
-                layer_nodes[label] = layer_index[name]
+                layer = layers[layer_index[name]]
+                call = _call_geometry(kind, args, weight.dim() - 2) if kind != "aten::linear" and isinstance(weight, torch.Tensor) else None
+                sizes = shapes.get(ins[0])
+                spatial = tuple(sizes[2:]) if sizes and kind != "aten::linear" else None
+                if kind == "aten::linear" or (call is not None and _same_geometry(call[0], layer.geometry)):
+                    layer_nodes[label] = layer_index[name]
+                    calls.setdefault(name, []).append((label, spatial))
             ins = ins[:3]
         elif op in ("Add", "Sub") and len(args) > 2:
             alpha = _value(args[2])
@@ -201,6 +224,16 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             if train is not False:
                 op = f"{kind} (training)"  # a random mask scaled by 1/(1-p), or a mode read at run time
             ins = ins[:1]
+        elif op in ("LayerNormalization", "GroupNormalization", "InstanceNormalization"):
+            # layer_norm(x, shape, weight, bias, eps, ..), group_norm(x, groups, weight, bias, eps, ..),
+            # instance_norm(x, weight, bias, mean, var, use_input_stats, momentum, eps, ..)
+            at = (1, 2, 7) if op == "InstanceNormalization" else (2, 3, 4)
+            eps = _value(args[at[2]]) if len(args) > at[2] else None
+            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+                attrs["epsilon"] = float(eps)
+                ins = [ins[0]] + ["" if (not _computed(args[i]) and _value(args[i]) is None) else ins[i] for i in at[:2]]
+            else:
+                op, ins = f"{kind} (epsilon unread)", ins[:1]
         elif op == "Clip" and any(_computed(a) for a in args[1:3]):
             op = f"{kind} (bounds from tensors)"  # clamp(x, min=g(x)): left to the unknown-op rule
         elif kind.startswith("aten::upsample_") and len(args) >= 3:
@@ -233,6 +266,11 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             outputs.extend(i.debugName() for i in producer.inputs())
         else:
             outputs.append(value.debugName())
+    for uses in calls.values():
+        # One interval per layer: a weight applied at several input sizes is bounded at none of them.
+        if len({spatial for _, spatial in uses}) > 1:
+            for label, _ in uses:
+                layer_nodes.pop(label, None)
     return Graph(inputs, outputs, nodes, constants, shapes, layer_nodes)
 
 

@@ -58,6 +58,20 @@ def _folded(walk: Walk, node: Node, scale: np.ndarray) -> float:
         or walk.consumers.get(node.inputs[0], 0) != 1
     ):
         return math.inf
+    # The fused weight scales the layer's output rows: only where those are the channels batch norm
+    # scales (axis 1): a conv, or a Gemm x·Wᵀ (weight as B, no transA) with a 2-D output; and only
+    # with no added term that depends on the input (a bias computed from it is not scaled here).
+    shape = walk.graph.shapes.get(node.inputs[0])
+    if producer.op == "Gemm" and (
+        int(producer.attrs.get("transA", 0))
+        or walk.const(producer.inputs[1]) is None
+        or walk.const(producer.inputs[0]) is not None
+        or not shape
+        or len(shape) != 2
+    ):
+        return math.inf
+    if any(walk.of(name) > 0.0 for name in producer.inputs[2:]):
+        return math.inf
     fused = walk.fuse(walk.graph.layer_nodes[producer.label], scale)
     if fused is None:
         return math.inf

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -182,7 +182,7 @@ def resize(walk: Walk, node: Node, ins: list[float]) -> float:
         return walk.unbounded(node, "resize scales lipcheck could not read")
     up = np.ceil(np.maximum(scales, 1.0))
     if mode == "nearest":
-        return ins[0] * math.sqrt(float(np.prod(up)))
+        return ins[0] * math.sqrt(_nearest_copies(walk, node, scales))
     if mode == "linear":
         return ins[0] * math.sqrt(float(np.prod(2.0 * up)))
     if mode == "cubic":
@@ -191,6 +191,66 @@ def resize(walk: Walk, node: Node, ins: list[float]) -> float:
         rows, columns = cubic_sums(float(attrs.get("cubic_coeff_a", -0.75)))
         return ins[0] * math.sqrt(float(np.prod(rows * columns * up)))
     return walk.unbounded(node, f"resize mode {mode!r} lipcheck does not know")
+
+
+def _nearest_copies(walk: Walk, node: Node, scales: np.ndarray) -> float:
+    """The most times nearest resizing repeats one input entry: per axis counted on the index map
+    ONNX defines (coordinate transform, rounding, clamping at the edges, where one entry can take
+    more than ceil(s) outputs), in float32 and float64 alike; 2·ceil(s) + 2 where the size is unknown."""
+    shape = walk.graph.shapes.get(node.inputs[0])
+    axes = [int(a) for a in node.attrs.get("axes", range(len(scales)))] if shape else []
+    if "coordinate_transformation_mode" in node.attrs or node.op == "Upsample":
+        default = "half_pixel" if node.op == "Resize" else "asymmetric"
+        modes = [(_text(node.attrs.get("coordinate_transformation_mode", default)), _text(node.attrs.get("nearest_mode", "round_prefer_floor")))]
+    else:  # a torch graph's nearest (asymmetric, floor) or ONNX's default (half_pixel, round_prefer_floor)
+        modes = [("half_pixel", _text(node.attrs.get("nearest_mode", "round_prefer_floor"))), ("asymmetric", "floor")]
+    total = 1.0
+    for k, s in enumerate(scales):
+        n = shape[axes[k]] if shape and k < len(axes) and axes[k] < len(shape) else None
+        sizes = [int(n)] if n else range(1, 65)  # an unknown size: the worst of the sizes up to 64
+        counts = [_axis_copies(size, float(s), coordinate, rounding) for size in sizes for coordinate, rounding in modes]
+        if any(c is None for c in counts):
+            return 2.0 ** len(scales) * float(np.prod(np.ceil(np.maximum(scales, 1.0)) + 1.0))
+        most = max(c for c in counts if c is not None)
+        total *= most if n or float(s).is_integer() else most + 1.0
+    return total
+
+
+def _axis_copies(n: int, s: float, coordinate: str, rounding: str) -> float | None:
+    m = int(math.floor(n * s))
+    if m <= 0 or s <= 0.0:
+        return 1.0
+    most = 0
+    dtype: Any
+    for dtype in (np.float32, np.float64):
+        y: Any = np.arange(m, dtype=dtype)
+        scale: Any = dtype(s)
+        x: Any
+        if coordinate == "half_pixel" or (coordinate == "pytorch_half_pixel" and m > 1):
+            x = (y + dtype(0.5)) / scale - dtype(0.5)
+        elif coordinate == "pytorch_half_pixel":
+            x = np.zeros_like(y)
+        elif coordinate == "align_corners":
+            x = y * dtype(n - 1) / dtype(m - 1) if m > 1 else np.zeros_like(y)
+        elif coordinate == "asymmetric":
+            x = y / scale
+        elif coordinate == "tf_half_pixel_for_nn":
+            x = (y + dtype(0.5)) / scale
+        else:
+            return None
+        if rounding == "floor":
+            index = np.floor(x)
+        elif rounding == "ceil":
+            index = np.ceil(x)
+        elif rounding == "round_prefer_ceil":
+            index = np.floor(x + dtype(0.5))
+        elif rounding == "round_prefer_floor":
+            index = np.ceil(x - dtype(0.5))
+        else:
+            return None
+        counts = np.bincount(np.clip(index, 0, n - 1).astype(np.int64), minlength=n)
+        most = max(most, int(counts.max()))
+    return float(most)
 
 
 def _text(value: object) -> str:

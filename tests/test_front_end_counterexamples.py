@@ -1,0 +1,121 @@
+"""Torch modules whose TorchScript or torch.export graph once got an upper bound below what the
+module attains: a conv weight reused with another geometry or input size, addmm with alpha or beta,
+linear on a 3-D input before a batch norm, layer and group norms whose scale and epsilon were misread.
+Each bound must be at least the ratio a float64 copy of the module attains, or the graph blocked."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipcheck.api import inspect
+from lipcheck.settings import Settings
+
+
+class _SharedStride(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 1, 3, stride=3, padding=0, bias=False)
+        with torch.no_grad():
+            self.c.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.c.weight, None, 1, 1)
+
+
+class _SharedSizes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.c.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.c(x).flatten(1), self.c(x[:, :, :1]).flatten(1)], 1)
+
+
+class _ScaledAddmm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.w, self.b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b, x, self.w.t(), beta=0.5, alpha=3.0)
+
+
+class _LinearTokensNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+        with torch.no_grad():
+            self.l.weight.copy_(torch.diag(torch.tensor([10.0, 1, 1, 0.1])))
+            self.bn.weight.copy_(torch.tensor([0.1, 1, 1, 10.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.l(x))
+
+
+class _Norm(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.g, self.b = nn.Parameter(torch.tensor([1.0, 2, 3, 50])), nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            return F.layer_norm(x * 2, (4,), self.g, self.b, eps=1e-3)
+        return F.group_norm(x.reshape(1, 4, 1) * 2, 2, self.g, None, eps=1e-3)
+
+
+def _attained(module: nn.Module, shape: tuple[int, ...], at_zero: bool = False) -> float:
+    """The top singular value of a float64 finite-difference Jacobian, best over a few points."""
+    twin = copy.deepcopy(module).double().eval()
+    rng = np.random.default_rng(0)
+    points = [np.zeros(shape)] if at_zero else [rng.normal(size=shape) for _ in range(8)]
+    best, h = 0.0, 1e-7
+    with torch.no_grad():
+        for x in points:
+            base = twin(torch.tensor(x)).reshape(-1)
+            columns = []
+            for i in range(x.size):
+                bumped = x.copy().reshape(-1)
+                bumped[i] += h
+                columns.append(((twin(torch.tensor(bumped.reshape(shape))).reshape(-1) - base) / h).numpy())
+            best = max(best, float(np.linalg.svd(np.stack(columns, 1), compute_uv=False)[0]))
+    return best
+
+
+CASES = {
+    "conv weight reused with another stride": (_SharedStride, (1, 1, 6, 6), ("torchscript",), False),
+    "conv weight reused at another input size": (_SharedSizes, (1, 1, 12), ("torchscript",), False),
+    "addmm with alpha and beta": (_ScaledAddmm, (2, 4), ("export",), False),
+    "linear on tokens then batch norm": (_LinearTokensNorm, (1, 4, 4), ("trace", "export"), False),
+    "layer norm scale and epsilon": (lambda: _Norm("layer"), (1, 4), ("trace", "export"), True),
+    "group norm scale and epsilon": (lambda: _Norm("group"), (1, 4), ("trace", "export"), True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torch_graph_bounds_hold(tmp_path: Path, case: str) -> None:
+    make, shape, archives, at_zero = CASES[case]
+    module = make().eval()  # type: ignore[operator]
+    attained = _attained(module, shape, at_zero)
+    x = torch.randn(*shape)
+    for archive in archives:
+        if archive == "export":
+            path = tmp_path / "m.pt2"
+            torch.export.save(torch.export.export(module, (x,)), str(path))
+            settings = Settings(lower=False)
+        else:
+            path = tmp_path / "m.pt"
+            (torch.jit.script(module) if archive == "torchscript" else torch.jit.trace(module, (x,))).save(str(path))
+            settings = Settings(lower=False, input_shape=(shape,))
+        bound = inspect(path, settings=settings).bound
+        assert bound.upper is None or bound.upper >= attained * (1 - 1e-5), (archive, bound.upper, attained, bound.method)
