@@ -43,6 +43,8 @@ def _ir(
     for index, node in enumerate(proto.node):
         local = labels[index]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.type != AttributeProto.GRAPH}
+        if node.op_type in ("Softmax", "LogSoftmax") and (node.domain or "") in ("", "ai.onnx") and opsets.get("", 13) < 13:
+            attrs["coerced_2d"] = 1  # before opset 13: one softmax over the input flattened from axis (default 1)
         subgraphs: dict[str, Graph] = {}
         captured: set[str] = set()
         for attr in node.attribute:

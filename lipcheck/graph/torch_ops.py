@@ -318,5 +318,11 @@ def _reduce(run: Run, node: Node, ins: list[Any]) -> Any:
 
 @op("Softmax", "LogSoftmax")
 def _softmax(run: Run, node: Node, ins: list[Any]) -> Any:
+    x = ins[0]
+    if node.attrs.get("coerced_2d"):  # opsets before 13: one softmax over the trailing axes from axis
+        axis = int(node.attrs.get("axis", 1)) % max(x.dim(), 1)
+        flat = x.reshape(math.prod(x.shape[:axis]), -1)
+        out = F.softmax(flat, dim=1) if node.op == "Softmax" else F.log_softmax(flat, dim=1)
+        return out.reshape(x.shape)
     axis = int(node.attrs.get("axis", -1))
-    return F.softmax(ins[0], dim=axis) if node.op == "Softmax" else F.log_softmax(ins[0], dim=axis)
+    return F.softmax(x, dim=axis) if node.op == "Softmax" else F.log_softmax(x, dim=axis)
