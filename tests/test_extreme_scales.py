@@ -8,11 +8,17 @@ around a truth of 1.9e-100, and weights of 1e20 an internal error).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
+from lipcheck.api import inspect
 from lipcheck.model import ConvGeometry
+from lipcheck.settings import Settings
 from lipcheck.spectral import conv
 from lipcheck.spectral.dense import certify
 
@@ -52,3 +58,25 @@ def test_dense_intervals_of_subnormal_and_huge_weights(scale: float) -> None:
     scaled = float(torch.linalg.matrix_norm(matrix * scale, ord=2)) if scale > 1e-300 else truth * scale
     assert found.sigma <= scaled * (1 + 1e-9) and found.upper >= scaled * (1 - 1e-9)
     assert found.sigma > 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e25])
+def test_chains_whose_products_under_or_overflow_fall_back_to_the_graph_bound(tmp_path: Path, scale: float) -> None:
+    """Six 3×3 layers with LeakyRelu between: the multipliers' optimization meets 0 or inf; the graph bound stands."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    name = "x"
+    for i in range(6):
+        inits.append(numpy_helper.from_array((rng.normal(size=(3, 3)) * scale).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [name, f"w{i}"], [f"h{i}"]))
+        name = f"h{i}"
+        if i < 5:
+            nodes.append(helper.make_node("LeakyRelu", [name], [f"a{i}"], alpha=0.1))
+            name = f"a{i}"
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])], [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3])], inits
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    bound = inspect(path, settings=Settings(lower=False)).bound
+    assert bound.upper is not None and bound.upper > 0.0

@@ -362,6 +362,8 @@ def certified_bound(chain: Chain, budget_s: float = 2.0, progress: Progress | No
         objective = Objective(chain)
         thetas = objective.initial()
         thetas, rho, iterations = optimize(objective, thetas, budget_s, progress)
+    except (AssertionError, ArithmeticError, RuntimeError, ValueError):  # weights whose products under- or overflow
+        return None
     finally:
         torch.set_num_threads(threads)
     if not math.isfinite(rho):

@@ -209,8 +209,11 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
                     op = "Unknown_avg_pool_divisor_override"  # a chosen divisor: not an average
             ins = ins[:1]
         elif op == "LeakyRelu":
-            slope = _value(args[1])
-            attrs["alpha"] = float(slope) if isinstance(slope, (int, float)) else 0.01
+            slope = _value(args[1]) if len(args) > 1 else 0.01
+            if isinstance(slope, (int, float)) and not isinstance(slope, bool):
+                attrs["alpha"] = float(slope)
+            else:
+                op = f"{kind} (slope unread)"  # left to the unknown-op rule
             ins = ins[:1]
         elif op == "Elu":
             # elu(x, alpha, scale, input_scale): scale and input_scale other than 1 are left to the unknown-op rule.
