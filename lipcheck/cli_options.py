@@ -58,9 +58,12 @@ class Failure(Exception):
 def number(value: Any) -> float:
     """A float option's value, with a plain message when it is not one."""
     try:
-        return float(value)
+        found = float(value)
     except (TypeError, ValueError):
         raise typer.BadParameter(f"{value!r} is not a number; write e.g. 10, 2.5 or 1e-6") from None
+    if found != found:
+        raise typer.BadParameter(f"{value!r} is not a number: a gate against NaN could never fail; write e.g. 10, 2.5 or 1e-6")
+    return found
 
 
 def _integer(value: Any) -> int:

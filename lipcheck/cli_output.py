@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from lipcheck.cli_options import Fmt, warn
+from lipcheck.cli_options import Failure, Fmt, warn
 
 
 def emit(run: Any, fmt: str, output: Path | None) -> None:
@@ -26,6 +26,7 @@ def emit(run: Any, fmt: str, output: Path | None) -> None:
         if output is None:
             sys.stdout.write(text)
         else:
+            _check_output(output, [Path(r.path) for r in getattr(run, "results", [])])
             write_atomic(output, text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if fmt == "github" and summary:
@@ -46,6 +47,19 @@ def publish(run: Any, fmt: Fmt, output: Path | None, plot: Path | None, *, exit_
 
         drawing.write(run, plot)
     finish(run, exit_zero=exit_zero, strict=strict)
+
+
+def _check_output(output: Path, inputs: list[Path]) -> None:
+    """Refuse a report path that is a folder or one of the models read (the report would replace it)."""
+    if output.is_dir():
+        raise Failure(f"{output} is a folder; give -o a file name")
+    for path in inputs:
+        try:
+            same = output.exists() and path.exists() and os.path.samefile(output, path)
+        except OSError:
+            same = False
+        if same:
+            raise Failure(f"-o {output} is the model {path} itself; write the report elsewhere")
 
 
 def write_atomic(path: Path, text: str) -> None:

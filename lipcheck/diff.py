@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lipcheck.report.data import Report
@@ -72,8 +73,10 @@ class Drift:
 
 
 def _growth(old: float | None, new: float | None) -> float | None:
-    if old is None or new is None or old <= 0.0:
+    if old is None or new is None or old < 0.0:
         return None
+    if old == 0.0:  # from zero to anything positive is unbounded growth
+        return math.inf if new > 0.0 else None
     return (new - old) / old * 100.0
 
 

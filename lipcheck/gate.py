@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lipcheck.errors import LipcheckError
 from lipcheck.report.data import Report
 
 BOUND_KINDS = ("upper", "graph", "product")
@@ -25,6 +26,11 @@ class GateSpec:
     fail_layer_above: float | None = None
     layer_thresholds: tuple[tuple[str, float], ...] = ()
     strict: bool = False
+
+    def __post_init__(self) -> None:
+        values = [self.fail_above, self.fail_layer_above, *(value for _, value in self.layer_thresholds)]
+        if any(value is not None and value != value for value in values):
+            raise LipcheckError("a threshold is NaN, so the gate could never fail; set a number (a config file or an environment variable may hold it)")
 
     @property
     def active(self) -> bool:

@@ -97,6 +97,8 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
         from lipcheck.formats.sharded import resolve_folder
 
         path = resolve_folder(path)
+    if path.exists() and not path.is_file() and not _is_device_file(path):
+        raise LipcheckError(f"{path} is not a regular file (a pipe or socket would be read without end); give the model file itself")
     fmt = detect(path)
     if allow_globals and fmt is not Format.TORCH:
         raise LipcheckError(f"--allow-global applies to PyTorch checkpoints; {path} is {fmt.value}")
@@ -112,6 +114,17 @@ def load(path: Path, key: str | None = None, input_shapes: tuple[tuple[int, ...]
         model.notes.append("--input-shape needs a graph (ONNX, TorchScript): this file has none, so convs keep the geometry-free bound")
         return model
     return _load(path, fmt, options)
+
+
+def _is_device_file(path: Path) -> bool:
+    """Character and block devices (/dev/zero, /dev/null): their reads end, and the format check refuses them."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def _load(path: Path, fmt: Format, options: Options) -> Model:

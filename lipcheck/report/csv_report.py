@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 from lipcheck.report.run import Run
 
 COLUMNS = ["model", "layer", "op", "shape", "dtype", "sigma", "lower", "upper", "method", "input_size", "converged", "threshold", "passed"]
 
 
+def _write(writer: Any, cells: list[Any]) -> None:
+    """One row; text cells a spreadsheet would read as a formula (=, +, -, @, tab, CR first) get a leading '."""
+    writer.writerow([f"'{cell}" if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell for cell in cells])
+
+
 def render(run: Run) -> str:
     """Render a run as CSV; numbers at full precision, empty cells for unknowns."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    _write(writer, COLUMNS)
     for result in run.results:
         if result.report is None:
-            writer.writerow([result.path, "(error)", "", "", "", "", "", "", result.error] + [""] * 4)
+            _write(writer, [result.path, "(error)", "", "", "", "", "", "", result.error] + [""] * 4)
             continue
         layer_checks = {c.subject: c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "layer"}
         for layer in result.report.layers:
             lip = layer.lipschitz
             check = layer_checks.get(layer.display_name)
-            writer.writerow(
+            _write(
+                writer,
                 [
                     result.path,
                     layer.display_name,
@@ -38,7 +45,7 @@ def render(run: Run) -> str:
                     str(layer.converged).lower(),
                     _num(check.threshold if check else None),
                     "" if check is None else str(check.passed).lower(),
-                ]
+                ],
             )
         bound_checks = [c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "bound"]
         b = result.report.bound
@@ -48,7 +55,8 @@ def render(run: Run) -> str:
         )
         for (label, lower, upper, method), subject in zip(rows, ("network", "product")):
             check = next((c for c in bound_checks if c.subject == subject), None)
-            writer.writerow(
+            _write(
+                writer,
                 [
                     result.path,
                     f"({label})",
@@ -63,7 +71,7 @@ def render(run: Run) -> str:
                     "",
                     _num(check.threshold if check else None),
                     "" if check is None else str(check.passed).lower(),
-                ]
+                ],
             )
     return out.getvalue()
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.diff import Drift
-from lipcheck.report.numbers import up
+from lipcheck.report.numbers import finite, up
 
 
 def _num(value: float | None) -> str:
@@ -71,4 +71,4 @@ def render_json(drift: Drift) -> str:
         "passed": not drift.failures,
         "failures": drift.failures,
     }
-    return json.dumps(body, indent=2) + "\n"
+    return json.dumps(finite(body), indent=2, allow_nan=False) + "\n"

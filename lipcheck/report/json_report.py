@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from lipcheck import __version__
 from lipcheck.gate import gate_dict
 from lipcheck.report.data import SCHEMA_VERSION
+from lipcheck.report.numbers import finite
 from lipcheck.report.run import FileResult, Run
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def result_dict(run: Run, result: FileResult) -> dict[str, Any]:
@@ -46,4 +36,4 @@ def render(run: Run) -> str:
             "reports": [result_dict(run, r) for r in run.results],
             "passed": not run.failed and not run.errors,
         }
-    return json.dumps(_finite(body), indent=2, allow_nan=False) + "\n"
+    return json.dumps(finite(body), indent=2, allow_nan=False) + "\n"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 from lipcheck.report.run import Run
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _xml_text(text: str | None) -> str | None:
+    """Control characters XML 1.0 forbids, written as \\xNN."""
+    return None if text is None else _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def render(run: Run) -> str:
@@ -38,5 +46,9 @@ def render(run: Run) -> str:
     suite.set("errors", str(errors))
     root = ET.Element("testsuites", name="lipcheck", tests=str(tests), failures=str(failures), errors=str(errors))
     root.append(suite)
+    for element in root.iter():  # names from the file may hold characters XML 1.0 cannot carry
+        element.text = _xml_text(element.text)
+        for key, value in element.attrib.items():
+            element.set(key, _xml_text(value) or "")
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

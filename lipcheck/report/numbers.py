@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
 from lipcheck.report.data import LayerReport, Report
@@ -85,3 +86,14 @@ def lower_text(report: Report) -> str:
         return "n/a"
     gap = f" (upper/lower {b.upper / b.lower:.3g})" if b.upper is not None and b.lower > 0 else ""
     return down(b.lower) + gap
+
+
+def finite(value: Any) -> Any:
+    """A JSON body with every non-finite float replaced by null (JSON has no Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
