@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
+from fractions import Fraction
 
 PRODUCT_ASSUMPTION = (
     "product: the product of every layer's upper bound; a bound on the network only for a plain chain "
@@ -37,17 +39,16 @@ def product_from_log10(log10: float | None) -> float | None:
 def product_upper(uppers: Sequence[float | None]) -> float | None:
     """Return the product of the bounds rounded up, so it is never below the exact product.
 
-    Each float multiplication rounds by at most one part in 2^53; the result is raised by that
-    much per factor. Falls back to 10**log10 (also raised) when the running product leaves float
-    range; None when a bound is unknown or the product is beyond float range.
+    The product is formed exactly (binary fractions) and rounded up to the next float; None when a
+    bound is unknown or the product is beyond float range.
     """
     log10 = log10_product(uppers)
     if log10 is None or log10 == -math.inf:
         return product_from_log10(log10)
-    raise_by = 1.0 + 4.0 * (len(uppers) + 1) * 2.0**-53
-    direct = math.prod(uppers)  # type: ignore[arg-type]
-    if direct != 0.0 and math.isfinite(direct) and direct > 1e-290:
-        return direct * raise_by
-    value = product_from_log10(log10)
-    # 10**x has a relative error of about |x| * ln(10) * 2^-53 from x's own rounding.
-    return None if value is None else value * (raise_by + 8.0 * (abs(log10) + 1.0) * 2.0**-53)
+    exact = Fraction(1)
+    for value in uppers:
+        exact *= Fraction(value)  # type: ignore[arg-type]
+    if exact > Fraction(sys.float_info.max):
+        return None
+    found = float(exact)
+    return math.nextafter(found, math.inf) if Fraction(found) < exact else found

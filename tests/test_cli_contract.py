@@ -79,3 +79,48 @@ def test_normalize_keeps_the_old_output_when_its_copy_cannot_be_read(cli, tmp_pa
     assert code == 2 and err.startswith("lipcheck: error:")
     assert out.read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.pt", "out.safetensors"]
+
+
+def test_printed_bounds_round_outward_exactly() -> None:
+    """6 significant digits rounded from the exact binary value: 74.96640000000001 prints 74.9665."""
+    import random
+    from decimal import Decimal
+
+    from lipcheck.report.numbers import down, up
+
+    assert up(74.96640000000001) == "74.9665" and down(6.3694499999999994e-15) == "6.36944e-15"
+    assert Decimal(up(1e-320)) >= Decimal(1e-320) > 0
+    rng = random.Random(0)
+    for _ in range(5000):
+        x = rng.choice([1.0, -1.0]) * 10 ** rng.uniform(-320, 300)
+        assert Decimal(down(x)) <= Decimal(x) <= Decimal(up(x))
+        near = float(up(abs(x))) * (1 + 2.0**-52)  # an ulp above a short decimal
+        assert Decimal(up(near)) >= Decimal(near)
+
+
+def test_the_product_is_never_below_the_exact_product() -> None:
+    from fractions import Fraction
+
+    from lipcheck.product import product_upper
+
+    for factors in ([1e-30, 1e-300], [8.61e-150, 1.61e-250, 7.79e250, 9.58e150], [0.1] * 300, [3.0, 1.0 / 3.0]):
+        exact = Fraction(1)
+        for f in factors:
+            exact *= Fraction(f)
+        found = product_upper(factors)
+        assert found is not None and Fraction(found) >= exact > 0
+
+
+def test_spectral_norm_weights_of_unknown_orientation_are_skipped_and_packed_quantized_weights_reported(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(2)
+    sn = torch.nn.utils.spectral_norm(torch.nn.ConvTranspose2d(6, 6, 1)).eval()
+    torch.save(sn.state_dict(), tmp_path / "sn.pt")
+    code, out, _ = cli("inspect", str(tmp_path / "sn.pt"), "-f", "json", "--no-lower")
+    import json
+
+    report = json.loads(out)
+    assert code == 0 and not report["layers"] and "both a conv and a transposed conv" in report["skipped"][0]["reason"]
+    quantized = torch.ao.nn.quantized.Linear(4, 3)
+    torch.save(torch.nn.Sequential(quantized).state_dict(), tmp_path / "q.pt")
+    code, out, _ = cli("inspect", str(tmp_path / "q.pt"), "-f", "json", "--no-lower")
+    assert code == 0 and json.loads(out)["skipped"]

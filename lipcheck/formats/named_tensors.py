@@ -88,7 +88,18 @@ def classify(entries: list[TensorEntry]) -> tuple[list[Layer], list[Skipped]]:
         if len(entry.shape) < 2:
             continue
         if entry.name in sn_groups:
-            layers.append(_spectral_norm_layer(entry, *sn_groups[entry.name][1:]))
+            u, v = sn_groups[entry.name][1:]
+            if _ambiguous_orientation(entry, u, v):
+                skipped.append(
+                    Skipped(
+                        entry.name,
+                        entry.shape,
+                        "spectral-norm weight whose stored u, v fit both a conv and a transposed conv (as many input "
+                        "as output channels) and give different scales; the file does not tell which the module is",
+                    )
+                )
+                continue
+            layers.append(_spectral_norm_layer(entry, u, v))
             continue
         cell = recurrent.torch_cell(entry.name, entry.shape, shapes)
         if cell is not None:
@@ -129,6 +140,18 @@ def _skip_reason(entry: TensorEntry) -> str | None:
     if any(d == 0 for d in entry.shape):
         return "empty weight (a zero-size dimension)"
     return None
+
+
+def _ambiguous_orientation(orig: TensorEntry, u: TensorEntry, v: TensorEntry) -> bool:
+    """Whether u, v fit both orientations of a square-channel conv weight with scales differing by
+    more than rounding: torch uses dim 0 for Conv and dim 1 for ConvTranspose, and a state_dict does
+    not say which module it came from."""
+    shape = orig.shape
+    if len(shape) <= 2 or shape[0] != shape[1] or u.shape[0] != shape[0]:
+        return False
+    w, uu, vv = orig.load().to(torch.float64), u.load().to(torch.float64), v.load().to(torch.float64)
+    scales = [float(torch.dot(uu, w.movedim(d, 0).reshape(w.shape[d], -1) @ vv)) for d in (0, 1)]
+    return abs(scales[0] - scales[1]) > 1e-9 * max(abs(scales[0]), abs(scales[1]), 1e-300)
 
 
 def _spectral_norm_layer(orig: TensorEntry, u: TensorEntry, v: TensorEntry) -> Layer:

@@ -99,13 +99,16 @@ def _holds_tensors(obj: Any) -> bool:
     return False
 
 
-def _flatten(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+def _flatten(obj: Mapping[str, Any] | list[Any] | tuple[Any, ...], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor under a mapping, named by its key path; tuples and lists (a quantized layer's packed
+    weight and bias) by their positions, so none drops out unreported."""
     out: list[tuple[str, torch.Tensor]] = []
-    for key, value in obj.items():
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+    for key, value in items:
         name = f"{prefix}{key}"
         if isinstance(value, torch.Tensor):
             out.append((name, value))
-        elif isinstance(value, Mapping):
+        elif isinstance(value, (Mapping, list, tuple)):
             out.extend(_flatten(value, f"{name}."))
     return out
 

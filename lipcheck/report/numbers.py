@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from lipcheck.model import CONV_OPS, CONV_TRANSPOSE_OPS
@@ -21,12 +22,18 @@ def up(x: float, digits: int = 6) -> str:
 
 
 def _directed(x: float, digits: int, rounding: Callable[[float], int]) -> str:
+    """x to ``digits`` significant decimal digits, rounded exactly (in decimal, from x's exact value)
+    toward +inf (math.ceil) or -inf (math.floor)."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
-    exponent = math.floor(math.log10(abs(x))) - digits + 1
-    scaled = rounding(x / 10.0**exponent)
-    value = scaled * 10.0**exponent
-    if 1e-4 <= abs(x) < 10.0**digits:
+    exact = Decimal(x)
+    exponent = exact.adjusted() - digits + 1
+    mode = ROUND_CEILING if rounding is math.ceil else ROUND_FLOOR
+    value = exact.quantize(Decimal(1).scaleb(exponent), rounding=mode)
+    if value.adjusted() > exact.adjusted():  # 9.99999x rounded up to 10.0000: one digit too many
+        exponent += 1
+        value = exact.quantize(Decimal(1).scaleb(exponent), rounding=mode)
+    if Decimal("1e-4") <= abs(exact) < Decimal(10) ** digits:
         return f"{value:.{max(0, -exponent)}f}"
     return f"{value:.{digits - 1}e}"
 
