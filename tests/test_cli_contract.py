@@ -124,3 +124,19 @@ def test_spectral_norm_weights_of_unknown_orientation_are_skipped_and_packed_qua
     torch.save(torch.nn.Sequential(quantized).state_dict(), tmp_path / "q.pt")
     code, out, _ = cli("inspect", str(tmp_path / "q.pt"), "-f", "json", "--no-lower")
     assert code == 0 and json.loads(out)["skipped"]
+
+
+def test_embedding_tables_are_skipped_but_layers_named_embed_are_not(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    weights = {
+        "model.embed_tokens.weight": torch.randn(50, 8),
+        "patch_embed.proj.weight": torch.randn(8, 3, 4, 4),
+        "embed_out.weight": torch.randn(50, 8),
+    }
+    torch.save(weights, tmp_path / "m.pt")
+    code, out, _ = cli("inspect", str(tmp_path / "m.pt"), "-f", "json", "--no-lower")
+    report = json.loads(out)
+    assert code == 0
+    assert sorted(layer["name"] for layer in report["layers"]) == ["embed_out.weight", "patch_embed.proj.weight"]
+    assert [s["name"] for s in report["skipped"]] == ["model.embed_tokens.weight"]

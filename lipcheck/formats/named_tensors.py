@@ -17,7 +17,11 @@ import torch
 from lipcheck.formats import recurrent
 from lipcheck.model import Layer, Skipped
 
-_EMBEDDING_NAME = re.compile(r"(embed|(^|\.)(wte|wpe|emb|tok_emb|pos_emb|shared)$)", re.IGNORECASE)
+# The last part of a 2-D weight's module path that names a lookup table (embed_out, a model's output
+# head, and patch_embed.proj, a conv, are layers).
+_EMBEDDING_NAME = re.compile(
+    r"^(embed|embeds|embedding|embeddings|embed_tokens|embed_positions|\w*_embeddings?|wte|wpe|emb|tok_emb|pos_emb|shared)$", re.IGNORECASE
+)
 _SN_OLD = re.compile(r"^(?P<base>.*?)(?P<param>weight)_orig$")
 _SN_NEW = re.compile(r"^(?P<base>.*?)parametrizations\.(?P<param>weight)\.original$")
 _CONV_OPS = {3: "conv1d", 4: "conv2d", 5: "conv3d"}
@@ -133,7 +137,7 @@ def _skip_reason(entry: TensorEntry) -> str | None:
     if not entry.name.endswith("weight"):
         return "not a layer weight (its name does not end in 'weight')"
     module = entry.name.removesuffix("weight").rstrip("._")
-    if _EMBEDDING_NAME.search(module):
+    if len(entry.shape) == 2 and _EMBEDDING_NAME.match(module.split(".")[-1]):
         return "embedding table: a lookup, not a linear map"
     if op_for_weight(len(entry.shape)) is None:
         return f"{len(entry.shape)}-D weight: no linear or conv layer has this many dimensions"
