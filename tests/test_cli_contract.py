@@ -140,3 +140,12 @@ def test_embedding_tables_are_skipped_but_layers_named_embed_are_not(cli, tmp_pa
     assert code == 0
     assert sorted(layer["name"] for layer in report["layers"]) == ["embed_out.weight", "patch_embed.proj.weight"]
     assert [s["name"] for s in report["skipped"]] == ["model.embed_tokens.weight"]
+
+
+def test_float8_weights_are_skipped_with_a_reason(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    torch.save({"0.weight": torch.randn(4, 4).to(torch.float8_e4m3fn), "1.weight": torch.randn(3, 4)}, tmp_path / "f8.pt")
+    code, out, _ = cli("inspect", str(tmp_path / "f8.pt"), "-f", "json", "--no-lower")
+    report = json.loads(out)
+    assert code == 0 and [s["name"] for s in report["skipped"]] == ["0.weight"] and "float8" in report["skipped"][0]["reason"]

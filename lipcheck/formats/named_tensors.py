@@ -130,6 +130,8 @@ def classify(entries: list[TensorEntry]) -> tuple[list[Layer], list[Skipped]]:
 
 
 def _skip_reason(entry: TensorEntry) -> str | None:
+    if "float8" in str(entry.dtype):
+        return f"{dtype_name(entry.dtype)} tensor: lipcheck does not read float8 weights (their scales live elsewhere); export them dequantized"
     if not (entry.dtype.is_floating_point or entry.dtype.is_complex):
         return f"{dtype_name(entry.dtype)} tensor: indices or a buffer, not a weight"
     if entry.dtype.is_complex:
