@@ -92,7 +92,19 @@ def _attained(module: nn.Module, shape: tuple[int, ...], at_zero: bool = False) 
     return best
 
 
+class _ClampToBuffer(nn.Module):
+    """clamp(x, min=a (3, 4) buffer): x of shape (1, 4) copied 3 times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("lo", torch.full((3, 4), -100.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, min=self.lo)
+
+
 CASES = {
+    "clamp to a buffer that broadcasts the input": (_ClampToBuffer, (1, 4), ("trace", "torchscript"), False),
     "conv weight reused with another stride": (_SharedStride, (1, 1, 6, 6), ("torchscript",), False),
     "conv weight reused at another input size": (_SharedSizes, (1, 1, 12), ("torchscript",), False),
     "addmm with alpha and beta": (_ScaledAddmm, (2, 4), ("export",), False),

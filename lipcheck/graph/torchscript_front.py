@@ -27,6 +27,12 @@ _FIRST_INPUT_ONLY = frozenset(
 )  # ops whose other arguments are not tensors to follow
 
 
+def _shaped(v: torch._C.Value) -> bool:
+    """Whether a constant argument is a tensor with dimensions (a clamp bound that can broadcast x up)."""
+    value = _value(v)
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
 def _computed(v: torch._C.Value) -> bool:
     """Whether a node argument is computed in the graph rather than a constant."""
     return v.node().kind() != "prim::Constant"
@@ -237,7 +243,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
                 ins = [ins[0]] + ["" if (not _computed(args[i]) and _value(args[i]) is None) else ins[i] for i in at[:2]]
             else:
                 op, ins = f"{kind} (epsilon unread)", ins[:1]
-        elif op == "Clip" and any(_computed(a) for a in args[1:3]):
+        elif op == "Clip" and any(_computed(a) or _shaped(a) for a in args[1:3]):
             op = f"{kind} (bounds from tensors)"  # clamp(x, min=g(x)): left to the unknown-op rule
         elif kind.startswith("aten::upsample_") and len(args) >= 3:
             scales = _value(args[2]) if kind.endswith(("nearest1d", "nearest2d", "nearest3d")) or len(args) == 3 else None
