@@ -72,3 +72,20 @@ def replacing(*targets: Path, mode: int | None = None) -> Iterator[list[Path]]:
         missing = [str(target) for temp, target in zip(temps, targets) if not temp.is_file()]
         if missing:
             raise LipcheckError(f"internal error: nothing was written for {', '.join(missing)}; please report it")
+
+
+@contextlib.contextmanager
+def restored_on_error(path: Path) -> Iterator[None]:
+    """Put ``path`` back as it was (or remove it, if it did not exist) when the block raises."""
+    backup = path.with_name(f".{path.name}.lipcheck-previous")
+    if path.is_file():
+        shutil.copy2(path, backup)
+    try:
+        yield
+    except BaseException:
+        if backup.exists():
+            os.replace(backup, path)
+        else:
+            path.unlink(missing_ok=True)
+        raise
+    backup.unlink(missing_ok=True)

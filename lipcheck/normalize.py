@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lipcheck.api import analyze
+from lipcheck.atomic import restored_on_error
 from lipcheck.errors import LipcheckError
 from lipcheck.formats import Format, Options, detect, load, save
 from lipcheck.model import Layer, Model, WeightEdit
@@ -152,53 +152,27 @@ def normalize(
     mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
     options = Options(key=key, allow_globals=settings.allow_globals, mode=mode)
     # The copy is re-read before normalize returns: if that fails, the old output comes back (or none is left).
-    backup = dst.with_name(f".{dst.name}.lipcheck-previous")
-    if dst.is_file():
-        shutil.copy2(dst, backup)
-    try:
-        after = _write_and_verify(fmt, src, dst, edits, options, model, plans, convention, settings, key, warnings)
-    except BaseException:
-        if backup.exists():
-            os.replace(backup, dst)
-        else:
-            dst.unlink(missing_ok=True)
-        raise
-    backup.unlink(missing_ok=True)
-    return Result(before, after, plans, warnings)
-
-
-def _write_and_verify(
-    fmt: Format,
-    src: Path,
-    dst: Path,
-    edits: list[WeightEdit],
-    options: Options,
-    model: Model,
-    plans: list[Plan],
-    convention: str,
-    settings: Settings,
-    key: str | None,
-    warnings: list[str],
-) -> Report:
-    """Write the copy, re-certify it, divide layers a hair above target once more; the report after."""
-    warnings.extend(save(fmt, src, dst, edits, options))
-    after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
-    # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
-    targets = {p.name: p.target for p in plans if p.divisor is not None}
-    fixes = []
-    for layer, entry in zip(model.layers, after.layers):
-        goal = targets.get(layer.display_name)
-        if goal is not None and entry.lipschitz is not None and entry.lipschitz.upper > goal:
-            value = entry.sigma if convention == "torch" else entry.lipschitz.upper
-            if value is not None and value > goal:
-                fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
-    if fixes:
-        warnings.extend(w for w in save(fmt, dst, dst, fixes, options) if w not in warnings)
+    with restored_on_error(dst):
+        warnings.extend(save(fmt, src, dst, edits, options))
         after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
-    promised = {p.name: p.target for p in plans if p.target is not None}
-    for layer, entry in zip(model.layers, after.layers):
-        goal = promised.get(layer.display_name)
-        value = (entry.sigma if convention == "torch" else entry.lipschitz.upper) if entry.lipschitz is not None else None
-        if goal is not None and value is not None and value > goal * (1.0 + margin(layer.dtype, settings.tol)):
-            warnings.append(f"layer {layer.display_name}: re-certified at {value!r}, above its target {goal!r}; check this layer before relying on the copy")
-    return after
+        # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
+        targets = {p.name: p.target for p in plans if p.divisor is not None}
+        fixes = []
+        for layer, entry in zip(model.layers, after.layers):
+            goal = targets.get(layer.display_name)
+            if goal is not None and entry.lipschitz is not None and entry.lipschitz.upper > goal:
+                value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+                if value is not None and value > goal:
+                    fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
+        if fixes:
+            warnings.extend(w for w in save(fmt, dst, dst, fixes, options) if w not in warnings)
+            after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
+        promised = {p.name: p.target for p in plans if p.target is not None}
+        for layer, entry in zip(model.layers, after.layers):
+            goal = promised.get(layer.display_name)
+            value = (entry.sigma if convention == "torch" else entry.lipschitz.upper) if entry.lipschitz is not None else None
+            if goal is not None and value is not None and value > goal * (1.0 + margin(layer.dtype, settings.tol)):
+                warnings.append(
+                    f"layer {layer.display_name}: re-certified at {value!r}, above its target {goal!r}; check this layer before relying on the copy"
+                )
+    return Result(before, after, plans, warnings)
