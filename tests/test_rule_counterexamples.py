@@ -171,14 +171,19 @@ def _gate_with_a_pole(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [np.array([200.0 + 1e-9])], [np.array([200.0 + 2e-9])]
 
 
-def _rms_keepdims_0(tmp: Path):  # type: ignore[no-untyped-def]
-    nodes = [
-        helper.make_node("Mul", ["x", "x"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq", "ax"], ["ms"], keepdims=0),
+def _decomposed_rms(square: onnx.NodeProto, keepdims: int) -> list[onnx.NodeProto]:
+    """x / sqrt(mean(x²) + eps) over axis 1, the square given."""
+    return [
+        square,
+        helper.make_node("ReduceMean", ["sq", "ax"], ["ms"], keepdims=keepdims),
         helper.make_node("Add", ["ms", "eps"], ["v"]),
         helper.make_node("Sqrt", ["v"], ["r"]),
         helper.make_node("Div", ["x", "r"], ["y"]),
     ]
+
+
+def _rms_keepdims_0(tmp: Path):  # type: ignore[no-untyped-def]
+    nodes = _decomposed_rms(helper.make_node("Mul", ["x", "x"], ["sq"]), keepdims=0)
     p = _save(tmp, nodes, [_in("x", [2, 2])], [_out("y", [2, 2])], [_c("ax", np.array([1], np.int64)), _c("eps", np.array(1e-5))])
     a = np.array([[1e4, 1e4], [2.2e-3, 2.2e-3]])
     b = a.copy()
@@ -187,13 +192,7 @@ def _rms_keepdims_0(tmp: Path):  # type: ignore[no-untyped-def]
 
 
 def _rms_vector_power(tmp: Path):  # type: ignore[no-untyped-def]
-    nodes = [
-        helper.make_node("Pow", ["x", "two"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq", "ax"], ["ms"], keepdims=1),
-        helper.make_node("Add", ["ms", "eps"], ["v"]),
-        helper.make_node("Sqrt", ["v"], ["r"]),
-        helper.make_node("Div", ["x", "r"], ["y"]),
-    ]
+    nodes = _decomposed_rms(helper.make_node("Pow", ["x", "two"], ["sq"]), keepdims=1)
     consts = [_c("two", np.array([2.0, 1.0])), _c("ax", np.array([1], np.int64)), _c("eps", np.array(1e-5))]
     p = _save(tmp, nodes, [_in("x", [1, 2])], [_out("y", [1, 2])], consts)
     return p, [np.array([[1.0, -1.0]])], [np.array([[1.0, -1.0 - 1.9e-5]])]

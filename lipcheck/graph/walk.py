@@ -19,6 +19,7 @@ import numpy as np
 
 from lipcheck.graph.ir import Graph, Node
 from lipcheck.graph.rules import RULES
+from lipcheck.graph.rules.shape import RANDOM
 
 # (layer index, per-output-channel scale) -> certified upper bound of the layer with its outputs scaled.
 Fuse = Callable[[int, np.ndarray], "float | None"]
@@ -190,8 +191,6 @@ class Walk:
 
 # Ops whose rule bounds every output (Split's outputs are all slices of its input).
 SHARED_OUTPUTS = frozenset({"Split"})
-# Ops that draw random values: never constant, whatever their inputs.
-RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
 def _operations(graph: Graph) -> int:

@@ -68,14 +68,14 @@ def layer(walk: Walk, node: Node, ins: list[float]) -> float:
         from lipcheck.graph.rules.quantized import qlinear_factor
 
         factor = qlinear_factor(walk, node, ins)
-        return math.inf if factor is None else factor * _through(upper, ins[0])
+        return math.inf if factor is None else factor * _weighted(upper, ins[0])
     if node.op in ("MatMulInteger", "ConvInteger"):
         # An integer product is bounded only as part of its dequantization (quantized.rescaled).
         return walk.unbounded(node, "an integer product, bounded only where it is multiplied back by its input's dynamic scale")
-    return _through(upper, data) + _bias(walk, node, ins)
+    return _weighted(upper, data) + _bias(walk, node, ins)
 
 
-def _through(upper: float, data: float) -> float:
+def _weighted(upper: float, data: float) -> float:
     """A weight's bound times its input's; a zero weight makes its output constant, whatever the input."""
     return 0.0 if upper == 0.0 else upper * data
 
@@ -142,7 +142,7 @@ def mul(walk: Walk, node: Node, ins: list[float]) -> float:
         c = walk.const(node.inputs[j])
         if c is not None:  # an entry broadcast k times against c meets at most k entries of c
             return float(np.abs(c).max()) * spread(walk, node, ins)[i] if c.size else 0.0
-    found = rescaled(walk, node, walk.uppers)
+    found = rescaled(walk, node)
     if found is None:
         found = gate(walk, node)
     if found is None:

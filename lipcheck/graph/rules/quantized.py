@@ -79,7 +79,7 @@ def qlinear_factor(walk: Walk, node: Node, ins: list[float]) -> float | None:
     return abs(float(a.reshape(()))) / abs(float(y.reshape(())))
 
 
-def rescaled(walk: Walk, node: Node, uppers: list[float | None]) -> float | None:
+def rescaled(walk: Walk, node: Node) -> float | None:
     """``Mul(Cast(int product), dynamic scale · weight scale)`` after MatMulInteger/ConvInteger of a
     DynamicQuantizeLinear output with its own zero point: the float layer applied to the quantized input.
 
@@ -112,7 +112,7 @@ def rescaled(walk: Walk, node: Node, uppers: list[float | None]) -> float | None
         factor = _scale_factor(walk, node.inputs[j], dyn.outputs[1], exact=folded)
         if factor is None or (bias is not None and _scale_factor(walk, bias.inputs[1], dyn.outputs[1]) is None):
             continue
-        upper = uppers[walk.graph.layer_nodes[source.label]]
+        upper = walk.uppers[walk.graph.layer_nodes[source.label]]
         if upper is None:
             continue
         walk.forgive([dyn.label, source.label, *seen] + ([bias.label] if bias is not None else []))

@@ -41,15 +41,9 @@ def move(walk: Walk, node: Node, ins: list[float]) -> float:
     return ins[0]
 
 
-rule(
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    reason="draws random values: a different function at every run",
-)(not_lipschitz)
+# Ops that draw random values: never constant, whatever their inputs (the walk checks this set too).
+RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
+rule(*sorted(RANDOM), reason="draws random values: a different function at every run")(not_lipschitz)
 
 
 @rule("Shape", "Size", "EyeLike", "Constant")
