@@ -190,7 +190,8 @@ def resize(walk: Walk, node: Node, ins: list[float]) -> float:
 def _nearest_copies(walk: Walk, node: Node, scales: np.ndarray) -> float:
     """The most times nearest resizing repeats one input entry: per axis counted on the index map
     ONNX defines (coordinate transform, rounding, clamping at the edges, where one entry can take
-    more than ceil(s) outputs), in float32 and float64 alike; 2·ceil(s) + 2 where the size is unknown."""
+    more than ceil(s) outputs), in float32 and float64 alike. An axis of unknown size takes the worst
+    of the sizes up to 64 (one more for a non-integer scale); modes it does not model, 2·ceil(s) + 2."""
     shape = walk.graph.shapes.get(node.inputs[0])
     axes = [int(a) for a in node.attrs.get("axes", range(len(scales)))] if shape else []
     if "coordinate_transformation_mode" in node.attrs or node.op == "Upsample":
@@ -211,7 +212,7 @@ def _nearest_copies(walk: Walk, node: Node, scales: np.ndarray) -> float:
 
 
 def _axis_copies(n: int, s: float, coordinate: str, rounding: str) -> float | None:
-    m = int(math.floor(n * s))
+    m = int(math.floor(n * s + 1e-6))  # a scale read from sizes (sizes / n) may land an ulp below sizes
     if m <= 0 or s <= 0.0:
         return 1.0
     most = 0
