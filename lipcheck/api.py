@@ -65,6 +65,13 @@ def inspect(
             report.notes.append(f"no empirical lower bound: the graph could not be evaluated ({first_line(exc)})")
     if settings.lower and not report.non_finite_layers:
         improve_lower(model, path, report, settings)
+    lower, upper = report.bound.lower, report.bound.upper
+    if lower is not None and upper is not None and lower > upper * (1 + 1e-9):
+        report.notes.append(
+            f"the attained lower bound {lower!r} is above the certified upper bound {upper!r}: the model computes "
+            "with rounding the bounds do not model (a low-precision cast inside it), or a bound is wrong; "
+            "please report this model"
+        )
     return report
 
 

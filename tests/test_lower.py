@@ -260,3 +260,13 @@ def test_lower_bound_never_reports_a_function_onnxruntime_does_not_compute(tmp_p
     report = inspect(path)
     assert report.bound.lower is None or report.bound.lower <= truth * (1 + 1e-6)
     assert report.bound.upper is not None and report.bound.upper >= truth
+
+
+def test_a_lower_bound_above_the_upper_bound_is_reported_as_a_contradiction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both numbers stand (the gate fails on either), and a note says one of them cannot be right."""
+    import lipcheck.graph.lower as lower
+
+    monkeypatch.setattr(lower, "onnx_lower", lambda *args, **kwargs: 1e6)
+    report = inspect(Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx")
+    assert report.bound.upper is not None and report.bound.lower == 1e6
+    assert any("above the certified upper bound" in note for note in report.notes)
