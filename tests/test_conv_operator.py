@@ -255,3 +255,27 @@ def test_adjoint_is_the_explicit_matrix_transpose(
     )
     z = conv_module._adjoint_fn(weight, geometry, spatial, transposed)(y.reshape(out.shape))
     assert torch.allclose(z.reshape(-1), matrix.T @ y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 2),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(1, 8),
+    st.booleans(),
+)
+def test_output_size_matches_the_operator(dims: int, k: int, stride: int, dilation: int, groups: int, begin: int, end: int, n: int, transposed: bool) -> None:
+    weight = torch.zeros(2 * groups, 2, *(k,) * dims, dtype=torch.float64)
+    geometry = ConvGeometry((stride,) * dims, (begin,) * dims + (end,) * dims, (dilation,) * dims, groups, output_padding=(0,) * dims)
+    spatial = (n,) * dims
+    x = torch.zeros(1, conv_module.input_channels(weight, geometry, transposed), *spatial, dtype=torch.float64)
+    try:
+        expected = conv_module._conv_fn(weight, geometry, transposed)(x).numel()
+    except RuntimeError:  # torch refuses the geometry at this size
+        return
+    assert conv_module._output_size(weight, geometry, spatial, transposed) == expected

@@ -233,9 +233,21 @@ METHOD_OPERATOR = (
 
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
-    # On the meta device: shapes only, no arithmetic.
-    x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=weight.dtype, device="meta")
-    return _conv_fn(weight.to("meta"), geometry, transposed)(x).numel()
+    """The number of outputs the layer writes at this input size (resolved geometry), from the shapes alone."""
+    if transposed:
+        channels, sizes = weight.shape[1] * geometry.groups, list(_transposed_output(weight, geometry, spatial))
+    else:
+        begin, end = _pads(geometry, weight.dim() - 2)
+        channels = weight.shape[0]
+        sizes = [
+            (size + b + e - d * (k - 1) - 1) // s + 1
+            for size, b, e, d, k, s in zip(spatial, begin, end, geometry.dilation, weight.shape[2:], geometry.stride)
+        ]
+    if min(sizes, default=1) <= 0:
+        # Torch decides what an empty or impossible output is (on the meta device: shapes only).
+        x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=weight.dtype, device="meta")
+        return _conv_fn(weight.to("meta"), geometry, transposed)(x).numel()
+    return channels * math.prod(sizes)
 
 
 def _normalized(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
