@@ -240,8 +240,7 @@ def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
         begin, end = _pads(geometry, weight.dim() - 2)
         channels = weight.shape[0]
         sizes = [
-            (size + b + e - d * (k - 1) - 1) // s + 1
-            for size, b, e, d, k, s in zip(spatial, begin, end, geometry.dilation, weight.shape[2:], geometry.stride)
+            (size + b + e - d * (k - 1) - 1) // s + 1 for size, b, e, d, k, s in zip(spatial, begin, end, geometry.dilation, weight.shape[2:], geometry.stride)
         ]
     if min(sizes, default=1) <= 0:
         # Torch decides what an empty or impossible output is (on the meta device: shapes only).
