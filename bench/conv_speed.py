@@ -130,7 +130,9 @@ def inspect(path: Path, *extra: str) -> tuple[float, dict]:
     out = path.with_suffix(".json")
     start = time.perf_counter()
     command = [sys.executable, "-m", "lipcheck", "inspect", str(path), "-f", "json", "-o", str(out), "--device", DEVICE, *extra]
-    subprocess.run(command, check=True, capture_output=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()}")
     wall = time.perf_counter() - start
     return wall, json.loads(out.read_text())
 
