@@ -86,17 +86,17 @@ def format_option(allowed: tuple[str, ...]) -> Any:
 
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", envvar="LIPCHECK_OUTPUT", metavar="FILE",
                                                    help="Write the report to FILE (atomically) instead of stdout.")]
-TolOpt = Annotated[float, typer.Option(envvar="LIPCHECK_TOL", metavar="REL", parser=number,
+TolOpt = Annotated[float, typer.Option("--tol", envvar="LIPCHECK_TOL", metavar="REL", parser=number,
                                        help="Relative width at which a layer's interval counts as converged.")]
-MaxIterOpt = Annotated[int, typer.Option(envvar="LIPCHECK_MAX_ITER", metavar="N", parser=_integer, help="Iteration cap per layer.")]
-EffortOpt = Annotated[float, typer.Option(envvar="LIPCHECK_EFFORT", metavar="X", parser=number,
+MaxIterOpt = Annotated[int, typer.Option("--max-iter", envvar="LIPCHECK_MAX_ITER", metavar="N", parser=_integer, help="Iteration cap per layer.")]
+EffortOpt = Annotated[float, typer.Option("--effort", envvar="LIPCHECK_EFFORT", metavar="X", parser=number,
                                           help="Scale the time spent on the lower bound and the tight bound (2 = twice as long).")]
 LowerOpt = Annotated[bool, typer.Option("--lower/--no-lower", envvar="LIPCHECK_LOWER",
                                         help="Search an attained lower bound where the model can be run.")]
-SeedOpt = Annotated[int, typer.Option(envvar="LIPCHECK_SEED", metavar="N", parser=_integer, help="Seed of the start vectors.")]
-DeviceOpt = Annotated[str, typer.Option(envvar="LIPCHECK_DEVICE", metavar="DEVICE",
+SeedOpt = Annotated[int, typer.Option("--seed", envvar="LIPCHECK_SEED", metavar="N", parser=_integer, help="Seed of the start vectors.")]
+DeviceOpt = Annotated[str, typer.Option("--device", envvar="LIPCHECK_DEVICE", metavar="DEVICE",
                                         help="Where dense certificates run: cpu, cuda, cuda:N, or auto. Never required.")]
-KeyOpt = Annotated[str | None, typer.Option(envvar="LIPCHECK_KEY", metavar="KEY",
+KeyOpt = Annotated[str | None, typer.Option("--key", envvar="LIPCHECK_KEY", metavar="KEY",
                                                help="Checkpoint key holding the weights (e.g. ema), dotted for nested dicts.")]
 ShapeOpt = Annotated[list[str] | None, typer.Option(
     "--input-shape", envvar="LIPCHECK_INPUT_SHAPE", metavar="1x3x224x224",

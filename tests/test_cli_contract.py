@@ -149,3 +149,26 @@ def test_float8_weights_are_skipped_with_a_reason(cli, tmp_path: Path) -> None: 
     code, out, _ = cli("inspect", str(tmp_path / "f8.pt"), "-f", "json", "--no-lower")
     report = json.loads(out)
     assert code == 0 and [s["name"] for s in report["skipped"]] == ["0.weight"] and "float8" in report["skipped"][0]["reason"]
+
+
+def test_every_option_names_its_flags() -> None:
+    # Deriving a flag from the parameter's name differs across typer and click releases
+    # (typer 0.27 with click 8.5 printed --DEVICE and refused --device): every option names its own.
+    import typing
+
+    import typer.models
+
+    from lipcheck import cli
+
+    commands = [info.callback for info in cli.app.registered_commands] + [cli.app.registered_callback.callback if cli.app.registered_callback else None]
+    checked = 0
+    for function in commands:
+        assert function is not None
+        for name, hint in typing.get_type_hints(function, include_extras=True).items():
+            for meta in getattr(hint, "__metadata__", ()):
+                if isinstance(meta, typer.models.OptionInfo):
+                    checked += 1
+                    # Under Annotated, typer reads a string first argument as the first flag.
+                    flags = [meta.default, *meta.param_decls] if isinstance(meta.default, str) else list(meta.param_decls)
+                    assert flags and all(flag.startswith("-") for flag in flags), (function.__name__, name)
+    assert checked >= 20
