@@ -80,3 +80,26 @@ def test_chains_whose_products_under_or_overflow_fall_back_to_the_graph_bound(tm
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     bound = inspect(path, settings=Settings(lower=False)).bound
     assert bound.upper is not None and bound.upper > 0.0
+
+
+def test_an_input_too_large_for_memory_gets_the_bound_for_every_size(tmp_path: Path) -> None:
+    weight = np.random.default_rng(3).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    side = 1_000_000  # 3e12 inputs: no operator at this size fits in memory
+    node = helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, side, side])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    (layer,) = inspect(path, settings=Settings(lower=False)).layers
+    assert layer.lipschitz is not None and layer.lipschitz.lower is None
+    assert "too large" in layer.lipschitz.method
+    # The bound holds at every size, so it must hold at a size whose operator float64 SVD can take.
+    w = torch.from_numpy(weight).double()
+    matrix = conv.explicit_matrix(w, _GEOMETRY, (7, 7), False)
+    assert layer.lipschitz.upper >= float(torch.linalg.matrix_norm(matrix, ord=2))
+    assert layer.lipschitz.upper <= 3 * float(torch.linalg.matrix_norm(w.reshape(4, -1), ord=2)) * (1 + 1e-5)  # certified sigma to --tol

@@ -249,6 +249,14 @@ def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
     return channels * math.prod(sizes)
 
 
+def operator_bytes(weight_shape: tuple[int, ...], geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
+    """About the memory the operator interval at this input size needs: its Lanczos basis of input-sized vectors."""
+    weight = torch.empty(weight_shape, device="meta")
+    resolved = resolve(weight, geometry, spatial, transposed)
+    elements = max(input_channels(weight, resolved, transposed) * math.prod(spatial), _output_size(weight, resolved, spatial, transposed))
+    return elements * (4 * (_MAX_BASIS + 4) + 16)
+
+
 def _normalized(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The weight in float64 times an exact power of two 2^k bringing its largest entry near 1, and 2^k.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lipcheck.formats.limits import check_layer_size
+from lipcheck.formats.limits import check_layer_size, memory_bytes
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
@@ -38,6 +38,9 @@ METHOD_CONV_NO_GEOMETRY = (
 )
 METHOD_CONV_ANY_SIZE = (
     "input size unknown: sqrt(max taps per input position) * upper sigma, valid for every input size; pass --input-shape for the operator norm"
+)
+METHOD_CONV_TOO_LARGE = (
+    "input size too large for the operator norm in this machine's memory: sqrt(max taps per input position) * upper sigma, valid for every input size"
 )
 METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
 
@@ -268,7 +271,13 @@ def _needs_operator(layer: Layer) -> bool:
     if not layer.is_conv or geometry is None or layer.input_spatial is None:
         return False
     trivial = math.prod(layer.shape[2:]) == 1 and geometry.groups == 1 and not any(geometry.padding)
-    return not trivial
+    return not trivial and not _too_large(layer)
+
+
+def _too_large(layer: Layer) -> bool:
+    """Whether a conv's operator at its input size would not fit in half this machine's memory."""
+    assert layer.geometry is not None and layer.input_spatial is not None
+    return conv_module.operator_bytes(layer.shape, layer.geometry, layer.input_spatial, layer.is_transposed) > memory_bytes() // 2
 
 
 def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
@@ -298,6 +307,8 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, se
     spatial = layer.input_spatial
     if spatial is None:
         return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
+    if _too_large(layer):
+        return Interval(None, any_size, METHOD_CONV_TOO_LARGE), bound
     key = _conv_key("interval", weight, layer, settings)
     found = _cached(
         key,
