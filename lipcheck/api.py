@@ -154,7 +154,7 @@ def analyse_files(
             results.append(FileResult(path, error=f"ran out of memory reading {path}; try a machine with more memory"))
             continue
         except Exception as exc:  # an internal error still becomes one line and exit 2
-            results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {exc}); please report it with the model's layout"))
+            results.append(FileResult(path, error=f"internal error ({type(exc).__name__}: {first_line(exc)}); please report it with the model's layout"))
             continue
         results.append(FileResult(path, report=report, outcome=evaluate(report, spec) if spec is not None else None))
     return Run(results, spec)

@@ -207,7 +207,7 @@ def _formats(chosen: Fmt, allowed: tuple[str, ...], command: str, why: str) -> N
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lipcheck`` console script: every error is one line on stderr and exit 2."""
-    from lipcheck.errors import LipcheckError
+    from lipcheck.errors import LipcheckError, first_line
 
     command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "")
     try:
@@ -222,8 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(str(exc.format_message()) + "\n")  # type: ignore[attr-defined]
             sys.exit(2)
         if not hasattr(exc, "format_message"):  # not the framework's own usage error: an internal one
-            message = str(exc).strip().replace("\n", " ")
-            sys.stderr.write(f"lipcheck: error: internal error ({type(exc).__name__}: {message}); please report it\n")
+            sys.stderr.write(f"lipcheck: error: internal error ({type(exc).__name__}: {first_line(exc)}); please report it\n")
             sys.exit(2)
         hint = f" (see lipcheck {command} --help)" if command else " (see lipcheck --help)"
         sys.stderr.write(f"lipcheck: error: {' '.join(str(exc.format_message()).split())}{hint}\n")

@@ -78,6 +78,45 @@ def test_ema_next_to_model_is_noted(tmp_path: Path) -> None:
     assert any("'ema'" in note for note in report.notes)
 
 
+def test_a_top_level_counter_does_not_mix_the_model_with_its_ema(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model, ema = nn.Linear(4, 3), nn.Linear(4, 3)
+    torch.save({"state_dict": model.state_dict(), "ema": ema.state_dict(), "step": torch.tensor(5)}, tmp_path / "w.pt")
+    report = inspect(tmp_path / "w.pt")
+    assert _names(report) == ["weight"]
+    assert report.layers[0].sigma == pytest.approx(exact_sigma(model.weight), rel=1e-5)
+    assert any("'ema'" in note for note in report.notes)
+
+
+def test_top_level_weights_beside_a_nested_copy_are_the_model_and_normalize_edits_only_them(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(3)
+    weight, ema = torch.randn(5, 4), torch.randn(5, 4) * 10
+    torch.save({"fc.weight": weight, "ema": {"fc.weight": ema}}, tmp_path / "w.pt")
+    report = inspect(tmp_path / "w.pt")
+    assert _names(report) == ["fc.weight"]
+    assert report.layers[0].sigma == pytest.approx(exact_sigma(weight), rel=1e-5)
+    code, _, err = cli("normalize", str(tmp_path / "w.pt"), "-o", str(tmp_path / "n.pt"), "--target", "1")
+    assert code == 0, err
+    out = torch.load(tmp_path / "n.pt", weights_only=True)
+    assert exact_sigma(out["fc.weight"]) == pytest.approx(1.0, rel=1e-4)
+    assert torch.equal(out["ema"]["fc.weight"], ema)
+
+
+def test_sparse_weights_are_read_and_normalized_as_their_dense_maps(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(4)
+    coo, csr = torch.randn(5, 4), torch.randn(3, 5)
+    coo[coo.abs() < 0.5] = 0
+    torch.save({"a.weight": coo.to_sparse(), "b.weight": csr.to_sparse_csr()}, tmp_path / "s.pt")
+    report = inspect(tmp_path / "s.pt")
+    assert [layer.sigma for layer in report.layers] == pytest.approx([exact_sigma(coo), exact_sigma(csr)], rel=1e-5)
+    code, _, err = cli("normalize", str(tmp_path / "s.pt"), "-o", str(tmp_path / "n.pt"), "--target", "1")
+    assert code == 0 and err == "", err
+    out = torch.load(tmp_path / "n.pt", weights_only=True)
+    assert out["a.weight"].layout == torch.sparse_coo and out["b.weight"].layout == torch.sparse_csr
+    assert exact_sigma(out["a.weight"].to_dense()) == pytest.approx(1.0, rel=1e-4)
+    assert exact_sigma(out["b.weight"].to_dense()) == pytest.approx(1.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights(tmp_path: Path, dtype: torch.dtype) -> None:
     w = torch.randn(16, 12, generator=torch.Generator().manual_seed(2)).to(dtype)

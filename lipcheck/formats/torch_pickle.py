@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,9 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
     check_zip(path)
     allowed = resolve_globals(allow_globals)
     try:
-        with torch.serialization.safe_globals(allowed):
+        # torch warns while rebuilding some tensors (sparse CSR is "beta"): not the user's concern.
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
@@ -129,9 +132,20 @@ def select_state_dict(obj: Any, key: str | None) -> tuple[Mapping[str, Any], str
         if not _holds_tensors(node):
             raise LipcheckError(f"checkpoint key '{key}' holds no weight tensors; top-level keys are: {_keys(obj)}")
         return node, key, []
-    if any(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, None, []
     candidates = [k for k, v in obj.items() if isinstance(k, str) and not _NOT_MODEL.search(k) and _holds_tensors(v)]
+    top = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if top:
+        nested = [c for c in candidates if not isinstance(obj[c], torch.Tensor)]
+        if not nested:
+            return obj, None, []
+        if any(v.dim() >= 2 for v in top.values()):
+            # Weights at the top level are the model; the nested sets (an EMA copy, say) are others.
+            return (
+                (_TopLevelTensors(obj) if isinstance(obj, MutableMapping) else top),
+                None,
+                [f"checkpoint also holds weights under {', '.join(repr(n) for n in nested)}: pass --key to inspect them"],
+            )
+        # Only counters or vectors at the top level: a wrapper around the nested sets.
     for preferred in (*_MODEL_KEYS, *_EMA_KEYS):
         if preferred in candidates:
             others = [c for c in candidates if c != preferred]
@@ -144,12 +158,39 @@ def select_state_dict(obj: Any, key: str | None) -> tuple[Mapping[str, Any], str
     raise LipcheckError(f"the checkpoint holds several models ({', '.join(candidates)}); choose one with --key, e.g. --key {candidates[0]}")
 
 
+class _TopLevelTensors(MutableMapping[Any, Any]):
+    """A checkpoint's top-level tensors alone (it also nests other weight sets); writes go to the checkpoint."""
+
+    def __init__(self, checkpoint: MutableMapping[Any, Any]) -> None:
+        self._checkpoint = checkpoint
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._checkpoint[key]
+        if not isinstance(value, torch.Tensor):
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._checkpoint[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._checkpoint[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k, v in self._checkpoint.items() if isinstance(v, torch.Tensor))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def _keys(obj: Mapping[str, Any]) -> str:
     keys = [str(k) for k in obj.keys()]
     return ", ".join(keys[:12]) + (" ..." if len(keys) > 12 else "") if keys else "(none)"
 
 
 def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    if tensor.layout != torch.strided:  # a sparse weight is the same linear map as its dense form
+        return lambda: tensor.to_dense()
     return lambda: tensor
 
 
@@ -198,6 +239,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, 
         if edit.divisor is not None:
             container, k = slots[edit.name]
             tensor = container[k]
-            container[k] = (tensor.to(torch.float64) / edit.divisor).to(tensor.dtype)
+            scaled = (tensor.to_dense().to(torch.float64) / edit.divisor).to(tensor.dtype)
+            container[k] = scaled if tensor.layout == torch.strided else scaled.to_sparse(layout=tensor.layout)
     torch.save(obj, dst)
     return isinstance(obj, Mapping) and any("optim" in str(k) for k in obj)
