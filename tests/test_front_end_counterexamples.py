@@ -131,3 +131,29 @@ def test_torch_graph_bounds_hold(tmp_path: Path, case: str) -> None:
             settings = Settings(lower=False, input_shape=(shape,))
         bound = inspect(path, settings=settings).bound
         assert bound.upper is None or bound.upper >= attained * (1 - 1e-5), (archive, bound.upper, attained, bound.method)
+
+
+class _AddCorner(nn.Module):
+    """y + y[:, :, :1, :1]: the corner entry is broadcast to every position (sqrt(64) copies at 8x8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(x)
+        return y + y[:, :, :1, :1]
+
+
+@pytest.mark.parametrize("archive", ["trace", "torchscript"])
+def test_a_broadcast_of_unknown_shape_blocks_the_bound_until_the_shape_is_given(tmp_path: Path, archive: str) -> None:
+    torch.manual_seed(0)
+    module = _AddCorner().eval()
+    shape = (1, 2, 8, 8)
+    path = tmp_path / "m.pt"
+    (torch.jit.script(module) if archive == "torchscript" else torch.jit.trace(module, (torch.randn(*shape),))).save(str(path))
+    unknown = inspect(path, settings=Settings(lower=False)).bound
+    assert unknown.graph is None and any("--input-shape" in reason for reason in unknown.blocking)
+    sized = inspect(path, settings=Settings(lower=False, input_shape=(shape,))).bound
+    attained = _attained(module, shape, False)
+    assert sized.upper is not None and sized.upper >= attained * (1 - 1e-5)

@@ -101,4 +101,4 @@ def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tu
         return None
     finally:
         module.train(was_training)
-    return build(traced, layers)
+    return build(traced, layers, input_shapes)

@@ -20,27 +20,32 @@ UNKNOWN_FACTOR = (
     "shapes while the input size is open, or too large or unsupported to fold): pass --input-shape"
 )
 UNSURE_BROADCAST = (
-    "some elementwise inputs have shapes lipcheck does not know: the bound assumes they are not "
+    "dimensions of unknown size (dynamic axes) meeting in an elementwise op are taken as equal, not "
     "broadcast (copied) into a larger output; pass --input-shape to check"
+)
+_UNKNOWN_RANK = (
+    "an elementwise input whose shape lipcheck does not know may be broadcast (copied) into a larger output, multiplying its change: pass --input-shape"
 )
 
 
-def copies(walk: Walk, name: str, out: str) -> float:
+def copies(walk: Walk, name: str, out: str) -> float | None:
     """How many times broadcasting repeats each entry of ``name`` in ``out`` (1 where sizes agree).
 
     An axis of size 1 (or a missing leading axis) against a known output size ``n`` repeats each
     entry ``n`` times, and so may an axis of unknown size (it may be 1): the worst case is counted.
-    Unknown sizes on both sides are taken as equal, noted in the assumptions.
+    Unknown sizes on both sides are taken as equal, noted in the assumptions. None where a shape
+    is not known at all and the output's size does not cap the copies.
     """
     src, dst = walk.graph.shapes.get(name), walk.graph.shapes.get(out)
     c = walk.const(name)
     if src is None and c is not None:
         src = tuple(c.shape)
-    if src is not None and int(np.prod([d or 2 for d in src])) == 1 and dst is not None and all(dst):
+    known_out = dst is not None and all(dst)
+    if src is not None and int(np.prod([d or 2 for d in src])) == 1 and known_out:
         return float(np.prod(dst))  # type: ignore[arg-type]
     if src is None or dst is None:
-        walk.note(UNSURE_BROADCAST)
-        return 1.0
+        # At worst every output entry is a copy of one input entry.
+        return float(np.prod(dst)) if known_out else None  # type: ignore[arg-type]
     count = 1.0
     padded = (None,) * (len(dst) - len(src)) + tuple(src) if len(dst) >= len(src) else tuple(src)
     for index, (a, b) in enumerate(zip(padded, dst)):
@@ -48,13 +53,22 @@ def copies(walk: Walk, name: str, out: str) -> float:
         if (missing or a == 1 or a is None) and b is not None:
             count *= b
         elif (missing or a == 1) and b is None:
+            return None
+        elif a is None and b is None:
             walk.note(UNSURE_BROADCAST)
     return count
 
 
 def spread(walk: Walk, node: Node, ins: list[float]) -> list[float]:
     """Each input's bound times the square root of the copies broadcasting makes of its entries."""
-    return [0.0 if lip == 0.0 else lip * math.sqrt(copies(walk, name, node.outputs[0])) for name, lip in zip(node.inputs, ins)]
+    found = []
+    for name, lip in zip(node.inputs, ins):
+        if lip == 0.0:
+            found.append(0.0)
+            continue
+        count = copies(walk, name, node.outputs[0])
+        found.append(lip * math.sqrt(count) if count is not None else walk.unbounded(node, _UNKNOWN_RANK))
+    return found
 
 
 def layer(walk: Walk, node: Node, ins: list[float]) -> float:
