@@ -395,3 +395,13 @@ def test_atan_and_asinh_are_one_lipschitz(tmp_path: Path) -> None:
     assert bound.graph is not None and math.isclose(bound.graph, 3.0, rel_tol=1e-6)
     # The slope of asinh(atan(3x)) is 3 at 0 only: the IR evaluates both ops for an attained ratio.
     assert bound.lower is not None and 0.0 < bound.lower <= bound.graph
+
+
+def test_a_cast_to_float16_is_named_as_an_assumption(tmp_path: Path) -> None:
+    """Rounding to float16 is a step function at fine scales: the bound says it treats the cast as exact."""
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)]
+    report = inspect(_model(tmp_path / "half.onnx", nodes, {}))
+    assert report.bound.graph == pytest.approx(1.0, rel=1e-12)
+    assert any("low precision" in text for text in report.bound.assumptions)
+    plain = [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)]
+    assert not any("low precision" in text for text in inspect(_model(tmp_path / "single.onnx", plain, {})).bound.assumptions)

@@ -157,3 +157,28 @@ def test_a_broadcast_of_unknown_shape_blocks_the_bound_until_the_shape_is_given(
     sized = inspect(path, settings=Settings(lower=False, input_shape=(shape,))).bound
     attained = _attained(module, shape, False)
     assert sized.upper is not None and sized.upper >= attained * (1 - 1e-5)
+
+
+class _Gelu(nn.Module):
+    def __init__(self, approximate: str) -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("archive", ["trace", "torchscript", "export"])
+def test_gelu_gets_the_constant_of_its_own_form(tmp_path: Path, approximate: str, archive: str) -> None:
+    # sup |GELU'|: 1.1289041 for the erf form, 1.1289931 for the tanh approximation (mpmath, 30 digits).
+    truth = {"none": 1.12890414518515, "tanh": 1.12899306865877}[approximate]
+    module, x = _Gelu(approximate).eval(), torch.randn(1, 4)
+    if archive == "export":
+        path = tmp_path / "g.pt2"
+        torch.export.save(torch.export.export(module, (x,)), str(path))
+    else:
+        path = tmp_path / "g.pt"
+        (torch.jit.script(module) if archive == "torchscript" else torch.jit.trace(module, (x,))).save(str(path))
+    bound = inspect(path, settings=Settings(lower=False, input_shape=((1, 4),))).bound.graph
+    assert bound is not None and truth <= bound <= truth * (1 + 1e-5)

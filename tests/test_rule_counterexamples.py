@@ -171,6 +171,40 @@ def _gate_with_a_pole(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [np.array([200.0 + 1e-9])], [np.array([200.0 + 2e-9])]
 
 
+def _steep_hard_sigmoid_gate(tmp: Path):  # type: ignore[no-untyped-def]
+    """x·HardSigmoid(1e4 x + 0.5): the slope reaches 2 − β = 1.5 inside a kink 1e-4 wide."""
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1e4, beta=0.5), helper.make_node("Mul", ["x", "g"], ["y"])]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])])
+    return p, [np.array([4.9e-5])], [np.array([5e-5])]
+
+
+def _nested_multiplier_gate(tmp: Path):  # type: ignore[no-untyped-def]
+    """x·Clip(100·100·x + 0.5, 0, 1): nested multipliers make the kink narrower than either alone."""
+    nodes = [
+        helper.make_node("Mul", ["x", "k"], ["u"]),
+        helper.make_node("Mul", ["u", "k"], ["v"]),
+        helper.make_node("Add", ["v", "half"], ["t"]),
+        helper.make_node("Clip", ["t", "zero", "one"], ["g"]),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
+    consts = [_c("k", np.array(100.0)), _c("half", np.array(0.5)), _c("zero", np.array(0.0)), _c("one", np.array(1.0))]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])], consts)
+    return p, [np.array([4.999e-5])], [np.array([5e-5])]
+
+
+def _far_kink_gate(tmp: Path):  # type: ignore[no-untyped-def]
+    """x·Clip(100(x − 50), 0, 1): slope about 5000 at x = 50, outside a grid shrunk by the multiplier."""
+    nodes = [
+        helper.make_node("Sub", ["x", "c"], ["s"]),
+        helper.make_node("Mul", ["s", "k"], ["t"]),
+        helper.make_node("Clip", ["t", "zero", "one"], ["g"]),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
+    consts = [_c("c", np.array(50.0)), _c("k", np.array(100.0)), _c("zero", np.array(0.0)), _c("one", np.array(1.0))]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])], consts)
+    return p, [np.array([50.0])], [np.array([50.01])]
+
+
 def _decomposed_rms(square: onnx.NodeProto, keepdims: int) -> list[onnx.NodeProto]:
     """x / sqrt(mean(x²) + eps) over axis 1, the square given."""
     return [
@@ -451,6 +485,9 @@ CASES: dict[str, Case] = {
     "gate with an offset": _offset_gate,
     "gate with a small slope and an offset": _slow_offset_gate,
     "gate with a pole": _gate_with_a_pole,
+    "gate with a steep hard sigmoid": _steep_hard_sigmoid_gate,
+    "gate with nested multipliers": _nested_multiplier_gate,
+    "gate with a kink far from zero": _far_kink_gate,
     "rms norm without kept axes": _rms_keepdims_0,
     "rms norm with a vector power": _rms_vector_power,
     "resize by sizes with a roi": _resize_sizes_with_roi,

@@ -160,6 +160,9 @@ class _Builder:
             if float(args.get("scale", 1)) != 1 or float(args.get("input_scale", 1)) != 1:
                 return Node(f"{name} (scaled)", label, (x,), outs)
             return Node("Elu", label, (x,), outs, {"alpha": float(args.get("alpha", 1.0))})
+        if name == "aten::gelu":
+            approximate = args.get("approximate", "none")
+            return Node("Gelu", label, (x,), outs, {"approximate": approximate if isinstance(approximate, str) else "tanh"})
         if name == "aten::hardsigmoid":
             return Node("HardSigmoid", label, (x,), outs, {"alpha": 1.0 / 6.0})
         if name in ("aten::dropout", "aten::feature_dropout", "aten::alpha_dropout"):

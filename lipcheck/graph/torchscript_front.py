@@ -264,6 +264,10 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             ins = ins[:1]
         elif op == "HardSigmoid":
             attrs["alpha"] = 1.0 / 6.0
+        elif op == "Gelu":
+            approximate = _value(args[1]) if len(args) > 1 else "none"
+            attrs["approximate"] = approximate if isinstance(approximate, str) else "tanh"  # unread: the larger constant
+            ins = ins[:1]
         elif op in _FIRST_INPUT_ONLY:
             ins = ins[:1]
         nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs))

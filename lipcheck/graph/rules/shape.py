@@ -74,6 +74,13 @@ def dropout(walk: Walk, node: Node, ins: list[float]) -> float:
     return ins[0] / (1.0 - float(ratio.reshape(()))) * (1 + 2.0**-20)  # room for the scale rounded in float32
 
 
+# ONNX float16, bfloat16 and the float8 types round far more coarsely than float32.
+LOW_PRECISION = (
+    "low precision: rounding to float16, bfloat16 or float8 in a Cast (a relative step of up to 2^-8 per entry "
+    "for bfloat16, coarser for float8) is not counted; the bound is that of the same graph in real arithmetic"
+)
+
+
 @rule("CastLike")
 def cast_like(walk: Walk, node: Node, ins: list[float]) -> float:
     """A cast to the type of its second input: to a float type it keeps values, to an integer it rounds."""
@@ -82,14 +89,19 @@ def cast_like(walk: Walk, node: Node, ins: list[float]) -> float:
     target = np.asarray(stored()).dtype if stored is not None else None
     if target is None or not np.issubdtype(target, np.floating):
         return walk.unbounded(node, "a CastLike to a type lipcheck could not read as a float type (a cast to an integer type rounds, which is not Lipschitz)")
+    if np.finfo(target).nmant < 23 and ins[0] > 0.0:
+        walk.note(LOW_PRECISION)
     return ins[0]
 
 
 @rule("Cast")
 def cast(walk: Walk, node: Node, ins: list[float]) -> float:
     """A cast between float types keeps values (rounding aside); to an integer type it rounds."""
-    if int(node.attrs.get("to", 1)) not in _FLOAT_TYPES:
+    to = int(node.attrs.get("to", 1))
+    if to not in _FLOAT_TYPES:
         return walk.unbounded(node, "a cast to an integer type rounds, which is not Lipschitz")
+    if to not in (1, 11) and ins[0] > 0.0:
+        walk.note(LOW_PRECISION)
     return ins[0]
 
 
