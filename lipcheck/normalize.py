@@ -89,13 +89,21 @@ def plan(
     model: Model, report: Report, *, target: float, budget: float | None, convention: str, clip: bool, patterns: tuple[str, ...]
 ) -> tuple[list[Plan], list[WeightEdit], list[str]]:
     """Decide every layer's divisor; layers that cannot be divided are left alone with a warning."""
-    selected = [i for i, layer in enumerate(model.layers) if not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns)]
+    names = {layer.name for layer in model.layers}
+    # A recurrent gate's rows ("NAME[gate]") are part of the stacked matrix NAME: that one is divided.
+    parts = {i for i, layer in enumerate(model.layers) if layer.name.endswith("]") and layer.name.rsplit("[", 1)[0] in names}
+    selected = [
+        i for i, layer in enumerate(model.layers) if i not in parts and (not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns))
+    ]
     if not selected:
         raise LipcheckError(f"no layer matches {', '.join(patterns)}; run lipcheck inspect to see the layer names")
     per_layer = budget ** (1.0 / len(selected)) if budget is not None else target
     plans, edits, warnings = [], [], []
     for index, (layer, entry) in enumerate(zip(model.layers, report.layers)):
         name = layer.display_name
+        if index in parts:
+            plans.append(Plan(name, None, None, f"gate rows of {layer.name.rsplit('[', 1)[0]}: divided with it"))
+            continue
         if index not in selected:
             plans.append(Plan(name, None, None, "not selected"))
             continue

@@ -421,3 +421,28 @@ def test_onnx_output_data_file_never_overwrites_the_input_data(tmp_path: Path) -
     with pytest.raises(LipcheckError, match="data file .* is one of the input's files"):
         normalize(src, tmp_path / "n.onnx")
     assert {p.name: _sha(p) for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("kind", ["pt", "safetensors", "onnx"])
+def test_recurrent_weights_are_divided_whole_and_their_gate_rows_with_them(tmp_path: Path, kind: str) -> None:
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 4)
+    if kind == "pt":
+        src = tmp_path / "lstm.pt"
+        torch.save(lstm.state_dict(), src)
+    elif kind == "safetensors":
+        src = tmp_path / "lstm.safetensors"
+        save_file({k: v.contiguous() for k, v in lstm.state_dict().items()}, str(src))
+    else:
+        src = tmp_path / "lstm.onnx"
+        torch.onnx.export(lstm.eval(), (torch.randn(3, 1, 5),), str(src), dynamo=False, opset_version=17)
+    result = normalize(src, tmp_path / f"out.{kind}", target=1.0)
+    stacked = [(layer, entry) for layer, entry in zip(result.after.layers, result.after.layers) if not layer.name.endswith("]")]
+    assert stacked and all(entry.lipschitz is not None and entry.lipschitz.upper <= 1.0 for _, entry in stacked)
+    assert any(p.action.startswith("gate rows of") for p in result.plans)
+    if kind == "pt":
+        out = torch.load(tmp_path / "out.pt", weights_only=True)
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            assert exact_sigma(out[name]) <= 1.0 + 1e-6
+            ratio = out[name] / lstm.state_dict()[name]
+            assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio))  # one divisor for the whole stack
