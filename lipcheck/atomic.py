@@ -76,16 +76,33 @@ def replacing(*targets: Path, mode: int | None = None) -> Iterator[list[Path]]:
 
 @contextlib.contextmanager
 def restored_on_error(path: Path) -> Iterator[None]:
-    """Put ``path`` back as it was (or remove it, if it did not exist) when the block raises."""
-    backup = path.with_name(f".{path.name}.lipcheck-previous")
+    """Put ``path`` back as it was (or remove it, if it did not exist) when the block raises.
+
+    The copy kept meanwhile has a name of its own and is complete before the block runs, so a failed
+    copy changes nothing and a later run never mistakes a leftover for its own.
+    """
+    backup: Path | None = None
     if path.is_file():
-        shutil.copy2(path, backup)
+        try:
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".lipcheck-previous", dir=path.parent)
+            os.close(handle)
+            backup = Path(name)
+            shutil.copy2(path, backup)
+        except OSError as exc:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    backup.unlink()
+            raise LipcheckError(f"cannot keep a copy of {path} while it is rewritten ({exc.strerror}); free some space or choose another output") from None
     try:
         yield
     except BaseException:
-        if backup.exists():
-            os.replace(backup, path)
-        else:
-            path.unlink(missing_ok=True)
+        # The block's own error is the one to report; a copy that cannot be put back stays beside it.
+        with contextlib.suppress(OSError):
+            if backup is not None:
+                os.replace(backup, path)
+            else:
+                path.unlink(missing_ok=True)
         raise
-    backup.unlink(missing_ok=True)
+    if backup is not None:
+        with contextlib.suppress(OSError):
+            backup.unlink()

@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except OSError as exc:  # the system refused a read or write (a full disk, a read-only folder)
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"lipcheck: error: {exc.strerror or first_line(exc)}{where}; check the path, its permissions and the free space\n")
+        code = 2
     except Exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `lipcheck`: the help, as the framework words it
             sys.stderr.write(str(exc.format_message()) + "\n")  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import torch
 
 from lipcheck.api import analyze
 from lipcheck.atomic import restored_on_error
-from lipcheck.errors import LipcheckError
+from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import Format, Options, detect, load, save
 from lipcheck.model import Layer, Model, WeightEdit
 from lipcheck.report.data import Report
@@ -161,7 +161,7 @@ def normalize(
     options = Options(key=key, allow_globals=settings.allow_globals, mode=mode)
     # The copy is re-read before normalize returns: if that fails, the old output comes back (or none is left).
     with restored_on_error(dst):
-        warnings.extend(save(fmt, src, dst, edits, options))
+        warnings.extend(_written(fmt, src, dst, edits, options))
         after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
         # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
         targets = {p.name: p.target for p in plans if p.divisor is not None}
@@ -173,7 +173,7 @@ def normalize(
                 if value is not None and value > goal:
                     fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
         if fixes:
-            warnings.extend(w for w in save(fmt, dst, dst, fixes, options) if w not in warnings)
+            warnings.extend(w for w in _written(fmt, dst, dst, fixes, options) if w not in warnings)
             after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
         promised = {p.name: p.target for p in plans if p.target is not None}
         for layer, entry in zip(model.layers, after.layers):
@@ -184,3 +184,13 @@ def normalize(
                     f"layer {layer.display_name}: re-certified at {value!r}, above its target {goal!r}; check this layer before relying on the copy"
                 )
     return Result(before, after, plans, warnings)
+
+
+def _written(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:
+    """Write the copy; a writer's failure (a full disk, say) becomes one clear error."""
+    try:
+        return save(fmt, src, dst, edits, options)
+    except LipcheckError:
+        raise
+    except Exception as exc:  # torch and safetensors report write failures in their own exception types
+        raise LipcheckError(f"could not write {dst} ({first_line(exc)}); check the free space and the folder's permissions") from None

@@ -10,6 +10,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +173,30 @@ def test_every_option_names_its_flags() -> None:
                     flags = [meta.default, *meta.param_decls] if isinstance(meta.default, str) else list(meta.param_decls)
                     assert flags and all(flag.startswith("-") for flag in flags), (function.__name__, name)
     assert checked >= 20
+
+
+@pytest.mark.parametrize("sample", ["mlp.torchscript.pt", "mlp.pt", "mlp.safetensors", "mlp.onnx"])
+def test_a_write_that_fails_part_way_is_one_line_and_leaves_nothing(tmp_path: Path, sample: str) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import SAMPLES
+
+    def small_files() -> None:  # a file-size limit stands in for a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    existing = tmp_path / "keep" / f"out{Path(sample).suffix}"
+    existing.parent.mkdir()
+    existing.write_bytes(b"x" * 40_000)  # larger than the limit: it cannot even be copied aside
+    for out in (tmp_path / f"new{''.join(Path(sample).suffixes)}", existing):
+        done = subprocess.run(
+            [sys.executable, "-m", "lipcheck", "normalize", str(SAMPLES / sample), "-o", str(out), "--force"],
+            capture_output=True,
+            text=True,
+            preexec_fn=small_files,
+        )
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "internal error" not in done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", existing.name]
+    assert existing.read_bytes() == b"x" * 40_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -257,4 +258,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
                 if edit.divisor is not None:
                     tensor = tensors[edit.name]
                     tensor.copy_((tensor.to(torch.float64) / edit.divisor).to(tensor.dtype))
-        torch.jit.save(module, str(dst))
+        # Into memory first: torch's file writer aborts the process when a write fails (a full disk).
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+    dst.write_bytes(buffer.getvalue())
