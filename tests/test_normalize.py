@@ -446,3 +446,28 @@ def test_recurrent_weights_are_divided_whole_and_their_gate_rows_with_them(tmp_p
             assert exact_sigma(out[name]) <= 1.0 + 1e-6
             ratio = out[name] / lstm.state_dict()[name]
             assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio))  # one divisor for the whole stack
+
+
+def test_tied_weights_stay_tied_and_a_partial_view_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 20, bias=False)
+    torch.save({"lm_head.weight": head.weight.data, "wte.weight": head.weight.data}, tmp_path / "tied.pt")
+    normalize(tmp_path / "tied.pt", tmp_path / "out.pt", target=1.0)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["lm_head.weight"].data_ptr() == out["wte.weight"].data_ptr()
+    assert exact_sigma(out["lm_head.weight"]) <= 1.0 + 1e-6
+    weight = torch.randn(6, 4)
+    torch.save({"a.weight": weight, "b.weight": weight[:3]}, tmp_path / "view.pt")
+    with pytest.raises(LipcheckError, match="shares its storage"):
+        normalize(tmp_path / "view.pt", tmp_path / "view_out.pt", target=1.0)
+    assert not (tmp_path / "view_out.pt").exists()
+
+
+def test_two_layers_sharing_one_weight_are_divided_once(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(5, 5)
+    torch.save({"a.weight": weight, "b.weight": weight}, tmp_path / "shared.pt")
+    normalize(tmp_path / "shared.pt", tmp_path / "out.pt", target=1.0)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["a.weight"].data_ptr() == out["b.weight"].data_ptr()
+    assert 1.0 - 1e-4 <= exact_sigma(out["a.weight"]) <= 1.0 + 1e-6

@@ -223,6 +223,26 @@ def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
+def _aliases(tensor: torch.Tensor, slots: list[tuple[str, Any, Any]], name: str) -> list[tuple[str, Any, Any]]:
+    """Other names for the same tensor; a different view of its storage cannot be rewritten apart from it."""
+    if tensor.layout != torch.strided:
+        return []
+    storage = tensor.untyped_storage().data_ptr()
+    same: list[tuple[str, Any, Any]] = []
+    for other_name, container, key in slots:
+        other = container[key]
+        if other_name == name or other.layout != torch.strided or other.untyped_storage().data_ptr() != storage or other.numel() == 0:
+            continue
+        if other.storage_offset() == tensor.storage_offset() and other.shape == tensor.shape and other.stride() == tensor.stride():
+            same.append((other_name, container, key))
+        else:
+            raise LipcheckError(
+                f"{name} shares its storage with {other_name} in another shape; normalize cannot divide one without changing the other: "
+                f"leave it out with --layers, or save the checkpoint with separate tensors"
+            )
+    return same
+
+
 def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, allow_globals: tuple[str, ...] = ()) -> bool:
     """Write ``src`` with the edits applied to ``dst``; every other object is kept as loaded.
 
@@ -230,16 +250,23 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, 
     """
     obj = read(src, allow_globals)
     state, _, _ = select_state_dict(obj, key)
-    slots = {name: (container, k) for name, container, k in _slots(state)}
+    found = _slots(state)
+    slots = {name: (container, k) for name, container, k in found}
+    divided: set[str] = set()
     for edit in edits:
         if edit.vectors is not None:
             for slot_name, vector in zip(sn_vector_names(edit.name), edit.vectors):
                 container, k = slots[slot_name]
                 container[k] = vector.to(container[k].dtype).clone()
-        if edit.divisor is not None:
+        if edit.divisor is not None and edit.name not in divided:
             container, k = slots[edit.name]
             tensor = container[k]
             scaled = (tensor.to_dense().to(torch.float64) / edit.divisor).to(tensor.dtype)
-            container[k] = scaled if tensor.layout == torch.strided else scaled.to_sparse(layout=tensor.layout)
+            scaled = scaled if tensor.layout == torch.strided else scaled.to_sparse(layout=tensor.layout)
+            # Tied weights (one tensor under several names) stay one tensor, divided once.
+            for alias_name, alias_container, alias_key in _aliases(tensor, found, edit.name):
+                alias_container[alias_key] = scaled
+                divided.add(alias_name)
+            container[k] = scaled
     torch.save(obj, dst)
     return isinstance(obj, Mapping) and any("optim" in str(k) for k in obj)
