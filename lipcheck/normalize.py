@@ -10,6 +10,7 @@ weight's sigma is exactly 1.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import os
@@ -151,6 +152,9 @@ def normalize(
         raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
     fmt = detect(src)  # the standard messages for a missing, empty or directory input
     _check_paths(src, dst, force)
+    extra = _data_file(fmt, dst)
+    if extra is not None and extra.exists() and not force:
+        raise LipcheckError(f"{extra} already exists (the output's external data would go there); pass --force to overwrite it")
     settings = settings or Settings()
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
@@ -160,7 +164,7 @@ def normalize(
     mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
     options = Options(key=key, allow_globals=settings.allow_globals, mode=mode)
     # The copy is re-read before normalize returns: if that fails, the old output comes back (or none is left).
-    with restored_on_error(dst):
+    with restored_on_error(dst), restored_on_error(extra) if extra is not None else contextlib.nullcontext():
         warnings.extend(_written(fmt, src, dst, edits, options))
         after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
         # Verify: storage rounding can leave a layer a hair above its target; divide those once more.
@@ -194,3 +198,12 @@ def _written(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], options
         raise
     except Exception as exc:  # torch and safetensors report write failures in their own exception types
         raise LipcheckError(f"could not write {dst} ({first_line(exc)}); check the free space and the folder's permissions") from None
+
+
+def _data_file(fmt: Format, dst: Path) -> Path | None:
+    """The second file a format writes beside its output (an ONNX model's external data), if any."""
+    if fmt is not Format.ONNX:
+        return None
+    from lipcheck.formats.onnx_write import data_path
+
+    return data_path(dst)

@@ -114,6 +114,11 @@ def test_onnx_external_data_and_a_shared_weight(tmp_path: Path) -> None:
     (tensor,) = onnx.load(str(dst)).graph.initializer
     sigma = exact_sigma(torch.from_numpy(numpy_helper.to_array(tensor).copy()))
     assert 0.5 * (1 - 1e-4) <= sigma <= 0.5  # divided once, not once per use
+    other = tmp_path / "out" / "other.onnx.data"
+    other.write_bytes(b"my notes")  # not the output, but where its external data would go
+    with pytest.raises(LipcheckError, match="already exists"):
+        normalize(src, tmp_path / "out" / "other.onnx", target=0.5)
+    assert other.read_bytes() == b"my notes" and not (tmp_path / "out" / "other.onnx").exists()
 
 
 def test_safetensors_keeps_metadata(tmp_path: Path) -> None:

@@ -89,6 +89,11 @@ def _find(index: dict[tuple[str, str], TensorProto], scope: str, name: str) -> t
         path = path.rpartition("/")[0]
 
 
+def data_path(dst: Path) -> Path:
+    """Where the external data of an output written to ``dst`` goes."""
+    return dst.with_name(f"{dst.name}.data")
+
+
 def _is_external(tensor: TensorProto) -> bool:
     return tensor.data_location == TensorProto.EXTERNAL
 
@@ -201,8 +206,8 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
     folder = dst.parent
     if not folder.is_dir():
         raise LipcheckError(f"cannot write {dst}: folder {folder} does not exist; create it first")
-    data_name = f"{dst.name}.data"
-    data_target = folder / data_name
+    data_target = data_path(dst)
+    data_name = data_target.name
     stored = list(_all_tensors(proto.graph))
     if data_target.is_dir():
         raise LipcheckError(f"cannot write {dst}: its external data goes to {data_target}, which is a folder; choose another output name")
