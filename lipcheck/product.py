@@ -14,11 +14,12 @@ PRODUCT_ASSUMPTION = (
 
 
 def log10_product(uppers: Sequence[float | None]) -> float | None:
-    """Return log10 of the product of the bounds, summed in log space; None if any is unknown.
+    """Return log10 of the product of the bounds, summed in log space; None if any is unknown or
+    there are none (no layer bounds nothing).
 
     A zero factor gives -inf (the product is 0).
     """
-    if any(u is None or not math.isfinite(u) for u in uppers):
+    if not uppers or any(u is None or not math.isfinite(u) for u in uppers):
         return None
     if any(u == 0.0 for u in uppers):
         return -math.inf

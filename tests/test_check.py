@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
 
 from lipcheck.gate import Check, GateSpec, Outcome, evaluate, exit_status
 from lipcheck.model import Interval
@@ -362,3 +363,10 @@ def test_gate_on_a_network_with_no_bound_exits_2_naming_the_node(cli, tmp_path: 
     code, out, err = cli("check", str(path), "--fail-above", repr(threshold), "--bound", "product", "-f", "json")
     gate = json.loads(out)["gate"]
     assert code == 0 and gate["passed"] is True and "only for a plain chain" in err + json.dumps(gate) + out
+
+
+def test_a_file_without_layers_has_no_product_to_pass_a_gate(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Weight-norm halves and an integer table: nothing lipcheck bounds, so no product (it once printed 1).
+    torch.save({"a.weight_g": torch.randn(4, 1), "a.weight_v": torch.randn(4, 3), "b.weight": torch.randint(0, 3, (3, 3))}, tmp_path / "none.pt")
+    code, out, _ = cli("check", str(tmp_path / "none.pt"), "--bound", "product", "--fail-above", "2")
+    assert code == 1 and "no layer weights found" in out

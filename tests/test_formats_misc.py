@@ -88,3 +88,18 @@ def test_every_format_has_one_handler() -> None:
     from lipcheck.formats.handlers import HANDLERS
 
     assert set(HANDLERS) == {fmt.value for fmt in formats.Format}
+
+
+def test_safetensors_float8_complex_and_unsigned_tensors_are_skipped_for_what_they_are(tmp_path: Path) -> None:
+
+    tensors = {
+        "a.weight": torch.randn(4, 4).to(torch.float8_e4m3fn),
+        "b.weight": torch.randn(3, 3).to(torch.complex64),
+        "c.weight": torch.randint(0, 5, (3, 3)).to(torch.uint16),
+        "d.weight": torch.randn(3, 3),
+    }
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    report = inspect(tmp_path / "m.safetensors")
+    reasons = {skip.name: skip.reason for skip in report.skipped}
+    assert "float8" in reasons["a.weight"] and "complex" in reasons["b.weight"] and reasons["c.weight"].startswith("uint16")
+    assert [layer.name for layer in report.layers] == ["d.weight"]
