@@ -117,6 +117,10 @@ def plan(
         if entry.lipschitz is None or entry.sigma is None:
             raise LipcheckError(f"non-finite weights (NaN or Inf) in {name}: no normalization exists; fix or retrain the layer, or leave it out with --layers")
         value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+        if convention == "torch" and layer.is_conv and layer.geometry is None and not layer.is_transposed:
+            note = "weights without a graph: --convention torch reads each conv's σ as a Conv's (rows = dim 0); a ConvTranspose's spectral_norm uses dim 1"
+            if note not in warnings:
+                warnings.append(note)
         if value == 0.0:
             warnings.append(f"{name}: zero weights (σ = 0), left unchanged")
             plans.append(Plan(name, per_layer, None, "left: σ = 0"))

@@ -478,3 +478,10 @@ def test_two_layers_sharing_one_weight_are_divided_once(tmp_path: Path) -> None:
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["a.weight"].data_ptr() == out["b.weight"].data_ptr()
     assert 1.0 - 1e-4 <= exact_sigma(out["a.weight"]) <= 1.0 + 1e-6
+
+
+def test_torch_convention_on_weights_without_a_graph_says_which_conv_it_assumes(tmp_path: Path) -> None:
+    result = normalize(SAMPLES / "cnn.pt", tmp_path / "out.pt", convention="torch")
+    assert any("ConvTranspose" in warning for warning in result.warnings)
+    result = normalize(SAMPLES / "cnn.pt", tmp_path / "out2.pt")
+    assert not any("ConvTranspose" in warning for warning in result.warnings)
