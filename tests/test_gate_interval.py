@@ -173,3 +173,9 @@ def test_slope_bounds_of_documented_gates_are_tight() -> None:
     assert hard_swish is not None and 1.5 <= hard_swish <= 1.5 * (1 + 2e-6)
     assert mish is not None and 1.0884981 <= mish <= 1.0884981 * (1 + 2e-6)
     assert iv.slope_sup(lambda t: t * iv.clip(t, 0.0, math.inf)) is None  # x·relu(x) = x² for x > 0
+
+
+def test_an_overflow_inside_an_enclosure_is_never_read_as_zero() -> None:
+    # x·(σ(x) + x⁹ − x⁹) is SiLU, but x⁹ overflows far out: inf − inf must not turn into a small slope.
+    bound = iv.slope_sup(lambda t: t * (iv.sigmoid(t) + iv.power(t, 9) - iv.power(t, 9)))
+    assert bound is None or bound >= 1.0998393

@@ -34,8 +34,11 @@ def _up(a: np.ndarray, rel: float = _ARITH) -> np.ndarray:
 def _mul(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         products = np.stack([alo * blo, alo * bhi, ahi * blo, ahi * bhi])
-    products = np.where(np.isnan(products), 0.0, products)  # 0 * inf: an endpoint 0 times an unbounded factor
-    return _down(products.min(axis=0)), _up(products.max(axis=0))
+    # 0 * inf: an endpoint 0 times a factor past float range is 0; a NaN already in a factor stays NaN.
+    unknown = np.isnan(alo) | np.isnan(ahi) | np.isnan(blo) | np.isnan(bhi)
+    products = np.where(np.isnan(products) & ~unknown, 0.0, products)
+    found_lo, found_hi = products.min(axis=0), products.max(axis=0)
+    return np.where(unknown, np.nan, _down(found_lo)), np.where(unknown, np.nan, _up(found_hi))
 
 
 class Span:

@@ -62,7 +62,7 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
                 return None  # a divisor that moves with x can reach 0: a pole
             found = (lambda t: a(t).divided(divisor)), text
         elif op == "Pow":
-            if exponent is None or exponent != int(exponent) or exponent < 0:
+            if exponent is None or exponent != int(exponent) or not 0 <= exponent <= 16:
                 return None
             found = (lambda t: iv.power(a(t), int(exponent))), text
         else:
