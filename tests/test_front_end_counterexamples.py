@@ -182,3 +182,49 @@ def test_gelu_gets_the_constant_of_its_own_form(tmp_path: Path, approximate: str
         (torch.jit.script(module) if archive == "torchscript" else torch.jit.trace(module, (x,))).save(str(path))
     bound = inspect(path, settings=Settings(lower=False, input_shape=((1, 4),))).bound.graph
     assert bound is not None and truth <= bound <= truth * (1 + 1e-5)
+
+
+class _BranchOnShape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(1) > 2:
+            y = self.lin(x) * 5.0
+        else:
+            y = x
+        return y
+
+
+class _BranchOnValues(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.sum() > 0):
+            return 10 * x
+        return x
+
+
+class _FloorDivide(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.div(x * 3.0, 0.5, rounding_mode="floor")
+
+
+def test_control_flow_and_training_mode_never_pass_for_constants(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cases: list[tuple[str, object]] = []
+    path = tmp_path / "if.pt"
+    torch.jit.script(_BranchOnShape().eval()).save(str(path))  # the If's branches read x: not a constant
+    cases.append(("script If", path))
+    norm = nn.BatchNorm1d(2)
+    norm.running_var.fill_(100.0)
+    path = tmp_path / "bn.pt"
+    torch.jit.trace(norm.train(), torch.randn(4, 2, 3)).save(str(path))  # batch statistics in the graph
+    cases.append(("batch norm traced in training mode", path))
+    path = tmp_path / "div.pt"
+    torch.jit.script(_FloorDivide()).save(str(path))
+    cases.append(("floor division", path))
+    cases.append(("live module branching on values", _BranchOnValues()))
+    for what, source in cases:
+        shape = ((4, 2, 3),) if what.startswith("batch") else ((1, 4),)
+        bound = inspect(source, settings=Settings(lower=False, input_shape=shape)).bound  # type: ignore[arg-type]
+        assert bound.upper is None, (what, bound.upper, bound.method)

@@ -46,7 +46,12 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
     model = Model(f"<{type(module).__name__}>", "module", layers, runnable=module)
     if input_shapes is not None:
         _input_sizes(module, by_module, input_shapes)
-        model.graph = _traced_graph(module, layers, input_shapes)
+        model.graph, warned = _traced_graph(module, layers, input_shapes)
+        if warned:
+            model.notes.append(
+                f"no graph bound: tracing the module warned that the trace may not follow it ({warned}); "
+                "a branch on the input's values would be fixed at the traced input. Export it with torch.export and inspect that"
+            )
     return model
 
 
@@ -85,20 +90,26 @@ def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_sha
 
 
 def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...]):  # type: ignore[no-untyped-def]
-    """Trace the caller's module at the given shapes and read its graph (None if tracing fails)."""
+    """Trace the caller's module at the given shapes and read its graph: (graph or None, the tracer's
+    warning that the trace may not follow the module, or "")."""
     import warnings
 
+    from lipcheck.errors import first_line
     from lipcheck.graph.torchscript_front import build
 
     param = next(module.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = module.training
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             traced = torch.jit.trace(module.eval(), tuple(torch.zeros(s, dtype=dtype) for s in input_shapes))
     except Exception:  # an untraceable module has no graph, so no network bound
-        return None
+        return None, ""
     finally:
         module.train(was_training)
-    return build(traced, layers, input_shapes)
+    # Python control flow on tensor values is fixed at the traced input: the trace is another function.
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer:
+        return None, first_line(tracer[0].message).split(". ")[0]  # type: ignore[arg-type]
+    return build(traced, layers, input_shapes), ""

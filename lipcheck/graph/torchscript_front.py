@@ -192,9 +192,17 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
         elif op == "Concat":
             ins = lists.get(ins[0], [ins[0]])
         elif op == "BatchNormalization":
+            # batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
             eps = _value(args[7])
             attrs["epsilon"] = float(eps) if isinstance(eps, (int, float)) else 1e-5
             ins = [ins[0], ins[1], ins[2], ins[3], ins[4]]
+            if _value(args[5]) is not False:
+                op, ins = f"{kind} (training)", ins[:1]  # batch statistics, or a mode read at run time
+        elif op == "Div" and len(args) > 2:
+            mode = _value(args[2])
+            if mode is not None:
+                op = f"{kind} (rounding {mode})"  # floor or trunc division: steps, not Lipschitz
+            ins = ins[:2]
         elif op in ("MaxPool", "AveragePool"):
             kernel = _value(args[1]) or []
             stride = _value(args[2]) or kernel
@@ -270,7 +278,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             ins = ins[:1]
         elif op in _FIRST_INPUT_ONLY:
             ins = ins[:1]
-        nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs))
+        nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs, captures=_captured(node)))
     inputs = [v.debugName() for v in list(graph.inputs())[1:]]
     outputs: list[str] = []
     for value in graph.outputs():
@@ -285,6 +293,28 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             for label, _ in uses:
                 layer_nodes.pop(label, None)
     return Graph(inputs, outputs, nodes, constants, shapes, layer_nodes)
+
+
+def _captured(node: torch._C.Node) -> tuple[str, ...]:
+    """Values a node's blocks (an If's branches, a Loop's body) read from the graph around them.
+
+    The node lists only its own arguments (an If, its condition): its outputs depend on these too.
+    """
+    inside: set[str] = set()
+    used: list[str] = []
+
+    def visit(block: torch._C.Block) -> None:
+        inside.update(v.debugName() for v in block.inputs())
+        for inner in block.nodes():
+            used.extend(v.debugName() for v in inner.inputs())
+            for nested in inner.blocks():
+                visit(nested)
+            inside.update(v.debugName() for v in inner.outputs())
+        used.extend(v.debugName() for v in block.outputs())
+
+    for block in node.blocks():
+        visit(block)
+    return tuple(dict.fromkeys(name for name in used if name not in inside))
 
 
 def _shapes(graph: torch._C.Graph, input_shapes: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int | None, ...]]:
