@@ -6,6 +6,7 @@ Each bound must be at least the ratio a float64 copy of the module attains, or t
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,20 @@ def test_control_flow_and_training_mode_never_pass_for_constants(tmp_path: Path)
         shape = ((4, 2, 3),) if what.startswith("batch") else ((1, 4),)
         bound = inspect(source, settings=Settings(lower=False, input_shape=shape)).bound  # type: ignore[arg-type]
         assert bound.upper is None, (what, bound.upper, bound.method)
+
+
+class _PlainBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(2))
+        self.register_buffer("var", torch.full((2,), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.mean, self.var, training=False)  # no weight: a scale of 1
+
+
+def test_a_batch_norm_without_weight_has_scale_one(tmp_path: Path) -> None:
+    path = tmp_path / "bn.pt"
+    torch.jit.trace(_PlainBatchNorm(), torch.randn(3, 2)).save(str(path))
+    bound = inspect(path, settings=Settings(lower=False, input_shape=((3, 2),))).bound
+    assert bound.upper == pytest.approx(1 / math.sqrt(0.25 + 1e-5), rel=1e-9)

@@ -42,6 +42,8 @@ def batch_norm(walk: Walk, node: Node, ins: list[float]) -> float:
     gamma, var = walk.const(node.inputs[1]), walk.const(node.inputs[4])
     if gamma is None or var is None:
         return walk.unbounded(node, "batch-norm statistics lipcheck could not read")
+    if gamma.size == 0:  # no affine weight (torch's F.batch_norm with weight=None): a scale of 1
+        gamma = np.ones_like(var)
     scale = np.abs(gamma) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
     separate = float(np.max(scale)) * ins[0]
     return min(separate, _folded(walk, node, scale))
