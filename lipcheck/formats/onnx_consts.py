@@ -44,10 +44,13 @@ def fold_chain(node: NodeProto, inputs: Sequence[Any]) -> Array:
             return x
         if op == "Neg":
             return -x
-        if op == "Mul":
-            return x.astype(np.float64) * need(1)
-        if op == "Div":
-            return x.astype(np.float64) / need(1)
+        if op in ("Mul", "Div"):
+            y = need(1)
+            if np.issubdtype(x.dtype, np.floating) and x.dtype == y.dtype:
+                # The product onnxruntime computes: one IEEE rounding in the tensors' own type.
+                return np.multiply(x, y) if op == "Mul" else np.divide(x, y)
+            x64 = x.astype(np.float64)
+            return x64 * y if op == "Mul" else x64 / y
         if op == "DequantizeLinear":
             return dequantize(x, value(1), value(2), int(attrs.get("axis", 1)), int(attrs.get("block_size", 0)))
         if op == "Reshape":
@@ -84,20 +87,28 @@ def folded_shape(node: NodeProto, inputs: Sequence[Any], fold: Array) -> tuple[i
 
 
 def dequantize(x: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:
+    """(x - zero) * scale as onnxruntime computes it: the integer difference exact, converted to the
+    scale's type, then one rounding of the product in that type."""
     assert scale is not None
-    xf = x.astype(np.float64)
-    zf = np.zeros_like(scale, dtype=np.float64) if zero is None else zero.astype(np.float64)
-    sf = scale.astype(np.float64)
+    out_type = scale.dtype if np.issubdtype(scale.dtype, np.floating) else np.dtype(np.float64)
+    integral = np.issubdtype(x.dtype, np.integer) and (zero is None or np.issubdtype(zero.dtype, np.integer))
+    xf = x.astype(np.int64) if integral else x.astype(np.float64)
+    zf = np.zeros(scale.shape, dtype=xf.dtype) if zero is None else zero.astype(xf.dtype)
+    sf = scale.astype(out_type)
+
+    def product(diff: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        return np.multiply(diff.astype(out_type), factor) if integral else diff * factor.astype(np.float64)
+
     if sf.ndim == 0 or sf.size == 1:
-        return (xf - zf.reshape(())) * sf.reshape(())
+        return product(xf - zf.reshape(()), sf.reshape(()))
     axis %= x.ndim
     if block:
         sf = np.repeat(sf, block, axis=axis).take(range(x.shape[axis]), axis=axis)
         zf = np.repeat(zf, block, axis=axis).take(range(x.shape[axis]), axis=axis)
-        return (xf - zf) * sf
+        return product(xf - zf, sf)
     shape = [1] * x.ndim
     shape[axis] = -1
-    return (xf - zf.reshape(shape)) * sf.reshape(shape)
+    return product(xf - zf.reshape(shape), sf.reshape(shape))
 
 
 def payload_fits(tensor: TensorProto, base: str) -> None:

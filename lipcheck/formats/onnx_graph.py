@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,8 +305,11 @@ class _Reader:
             auto_pad=bytes(attrs.get("auto_pad", b"NOTSET")).decode(),
         )
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
-        self.add(scope, const, op, load or const.array, note=note or f"node {label}: {node.op_type}", geometry=geometry)
         dims = self.shapes.get(node.input[0])
+        found: ConvGeometry | None = geometry
+        if transposed and attrs.get("output_shape"):
+            found = _output_shape_pads(geometry, tuple(const.value_shape[2:]), dims, list(attrs["output_shape"]))
+        self.add(scope, const, op, load or const.array, note=note or f"node {label}: {node.op_type}", geometry=found)
         if dims is not None and len(dims) == n + 2 and all(d is not None for d in dims[2:]):
             self.layers[-1].input_spatial = tuple(int(d) for d in dims[2:])  # type: ignore[arg-type]
 
@@ -325,6 +328,23 @@ class _Reader:
                     reason = f"used by {', '.join(ops)}: not a linear/conv weight"
                 out.append(Skipped(f"{scope.path}/{name}" if scope.path else name, shape, reason))
         return out
+
+
+def _output_shape_pads(geometry: ConvGeometry, kernel: tuple[int, ...], dims: tuple[int | None, ...] | None, output_shape: list[int]) -> ConvGeometry | None:
+    """A ConvTranspose whose ``output_shape`` fixes its pads (the ONNX formula), or None (no geometry)
+    where the input size is unknown. Negative pads add output cells no input reaches: zero rows,
+    which leave the norm as with no pad."""
+    n = len(kernel)
+    if dims is None or len(dims) != n + 2 or any(d is None for d in dims[2:]) or len(output_shape) < n:
+        return None
+    begin, end = [], []
+    pads = geometry.output_padding or (0,) * n
+    for size, out, k, s, d, extra in zip(dims[2:], output_shape[-n:], kernel, geometry.stride, geometry.dilation, pads):
+        total = s * (int(size) - 1) + extra + (k - 1) * d + 1 - int(out)
+        first, second = (total // 2, total - total // 2) if geometry.auto_pad.upper() == "SAME_UPPER" else (total - total // 2, total // 2)
+        begin.append(max(0, first))
+        end.append(max(0, second))
+    return replace(geometry, padding=tuple(begin) + tuple(end), auto_pad="NOTSET")
 
 
 def _fixed(value: np.ndarray) -> Array:

@@ -67,10 +67,14 @@ def _weight_of(sub: torch.nn.Module) -> Callable[[], torch.Tensor]:
 
 
 def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_shapes: tuple[tuple[int, ...], ...]) -> None:
+    seen: dict[int, set[tuple[int, ...]]] = {}
+
     def hook(sub: torch.nn.Module, args: tuple[object, ...]) -> None:
         layer = by_module.get(id(sub))
         if layer is not None and layer.is_conv and args and isinstance(args[0], torch.Tensor):
-            layer.input_spatial = tuple(args[0].shape[2:])
+            seen.setdefault(id(sub), set()).add(tuple(args[0].shape[2:]))
+            # A conv called at several sizes gets the bound for every size.
+            layer.input_spatial = tuple(args[0].shape[2:]) if len(seen[id(sub)]) == 1 else None
 
     handles = [sub.register_forward_pre_hook(hook) for sub in module.modules() if id(sub) in by_module]
     param = next(module.parameters(), None)

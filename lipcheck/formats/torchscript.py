@@ -129,27 +129,51 @@ def _conv_input_sizes(module: torch.jit.ScriptModule, model: Model, input_shapes
         model.notes.append(f"TorchScript shape analysis failed ({first_line(exc)}); conv bounds hold for every input size")
         return
     by_storage = {p.data_ptr(): name for name, p in [*module.named_parameters(), *module.named_buffers()]}
-    sizes: dict[str, tuple[int, ...]] = {}
+    by_name = {layer.name: layer for layer in model.layers}
+    sizes: dict[str, set[tuple[int, ...]]] = {}
     for node in graph.nodes():
         if node.kind() not in _CONV_CALLS:
             continue
         x, w = list(node.inputs())[:2]
-        if x.node().kind() == "aten::pad":  # padding_mode other than zeros: the size before the pad
-            x = next(x.node().inputs())
-        weight, dims = w.toIValue(), x.type().sizes() if isinstance(x.type(), torch._C.TensorType) else None
-        if isinstance(weight, torch.Tensor) and dims and len(dims) == weight.dim() and all(isinstance(d, int) and d > 0 for d in dims):
-            name = by_storage.get(weight.data_ptr())
-            if name is not None:
-                sizes[name] = tuple(dims[2:])
+        weight = w.toIValue()
+        name = by_storage.get(weight.data_ptr()) if isinstance(weight, torch.Tensor) else None
+        layer = by_name.get(name) if name is not None else None
+        if layer is not None and layer.geometry is not None and layer.geometry.padding_mode != "zeros" and x.node().kind() == "aten::pad":
+            x = next(x.node().inputs())  # the module's own reflect/replicate/circular pad: the size before it
+        dims = _sizes(x)
+        if name is not None and isinstance(weight, torch.Tensor) and dims and len(dims) == weight.dim() and all(isinstance(d, int) and d > 0 for d in dims):
+            sizes.setdefault(name, set()).add(tuple(dims[2:]))
+    several = []
     for layer in model.layers:
-        if layer.is_conv and layer.geometry is not None:
-            layer.input_spatial = sizes.get(layer.name, layer.input_spatial)
+        if layer.is_conv and layer.geometry is not None and layer.name in sizes:
+            found = sizes[layer.name]
+            layer.input_spatial = next(iter(found)) if len(found) == 1 else None
+            if len(found) > 1:
+                several.append(layer.name)
+    if several:
+        model.notes.append(f"applied at several input sizes: {', '.join(several)}; their bound holds for every input size")
     missing = [layer.name for layer in model.layers if layer.is_conv and layer.input_spatial is None]
     if missing:
         model.notes.append(
             f"input size unknown for {len(missing)} conv(s) ({', '.join(missing[:5])}"
             f"{', …' if len(missing) > 5 else ''}): their bound holds for every input size"
         )
+
+
+def _sizes(value: torch._C.Value) -> list[int] | None:
+    """A value's static sizes; for a pad that shape analysis leaves open, its input's sizes plus the pads."""
+    kind = value.type()
+    dims = kind.sizes() if isinstance(kind, torch._C.TensorType) else None
+    if dims is not None or value.node().kind() not in ("aten::pad", "aten::constant_pad_nd"):
+        return dims
+    source, pads = list(value.node().inputs())[:2]
+    before, amounts = _sizes(source), pads.toIValue()
+    if before is None or not isinstance(amounts, (list, tuple)) or len(amounts) % 2 or len(amounts) > 2 * len(before):
+        return None
+    found = list(before)
+    for axis, (begin, end) in enumerate(zip(amounts[0::2], amounts[1::2])):  # from the last axis backwards
+        found[len(found) - 1 - axis] += int(begin) + int(end)
+    return found
 
 
 def _tuple(value: object, n: int) -> tuple[int, ...]:
