@@ -179,3 +179,13 @@ def test_an_overflow_inside_an_enclosure_is_never_read_as_zero() -> None:
     # x·(σ(x) + x⁹ − x⁹) is SiLU, but x⁹ overflows far out: inf − inf must not turn into a small slope.
     bound = iv.slope_sup(lambda t: t * (iv.sigmoid(t) + iv.power(t, 9) - iv.power(t, 9)))
     assert bound is None or bound >= 1.0998393
+
+
+def test_saturated_tails_keep_their_tiny_values_and_slopes() -> None:
+    # Written so they cannot cancel: sigma'(t) = e^-|t| / (1 + e^-|t|)^2, tanh'(t) = 4 e^-2|t| / (1 + e^-2|t|)^2.
+    t = np.array([-50.0, 30.0, 40.0])
+    e = np.exp(-np.abs(t))
+    out = iv.sigmoid(Span.variable(t, t))
+    assert np.all(out.hi >= 1.0 / (1.0 + np.exp(-t)) * (1 - 1e-15)) and np.all(out.dhi >= e / (1 + e) ** 2 * (1 - 1e-12))
+    e2 = np.exp(-2 * np.abs(t))
+    assert np.all(iv.tanh(Span.variable(t, t)).dhi >= 4 * e2 / (1 + e2) ** 2 * (1 - 1e-12))
