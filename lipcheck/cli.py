@@ -31,7 +31,7 @@ from lipcheck.cli_options import (
     ShapeOpt,
     TolOpt,
 )
-from lipcheck.cli_output import publish, write_atomic
+from lipcheck.cli_output import check_output, publish, write_atomic
 from lipcheck.model import WEIGHTS_ONLY_FORMATS
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
@@ -184,10 +184,15 @@ def diff(
     from lipcheck.report import drift as drift_render
 
     _formats(output_format, ("table", "json", "markdown"), "diff", "it compares two files, with no gate per model")
+    if output:
+        check_output(output, [old, new])
     run = _analyse(ctx, [str(old), str(new)], key, tol=tol, max_iter=max_iter, seed=seed, device=device,
                    input_shape=input_shape, allow_global=allow_global, node_constant=None)
     if run.errors:
         raise Failure(run.errors[0].error or "")
+    for result in run.results:
+        if result.report is not None and result.report.non_finite_layers:
+            raise Failure(f"{result.path}: non-finite weights (NaN or Inf) in {', '.join(result.report.non_finite_layers)}; no bound to compare")
     drift = compare(run.results[0].report, run.results[1].report, fail_if_grows)
     for warning in drift.warnings:
         opt.warn(warning)
@@ -207,19 +212,19 @@ def _formats(chosen: Fmt, allowed: tuple[str, ...], command: str, why: str) -> N
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lipcheck`` console script: every error is one line on stderr and exit 2."""
-    from lipcheck.errors import LipcheckError, first_line
+    from lipcheck.errors import LipcheckError, first_line, one_line
 
     command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "")
     try:
         code = app(args=argv, prog_name="lipcheck", standalone_mode=False)
     except (LipcheckError, Failure) as exc:
-        sys.stderr.write(f"lipcheck: error: {exc}\n")
+        sys.stderr.write(f"lipcheck: error: {one_line(str(exc))}\n")
         code = 2
     except KeyboardInterrupt:
         code = 130
     except OSError as exc:  # the system refused a read or write (a full disk, a read-only folder)
         where = f" ({exc.filename})" if exc.filename else ""
-        sys.stderr.write(f"lipcheck: error: {exc.strerror or first_line(exc)}{where}; check the path, its permissions and the free space\n")
+        sys.stderr.write(f"lipcheck: error: {one_line(exc.strerror or first_line(exc))}{one_line(where)}; check the path, its permissions and the free space\n")
         code = 2
     except Exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `lipcheck`: the help, as the framework words it

@@ -75,7 +75,9 @@ def _integer(value: Any) -> int:
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f"lipcheck: warning: {message}\n")
+    from lipcheck.errors import one_line
+
+    sys.stderr.write(f"lipcheck: warning: {one_line(message)}\n")
 
 
 # -- options shared by the commands -------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from lipcheck.cli_options import Failure, Fmt, warn
+from lipcheck.errors import one_line
 
 
 def emit(run: Any, fmt: str, output: Path | None) -> None:
@@ -26,7 +27,7 @@ def emit(run: Any, fmt: str, output: Path | None) -> None:
         if output is None:
             sys.stdout.write(text)
         else:
-            _check_output(output, [Path(r.path) for r in getattr(run, "results", [])])
+            check_output(output, [Path(r.path) for r in getattr(run, "results", [])])
             write_atomic(output, text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if fmt == "github" and summary:
@@ -41,6 +42,8 @@ def emit(run: Any, fmt: str, output: Path | None) -> None:
 
 def publish(run: Any, fmt: Fmt, output: Path | None, plot: Path | None, *, exit_zero: bool, strict: bool) -> None:
     """Write the report and the plot, then exit with the run's status."""
+    if plot:
+        check_output(plot, [Path(r.path) for r in getattr(run, "results", [])], "--plot")
     emit(run, fmt.value, output)
     if plot:
         from lipcheck.report import plot as drawing
@@ -49,17 +52,17 @@ def publish(run: Any, fmt: Fmt, output: Path | None, plot: Path | None, *, exit_
     finish(run, exit_zero=exit_zero, strict=strict)
 
 
-def _check_output(output: Path, inputs: list[Path]) -> None:
+def check_output(output: Path, inputs: list[Path], flag: str = "-o") -> None:
     """Refuse a report path that is a folder or one of the models read (the report would replace it)."""
     if output.is_dir():
-        raise Failure(f"{output} is a folder; give -o a file name")
+        raise Failure(f"{output} is a folder; give {flag} a file name")
     for path in inputs:
         try:
             same = output.exists() and path.exists() and os.path.samefile(output, path)
         except OSError:
             same = False
         if same:
-            raise Failure(f"-o {output} is the model {path} itself; write the report elsewhere")
+            raise Failure(f"{flag} {output} is the model {path} itself; write it elsewhere")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -79,20 +82,20 @@ def finish(run: Any, *, exit_zero: bool, strict: bool) -> None:
         if result.error is not None:
             errors += 1
             prefix = "" if result.error.startswith(result.path) else name
-            sys.stderr.write(f"lipcheck: error: {prefix}{result.error}\n")
+            sys.stderr.write(f"lipcheck: error: {one_line(prefix + (result.error or ''))}\n")
             continue
         bad = result.report.non_finite_layers
         gate_errors = result.outcome.errors if result.outcome is not None else []
         if bad or gate_errors:
             errors += 1
             text = (f"non-finite weights (NaN or Inf) in {', '.join(bad)}: no bound exists; fix or retrain these layers") if bad else gate_errors[0]
-            sys.stderr.write(f"lipcheck: error: {name}{text}\n")
+            sys.stderr.write(f"lipcheck: error: {one_line(name + text)}\n")
         if result.outcome is not None and result.outcome.problems:
             problems += 1
             more = len(result.outcome.problems) - 1
             text = f"{name}{result.outcome.problems[0]}" + (f" (and {more} more)" if more else "")
             if strict:
-                sys.stderr.write(f"lipcheck: error: {text}; --strict makes this an error\n")
+                sys.stderr.write(f"lipcheck: error: {one_line(text)}; --strict makes this an error\n")
             else:
                 warn(text)
     code = exit_status(errors=errors, failed=len(run.failed), problems=problems, exit_zero=exit_zero, strict=strict)

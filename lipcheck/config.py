@@ -38,6 +38,8 @@ KEYS: dict[str, tuple[type, ...]] = {
     "node-constant": (dict, list),
     "fail-if-grows": (int, float),
     "plot": (str,),
+    "effort": (int, float),
+    "lower": (bool,),
 }
 
 
@@ -54,6 +56,8 @@ def load(path: Path | None, *, explicit: bool) -> tuple[dict[str, Any], Path | N
     """Read and validate ``[tool.lipcheck]``; an explicit --config must exist and parse."""
     if path is None:
         return {}, None
+    if path.exists() and not path.is_file():  # a folder, or a pipe that would block the read
+        raise LipcheckError(f"config {path} is not a regular file; give --config a TOML file")
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

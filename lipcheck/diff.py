@@ -37,8 +37,13 @@ class Drift:
 
     @property
     def product_growth(self) -> float | None:
-        """Relative change of the product bound, in percent."""
-        return _growth(self.old.bound.product, self.new.bound.product)
+        """Relative change of the product bound, in percent (from its log10 where it is beyond float range)."""
+        found = _growth(self.old.bound.product, self.new.bound.product)
+        before, after = self.old.bound.product_log10, self.new.bound.product_log10
+        if found is not None or before is None or after is None or before == -math.inf:
+            return found
+        change = after - before
+        return math.inf if change > 300 else (10.0**change - 1.0) * 100.0
 
     @property
     def warnings(self) -> list[str]:

@@ -29,3 +29,8 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first non-empty line of an exception's message, shortened; its type name when it has none."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks inside it (a file name can hold them) written as escapes."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -130,6 +130,8 @@ def plan(
             continue
         # A little extra so the written (rounded, re-certified) layer stays at or below the target.
         divisor = value * (1.0 + margin(layer.dtype, report.settings.get("tol", 1e-6))) / per_layer
+        if not (math.isfinite(divisor) and divisor > 0.0):
+            raise LipcheckError(f"{name}: dividing by {value!r} / {per_layer!r} is beyond float range; choose a target nearer the layer's bound")
         plans.append(Plan(name, per_layer, divisor, f"divided by {divisor:.6g}"))
         edits.append(WeightEdit(layer.name, layer.scope, divisor))
     return plans, edits, warnings
@@ -183,6 +185,11 @@ def normalize(
         if fixes:
             warnings.extend(w for w in _written(fmt, dst, dst, fixes, options) if w not in warnings)
             after = analyze(load(dst, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals), settings)
+        if after.non_finite_layers:
+            raise LipcheckError(
+                f"the normalized weights of {', '.join(after.non_finite_layers)} do not fit their storage type (they became Inf or NaN); "
+                "choose a target nearer the layers' bounds; nothing was written"
+            )
         promised = {p.name: p.target for p in plans if p.target is not None}
         for layer, entry in zip(model.layers, after.layers):
             goal = promised.get(layer.display_name)

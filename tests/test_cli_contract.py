@@ -200,3 +200,62 @@ def test_a_write_that_fails_part_way_is_one_line_and_leaves_nothing(tmp_path: Pa
         assert "internal error" not in done.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep", existing.name]
     assert existing.read_bytes() == b"x" * 40_000
+
+
+def test_diff_and_plot_never_write_over_a_model_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import SAMPLES
+
+    for name in ("a.pt", "b.pt", "m.png"):
+        shutil.copy(SAMPLES / "mlp.pt", tmp_path / name)
+    before = _digest(tmp_path / "a.pt")
+    code, _, err = cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "-f", "json", "-o", str(tmp_path / "a.pt"))
+    assert code == 2 and "itself" in err and _digest(tmp_path / "a.pt") == before
+    code, _, err = cli("inspect", str(tmp_path / "m.png"), "--no-lower", "--plot", str(tmp_path / "m.png"))  # read by content
+    assert code == 2 and "--plot" in err and _digest(tmp_path / "m.png") == before
+
+
+def test_diff_refuses_non_finite_weights_and_sees_growth_beyond_float_range(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.save({"0.weight": torch.tensor([[1.0, float("nan")], [0.0, 1.0]])}, tmp_path / "nan.pt")
+    torch.save({"0.weight": torch.eye(2)}, tmp_path / "one.pt")
+    code, _, err = cli("diff", str(tmp_path / "one.pt"), str(tmp_path / "nan.pt"), "--fail-if-grows", "5")
+    assert code == 2 and "non-finite" in err
+    # 80 layers: products of 7000^80 and 7200^80 are beyond float range; the product grew about 9.5 times.
+    torch.save({f"{i}.weight": 7000.0 * torch.eye(2, dtype=torch.float64) for i in range(80)}, tmp_path / "old.pt")
+    torch.save({f"{i}.weight": 7200.0 * torch.eye(2, dtype=torch.float64) for i in range(80)}, tmp_path / "new.pt")
+    code, _, _ = cli("diff", str(tmp_path / "old.pt"), str(tmp_path / "new.pt"), "--fail-if-grows", "50")
+    assert code == 1
+
+
+def test_a_product_printed_as_a_power_of_ten_is_rounded_up(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.save({f"{i}.weight": 9.99 * torch.eye(3, dtype=torch.float64) for i in range(9)}, tmp_path / "p.pt")
+    code, out, _ = cli("inspect", str(tmp_path / "p.pt"), "--no-lower")
+    printed = float(out.split("10^")[1].split()[0])
+    assert code == 0 and 10.0**printed >= 9.99**9
+
+
+def test_normalize_refuses_a_copy_whose_weights_would_not_be_finite(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import SAMPLES
+
+    for target in ("1e40", "1e-320"):
+        code, _, err = cli("normalize", str(SAMPLES / "mlp.pt"), "-o", str(tmp_path / "o.pt"), "--target", target)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.pt").exists()
+
+
+def test_errors_naming_a_path_with_a_line_break_stay_on_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("inspect", str(tmp_path / "missing\nfile.onnx"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_config_takes_effort_and_lower_and_refuses_a_pipe(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import SAMPLES
+
+    (tmp_path / "lipcheck.toml").write_text("effort = 2.0\nlower = false\n")
+    code, out, err = cli("inspect", str(SAMPLES / "mlp.onnx"), "-f", "json", "--config", str(tmp_path / "lipcheck.toml"))
+    assert code == 0, err
+    import json
+
+    settings = json.loads(out)["settings"] if "settings" in json.loads(out) else json.loads(out)["results"][0]["report"]["settings"]
+    assert settings["effort"] == 2.0 and settings["lower"] is False
+    os.mkfifo(tmp_path / "pipe.toml")
+    code, _, err = cli("inspect", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "pipe.toml"))
+    assert code == 2 and "regular file" in err

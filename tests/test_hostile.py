@@ -403,3 +403,30 @@ def test_fuzz_regression_bad_utf8_in_an_onnx_attribute(tmp_path: Path) -> None:
     path.write_bytes(bytes(blob))
     with pytest.raises(LipcheckError):
         inspect(path)
+
+
+class _SetsItself(torch.nn.Module):
+    """A leaf whose TorchScript __setstate__ would run at torch.jit.load and change its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.weight = state[0] * 1000.0
+        self.training = state[1]
+
+
+def test_torchscript_code_that_runs_at_load_is_refused(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(_SetsItself()), str(path))
+    code, out, err = run_cli("inspect", str(path), "-f", "json", "--no-lower")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "__setstate__" in err

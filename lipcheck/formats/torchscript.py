@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from lipcheck.errors import CorruptFileError, LipcheckError, first_line
+from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, first_line
 from lipcheck.formats.limits import check_zip
 from lipcheck.formats.named_tensors import TensorEntry, classify, dtype_name, op_for_weight
 from lipcheck.model import ConvGeometry, Layer, Model, Skipped, WeightEdit
@@ -27,6 +29,7 @@ def _detached(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
 def _read(path: Path) -> torch.jit.ScriptModule:
     """Load a TorchScript archive on the CPU; every archive lipcheck reads passes the zip-inflation guard here first."""
     check_zip(path)
+    _refuse_load_time_code(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+ deprecates jit, not our user's problem
@@ -34,6 +37,27 @@ def _read(path: Path) -> torch.jit.ScriptModule:
     except Exception as exc:  # torch.jit raises RuntimeError and friends for bad archives
         first = first_line(exc, 200)
         raise CorruptFileError(f"cannot read {path} as a TorchScript archive ({first})") from None
+
+
+_SETSTATE = re.compile(rb"\bdef\s+__setstate__\s*\(")
+
+
+def _refuse_load_time_code(path: Path) -> None:
+    """torch.jit.load runs every ``__setstate__`` the archive's code defines: refuse such archives.
+
+    The rest of an archive's code runs only when the module is called, which lipcheck never does.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sources = [info for info in archive.infolist() if "/code/" in f"/{info.filename}" and info.filename.endswith(".py")]
+            for info in sources:
+                if _SETSTATE.search(archive.read(info)):
+                    raise RefusedFileError(
+                        f"{path}: its TorchScript code defines __setstate__ ({info.filename}), code that would run when the "
+                        "file is loaded; lipcheck never runs a model file's code: inspect an ONNX export or the state_dict instead"
+                    )
+    except (zipfile.BadZipFile, OSError):
+        return  # not a readable zip: torch.jit.load reports it
 
 
 def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Model:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lipcheck.normalize import Result
-from lipcheck.report.numbers import product_text, up
+from lipcheck.report.numbers import finite, product_text, up
 
 
 def _num(value: float | None) -> str:
@@ -57,4 +57,4 @@ def render_json(result: Result) -> str:
         "product_after": result.after.bound.product,
         "warnings": result.warnings,
     }
-    return json.dumps(body, indent=2) + "\n"
+    return json.dumps(finite(body), indent=2, allow_nan=False) + "\n"

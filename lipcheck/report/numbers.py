@@ -72,10 +72,11 @@ def product_text(report: Report) -> str:
     """The product bound, rounded up, or its log10 when it is beyond float range."""
     b = report.bound
     if b.product_log10 is None:
-        return "n/a (no layer weights found)" if not report.layers else "n/a (a layer has non-finite weights)"
+        return "n/a (no layer weights found)" if not report.layers else "n/a (a layer has no finite bound: non-finite weights, or a bound beyond float range)"
     if b.product is not None and 1e-4 <= b.product < 1e7:
         return up(b.product)
-    return f"10^{b.product_log10:.4f}"
+    # The exponent rounded up in its last printed digit, so the printed power is never below the product.
+    return f"10^{math.ceil(b.product_log10 * 1e4) / 1e4:.4f}"
 
 
 def network_text(report: Report) -> str:
