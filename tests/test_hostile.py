@@ -430,3 +430,20 @@ def test_torchscript_code_that_runs_at_load_is_refused(run_cli, tmp_path: Path) 
     torch.jit.save(torch.jit.script(_SetsItself()), str(path))
     code, out, err = run_cli("inspect", str(path), "-f", "json", "--no-lower")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "__setstate__" in err
+
+
+class _Evaluates:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (eval, (f"__import__('pathlib').Path({str(self.marker)!r}).touch()",))
+
+
+def test_globals_that_run_code_are_never_allowed(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "ran"
+    torch.save({"fc.weight": torch.randn(2, 2), "x": _Evaluates(marker)}, tmp_path / "eval.pt")
+    for extra in ((), ("--allow-global", "builtins.eval"), ("--allow-global", "os.system")):
+        code, _, err = run_cli("inspect", str(tmp_path / "eval.pt"), "--no-lower", *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and not marker.exists()
+        assert "--allow-global eval" not in err

@@ -26,12 +26,27 @@ _EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict", "ema_model"
 _NOT_MODEL = re.compile(r"optim|sched|scaler|callbacks|loops|hyper_param|hparams|amp|rng", re.IGNORECASE)
 
 
+# Callables that run code or touch the system when a pickle calls them: never allowed, whatever the user says.
+_RUNS_CODE_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "pickle", "marshal", "ctypes", "socket", "code", "pty")
+_RUNS_CODE_BUILTINS = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "open", "input", "breakpoint", "globals", "vars"}
+
+
+def runs_code(dotted: str) -> bool:
+    """Whether module.Name is a callable that would let a pickle run code or reach the system."""
+    module_name, _, attr = dotted.rpartition(".")
+    if module_name in ("builtins", "__builtin__", ""):
+        return attr in _RUNS_CODE_BUILTINS
+    return any(module_name == m or module_name.startswith(f"{m}.") for m in _RUNS_CODE_MODULES)
+
+
 def resolve_globals(names: tuple[str, ...]) -> list[Any]:
     """Import the classes/functions named module.Name that the user allows in a checkpoint."""
     import importlib
 
     found: list[Any] = []
     for dotted in names:
+        if runs_code(dotted):
+            raise LipcheckError(f"--allow-global {dotted}: it would let the file run code; lipcheck never allows it")
         module_name, _, attr = dotted.rpartition(".")
         try:
             obj = getattr(importlib.import_module(module_name), attr) if module_name else None
@@ -83,7 +98,10 @@ def read(path: Path, allow_globals: tuple[str, ...] = ()) -> Any:
                 "it"
             ) from None
         needs = f" (it needs {', '.join(found)})" if found else ""
-        hint = f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}" if found else ""
+        if any(runs_code(name) for name in found):
+            hint = "; some of them run code, which lipcheck never allows"
+        else:
+            hint = f"; if you trust them, allow exactly these with --allow-global {' --allow-global '.join(found)}" if found else ""
         raise RefusedFileError(
             f"{path} holds Python objects that weights-only loading refuses{needs}; lipcheck never runs "
             f"pickled code: re-save the weights with torch.save(model.state_dict(), PATH){hint}"
