@@ -126,5 +126,9 @@ def shapes_for(config: dict[str, Any], path: Path | None, model: str) -> list[st
     for pattern, shapes in table.items():
         full = _relative_to(base, str(pattern))
         if fnmatch.fnmatch(model, full) or fnmatch.fnmatch(os.path.basename(model), str(pattern)):
-            return [shapes] if isinstance(shapes, str) else [str(s) for s in shapes]
+            if isinstance(shapes, str):
+                return [shapes]
+            if not isinstance(shapes, list):
+                raise LipcheckError(f'input-shape for {pattern!r} in {path}: write a shape string like "1x3x224x224" or a list of them')
+            return [str(s) for s in shapes]
     return None

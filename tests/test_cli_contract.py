@@ -259,3 +259,11 @@ def test_config_takes_effort_and_lower_and_refuses_a_pipe(cli, tmp_path: Path) -
     os.mkfifo(tmp_path / "pipe.toml")
     code, _, err = cli("inspect", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "pipe.toml"))
     assert code == 2 and "regular file" in err
+
+
+def test_a_config_input_shape_of_the_wrong_type_is_a_usage_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import SAMPLES
+
+    (tmp_path / "lipcheck.toml").write_text('input-shape = {"*" = 5}\n')
+    code, _, err = cli("inspect", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "lipcheck.toml"))
+    assert code == 2 and "internal error" not in err and "input-shape" in err
