@@ -447,3 +447,40 @@ def test_globals_that_run_code_are_never_allowed(run_cli, tmp_path: Path) -> Non
         code, _, err = run_cli("inspect", str(tmp_path / "eval.pt"), "--no-lower", *extra)
         assert code == 2 and len(err.strip().splitlines()) == 1 and not marker.exists()
         assert "--allow-global eval" not in err
+
+
+def test_string_weights_and_external_data_through_a_missing_folder_are_one_line_errors(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    strings = helper.make_tensor("W", TensorProto.STRING, [2, 2], [b"x", b"y", b"z", b"w"])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[strings],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "s.onnx"))
+    weights = numpy_helper.from_array(np.eye(2, dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[weights],
+    )
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    model = onnx.load(str(folder / "m.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "sub/../w.bin"  # resolves beside the model, but no folder "sub" exists
+    onnx.save(model, str(folder / "m.onnx"))
+    for path in (tmp_path / "s.onnx", folder / "m.onnx"):
+        code, _, err = run_cli("inspect", str(path), "--no-lower")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, err

@@ -132,6 +132,8 @@ def payload_fits(tensor: TensorProto, base: str) -> None:
 
 
 def to_torch(array: np.ndarray) -> torch.Tensor:
+    if array.dtype.kind in "OSU":
+        raise CorruptFileError(f"a layer weight holds {array.dtype.name} values, not numbers; re-export the model with numeric weights")
     if array.dtype.kind not in "fiu":  # bfloat16, float8 and friends: widen through numpy first
         array = array.astype(np.float32)
     return torch.from_numpy(np.array(array, copy=True))

@@ -122,7 +122,8 @@ class _Reader:
                 f"tensor '{tensor.name}' points to external data '{location}' outside the model's folder; "
                 "lipcheck only reads external data beside the model: move the data file next to it"
             )
-        if not os.path.isfile(target):
+        # The readers open the location as written, so it must reach the file as written too.
+        if not os.path.isfile(target) or not os.path.isfile(os.path.join(self.base, location)):
             raise CorruptFileError(f"external data file '{location}' of tensor '{tensor.name}' is missing; copy it next to {self.path.name}")
 
     # -- constants and chains ---------------------------------------------------------------
