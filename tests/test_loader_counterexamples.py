@@ -21,6 +21,12 @@ from lipcheck.api import inspect
 from lipcheck.settings import Settings
 
 
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # one every onnxruntime in the supported range loads
+    return model
+
+
 def _ort_norm(path: Path, shape: tuple[int, ...]) -> float:
     """The norm of the bias-free linear map onnxruntime computes, column by column, in float64."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -52,7 +58,7 @@ def test_conv_transpose_output_shape_sets_its_pads(tmp_path: Path, weight_shape:
         initializer=[numpy_helper.from_array(weight, "W")],
     )
     path = tmp_path / "t.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(_model(graph), str(path))
     truth = _ort_norm(path, (1, weight_shape[0], n))
     (layer,) = inspect(path, settings=Settings(lower=False)).layers
     assert layer.lipschitz is not None
@@ -71,7 +77,7 @@ def test_a_float32_weight_chain_is_the_product_onnxruntime_computes(tmp_path: Pa
         initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(s), "s")],
     )
     path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(_model(graph), str(path))
     truth = float(np.linalg.svd((w * s).astype(np.float64), compute_uv=False)[0])  # one float32 rounding per entry, as onnxruntime
     (layer,) = inspect(path, settings=Settings(lower=False, tol=1e-12)).layers
     assert layer.lipschitz is not None and layer.lipschitz.lower is not None
