@@ -205,6 +205,45 @@ def _far_kink_gate(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [np.array([50.0])], [np.array([50.01])]
 
 
+def _gate_clipped_by_the_input(tmp: Path):  # type: ignore[no-untyped-def]
+    """x·Clip(σ(x), min = −x − 10, max = 1): the lower bound moves with x, slope −2x − 10 near x = −11."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("Neg", ["x"], ["n"]),
+        helper.make_node("Sub", ["n", "ten"], ["lo"]),
+        helper.make_node("Clip", ["s", "lo", "one"], ["g"]),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])], [_c("ten", np.array(10.0)), _c("one", np.array(1.0))])
+    return p, [np.array([-11.0])], [np.array([-10.9])]
+
+
+def _gate_past_float32_range(tmp: Path):  # type: ignore[no-untyped-def]
+    """A double gate x·(σ(x) + Relu(1e-30·x − 1e9)): its slope grows only beyond 1e39."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("Mul", ["x", "tiny"], ["t"]),
+        helper.make_node("Sub", ["t", "big"], ["u"]),
+        helper.make_node("Relu", ["u"], ["r"]),
+        helper.make_node("Add", ["s", "r"], ["g"]),
+        helper.make_node("Mul", ["x", "g"], ["y"]),
+    ]
+    p = _save(tmp, nodes, [_in("x", [1])], [_out("y", [1])], [_c("tiny", np.array(1e-30)), _c("big", np.array(1e9))])
+    return p, [np.array([2e39])], [np.array([3e39])]
+
+
+def _half_precision_weight_chain(tmp: Path):  # type: ignore[no-untyped-def]
+    """Cast<float>(Mul(a, b)) of float16 constants: onnxruntime computes the product in float32."""
+    nodes = [
+        helper.make_node("Mul", ["a", "b"], ["ab"]),
+        helper.make_node("Cast", ["ab"], ["w"], to=F),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    consts = [_c("a", np.array([[1.09375]], np.float16)), _c("b", np.array([[1.8330078]], np.float16))]
+    p = _save(tmp, nodes, [_in("x", [1, 1], F)], [_out("y", [1, 1], F)], consts)
+    return p, [np.array([[1.0]], np.float32)], [np.array([[0.0]], np.float32)]
+
+
 def _decomposed_rms(square: onnx.NodeProto, keepdims: int) -> list[onnx.NodeProto]:
     """x / sqrt(mean(x²) + eps) over axis 1, the square given."""
     return [
@@ -488,6 +527,9 @@ CASES: dict[str, Case] = {
     "gate with a steep hard sigmoid": _steep_hard_sigmoid_gate,
     "gate with nested multipliers": _nested_multiplier_gate,
     "gate with a kink far from zero": _far_kink_gate,
+    "gate clipped by a bound from the input": _gate_clipped_by_the_input,
+    "double gate growing past float32's range": _gate_past_float32_range,
+    "float16 weight chain": _half_precision_weight_chain,
     "rms norm without kept axes": _rms_keepdims_0,
     "rms norm with a vector power": _rms_vector_power,
     "resize by sizes with a roi": _resize_sizes_with_roi,

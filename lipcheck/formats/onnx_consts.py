@@ -46,9 +46,13 @@ def fold_chain(node: NodeProto, inputs: Sequence[Any]) -> Array:
             return -x
         if op in ("Mul", "Div"):
             y = need(1)
-            if np.issubdtype(x.dtype, np.floating) and x.dtype == y.dtype:
+            if x.dtype == y.dtype and x.dtype in (np.float32, np.float64):
                 # The product onnxruntime computes: one IEEE rounding in the tensors' own type.
                 return np.multiply(x, y) if op == "Mul" else np.divide(x, y)
+            if x.dtype == y.dtype and x.dtype.itemsize == 2 and x.dtype.kind in "fV":
+                # float16 and bfloat16: onnxruntime computes these in float32 and may keep that result.
+                x32, y32 = x.astype(np.float32), y.astype(np.float32)
+                return np.multiply(x32, y32) if op == "Mul" else np.divide(x32, y32)
             x64 = x.astype(np.float64)
             return x64 * y if op == "Mul" else x64 / y
         if op == "DequantizeLinear":

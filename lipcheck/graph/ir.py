@@ -46,3 +46,5 @@ class Graph:
     layer_nodes: dict[str, int] = field(default_factory=dict)  # node label -> index into Model.layers
     # Labels of nodes that multiply an integer product back by scales already folded into a layer's weight.
     dequantize: set[str] = field(default_factory=set)
+    # Whether values can lie beyond float32's range (a double anywhere in the file, or types unknown).
+    wide: bool = True

@@ -25,7 +25,30 @@ def build(proto: onnx.ModelProto, constants: dict[str, dict[str, Constant]], lay
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
     graph, _ = _ir(proto.graph, "", inputs, constants, layers, dict(shapes), opsets)
     graph.dequantize = set(dequantize)
+    graph.wide = _has_double(proto.graph)
     return graph
+
+
+def _has_double(proto: GraphProto) -> bool:
+    """Whether any value, constant or cast of the graph (or its bodies) is a double."""
+    double = onnx.TensorProto.DOUBLE
+    if any(v.type.tensor_type.elem_type == double for v in [*proto.input, *proto.output, *proto.value_info]):
+        return True
+    if any(t.data_type == double for t in proto.initializer):
+        return True
+    for node in proto.node:
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == double:
+                return True
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == double:
+                return True
+            if attr.type == onnx.AttributeProto.GRAPH and _has_double(attr.g):
+                return True
+            if attr.type == onnx.AttributeProto.GRAPHS and any(_has_double(g) for g in attr.graphs):
+                return True
+        if node.op_type == "CastLike":
+            return True  # the target type comes from a value: take the wide range
+    return False
 
 
 def _ir(

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# Largest float32: every activation of a float32 graph lies within it.
+# Largest float32: every activation of a float32 graph lies within it; a graph with doubles reaches float64's.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT64_MAX = float(np.finfo(np.float64).max)
 _ARITH = 4 * 2.0**-52
 _LIBRARY = 16 * 2.0**-52
 _TINY = 5e-324
@@ -186,18 +187,21 @@ def power(v: Span, p: int) -> Span:
     return v.chain(_down(lo), _up(hi), slo, shi)
 
 
-def slope_sup(h: Callable[[Span], Span], *, rel: float = 1e-6, edge: float = 2.0**64, max_pieces: int = 1 << 17, rounds: int = 60) -> float | None:
-    """A certified upper bound on sup |h'| over |x| <= FLOAT32_MAX, or None where h' grows or is unbounded.
+def slope_sup(
+    h: Callable[[Span], Span], *, limit: float = FLOAT32_MAX, rel: float = 1e-6, edge: float = 2.0**64, max_pieces: int = 1 << 17, rounds: int = 60
+) -> float | None:
+    """A certified upper bound on sup |h'| over |x| <= ``limit``, or None where h' grows or is unbounded.
 
-    The line is cut into a uniform grid on [-1, 1] and doubling pieces out to FLOAT32_MAX; pieces whose
+    The line is cut into a uniform grid on [-1, 1] and doubling pieces out to ``limit``; pieces whose
     enclosure of |h'| could exceed the best slope found at piece midpoints by more than ``rel`` are
     halved, for ``rounds`` rounds or until ``max_pieces`` are open. The result is the largest
     enclosure left, so it holds however early the refinement stops. A slope beyond ``edge`` that
     exceeds the one within it means h' still grows far out: h is not globally Lipschitz.
     """
     inner = np.linspace(-1.0, 1.0, 4097)
-    powers = 2.0 ** np.arange(0, 128)
-    outer = np.concatenate([powers, [FLOAT32_MAX]])
+    top = math.frexp(limit)[1]  # 2^(top - 1) <= limit < 2^top
+    powers = np.ldexp(1.0, np.arange(0, top))
+    outer = np.concatenate([powers[powers < limit], [limit]])
     right_lo, right_hi = outer[:-1], outer[1:]
     lo = np.concatenate([inner[:-1], right_lo, -right_hi])
     hi = np.concatenate([inner[1:], right_hi, -right_lo])
@@ -207,7 +211,7 @@ def slope_sup(h: Callable[[Span], Span], *, rel: float = 1e-6, edge: float = 2.0
         found = _slope_bounds(h, lo, hi)
         if found is None:
             return None
-        mid = 0.5 * (lo + hi)
+        mid = 0.5 * lo + 0.5 * hi  # no overflow next to float64's largest value
         estimate = _slope_bounds(h, mid, mid)
         if estimate is None:
             return None
@@ -220,8 +224,9 @@ def slope_sup(h: Callable[[Span], Span], *, rel: float = 1e-6, edge: float = 2.0
         if 2 * lo.size > max_pieces:
             final.append((lo, hi, found[open_]))
             break
-        middle = np.where(np.abs(lo) >= 1.0, np.sign(lo + hi) * np.sqrt(np.abs(lo) * np.abs(hi)), 0.5 * (lo + hi))
-        middle = np.where((middle <= lo) | (middle >= hi), 0.5 * (lo + hi), middle)
+        halfway = 0.5 * lo + 0.5 * hi
+        middle = np.where(np.abs(lo) >= 1.0, np.sign(halfway) * np.sqrt(np.abs(lo)) * np.sqrt(np.abs(hi)), halfway)
+        middle = np.where((middle <= lo) | (middle >= hi), halfway, middle)
         lo, hi = np.concatenate([lo, middle]), np.concatenate([middle, hi])
     else:
         left = _slope_bounds(h, lo, hi)

@@ -7,7 +7,7 @@ the scalar function ``h(x) = x·g(x)`` applied entrywise, whose Lipschitz consta
 ``sup |h'|``. That supremum is bounded rigorously (gate_interval.slope_sup): ``h`` and ``h'`` are
 enclosed in interval arithmetic with outward rounding over pieces of the line, refined where the
 bound could still exceed the largest slope found, out to float32's largest value (every activation a
-float32 graph holds). A slope that keeps growing far out means ``g`` does not saturate and the
+float32 graph holds), or float64's where the file holds doubles anywhere. A slope that keeps growing far out means ``g`` does not saturate and the
 product is not Lipschitz. The bound lies within a relative 1e-6 of the true supremum where the
 refinement completes (SiLU 1.09984, HardSwish 1.5, GELU 1.12900, Mish 1.0885).
 """
@@ -84,6 +84,8 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
             alpha, beta = float(at.get("alpha", 0.2)), float(at.get("beta", 0.5))
             found = (lambda t: iv.clip(a(t).scaled(alpha) + t.constant(beta), 0.0, 1.0)), f"HardSigmoid[{alpha!r},{beta!r}]({ka})"
         elif op == "Clip":
+            if any(name and _scalar(walk, name) is None for name in node.inputs[1:3]):
+                return None  # a bound that is not a constant moves with the input
             lo = _scalar(walk, node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else at.get("min")
             hi = _scalar(walk, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else at.get("max")
             low, high = -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
@@ -117,9 +119,11 @@ def gate(walk: Walk, node: Node) -> float | None:
         if built is None or not seen:
             continue
         g, text = built
-        if text not in _SLOPES:
-            _SLOPES[text] = iv.slope_sup(_times_input(g))
-        slope = _SLOPES[text]
+        limit = iv.FLOAT64_MAX if walk.graph.wide else iv.FLOAT32_MAX
+        key = f"{text}|{limit!r}"
+        if key not in _SLOPES:
+            _SLOPES[key] = iv.slope_sup(_times_input(g), limit=limit)
+        slope = _SLOPES[key]
         if slope is None:
             continue
         walk.forgive(seen)
