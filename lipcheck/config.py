@@ -82,6 +82,8 @@ def load(path: Path | None, *, explicit: bool) -> tuple[dict[str, Any], Path | N
         types = KEYS[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise LipcheckError(f"[tool.lipcheck] {raw} in {path} must be {' or '.join(t.__name__ for t in types)}, not {type(value).__name__}")
+        if isinstance(value, float) and value != value:
+            raise LipcheckError(f"[tool.lipcheck] {raw} in {path} is nan, not a number (a gate against NaN could never fail); write e.g. 10, 2.5 or 1e-6")
         out[key] = value
     return out, path
 

@@ -267,3 +267,11 @@ def test_a_config_input_shape_of_the_wrong_type_is_a_usage_error(cli, tmp_path: 
     (tmp_path / "lipcheck.toml").write_text('input-shape = {"*" = 5}\n')
     code, _, err = cli("inspect", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "lipcheck.toml"))
     assert code == 2 and "internal error" not in err and "input-shape" in err
+
+
+def test_a_nan_in_the_config_is_named_where_it_is(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import SAMPLES
+
+    (tmp_path / "lipcheck.toml").write_text("fail-above = nan\n")
+    code, _, err = cli("check", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "lipcheck.toml"))
+    assert code == 2 and "lipcheck.toml" in err and "env var" not in err
