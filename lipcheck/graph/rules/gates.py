@@ -55,16 +55,16 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
         if first is None or second is None:
             return None
         (a, ka), (b, kb) = first, second
-        divisor, exponent = _scalar(walk, node.inputs[1]), _scalar(walk, node.inputs[1])
+        constant = _scalar(walk, node.inputs[1])
         text = f"{op}({ka},{kb})"
         if op == "Div":
-            if divisor is None or divisor == 0.0:
+            if constant is None or constant == 0.0:
                 return None  # a divisor that moves with x can reach 0: a pole
-            found = (lambda t: a(t).divided(divisor)), text
+            found = (lambda t: a(t).divided(constant)), text
         elif op == "Pow":
-            if exponent is None or exponent != int(exponent) or not 0 <= exponent <= 16:
+            if constant is None or constant != int(constant) or not 0 <= constant <= 16:
                 return None
-            found = (lambda t: iv.power(a(t), int(exponent))), text
+            found = (lambda t: iv.power(a(t), int(constant))), text
         else:
             fn = {
                 "Add": lambda t: a(t) + b(t),
@@ -84,10 +84,11 @@ def expression(walk: Walk, name: str, x: str, seen: list[str], depth: int = 0) -
             alpha, beta = float(at.get("alpha", 0.2)), float(at.get("beta", 0.5))
             found = (lambda t: iv.clip(a(t).scaled(alpha) + t.constant(beta), 0.0, 1.0)), f"HardSigmoid[{alpha!r},{beta!r}]({ka})"
         elif op == "Clip":
-            if any(name and _scalar(walk, name) is None for name in node.inputs[1:3]):
+            given = [*node.inputs[1:3], "", ""][:2]
+            bounds = [_scalar(walk, name) if name else at.get(attr) for name, attr in zip(given, ("min", "max"))]
+            if any(name and bound is None for name, bound in zip(given, bounds)):
                 return None  # a bound that is not a constant moves with the input
-            lo = _scalar(walk, node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else at.get("min")
-            hi = _scalar(walk, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else at.get("max")
+            lo, hi = bounds
             low, high = -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
             found = (lambda t: iv.clip(a(t), low, high)), f"Clip[{low!r},{high!r}]({ka})"
         elif op == "Relu":
