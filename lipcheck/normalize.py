@@ -49,7 +49,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
-def _check_paths(src: Path, dst: Path, force: bool) -> None:
+def _check_paths(src: Path, dst: Path, force: bool, extra: Path | None = None) -> None:
+    """Refuse a missing input, an output that is the input or a folder, and outputs that exist without --force
+    (``extra``: the second file the format writes beside the output)."""
     if not src.is_file():
         raise LipcheckError(f"{src} does not exist or is not a file; check the path")
     if dst.exists() or dst.is_symlink():
@@ -59,6 +61,8 @@ def _check_paths(src: Path, dst: Path, force: bool) -> None:
             raise LipcheckError(f"{dst} already exists; pass --force to overwrite it")
         if dst.is_dir():
             raise LipcheckError(f"{dst} is a folder; give a file path with -o")
+    if extra is not None and extra.exists() and not force:
+        raise LipcheckError(f"{extra} already exists (the output's external data would go there); pass --force to overwrite it")
 
 
 def _sn_vectors(layer: Layer, model_path: Path, key: str | None, allow_globals: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +96,8 @@ def plan(
     """Decide every layer's divisor; layers that cannot be divided are left alone with a warning."""
     names = {layer.name for layer in model.layers}
     # A recurrent gate's rows ("NAME[gate]") are part of the stacked matrix NAME: that one is divided.
-    parts = {i for i, layer in enumerate(model.layers) if layer.name.endswith("]") and layer.name.rsplit("[", 1)[0] in names}
+    stacked = {i: layer.name.rsplit("[", 1)[0] for i, layer in enumerate(model.layers) if layer.name.endswith("]")}
+    parts = {i: name for i, name in stacked.items() if name in names}
     selected = [
         i for i, layer in enumerate(model.layers) if i not in parts and (not patterns or any(fnmatch.fnmatchcase(layer.display_name, p) for p in patterns))
     ]
@@ -103,7 +108,7 @@ def plan(
     for index, (layer, entry) in enumerate(zip(model.layers, report.layers)):
         name = layer.display_name
         if index in parts:
-            plans.append(Plan(name, None, None, f"gate rows of {layer.name.rsplit('[', 1)[0]}: divided with it"))
+            plans.append(Plan(name, None, None, f"gate rows of {parts[index]}: divided with it"))
             continue
         if index not in selected:
             plans.append(Plan(name, None, None, "not selected"))
@@ -157,10 +162,8 @@ def normalize(
     if convention not in ("lipschitz", "torch"):
         raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
     fmt = detect(src)  # the standard messages for a missing, empty or directory input
-    _check_paths(src, dst, force)
     extra = _data_file(fmt, dst)
-    if extra is not None and extra.exists() and not force:
-        raise LipcheckError(f"{extra} already exists (the output's external data would go there); pass --force to overwrite it")
+    _check_paths(src, dst, force, extra)
     settings = settings or Settings()
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
