@@ -241,15 +241,24 @@ def _slots(obj: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
-def _aliases(tensor: torch.Tensor, slots: list[tuple[str, Any, Any]], name: str) -> list[tuple[str, Any, Any]]:
+def _by_storage(slots: list[tuple[str, Any, Any]]) -> dict[int, list[tuple[str, Any, Any]]]:
+    """The checkpoint's dense, non-empty tensors grouped by the storage they live in."""
+    groups: dict[int, list[tuple[str, Any, Any]]] = {}
+    for slot in slots:
+        tensor = slot[1][slot[2]]
+        if tensor.layout == torch.strided and tensor.numel():
+            groups.setdefault(tensor.untyped_storage().data_ptr(), []).append(slot)
+    return groups
+
+
+def _aliases(tensor: torch.Tensor, groups: dict[int, list[tuple[str, Any, Any]]], name: str) -> list[tuple[str, Any, Any]]:
     """Other names for the same tensor; a different view of its storage cannot be rewritten apart from it."""
     if tensor.layout != torch.strided:
         return []
-    storage = tensor.untyped_storage().data_ptr()
     same: list[tuple[str, Any, Any]] = []
-    for other_name, container, key in slots:
+    for other_name, container, key in groups.get(tensor.untyped_storage().data_ptr(), []):
         other = container[key]
-        if other_name == name or other.layout != torch.strided or other.untyped_storage().data_ptr() != storage or other.numel() == 0:
+        if other_name == name:
             continue
         if other.storage_offset() == tensor.storage_offset() and other.shape == tensor.shape and other.stride() == tensor.stride():
             same.append((other_name, container, key))
@@ -270,6 +279,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, 
     state, _, _ = select_state_dict(obj, key)
     found = _slots(state)
     slots = {name: (container, k) for name, container, k in found}
+    groups = _by_storage(found)  # read before any edit replaces a tensor
     divided: set[str] = set()
     for edit in edits:
         if edit.vectors is not None:
@@ -282,7 +292,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], key: str | None = None, 
             scaled = (tensor.to_dense().to(torch.float64) / edit.divisor).to(tensor.dtype)
             scaled = scaled if tensor.layout == torch.strided else scaled.to_sparse(layout=tensor.layout)
             # Tied weights (one tensor under several names) stay one tensor, divided once.
-            for alias_name, alias_container, alias_key in _aliases(tensor, found, edit.name):
+            for alias_name, alias_container, alias_key in _aliases(tensor, groups, edit.name):
                 alias_container[alias_key] = scaled
                 divided.add(alias_name)
             container[k] = scaled
