@@ -27,7 +27,7 @@ def emit(run: Any, fmt: str, output: Path | None) -> None:
         if output is None:
             sys.stdout.write(text)
         else:
-            check_output(output, [Path(r.path) for r in getattr(run, "results", [])])
+            check_output(output, models_read(run))
             write_atomic(output, text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if fmt == "github" and summary:
@@ -43,13 +43,18 @@ def emit(run: Any, fmt: str, output: Path | None) -> None:
 def publish(run: Any, fmt: Fmt, output: Path | None, plot: Path | None, *, exit_zero: bool, strict: bool) -> None:
     """Write the report and the plot, then exit with the run's status."""
     if plot:
-        check_output(plot, [Path(r.path) for r in getattr(run, "results", [])], "--plot")
+        check_output(plot, models_read(run), "--plot")
     emit(run, fmt.value, output)
     if plot:
         from lipcheck.report import plot as drawing
 
         drawing.write(run, plot)
     finish(run, exit_zero=exit_zero, strict=strict)
+
+
+def models_read(run: Any) -> list[Path]:
+    """The model files a run read (what no output may replace)."""
+    return [Path(r.path) for r in getattr(run, "results", [])]
 
 
 def check_output(output: Path, inputs: list[Path], flag: str = "-o") -> None:
