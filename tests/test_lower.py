@@ -270,3 +270,48 @@ def test_a_lower_bound_above_the_upper_bound_is_reported_as_a_contradiction(monk
     report = inspect(Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx")
     assert report.bound.upper is not None and report.bound.lower == 1e6
     assert any("above the certified upper bound" in note for note in report.notes)
+
+
+class Cancel(nn.Module):
+    """x ↦ (x + 2^28 through a ReLU) − 2^28: exactly x on x > −2^28, so Lipschitz constant 1, with
+    intermediate values whose float64 rounding (2^-25) dwarfs a small step's change."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(width, width), nn.Linear(width, width)
+        with torch.no_grad():
+            for layer, bias in ((self.a, 2.0**28), (self.b, -(2.0**28))):
+                layer.weight.copy_(torch.eye(width))
+                layer.bias.fill_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_a_large_value_that_cancels_later_never_lifts_the_lower_bound_above_the_truth(tmp_path: Path, width: int) -> None:
+    onnx_report = inspect(_export(Cancel(width), (1, width), tmp_path / "cancel.onnx"))
+    module_report = inspect(Cancel(width), settings=Settings(input_shape=((1, width),)))
+    for report in (onnx_report, module_report):
+        assert report.bound.upper is not None and report.bound.upper >= 1.0
+        assert report.bound.lower is None or report.bound.lower <= 1.0
+
+
+def test_a_weight_the_graph_rounds_to_float16_is_the_rounded_weight_for_the_lower_bound(tmp_path: Path) -> None:
+    # y = x · float32(float16(1.00048)) = x: the file's weight is exactly 1
+    weight = numpy_helper.from_array(np.array([[1.00048]], dtype=np.float32), "w")
+    nodes = [
+        helper.make_node("Cast", ["w"], ["w16"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "w32"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [weight]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "cast.onnx"
+    onnx.save(model, str(path))
+    report = inspect(path)
+    assert report.bound.lower is not None and 0.99 <= report.bound.lower <= 1.0
+    assert report.bound.upper is not None and report.bound.upper >= 1.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,15 +49,42 @@ class NoFloat64Evaluation(RuntimeError):
     """Neither onnxruntime nor the reference evaluator can run the model's float64 twin."""
 
 
-def float64_twin(model: ModelProto) -> ModelProto:
-    """Return a copy of ``model`` whose float tensors, casts and value types are all float64."""
+def float64_twin(model: ModelProto, folded: Mapping[str, Callable[[], np.ndarray]] | None = None) -> ModelProto:
+    """Return a copy of ``model`` whose float tensors, casts and value types are all float64.
+
+    ``folded`` holds the main graph's constant values as lipcheck folded them, in the file's own
+    arithmetic (a weight cast to float16 and back, a dequantized weight in float32): the nodes that
+    compute them are replaced by those values, so the twin computes the file's weights, not
+    float64 versions of them.
+    """
     twin = ModelProto()
     twin.CopyFrom(model)
     opsets = {entry.domain or "": entry.version for entry in twin.opset_import}
+    if folded:
+        _take_folded(twin.graph, folded)
     _graph(twin.graph, opsets)
     for function in twin.functions:
         _nodes(function.node, opsets, None)
     return twin
+
+
+def _take_folded(graph: GraphProto, folded: Mapping[str, Callable[[], np.ndarray]]) -> None:
+    """Replace the nodes whose outputs are all folded constants by those constants."""
+    kept = []
+    for node in graph.node:
+        outputs = [name for name in node.output if name]
+        if node.op_type == "Constant" or not outputs or not all(name in folded for name in outputs):
+            kept.append(node)
+            continue
+        try:
+            values = [np.asarray(folded[name]()) for name in outputs]
+        except Exception:  # a constant lipcheck cannot materialize: the node computes it
+            kept.append(node)
+            continue
+        for name, value in zip(outputs, values):
+            graph.initializer.append(numpy_helper.from_array(value, name))
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def node_count(model: ModelProto) -> int:
@@ -91,6 +118,8 @@ class Float64Model:
         self.backend = ""
         errors = []
         self._constants: dict[str, Any] = {}
+        self._folded = graph.constants if graph is not None else None
+        self._ir = graph if graph is not None and not supported(graph) else None
         runs_in_torch = graph is not None and not supported(graph)
         try:
             if runs_in_torch and any(node.op_type in _NO_DOUBLE_KERNEL for node in model.graph.node):
@@ -113,7 +142,7 @@ class Float64Model:
     @functools.cached_property
     def twin(self) -> ModelProto:
         """The float64 twin of the model (built only for onnxruntime or the reference evaluator)."""
-        return float64_twin(self._model)
+        return float64_twin(self._model, self._folded)
 
     def _ort_session(self) -> Any:
         import onnxruntime as ort
@@ -128,6 +157,23 @@ class Float64Model:
         path = os.path.join(self._tmp.name, "twin.onnx")
         onnx.save_model(self.twin, path, save_as_external_data=True, location="twin.data")
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def peak(self, inputs: Sequence[np.ndarray]) -> float:
+        """The largest 2-norm of any value the graph computes at ``inputs`` (lipcheck's IR in torch),
+        or 0 where the IR cannot evaluate the graph."""
+        if self._ir is None:
+            return 0.0
+        import torch
+
+        from lipcheck.graph.torch_eval import evaluate
+
+        found = [0.0]
+        with torch.no_grad():
+            try:
+                evaluate(self._ir, [torch.from_numpy(np.asarray(x)) for x in inputs], cache=self._constants, peak=found)
+            except Exception:  # an op the IR evaluates differently from the file: no peak known
+                return 0.0
+        return found[0]
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's outputs at ``inputs`` (float inputs are widened to float64), as float64 arrays."""

@@ -263,15 +263,22 @@ def _top_direction(run: Run, xs: list[np.ndarray], grid: list[np.dtype], size: i
 
 
 def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], nodes: int) -> float:
-    """The float64 ratio of the pair (x, y), largest over outputs, less the rounding slack."""
+    """The float64 ratio of the pair (x, y), largest over outputs, less the rounding slack.
+
+    The slack scales with the largest value computed on the way (where lipcheck's IR can evaluate
+    the graph), not only with the outputs: a large intermediate value that cancels later leaves
+    rounding errors of its own size in the outputs.
+    """
     dx = _distance(xs, ys)
     if dx == 0.0:
         return 0.0
     fx, fy = exact(xs), exact(ys)
     gx, gy = (float32(xs), float32(ys)) if float32 is not None else (None, None)
+    peak = getattr(exact, "peak", None)
+    inner = max(peak(xs), peak(ys)) if callable(peak) else 0.0
     best = 0.0
     for k, (a, b) in enumerate(zip(fx, fy)):
-        slack = nodes * _PER_NODE * max(float(np.linalg.norm(a)), float(np.linalg.norm(b)))
+        slack = nodes * _PER_NODE * max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), inner)
         if gx is not None and gy is not None:
             if _disagree(a, b, gx[k], gy[k]):
                 continue  # the float64 evaluation computes another function than the file's runtime: no ratio
@@ -336,23 +343,50 @@ def float64_outputs(module: torch.nn.Module, dtype: torch.dtype | None = None) -
         # A scripted module's parameters can be non-leaf tensors; copying them warns about .grad.
         warnings.simplefilter("ignore", UserWarning)
         twin = copy.deepcopy(module).to(dtype or torch.float64).eval()
+    return ModuleOutputs(twin), max(8, sum(1 for _ in twin.modules()))
 
-    def outputs(*xs: torch.Tensor) -> list[torch.Tensor]:
-        out = twin(*xs)
+
+class ModuleOutputs:
+    """A module's outputs as a flat list, recording the largest 2-norm of any submodule's output
+    (``peak``, from the last call) where forward hooks can see them."""
+
+    def __init__(self, twin: torch.nn.Module) -> None:
+        self.twin, self.peak = twin, 0.0
+        for sub in twin.modules():
+            try:
+                sub.register_forward_hook(self._record)
+            except Exception:  # a scripted submodule takes no hooks: its inner values go unseen
+                continue
+
+    def _record(self, _module: object, _inputs: object, out: object) -> None:
+        import torch
+
+        for value in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                self.peak = max(self.peak, float(torch.linalg.vector_norm(value.detach())))
+
+    def __call__(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
+        self.peak = max((float(torch.linalg.vector_norm(x.detach())) for x in xs if x.is_floating_point()), default=0.0)
+        out = self.twin(*xs)
         flat = list(out) if isinstance(out, (tuple, list)) else [out]
         return [o.reshape(-1) for o in flat if isinstance(o, torch.Tensor)]
 
-    return outputs, max(8, sum(1 for _ in twin.modules()))
-
 
 def certified_torch(outputs: Callable[..., list[torch.Tensor]], xs: tuple[torch.Tensor, ...], ys: tuple[torch.Tensor, ...], nodes: int) -> float:
-    """The float64 ratio of a torch pair, largest over outputs, less the rounding slack."""
+    """The float64 ratio of a torch pair, largest over outputs, less the rounding slack (scaled, as in
+    :func:`certified`, by the largest value seen on the way where ``outputs`` records one)."""
     dx = math.sqrt(sum(float(((y - x) ** 2).sum()) for x, y in zip(xs, ys)))
     if dx == 0.0:
         return 0.0
     best = 0.0
-    for a, b in zip(outputs(*xs), outputs(*ys)):
-        slack = nodes * _PER_NODE * max(float(a.norm()), float(b.norm()))
+    fx = outputs(*xs)
+    inner = float(getattr(outputs, "peak", 0.0))
+    fy = outputs(*ys)
+    inner = max(inner, float(getattr(outputs, "peak", 0.0)))
+    for a, b in zip(fx, fy):
+        slack = nodes * _PER_NODE * max(float(a.norm()), float(b.norm()), inner)
         value = (float((b - a).norm()) - slack) / dx
         if math.isfinite(value):
             best = max(best, value)

@@ -55,16 +55,23 @@ def supported(graph: Graph) -> list[str]:
     return missing
 
 
-def evaluate(graph: Graph, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64, cache: dict[str, Any] | None = None) -> list[torch.Tensor]:
+def evaluate(
+    graph: Graph, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64, cache: dict[str, Any] | None = None, peak: list[float] | None = None
+) -> list[torch.Tensor]:
     """The graph's outputs for ``inputs`` (one per graph input, in order), computed in ``dtype``.
 
-    ``cache`` keeps the graph's constants as tensors between calls with the same graph and dtype.
+    ``cache`` keeps the graph's constants as tensors between calls with the same graph and dtype;
+    ``peak`` (one number) is raised to the largest 2-norm of any value the main graph computes.
     """
     _load_ops()
     run = Run(graph, dtype, {}, cache)
+    run.track = peak is not None
     for name, value in zip(graph.inputs, inputs):
         run.values[name] = value.to(dtype) if value.is_floating_point() else value
-    return run.outputs()
+    outputs = run.outputs()
+    if peak is not None:
+        peak[0] = max(peak[0], run.peak)
+    return outputs
 
 
 class Run:
@@ -72,6 +79,7 @@ class Run:
         self.graph, self.dtype = graph, dtype
         self.values: dict[str, Any] = dict(outer)
         self.cache = cache
+        self.track, self.peak = False, 0.0
 
     def value(self, name: str) -> Any:
         if not name:
@@ -97,6 +105,8 @@ class Run:
 
     def outputs(self) -> list[torch.Tensor]:
         for node in self.graph.nodes:
+            if node.outputs and all(not name or name in self.graph.constants for name in node.outputs):
+                continue  # folded as the file computes it (a cast to float16, a dequantized weight)
             fn = _OPS.get(node.op)
             if fn is None:
                 raise Unsupported(f"{node.label} ({node.op}): lipcheck cannot evaluate this op")
@@ -105,6 +115,8 @@ class Run:
             for name, out in zip(node.outputs, results):
                 if name:
                     self.values[name] = out
+                    if self.track and isinstance(out, torch.Tensor) and out.is_floating_point():
+                        self.peak = max(self.peak, float(torch.linalg.vector_norm(out)))
         return [self.value(name) for name in self.graph.outputs]
 
 
