@@ -174,29 +174,79 @@ def _pad(run: Run, node: Node, ins: list[Any]) -> Any:
 @op("Resize", "Upsample")
 def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
     x = ins[0]
-    mode = node.attrs.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    transform = node.attrs.get("coordinate_transformation_mode", b"half_pixel")
-    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    mode = _text(node.attrs.get("mode", b"nearest"))
+    transform = _text(node.attrs.get("coordinate_transformation_mode", b"half_pixel" if node.op == "Resize" else b"asymmetric"))
+    nearest = _text(node.attrs.get("nearest_mode", b"round_prefer_floor" if node.op == "Resize" else b"floor"))
+    if node.op == "Upsample":
+        transform, nearest = "asymmetric", "floor"
+    if any(node.attrs.get(name) for name in ("antialias", "axes", "keep_aspect_ratio_policy", "exclude_outside")):
+        raise Unsupported(f"{node.label} ({node.op}): antialias, axes or aspect-ratio attributes")
     scales = ins[1] if node.op == "Upsample" else (ins[2] if len(ins) > 2 else None)
     sizes = ins[3] if node.op == "Resize" and len(ins) > 3 else None
+    spatial = list(x.shape[2:])
     if sizes is not None and sizes.numel():
         size = ints(sizes)[2:]
+        factors = [float(np.float32(o) / np.float32(n)) for o, n in zip(size, spatial)]
+        if ints(sizes)[:2] != list(x.shape[:2]):
+            raise Unsupported(f"{node.label} ({node.op}): resizes the batch or channel axis")
     elif scales is not None and scales.numel():
-        size = [int(math.floor(float(n) * float(s))) for n, s in zip(x.shape[2:], scales.reshape(-1).tolist()[2:])]
+        given = [float(s) for s in scales.reshape(-1).tolist()]
+        if given[:2] != [1.0, 1.0]:
+            raise Unsupported(f"{node.label} ({node.op}): scales the batch or channel axis")
+        factors = given[2:]
+        size = [int(math.floor(n * s)) for n, s in zip(spatial, factors)]
     else:
         raise Unsupported(f"{node.label} ({node.op}): neither scales nor sizes")
-    if (
-        mode == "nearest"
-        and transform in ("asymmetric", "half_pixel")
-        and node.attrs.get("nearest_mode", b"round_prefer_floor") in (b"floor", "floor")
-        or (mode == "nearest" and node.op == "Upsample")
-    ):
-        return F.interpolate(x, size=size, mode="nearest")
-    if mode == "linear" and transform in ("half_pixel", "pytorch_half_pixel", "align_corners") and x.dim() in (3, 4, 5):
+    if mode == "nearest":
+        out = x
+        for axis, (n, m, f) in enumerate(zip(spatial, size, factors)):
+            index = _nearest_index(n, m, f, transform, nearest)
+            if index is None:
+                raise Unsupported(f"{node.label} ({node.op}): nearest with {transform} coordinates and {nearest} rounding")
+            out = out.index_select(2 + axis, torch.as_tensor(index, dtype=torch.int64, device=x.device))
+        return out
+    if mode == "linear" and transform in ("pytorch_half_pixel", "align_corners", "half_pixel") and x.dim() in (3, 4, 5):
+        if transform == "half_pixel" and any(m == 1 for m in size):
+            raise Unsupported(f"{node.label} ({node.op}): linear half_pixel to a size of 1")
         torch_mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
-        return F.interpolate(x, size=size, mode=torch_mode, align_corners=transform == "align_corners")
+        if transform == "align_corners":
+            return F.interpolate(x, size=size, mode=torch_mode, align_corners=True)
+        return F.interpolate(x, scale_factor=factors, mode=torch_mode, align_corners=False, recompute_scale_factor=False)
     raise Unsupported(f"{node.label} ({node.op}): mode {mode} with {transform} coordinates")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nearest_index(n: int, m: int, factor: float, transform: str, rounding: str) -> list[int] | None:
+    """The input index ONNX's nearest Resize reads for each of the m outputs of an axis of n, with
+    the coordinates computed in float32 as onnxruntime computes them."""
+    f32 = np.float32
+    scale, half, i = f32(factor), f32(0.5), np.arange(m, dtype=np.float32)
+    if transform == "half_pixel" or (transform == "pytorch_half_pixel" and m > 1):
+        x = (i + half) / scale - half
+    elif transform == "pytorch_half_pixel":
+        x = np.zeros(m, dtype=np.float32)
+    elif transform == "asymmetric":
+        x = i / scale
+    elif transform == "align_corners":
+        x = i * f32(n - 1) / f32(m - 1) if m > 1 else np.zeros(m, dtype=np.float32)
+    elif transform == "tf_half_pixel_for_nn":
+        x = (i + half) / scale
+    else:
+        return None
+    if rounding == "floor":
+        k = np.floor(x)
+    elif rounding == "ceil":
+        k = np.ceil(x)
+    elif rounding == "round_prefer_floor":
+        k = np.ceil(x - half)
+    elif rounding == "round_prefer_ceil":
+        k = np.floor(x + half)
+    else:
+        return None
+    return [min(max(int(v), 0), n - 1) for v in k]
 
 
 @op("If")
