@@ -246,3 +246,31 @@ def test_a_batch_norm_without_weight_has_scale_one(tmp_path: Path) -> None:
     torch.jit.trace(_PlainBatchNorm(), torch.randn(3, 2)).save(str(path))
     bound = inspect(path, settings=Settings(lower=False, input_shape=((3, 2),))).bound
     assert bound.upper == pytest.approx(1 / math.sqrt(0.25 + 1e-5), rel=1e-9)
+
+
+class InPlace(nn.Module):
+    """h = l0(x); h.mul_(5); return l1(h) with identity weights: Lipschitz constant exactly 5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0, self.l1 = nn.Linear(2, 2), nn.Linear(2, 2)
+        with torch.no_grad():
+            for layer in (self.l0, self.l1):
+                layer.weight.copy_(torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l0(x)
+        h.mul_(5.0)
+        return self.l1(h)
+
+
+def test_a_scripted_value_changed_in_place_and_read_again_gets_no_graph_bound(tmp_path: Path) -> None:
+    path = tmp_path / "inplace.pt"
+    torch.jit.save(torch.jit.script(InPlace().eval()), str(path))
+    report = inspect(path)
+    assert report.bound.upper is None or report.bound.upper >= 5.0
+    assert any("in place" in note for note in report.notes)
+    traced = tmp_path / "traced.pt"
+    torch.jit.save(torch.jit.trace(InPlace().eval(), torch.zeros(1, 2)), str(traced))
+    upper = inspect(traced).bound.upper
+    assert upper is None or upper >= 5.0

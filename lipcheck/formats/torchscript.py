@@ -107,9 +107,10 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
         skipped.extend(skips)
     from lipcheck.graph.torchscript_front import build
 
-    graph = build(module, layers, input_shapes)  # adds the tensors conv/linear calls read as weights as layers
+    notes: list[str] = []
+    graph = build(module, layers, input_shapes, notes)  # adds the tensors conv/linear calls read as weights as layers
     named = {layer.name for layer in layers}
-    model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], graph=graph)
+    model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], notes=notes, graph=graph)
     model.runnable = module
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)

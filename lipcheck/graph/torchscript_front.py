@@ -27,6 +27,51 @@ _FIRST_INPUT_ONLY = frozenset(
 )  # ops whose other arguments are not tensors to follow
 
 
+# Ops whose output may share storage with an input: an in-place op on it changes that input too.
+_VIEWS = frozenset(
+    f"aten::{name}"
+    for name in (
+        "view",
+        "view_as",
+        "reshape",
+        "reshape_as",
+        "flatten",
+        "unflatten",
+        "select",
+        "slice",
+        "narrow",
+        "transpose",
+        "t",
+        "permute",
+        "expand",
+        "expand_as",
+        "squeeze",
+        "unsqueeze",
+        "as_strided",
+        "detach",
+        "alias",
+        "chunk",
+        "split",
+        "unbind",
+        "diagonal",
+        "movedim",
+        "unfold",
+        "contiguous",
+        "__getitem__",
+        "split_with_sizes",
+        "tensor_split",
+        "numpy_T",
+        "mT",
+        "swapaxes",
+        "swapdims",
+        "real",
+        "imag",
+        "view_as_real",
+        "view_as_complex",
+    )
+) | {"prim::ListUnpack", "prim::TupleUnpack", "prim::ConstantChunk"}
+
+
 def _shaped(v: torch._C.Value) -> bool:
     """Whether a constant argument is a tensor with dimensions (a clamp bound that can broadcast x up)."""
     value = _value(v)
@@ -114,7 +159,9 @@ def _call_layer(kind: str, args: list[torch._C.Value], name: str, label: str, we
     )
 
 
-def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph | None:
+def build(
+    module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...] | None = None, notes: list[str] | None = None
+) -> Graph | None:
     """The module's frozen forward graph, or None when TorchScript cannot freeze it.
 
     A conv or linear call whose weight is no layer yet (a buffer passed to ``F.conv1d``, or a
@@ -130,6 +177,11 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
     except Exception:  # scripted code freezing does not support: no graph bound, the product stays
         return None
     graph = frozen.graph
+    mutated = _mutation_read_later(graph)
+    if mutated:
+        if notes is not None:
+            notes.append(f"no graph bound: {mutated}; the graph's values are read as if nothing changed them in place")
+        return None
     shapes = _shapes(graph, input_shapes) if input_shapes is not None else {}
     # A frozen constant is a stored tensor when it shares its storage, shape and strides (not a view of it).
     by_storage = {(t.data_ptr(), tuple(t.shape), t.stride()): name for name, t in [*module.named_parameters(), *module.named_buffers()]}
@@ -293,6 +345,39 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             for label, _ in uses:
                 layer_nodes.pop(label, None)
     return Graph(inputs, outputs, nodes, constants, shapes, layer_nodes)
+
+
+def _mutation_read_later(graph: torch._C.Graph) -> str:
+    """Why an in-place op makes the graph's values untrustworthy, or "".
+
+    A traced in-place op hands its result on as a new value, but scripted code can go on reading
+    the old name (``h.mul_(5); return self.l1(h)``), and an op on a view changes its base too:
+    either way a later node reads a value other than the one its input names.
+    """
+    order: dict[torch._C.Node, int] = {}
+
+    def number(nodes: Any) -> None:
+        for node in nodes:
+            order[node] = len(order)
+            for block in node.blocks():
+                number(block.nodes())
+
+    number(graph.nodes())
+    for node, position in order.items():
+        kind = node.kind()
+        name = kind.split("::")[-1]
+        if not kind.startswith("aten::") or not name.endswith("_") or name.endswith("__"):
+            continue
+        inputs = list(node.inputs())
+        if not inputs:
+            continue
+        target = inputs[0]
+        producer = target.node()
+        if producer.kind() in _VIEWS:
+            return f"{kind} changes a view of another value in place"
+        if any(use.user is not node and order.get(use.user, -1) > position for use in target.uses()):
+            return f"{kind} changes a value in place that a later node reads"
+    return ""
 
 
 def _captured(node: torch._C.Node) -> tuple[str, ...]:
