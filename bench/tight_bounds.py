@@ -1,7 +1,8 @@
 """Tight certified bounds and chain lower bounds against the product, ECLipsE-Fast and LipSDP-Neuron
 solved by cvxpy with Clarabel, on random-weight ReLU nets of the usual benchmark shapes and on the
-trained fully connected nets of the corpus (bench/corpus.json: an ACAS Xu network, ERAN's MNIST
-nets); prints markdown tables (append them to bench/RESULTS.md with the machine).
+trained nets of the corpus (bench/corpus.json: an ACAS Xu network, ERAN's MNIST nets and its
+convSmall CNN), and on random-weight CNNs, whose convs join the chain as explicit operators;
+prints markdown tables (append them to bench/RESULTS.md with the machine).
 
     python bench/tight_bounds.py [--sdp-max 2000] [--real-only]
 """
@@ -100,10 +101,70 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print()
+    cnns()
+    print()
     real_nets(args.sdp_max, _lipsdp)
 
 
-REAL = ["ACASXU_run2a_2_2_batch_2000.onnx", "mnist_relu_3_50.onnx", "mnist_300_200_100.onnx"]
+def cnns() -> None:
+    """Random-weight CNNs at 16 and 32 px (torch's default init), exported to ONNX and inspected in
+    process: the graph bound, the tight bound over explicit conv operators, the lower bound, the gap."""
+    import tempfile
+    import warnings
+
+    from torch import nn
+
+    from lipcheck.api import inspect
+
+    nets = {
+        "CNN 3x16x16: conv8 / conv16 s2 / depthwise16 / fc10": (
+            (1, 3, 16, 16),
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(1024, 10),
+            ),
+        ),
+        "CNN 3x32x32: conv8 s2 / conv16 s2 / fc100 / fc10": (
+            (1, 3, 32, 32),
+            lambda: nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, 2, 1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(1024, 100),
+                nn.ReLU(),
+                nn.Linear(100, 10),
+            ),
+        ),
+    }
+    print("| CNN (random weights, seed 0, ONNX) | product | graph | tight (certified) | lower | graph/lower | tight/lower | inspect time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as root:
+        for name, (shape, make) in nets.items():
+            torch.manual_seed(0)
+            path = Path(root) / "cnn.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(make().eval(), torch.zeros(shape), str(path), dynamo=False, opset_version=17)
+            start = time.perf_counter()
+            bound = inspect(path).bound
+            took = time.perf_counter() - start
+            assert bound.graph is not None and bound.upper is not None and bound.lower
+            print(
+                f"| {name} | {bound.product:.4g} | {bound.graph:.4g} | {bound.tight:.4g} | {bound.lower:.4g} | "
+                f"{bound.graph / bound.lower:.1f} | {bound.upper / bound.lower:.1f} | {took:.1f} s |",
+                flush=True,
+            )
+
+
+REAL = ["ACASXU_run2a_2_2_batch_2000.onnx", "mnist_relu_3_50.onnx", "mnist_300_200_100.onnx", "convSmallRELU__Point.onnx"]
 
 
 def real_nets(sdp_max: int, lipsdp: object) -> None:
@@ -114,8 +175,8 @@ def real_nets(sdp_max: int, lipsdp: object) -> None:
     from lipcheck.graph.chains import find_chain
 
     paths = {p.name: p for p in fetch(Path(__file__).resolve().parent / ".corpus")}
-    print("| trained net (corpus) | product | ECLipsE-Fast | LipSDP (Clarabel) | lipcheck bound (method) | inspect time | ECLipsE/bound | lower |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| trained net (corpus) | product | graph | ECLipsE-Fast | LipSDP (Clarabel) | lipcheck bound (method) | inspect time | ECLipsE/bound | lower |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in REAL:
         chain, why = find_chain(load(paths[name]))
         if chain is None:
@@ -134,7 +195,7 @@ def real_nets(sdp_max: int, lipsdp: object) -> None:
         assert bound.upper is not None
         sdp_text = f"{sdp[0]:.6g} ({sdp[1]:.0f} s)" if sdp else "–"
         print(
-            f"| {name} ({'-'.join(map(str, sizes + [chain.weights[-1].shape[0]]))}) | {bound.product:.4g} | {closed:.4g} | {sdp_text} | "
+            f"| {name} ({'-'.join(map(str, sizes + [chain.weights[-1].shape[0]]))}) | {bound.product:.4g} | {bound.graph:.4g} | {closed:.4g} | {sdp_text} | "
             f"{bound.upper:.6g} ({bound.method}) | {took:.1f} s | {closed / bound.upper:.1f}× | {bound.lower:.5g} |",
             flush=True,
         )

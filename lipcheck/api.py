@@ -274,7 +274,7 @@ def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, fl
     from lipcheck.graph.segments import segment_constants
 
     try:
-        if find_chain(model)[0] is not None:
+        if find_chain(model, explicit=False)[0] is not None:
             return {}, []
         return segment_constants(model, settings.effort)
     except Exception as exc:  # the segments only tighten the walk: without them it still stands

@@ -21,7 +21,7 @@ from tests.golden_text import assert_matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
 CNN, MLP = "sample_models/cnn.onnx", "sample_models/mlp.onnx"
-CNN_UPPER = 1.11925459  # the sample CNN's network bound; the exact value of a run is what messages show
+CNN_UPPER = 0.46575384  # the sample CNN's network bound (tight); the exact value of a run is what messages show
 
 
 def _report(
@@ -103,9 +103,9 @@ def test_a_lower_bound_above_the_threshold_fails_whatever_is_judged() -> None:
 @pytest.mark.parametrize(
     "args, code",
     [
-        ([CNN, "--fail-above", "1.12"], 0),
-        ([CNN, "--fail-above", "1.1"], 1),
-        ([CNN, "--fail-above", "1.1", "--exit-zero"], 0),
+        ([CNN, "--fail-above", "0.47"], 0),  # the tight bound, 0.4658 (0.4654 with a longer optimization)
+        ([CNN, "--fail-above", "0.46"], 1),
+        ([CNN, "--fail-above", "0.46", "--exit-zero"], 0),
         ([CNN, "--fail-layer-above", "1.4"], 1),
         ([CNN, "--layer-threshold", "0.*=1.5", "--fail-layer-above", "1.0"], 1),
         ([CNN, "--layer-threshold", "*=1.5"], 0),
@@ -117,7 +117,7 @@ def test_a_lower_bound_above_the_threshold_fails_whatever_is_judged() -> None:
         (["sample_models/cnn.pt", "--fail-above", "12", "--bound", "product"], 1),
         (["sample_models/cnn.pt", "--fail-above", "13", "--bound", "product"], 0),
         ([CNN, "--layer-threshold", "nonsense"], 2),
-        (["sample_models/*.onnx", "--fail-above", "1.0"], 1),
+        (["sample_models/*.onnx", "--fail-above", "0.4"], 1),
         (["sample_models/nope*.onnx", "--fail-above", "1.0"], 2),
     ],
 )
@@ -133,7 +133,7 @@ def test_failure_message_shows_the_exact_value(cli) -> None:  # type: ignore[no-
     threshold = value * (1 - 1e-14)  # below the bound by a few ulps: still a failure, shown in full
     code, out, err = cli("check", CNN, "--fail-above", repr(threshold))
     assert code == 1, err
-    assert f"network bound (graph) {value!r} is above --fail-above {threshold!r}" in out
+    assert f"network bound (tight (LipSDP-Neuron multipliers, certified)) {value!r} is above --fail-above {threshold!r}" in out
     assert cli("check", CNN, "--fail-above", repr(value))[0] == 0  # at the bound: passes (value > threshold fails)
 
 
@@ -175,14 +175,14 @@ def test_formats_match_golden(cli, fmt: str, suffix: str) -> None:  # type: igno
 
 
 def test_table_format_shows_the_gate(cli) -> None:  # type: ignore[no-untyped-def]
-    code, out, _ = cli("check", CNN, "--fail-above", "1.1")
+    code, out, _ = cli("check", CNN, "--fail-above", "0.46")
     assert code == 1
-    assert "gate: FAILED" in out and f"network bound (graph) {_network_bound(cli)!r} is above --fail-above 1.1" in out
+    assert "gate: FAILED" in out and f"network bound (tight (LipSDP-Neuron multipliers, certified)) {_network_bound(cli)!r} is above --fail-above 0.46" in out
 
 
 def test_junit_is_the_xml_ci_systems_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "lipcheck.xml"
-    code, out, _ = cli("check", MLP, CNN, "sample_models/missing.onnx", "--fail-above", "1.0", "-f", "junit", "-o", str(target))
+    code, out, _ = cli("check", MLP, CNN, "sample_models/missing.onnx", "--fail-above", "0.4", "-f", "junit", "-o", str(target))
     assert code == 2 and out == ""
     root = ET.parse(target).getroot()
     assert root.tag == "testsuites"
@@ -208,7 +208,7 @@ def test_github_step_summary_is_appended(run_cli, tmp_path: Path, monkeypatch: p
     summary = tmp_path / "summary.md"
     summary.write_text("before\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "lipcheck", "check", CNN, "--fail-above", "1.0", "-f", "github"],
+        [sys.executable, "-m", "lipcheck", "check", CNN, "--fail-above", "0.4", "-f", "github"],
         capture_output=True,
         text=True,
         cwd=SAMPLES.parent,
@@ -242,21 +242,21 @@ def _project(tmp_path: Path, toml: str) -> Path:
 
 
 def test_configured_only_by_pyproject(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    project = _project(tmp_path, '[tool.lipcheck]\nmodels = ["*.onnx"]\nfail-above = 1.1\nformat = "json"\n')
+    project = _project(tmp_path, '[tool.lipcheck]\nmodels = ["*.onnx"]\nfail-above = 0.46\nformat = "json"\n')
     code, out, err = cli("check", cwd=project)
     assert code == 1, err
     gate = json.loads(out)["gate"]
-    assert gate["fail_above"] == 1.1 and gate["passed"] is False
+    assert gate["fail_above"] == 0.46 and gate["passed"] is False
     (project / "pyproject.toml").write_text('[tool.lipcheck]\nmodels = ["*.onnx"]\nfail_above = 2\n')
     assert cli("check", cwd=project)[0] == 0
 
 
 def test_precedence_cli_over_environment_over_config(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    project = _project(tmp_path, '[tool.lipcheck]\nmodels = ["cnn.onnx"]\nfail-above = 1.1\n')
-    assert cli("check", cwd=project)[0] == 1  # config: 1.1
+    project = _project(tmp_path, '[tool.lipcheck]\nmodels = ["cnn.onnx"]\nfail-above = 0.46\n')
+    assert cli("check", cwd=project)[0] == 1  # config: 0.46
     monkeypatch.setenv("LIPCHECK_FAIL_ABOVE", "2")
     assert cli("check", cwd=project)[0] == 0  # environment beats config
-    assert cli("check", "--fail-above", "1.0", cwd=project)[0] == 1  # command line beats environment
+    assert cli("check", "--fail-above", "0.4", cwd=project)[0] == 1  # command line beats environment
 
 
 def test_unknown_config_key_is_an_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -286,7 +286,7 @@ def test_action_and_pre_commit_definitions_match_the_cli(cli, monkeypatch: pytes
     action = (root / "action.yml").read_text()
     hook = (root / ".pre-commit-hooks.yaml").read_text()
     assert "entry: lipcheck check" in hook and "lipcheck check ${{ inputs.models }} --format github" in action
-    for variable, value, expected in [("LIPCHECK_FAIL_ABOVE", "1.0", 1), ("LIPCHECK_FAIL_LAYER_ABOVE", "1.4", 1)]:
+    for variable, value, expected in [("LIPCHECK_FAIL_ABOVE", "0.4", 1), ("LIPCHECK_FAIL_LAYER_ABOVE", "1.4", 1)]:
         assert f"{variable}:" in action
         monkeypatch.setenv(variable, value)
         assert cli("check", CNN, "--format", "github")[0] == expected
@@ -305,7 +305,7 @@ def test_plot_draws_every_model(cli, tmp_path: Path, suffix: str) -> None:  # ty
         assert data.startswith(b"\x89PNG")
     else:
         text = data.decode()
-        assert "<svg" in text and "fail-layer-above 1.2" in text and "network bound 1.1192" in text
+        assert "<svg" in text and "fail-layer-above 1.2" in text and "network bound 0.465754" in text
         assert "above its threshold" in text and "Lipschitz constant" in text  # failing layers marked, axis labelled
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 

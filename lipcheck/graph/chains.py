@@ -15,6 +15,13 @@ x ↦ W_l φ_l(⋯ φ_1(W_0 x + c_0) ⋯) + c_l, up to moves that do not change 
 The same map applied to every row of a batch has the per-row constant (‖F(X)−F(Y)‖² is a sum of
 per-row terms). One trailing activation multiplies the bound by its largest |slope|.
 
+A whole-graph chain may also start with convolutions of small static maps
+(lipcheck.graph.explicit): from the first conv on, the chain's vector is the whole flattened
+sample, each conv is its explicit operator, a Transpose that keeps the batch axis permutes the
+next layer's columns, a move between layers must keep each sample's entries together, and
+two layers with no activation between them are joined by the identity, which is
+slope-restricted in [0, 1] like any map with slopes 1.
+
 Slope ranges (a, b) of the activations: ReLU (0, 1); LeakyReLU α (min(α, 1), max(α, 1)); tanh
 and softsign (0, 1); sigmoid (0, 1/4); softplus (0, 1); Clip (0, 1); ELU/CELU α ≥ 0
 (0, max(1, α)); HardSigmoid α (0, α); HardSwish (−1/2, 3/2) (its slope (2x+3)/6 on [−3, 3]).
@@ -41,9 +48,10 @@ from lipcheck.graph.ir import Node
 if TYPE_CHECKING:
     import torch
 
-    from lipcheck.model import Model
+    from lipcheck.model import Layer, Model
 
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+IDENTITY = "lipcheck.identity"  # the op of the identity joining two layers with no activation between them
 LINEAR = {"Gemm", "MatMul"}
 _SHAPE_ONLY = {"Shape", "Size"}
 
@@ -60,6 +68,7 @@ class FoundChain:
     tail: Node | None
     input_reordered: bool  # a move before the first layer that is not a plain reshape
     offset: np.ndarray | None = None  # constants added to the input before the first layer (flattened)
+    explicit: bool = False  # convs read as explicit operators: the chain maps whole samples
 
 
 def _gelu_range() -> tuple[float, float]:
@@ -117,6 +126,8 @@ def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[
 
 def _slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[float, float] | None:
     op, attrs = node.op, node.attrs
+    if op == IDENTITY:
+        return 0.0, 1.0
     if op in ("Relu", "Clip"):
         return 0.0, 1.0
     if op in ("Tanh", "Softsign", "Softplus"):
@@ -165,19 +176,31 @@ class Building:
     pending: Node | None = None  # an activation seen since the last layer
     reordered: bool = False
     offset: np.ndarray | None = None
+    sample: tuple[int, ...] | None = None  # the flattened sample's shape, once a conv made the chain whole-sample
+    permutation: np.ndarray | None = None  # flat(after) = flat(before)[permutation] for Transposes since the last layer
 
     def found(self, scale: float = 1.0) -> FoundChain:
-        return FoundChain(list(self.weights), list(self.activations), list(self.slopes), list(self.biases), scale, self.pending, self.reordered, self.offset)
+        return FoundChain(
+            list(self.weights),
+            list(self.activations),
+            list(self.slopes),
+            list(self.biases),
+            scale,
+            self.pending,
+            self.reordered,
+            self.offset,
+            self.sample is not None,
+        )
 
 
 class ChainReader:
     """What reading chains out of a model's graph needs: who reads each value, which values depend
     on the inputs, and the constants; ``step`` takes one node into a chain."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, explicit: bool = False) -> None:
         graph = model.graph
         assert graph is not None
-        self.model, self.graph = model, graph
+        self.model, self.graph, self.explicit = model, graph, explicit
         # Shape and Size read only a value's shape, fixed with the input's: they are not readers of
         # its entries, and what they compute is not data.
         self.consumers: dict[str, list[Node]] = {}
@@ -208,24 +231,28 @@ class ChainReader:
         if any(self.consumers.get(name) for name in node.outputs[1:]):
             return f"{node.label} has a second output in use"
         if node.label in self.graph.layer_nodes:
-            if node.op not in LINEAR:
-                return f"{node.label} is not a dense layer"
-            if node.op == "Gemm" and int(node.attrs.get("transA", 0)) != 0:
-                return f"{node.label} transposes its input"
             layer = self.model.layers[self.graph.layer_nodes[node.label]]
-            w = layer.load().to(torch.float64)
-            if w.dim() != 2:
-                return f"{node.label} has a batched weight"
-            alpha = float(node.attrs.get("alpha", 1.0))
-            mantissa, _ = math.frexp(abs(alpha))
-            if alpha == 0.0 or mantissa != 0.5:
-                return f"{node.label} has a Gemm alpha that is not a power of two"
-            # The layer's weight already carries alpha (the ONNX reader scales it, exactly for a power of two).
+            if node.op == "Conv" and self.explicit:
+                made = self._conv(chain, self._with_geometry(node, layer), value, layer.load().to(torch.float64))
+                if isinstance(made, str):
+                    return made
+                w, bias = made
+            else:
+                made_dense = self._dense(chain, node, value, layer.load().to(torch.float64))
+                if isinstance(made_dense, str):
+                    return made_dense
+                w, bias = made_dense
+            if chain.permutation is not None:
+                moved = torch.zeros_like(w)
+                moved[:, torch.from_numpy(chain.permutation)] = w
+                w, chain.permutation = moved, None
             if chain.weights:
-                if chain.pending is None:
-                    return f"two layers with no activation between them at {node.label}"
                 if w.shape[1] != chain.weights[-1].shape[0]:
                     return f"{node.label} does not fit the previous layer"
+                if chain.pending is None:
+                    if not self.explicit:
+                        return f"two layers with no activation between them at {node.label}"
+                    chain.pending = Node(IDENTITY, f"{node.label} (its input)", (), ())
                 found = slope_range(chain.pending, self.const)
                 if found is None:
                     return f"{chain.pending.label}: {chain.pending.op} is not a slope-restricted activation lipcheck knows"
@@ -235,11 +262,10 @@ class ChainReader:
             elif chain.pending is not None:
                 return "an activation before the first layer"
             chain.weights.append(w)
-            bias = self.const(node.inputs[2]) if node.op == "Gemm" and len(node.inputs) > 2 else None
-            if bias is not None and node.op == "Gemm":
-                bias = bias * float(node.attrs.get("beta", 1.0))
             chain.biases.append(bias)
         elif node.op in _MOVES or node.op == "Transpose":
+            if chain.sample is not None:
+                return self._move_sample(chain, node, value)
             if node.op == "Transpose":
                 if chain.weights:
                     return f"{node.label} transposes between layers"
@@ -260,6 +286,13 @@ class ChainReader:
                 return self._translate(chain, node, value, other)
             if chain.pending is not None:
                 return f"{node.label} adds outside a layer's bias position"
+            if chain.sample is not None:
+                if chain.permutation is not None:
+                    return f"{node.label} adds a constant after a transpose"
+                try:
+                    other = np.broadcast_to(other, (1, *chain.sample)).reshape(-1).copy()
+                except ValueError:
+                    return f"{node.label} adds a constant that is not one per sample entry"
             try:
                 chain.biases[-1] = other if chain.biases[-1] is None else chain.biases[-1] + other
             except ValueError:  # two constants on either side of a reshape: no one bias vector
@@ -271,6 +304,106 @@ class ChainReader:
             if slope is not None and self._enlarges(value, slope.shape):
                 return f"{node.label} broadcasts its input to a larger shape"
             chain.pending = node
+        return ""
+
+    def _dense(self, chain: Building, node: Node, value: str, w: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None] | str:
+        """A dense layer's weight (out, in) and bias, or why it does not fit."""
+        if node.op not in LINEAR:
+            return f"{node.label} is not a dense layer"
+        if node.op == "Gemm" and int(node.attrs.get("transA", 0)) != 0:
+            return f"{node.label} transposes its input"
+        if w.dim() != 2:
+            return f"{node.label} has a batched weight"
+        alpha = float(node.attrs.get("alpha", 1.0))
+        mantissa, _ = math.frexp(abs(alpha))
+        if alpha == 0.0 or mantissa != 0.5:
+            return f"{node.label} has a Gemm alpha that is not a power of two"
+        # The layer's weight already carries alpha (the ONNX reader scales it, exactly for a power of two).
+        if chain.sample is not None:  # after convs, a dense layer must read each sample as one row
+            shape = self.graph.shapes.get(value)
+            if shape is None or len(shape) != 2 or shape[1] != w.shape[1] or math.prod(chain.sample) != w.shape[1]:
+                return f"{node.label} does not read each sample as one row"
+            chain.sample = (int(w.shape[0]),)
+        bias = self.const(node.inputs[2]) if node.op == "Gemm" and len(node.inputs) > 2 else None
+        if bias is not None and node.op == "Gemm":
+            bias = bias * float(node.attrs.get("beta", 1.0))
+        if bias is not None and chain.sample is not None:
+            try:
+                bias = np.broadcast_to(bias, (1, w.shape[0])).reshape(-1).copy()
+            except ValueError:
+                return f"{node.label} has a bias that is not one per output"
+        return w, bias
+
+    def _conv(self, chain: Building, node: Node, value: str, kernel: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None] | str:
+        """A conv's explicit operator on the value's samples and its bias spread over them, or why not."""
+        from lipcheck.graph.explicit import channel_vector, conv_matrix
+
+        if chain.weights and chain.sample is None:
+            return f"{node.label} is a conv after dense layers"
+        if "lipcheck_padding_mode" in node.attrs:
+            return f"{node.label} pads with {node.attrs['lipcheck_padding_mode']}, not zeros"
+        shape = self.graph.shapes.get(value)
+        if shape is None or len(shape) < 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return f"{node.label} reads a value of unknown size"
+        sample = tuple(int(d) for d in shape[1:])  # type: ignore[arg-type]
+        if chain.sample is not None and sample != chain.sample:
+            return f"{node.label} does not read the previous layer's samples"
+        made = conv_matrix(node, kernel, sample)
+        if isinstance(made, str):
+            return made
+        w, out = made
+        bias = self.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if bias is not None:
+            if bias.size != out[0]:
+                return f"{node.label} has a bias that is not one per channel"
+            bias = channel_vector(bias, out)
+        chain.sample = out
+        return w, bias
+
+    def _with_geometry(self, node: Node, layer: Layer) -> Node:
+        """The conv node with its stride, pads, dilation and groups as ONNX attributes: the torch
+        front ends keep them in the layer's geometry instead."""
+        geometry = layer.geometry
+        if self.model.format == "onnx" or geometry is None:
+            return node
+        if geometry.padding_mode != "zeros":
+            attrs: dict[str, object] = {"lipcheck_padding_mode": geometry.padding_mode}
+        else:
+            attrs = {
+                "strides": list(geometry.stride),
+                "pads": list(geometry.padding),
+                "dilations": list(geometry.dilation),
+                "group": geometry.groups,
+                "auto_pad": geometry.auto_pad,
+            }
+        return Node(node.op, node.label, node.inputs, node.outputs, attrs)
+
+    def _move_sample(self, chain: Building, node: Node, value: str) -> str:
+        """A move in a whole-sample chain: it must keep each sample's entries together; a
+        Transpose that keeps the batch axis permutes them."""
+        from lipcheck.graph.explicit import transpose_index
+
+        assert chain.sample is not None
+        if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
+            mode = self.const(node.inputs[2])
+            if mode is None or bool(mode.any()):
+                return f"{node.label} is a dropout that may be in training mode"
+        if node.op in ("Identity", "Dropout"):
+            return ""
+        shape = self.graph.shapes.get(node.outputs[0])
+        if shape is None or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return f"{node.label} gives a value of unknown size"
+        after = tuple(int(d) for d in shape[1:])  # type: ignore[arg-type]
+        if node.op == "Transpose":
+            perm = tuple(int(p) for p in node.attrs.get("perm", ()))
+            moved = transpose_index(chain.sample, perm)
+            if moved is None or moved[1] != after:
+                return f"{node.label} moves the batch axis"
+            index, _ = moved
+            chain.permutation = index if chain.permutation is None else chain.permutation[index]
+        elif math.prod(after) != math.prod(chain.sample):
+            return f"{node.label} does not keep each sample's entries together"
+        chain.sample = after
         return ""
 
     def _enlarges(self, value: str, other: tuple[int, ...]) -> bool:
@@ -294,8 +427,9 @@ class ChainReader:
         return ""
 
 
-def find_chain(model: Model) -> tuple[FoundChain | None, str]:
-    """The model's chain, or None and why the graph is not one."""
+def find_chain(model: Model, explicit: bool = True) -> tuple[FoundChain | None, str]:
+    """The model's chain, or None and why the graph is not one; ``explicit`` admits convs of small
+    maps as explicit operators."""
     graph = model.graph
     if graph is None:
         return None, "no graph"
@@ -303,7 +437,7 @@ def find_chain(model: Model) -> tuple[FoundChain | None, str]:
         return None, "not one input and one output"
     if any(node.subgraphs for node in graph.nodes):
         return None, "control flow"
-    reader = ChainReader(model)
+    reader = ChainReader(model, explicit)
     chain = Building()
     value = graph.inputs[0]
     while value != graph.outputs[0]:
@@ -316,6 +450,14 @@ def find_chain(model: Model) -> tuple[FoundChain | None, str]:
         value = readers[0].outputs[0]
     if len(chain.weights) < 2:
         return None, "fewer than two layers"
+    if chain.permutation is not None:  # the output reordered: the last layer's rows and bias take the order
+        import torch
+
+        index = torch.from_numpy(chain.permutation)
+        chain.weights[-1] = chain.weights[-1][index]
+        if chain.biases[-1] is not None:
+            chain.biases[-1] = chain.biases[-1][chain.permutation]
+        chain.permutation = None
     scale = 1.0
     if chain.pending is not None:
         a, b = slope_range(chain.pending, reader.const)  # type: ignore[misc]

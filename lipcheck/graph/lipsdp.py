@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 UNIT_ROUNDOFF = 2.0**-53
@@ -53,6 +54,7 @@ _MAX_MARGIN_STEPS = 60
 # positive definite by that much, which the rounding margins of the certificate need (a block that
 # the input never reaches could otherwise drift to singular without raising ρ*).
 _RESERVE = 2.0**-18
+_PARTIAL_EIGEN = 256  # from this order on, the top eigenvalue alone comes from Lanczos
 
 # (fraction of budget done, best certified-candidate bound so far); the CLI draws it as a bar
 Progress = Callable[[float, float], None]
@@ -130,6 +132,11 @@ class Objective:
 
     def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
         """The eigenvalues of W_0ᵀR_1W_0 (on its range), or None where some Y_k is not positive definite."""
+        g = self.reduced(thetas)
+        return None if g is None else torch.linalg.eigvalsh(g)
+
+    def reduced(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
+        """W_0ᵀR_1W_0 (on its range), or None where some Y_k is not positive definite."""
         g = self.g_last
         for k in range(len(thetas) - 1, -1, -1):
             t = thetas[k].exp()
@@ -145,15 +152,15 @@ class Objective:
             if a * b != 0.0:
                 g = g - 2.0 * a * b * (below.mT @ scaled)
             g = 0.5 * (g + g.mT)
-        return torch.linalg.eigvalsh(g)
+        return g
 
     def rho(self, thetas: list[torch.Tensor]) -> float:
         """ρ*(T), or inf where the multipliers are infeasible."""
         with torch.no_grad():
-            ev = self.eigenvalues(thetas)
-        if ev is None:
+            g = self.reduced(thetas)
+        if g is None or not bool(torch.isfinite(g).all()):
             return math.inf
-        value = float(ev[-1])
+        value = _top_eigenvalue(g) if g.shape[0] > _PARTIAL_EIGEN else float(torch.linalg.eigvalsh(g)[-1])
         return value if math.isfinite(value) else math.inf
 
     def initial(self) -> list[torch.Tensor]:
@@ -162,18 +169,37 @@ class Objective:
         g = self.g_last
         for k in range(len(self.ws) - 2, -1, -1):
             a, b = self.chain.slopes[k]
-            top = float(torch.linalg.eigvalsh(g)[-1])
-            top = max(top, 1e-12 * float(g.diagonal().abs().max()) + 1e-300)
+            top = max(_top_eigenvalue(g), 1e-12 * float(g.diagonal().abs().max()) + 1e-300)
             t = top * b / (b - a) * (1.0 + 1e-9)
+            y = torch.diag(torch.full((g.shape[0],), (2.0 - _RESERVE) * t, dtype=torch.float64)) - g
+            factor, info = torch.linalg.cholesky_ex(y)
+            if int(info) != 0:  # the estimate fell short: the full spectrum decides
+                top = max(float(torch.linalg.eigvalsh(g)[-1]), top)
+                t = top * b / (b - a) * (1.0 + 1e-9)
+                y = torch.diag(torch.full((g.shape[0],), (2.0 - _RESERVE) * t, dtype=torch.float64)) - g
+                factor = torch.linalg.cholesky(y)
             thetas[k] = torch.full((g.shape[0],), math.log(t), dtype=torch.float64)
             scaled = t * (self.ws[k] if k > 0 else self.k0)
-            y = torch.diag(torch.full((g.shape[0],), (2.0 - _RESERVE) * t, dtype=torch.float64)) - g
-            factor = torch.linalg.cholesky(y)
             v = torch.linalg.solve_triangular(factor, scaled, upper=False)
             below = self.ws[k] if k > 0 else self.k0
             g = (a + b) ** 2 * (v.mT @ v) - 2.0 * a * b * (below.mT @ scaled)
             g = 0.5 * (g + g.mT)
         return thetas
+
+
+def _top_eigenvalue(g: torch.Tensor) -> float:
+    """The largest eigenvalue of a symmetric matrix: Lanczos (ARPACK) for large ones, else the full spectrum."""
+    if g.shape[0] <= _PARTIAL_EIGEN:
+        return float(torch.linalg.eigvalsh(g)[-1])
+    from scipy.sparse.linalg import ArpackError, eigsh
+
+    try:
+        matrix = g.detach().numpy()
+        start = np.random.default_rng(0).standard_normal(matrix.shape[0])  # ARPACK's own start differs run to run
+        value = eigsh(matrix, k=1, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)
+        return float(value[0])
+    except (ArpackError, ValueError):  # no convergence: the full spectrum
+        return float(torch.linalg.eigvalsh(g)[-1])
 
 
 def _soft_log(ev: torch.Tensor, sharpness: float) -> torch.Tensor:
@@ -192,7 +218,7 @@ def optimize(
     sizes = [t.numel() for t in thetas]
     x = torch.cat(thetas).clone()
     best_x, best = x.clone(), objective.rho(thetas)
-    if not math.isfinite(best):
+    if not math.isfinite(best) or budget_s <= 0.0:
         return thetas, best, 0
 
     def split(flat: torch.Tensor) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipcheck.graph.chains import FoundChain, find_chain
+from lipcheck.graph.chains import IDENTITY, FoundChain, find_chain
 from lipcheck.graph.ir import Node
 
 if TYPE_CHECKING:
@@ -28,6 +28,10 @@ METHOD = "tight (LipSDP-Neuron multipliers, certified)"
 # Seconds of optimization per million multiply-adds of one pass through the chain, and the floor and cap.
 _SECONDS_PER_MFLOP = 8.0
 _MIN_SECONDS, _MAX_SECONDS = 1.0, 9.0  # the cap leaves the certificate inside 10 s
+# Chains with explicit conv operators: one step costs seconds and gains little over the closed-form
+# start, so at the default effort they keep the start (the same numbers on every run) and search
+# for no chain lower bound; above it they get this many seconds per unit of effort beyond 1.
+_EXPLICIT_SECONDS = 3.0
 
 # (fraction of the budget spent, best bound so far): set by the CLI to draw the bound falling
 TightProgress = Callable[[float, float], None]
@@ -45,7 +49,10 @@ def reporting(callback: TightProgress) -> Iterator[None]:
 
 
 def budget_seconds(chain: FoundChain, effort: float = 1.0) -> float:
-    """Optimization time for a chain: proportional to its size, within [1, 10] s, times ``effort``."""
+    """Optimization time for a chain: proportional to its size, within [1, 9] s, times ``effort``
+    (for chains with explicit conv operators, none at the default effort)."""
+    if chain.explicit:
+        return max(0.0, effort - 1.0) * _EXPLICIT_SECONDS
     flops = sum(w.shape[0] * w.shape[1] for w in chain.weights) + sum(w.shape[0] ** 3 for w in chain.weights[:-1])
     return effort * min(_MAX_SECONDS, max(_MIN_SECONDS, _SECONDS_PER_MFLOP * flops / 1e6))
 
@@ -59,6 +66,12 @@ def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
         return None, why
     if not all(bool(w.isfinite().all()) for w in found.weights):
         return None, "non-finite weights"
+    if found.explicit or any(node.op == IDENTITY for node in found.activations):
+        from lipcheck.graph.chain_check import reproduces
+
+        why = reproduces(model, found, lambda node: _torch_activation(node, lambda name: None), settings.seed)  # type: ignore[arg-type]
+        if why:
+            return None, why
     effort = settings.effort
     started = time.perf_counter()
     result = certified_bound(Chain(found.weights, found.slopes, found.scale), budget_seconds(found, effort), _progress.get())
@@ -78,7 +91,8 @@ def apply_tight(model: Model, settings: Settings, bound: BoundReport) -> None:
     if value < bound.graph:
         bound.upper, bound.method = value, METHOD
         bound.assumptions.append(
-            "tight: the graph is a plain chain of dense layers and slope-restricted activations; LipSDP-Neuron multipliers certified in float64"
+            "tight: the graph is a plain chain of linear layers (dense, or convs as explicit operators at their input size) and "
+            "slope-restricted activations; LipSDP-Neuron multipliers certified in float64"
         )
 
 
@@ -100,6 +114,8 @@ def _torch_activation(node: Node, const: Callable[[str], np.ndarray | None]) -> 
     }
     if node.op in simple:
         return simple[node.op]
+    if node.op == IDENTITY:
+        return lambda z: z
     if node.op == "LeakyRelu":
         return lambda z: F.leaky_relu(z, float(a.get("alpha", 0.01)))
     if node.op in ("Elu", "Celu"):
@@ -134,7 +150,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
 
     graph = model.graph
     found, _ = find_chain(model)
-    if found is None or graph is None or found.input_reordered:
+    if found is None or graph is None or found.input_reordered or (found.explicit and budget_seconds(found, settings.effort) == 0.0):
         return
     declared = settings.input_shape[0] if settings.input_shape else graph.shapes.get(graph.inputs[0])
     if declared is None or not all(declared):
