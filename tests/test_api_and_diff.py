@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import lipcheck
@@ -27,10 +28,16 @@ def test_bound_of_a_live_module_is_certified_at_its_input_size() -> None:
     )
     exact_conv = exact_sigma(jac.reshape(64, -1))
     exact_linear = exact_sigma(linear.weight)
-    sized = lipcheck.bound(net, input_shape=(1, 3, 8, 8))
+    sized = lipcheck.bound(net, input_shape=(1, 3, 8, 8), kind="graph")
     assert exact_conv * exact_linear <= sized <= exact_conv * exact_linear * (1 + 1e-5)
     free = lipcheck.bound(net, kind="product")  # no size: the product for every input size, looser
     assert free >= sized
+    # the default bound: the conv as an explicit operator in a LipSDP chain, between an attained
+    # Jacobian norm and the graph's product
+    tight = lipcheck.bound(net, input_shape=(1, 3, 8, 8))
+    rng = np.random.default_rng(0)
+    attained = max(exact_sigma(torch.autograd.functional.jacobian(net, torch.from_numpy(rng.standard_normal((1, 3, 8, 8)))).reshape(5, -1)) for _ in range(50))
+    assert attained <= tight < sized
     with pytest.raises(LipcheckError, match="no upper bound.*no graph"):
         lipcheck.bound(net)  # without an input shape there is no graph to follow: no network bound
     report = lipcheck.inspect(net)

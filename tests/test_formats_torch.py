@@ -155,3 +155,18 @@ def test_spectral_norm_checkpoint_reports_the_effective_weight(tmp_path: Path, a
     exact = exact_sigma(torch_convention_matrix(effective, transposed=kind == "conv_transpose"))
     assert layer.sigma == pytest.approx(exact, rel=1e-5)
     assert report.skipped == []
+
+
+def test_a_traced_module_holding_a_conv_it_never_calls_is_read(tmp_path: Path) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.unused = nn.Conv2d(2, 3, 3), nn.Conv2d(3, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.c1(x))
+
+    path = tmp_path / "traced.pt"
+    torch.jit.save(torch.jit.trace(Net().eval(), torch.zeros(1, 2, 5, 5)), str(path))
+    report = inspect(path)
+    assert {layer.name for layer in report.layers} >= {"c1.weight", "unused.weight"}

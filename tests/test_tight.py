@@ -375,3 +375,12 @@ def test_shapes_the_file_declares_for_computed_values_are_not_trusted(tmp_path: 
     x, v = _reaching_pair_ratio(w1.astype(np.float64), w2.astype(np.float64))
     exact = math.sqrt(3) * np.linalg.norm(w1.astype(np.float64)[:, :] @ np.diag((x @ w1.astype(np.float64) > 0).astype(float)) @ w2.astype(np.float64), 2)
     assert bound.upper is not None and bound.upper >= exact * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("alpha", [1e303, float("inf"), float("nan")])
+def test_a_slope_beyond_the_certificates_grid_is_no_chain_activation(alpha: float) -> None:
+    from lipcheck.graph.chains import slope_range
+    from lipcheck.graph.ir import Node
+
+    assert slope_range(Node("LeakyRelu", "a", ("h",), ("a",), {"alpha": alpha}), lambda name: None) is None
+    assert slope_range(Node("LeakyRelu", "a", ("h",), ("a",), {"alpha": 3.0}), lambda name: None) == (1.0, 3.0)

@@ -171,3 +171,56 @@ def test_two_convs_with_no_activation_between_them_are_joined_by_the_identity(tm
         for _ in range(300)
     )
     assert 0.0 < best <= bound
+
+
+class Centered(nn.Module):
+    """x − mean before a conv → ReLU6 → conv, with the batch fixed at 2 in the exported file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.c1, self.c2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 3)
+        self.register_buffer("mean", torch.randn(1, 2, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.nn.functional.relu6(self.c1(x - self.mean)))
+
+
+def test_a_constant_before_the_first_conv_with_a_batch_of_two_is_certified(tmp_path: Path) -> None:
+    net = Centered()
+    path = _export(net, (2, 2, 5, 5), tmp_path / "centered.onnx")
+    report = inspect(path)
+    assert report.bound.method == METHOD and report.bound.upper is not None and report.bound.graph is not None
+    twin = Centered().double()
+    rng = np.random.default_rng(1)
+    attained = max(
+        float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(twin, torch.from_numpy(rng.standard_normal((1, 2, 5, 5)))).reshape(18, 50), 2))
+        for _ in range(200)
+    )
+    assert attained <= report.bound.upper < report.bound.graph
+
+
+def test_dense_layers_on_each_row_joined_by_the_identity_after_a_translation(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c, w0, w1 = rng.standard_normal((1, 4, 8)), rng.standard_normal((8, 8)), rng.standard_normal((8, 3))
+    nodes = [helper.make_node("Sub", ["x", "c"], ["s"]), helper.make_node("MatMul", ["s", "w0"], ["h"]), helper.make_node("MatMul", ["h", "w1"], ["y"])]
+    inits = [numpy_helper.from_array(a.astype(np.float32), name) for a, name in ((c, "c"), (w0, "w0"), (w1, "w1"))]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "rows.onnx"
+    import onnx
+
+    onnx.save(model, str(path))
+    report = inspect(path)
+    exact = float(np.linalg.norm(w0.astype(np.float32).astype(np.float64) @ w1.astype(np.float32).astype(np.float64), 2))
+    product = float(np.linalg.norm(w0, 2) * np.linalg.norm(w1, 2))
+    assert report.bound.upper is not None and exact <= report.bound.upper <= product * (1 + 1e-5)

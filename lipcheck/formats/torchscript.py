@@ -244,7 +244,10 @@ def _traced_geometry(sub: torch.nn.Module) -> ConvGeometry | None:
     Anything else in the forward (a reflect pad, a reshape) means the call alone does not
     describe the layer, so the geometry stays unknown.
     """
-    graph = getattr(sub, "graph", None)
+    try:
+        graph = getattr(sub, "graph", None)  # a traced submodule the trace never called has no forward
+    except RuntimeError:
+        return None
     if not isinstance(graph, torch._C.Graph):
         return None
     try:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # Relative difference allowed between the chain in float64 and the file's float32 outputs.
 TOLERANCE = 1e-3
+_RUNTIME_NOISE = 1e-5  # of the outputs' size: the runtime's float32 rounding of each output
 _SCALES = (0.1, 1.0, 10.0)
 
 
@@ -43,25 +44,43 @@ def reproduces(model: Model, found: FoundChain, activation: Callable[[object], C
     if isinstance(reference, str):
         return reference
     rng = np.random.default_rng(seed)
+    offset = found.offset if found.offset is not None else 0.0
     for scale in _SCALES:
-        x = scale * rng.standard_normal(shape)
+        pair = [scale * rng.standard_normal(shape) for _ in range(2)]
         try:
-            expected = reference(x).reshape(-1)
+            expected = [reference(x).reshape(-1) for x in pair]
         except Exception as exc:  # the runtime refused the input: nothing to compare with
             return f"the file's function could not be run ({type(exc).__name__})"
-        with torch.no_grad():
-            z = torch.from_numpy(x.reshape(-1, columns) + (found.offset if found.offset is not None else 0.0))
-            for k, w in enumerate(found.weights):
-                z = z @ w.mT
-                if found.biases[k] is not None:
-                    z = z + torch.from_numpy(np.array(found.biases[k], dtype=np.float64).reshape(-1))
-                z = funcs[k](z) if k < len(funcs) else tail(z)  # type: ignore[misc]
-        got = z.numpy().reshape(-1)
-        if got.shape != expected.shape or not np.isfinite(expected).all():
+        try:
+            got = [_chain(found, funcs, tail, (x.reshape(-1) + offset).reshape(-1, columns)) for x in pair]  # type: ignore[arg-type]
+        except (RuntimeError, ValueError) as exc:  # an activation that does not fit the chain's rows
+            return f"the chain could not be evaluated ({type(exc).__name__})"
+        if any(g.shape != e.shape or not np.isfinite(e).all() for g, e in zip(got, expected)):
             return "the chain's output does not line up with the file's"
-        if np.linalg.norm(got - expected) > TOLERANCE * (np.linalg.norm(expected) + 1e-30):
+        size = sum(float(np.linalg.norm(e)) for e in expected)
+        # the outputs, and their change between the two inputs: a large bias cannot hide the weights
+        if any(np.linalg.norm(g - e) > TOLERANCE * (np.linalg.norm(e) + 1e-30) for g, e in zip(got, expected)):
+            return "the chain read out of the graph does not reproduce the file's outputs"
+        change, wanted = got[1] - got[0], expected[1] - expected[0]
+        if np.linalg.norm(change - wanted) > TOLERANCE * float(np.linalg.norm(wanted)) + _RUNTIME_NOISE * size:
             return "the chain read out of the graph does not reproduce the file's outputs"
     return ""
+
+
+def _chain(
+    found: FoundChain, funcs: list[Callable[[torch.Tensor], torch.Tensor]], tail: Callable[[torch.Tensor], torch.Tensor], rows: np.ndarray
+) -> np.ndarray:
+    """The chain's outputs for ``rows`` (one input row each), in float64."""
+    import torch
+
+    with torch.no_grad():
+        z = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+        for k, w in enumerate(found.weights):
+            z = z @ w.mT
+            if found.biases[k] is not None:
+                z = z + torch.from_numpy(np.array(found.biases[k], dtype=np.float64).reshape(-1))
+            z = funcs[k](z) if k < len(funcs) else tail(z)
+    return z.numpy().reshape(-1)
 
 
 def _reference(model: Model, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | str:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from lipcheck.model import Layer, Model
 
 _MOVES = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+_MAX_SLOPE = 2.0**64
 IDENTITY = "lipcheck.identity"  # the op of the identity joining two layers with no activation between them
 LINEAR = {"Gemm", "MatMul"}
 _SHAPE_ONLY = {"Shape", "Size"}
@@ -120,6 +121,8 @@ def slope_range(node: Node, const: Callable[[str], np.ndarray | None]) -> tuple[
     LipSDP certificate takes (it needs b > a and a + b > 0: a linear or odd-slope map is none)."""
     found = _slope_range(node, const)
     if found is None or not (found[1] > found[0] and found[0] + found[1] > 0.0):
+        return None
+    if not all(abs(value) <= _MAX_SLOPE for value in found):  # NaN or a slope the certificate's grid cannot hold
         return None
     return found
 

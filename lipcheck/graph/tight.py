@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipcheck.graph.chains import IDENTITY, FoundChain, find_chain
+from lipcheck.graph.chains import IDENTITY, ChainReader, FoundChain, find_chain
 from lipcheck.graph.ir import Node
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
     if found.explicit or any(node.op == IDENTITY for node in found.activations):
         from lipcheck.graph.chain_check import reproduces
 
-        why = reproduces(model, found, lambda node: _torch_activation(node, lambda name: None), settings.seed)  # type: ignore[arg-type]
+        const = ChainReader(model).const
+        why = reproduces(model, found, lambda node: _torch_activation(node, const), settings.seed)  # type: ignore[arg-type]
         if why:
             return None, why
     effort = settings.effort
@@ -158,7 +159,8 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
     shape = tuple(int(d) for d in declared if d is not None)
     if math.prod(shape) != found.weights[0].shape[1]:
         return
-    maybe = [_torch_activation(node, lambda name: None) for node in found.activations]
+    const = ChainReader(model).const
+    maybe = [_torch_activation(node, const) for node in found.activations]
     funcs = [f for f in maybe if f is not None]
     if len(funcs) != len(maybe):
         return
