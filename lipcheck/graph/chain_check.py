@@ -24,8 +24,7 @@ _SCALES = (0.1, 1.0, 10.0)
 
 
 def reproduces(model: Model, found: FoundChain, activation: Callable[[object], Callable[[torch.Tensor], torch.Tensor] | None], seed: int = 0) -> str:
-    """ "" when the chain's function matches the file's on random inputs, else why it does not."""
-    import torch
+    """Why the chain's function differs from the file's on random inputs, or "" where it matches."""
 
     graph = model.graph
     assert graph is not None
