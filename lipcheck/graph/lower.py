@@ -272,10 +272,12 @@ def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Seq
     dx = _distance(xs, ys)
     if dx == 0.0:
         return 0.0
-    fx, fy = exact(xs), exact(ys)
-    gx, gy = (float32(xs), float32(ys)) if float32 is not None else (None, None)
     peak = getattr(exact, "peak", None)
-    inner = max(peak(xs), peak(ys)) if callable(peak) else 0.0
+    fx = exact(xs)
+    inner = peak(xs) if callable(peak) else 0.0
+    fy = exact(ys)
+    inner = max(inner, peak(ys)) if callable(peak) else 0.0
+    gx, gy = (float32(xs), float32(ys)) if float32 is not None else (None, None)
     best = 0.0
     for k, (a, b) in enumerate(zip(fx, fy)):
         slack = nodes * _PER_NODE * max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), inner)
