@@ -274,3 +274,25 @@ def test_a_scripted_value_changed_in_place_and_read_again_gets_no_graph_bound(tm
     torch.jit.save(torch.jit.trace(InPlace().eval(), torch.zeros(1, 2)), str(traced))
     upper = inspect(traced).bound.upper
     assert upper is None or upper >= 5.0
+
+
+class InPlaceReturned(nn.Module):
+    """h = l0(x); h.mul_(5); return h: the value returned is the one changed in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0 = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.l0.weight.copy_(torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l0(x)
+        h.mul_(5.0)
+        return h
+
+
+def test_a_scripted_value_changed_in_place_and_returned_gets_no_graph_bound(tmp_path: Path) -> None:
+    path = tmp_path / "returned.pt"
+    torch.jit.save(torch.jit.script(InPlaceReturned().eval()), str(path))
+    upper = inspect(path).bound.upper
+    assert upper is None or upper >= 5.0

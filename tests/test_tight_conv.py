@@ -224,3 +224,15 @@ def test_dense_layers_on_each_row_joined_by_the_identity_after_a_translation(tmp
     exact = float(np.linalg.norm(w0.astype(np.float32).astype(np.float64) @ w1.astype(np.float32).astype(np.float64), 2))
     product = float(np.linalg.norm(w0, 2) * np.linalg.norm(w1, 2))
     assert report.bound.upper is not None and exact <= report.bound.upper <= product * (1 + 1e-5)
+
+
+def test_a_conv_too_large_for_an_explicit_operator_is_refused_before_its_basis_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipcheck.graph.ir import Node
+
+    def no_basis(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the identity basis was built")
+
+    monkeypatch.setattr(torch, "eye", no_basis)
+    node = Node("Conv", "c", ("x", "w"), ("y",), {"pads": [1, 1, 1, 1]})
+    made = explicit.conv_matrix(node, torch.randn(64, 3, 3, 3, dtype=torch.float64), (3, 32, 32))
+    assert isinstance(made, str) and "writes 65536 values" in made

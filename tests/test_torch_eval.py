@@ -178,3 +178,74 @@ def test_resize_reads_the_inputs_onnxruntime_reads(tmp_path: Path, mode: str, tr
         return  # a mode the IR declines: no lower bound rests on it
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": values})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "transform"),
+    [(3, 5, "half_pixel"), (3, 10, "pytorch_half_pixel"), (7, 18, "pytorch_half_pixel"), (4, 1, "half_pixel"), (4, 1, "pytorch_half_pixel")],
+)
+def test_linear_resize_to_given_sizes_matches_onnxruntime(tmp_path: Path, n: int, m: int, transform: str) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, n, n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, m, m])
+    sizes = numpy_helper.from_array(np.array([1, 1, m, m], dtype=np.int64), "sizes")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode=transform)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [sizes]), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, str(path))
+    graph = onnx_graph.load(path).graph
+    assert graph is not None
+    values = np.random.default_rng(2).standard_normal((1, 1, n, n)).astype(np.float32)
+    try:
+        got = evaluate(graph, [torch.from_numpy(values)])[0].numpy()
+    except Unsupported:
+        assert (m, transform) == (1, "pytorch_half_pixel")  # torch has no such transform for a size of 1
+        return
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": values})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_too_large_to_fold_is_computed_by_the_ir(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([1 << 22 | 1], np.int64), "n"),
+        numpy_helper.from_array(np.array([0], np.int64), "s0"),
+        numpy_helper.from_array(np.array([8], np.int64), "s1"),
+        numpy_helper.from_array(np.array([1, 2, 2, 2], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("ConstantOfShape", ["n"], ["big"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Slice", ["big", "s0", "s1"], ["part"]),
+        helper.make_node("Reshape", ["part", "shape"], ["b"]),
+        helper.make_node("Add", ["c", "b"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "big.onnx"
+    onnx.save(model, str(path))
+    assert _agrees(path) is True
+
+
+def test_the_float64_twin_of_an_old_file_runs_in_onnxruntime(tmp_path: Path) -> None:
+    from lipcheck.graph.evaluate import Float64Model
+
+    c = numpy_helper.from_array(np.array([1.0, 2.0, 3.0, 4.0], np.float32), "c")
+    nodes = [
+        helper.make_node("Add", ["c", "c"], ["s"]),
+        helper.make_node("Cast", ["s"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["h"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "f"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]), helper.make_tensor_value_info("c", TensorProto.FLOAT, [4])]
+    graph_proto = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [c])
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    path = tmp_path / "old.onnx"
+    onnx.save(model, str(path))
+    exact = Float64Model(onnx.load(str(path)), onnx_graph.load(path).graph)
+    assert exact.backend == "onnxruntime"
+    np.testing.assert_allclose(exact([np.ones((1, 4), np.float32)])[0], [[2.0, 4.0, 6.0, 8.0]])

@@ -60,7 +60,7 @@ def float64_twin(model: ModelProto, folded: Mapping[str, Callable[[], np.ndarray
     twin = ModelProto()
     twin.CopyFrom(model)
     opsets = {entry.domain or "": entry.version for entry in twin.opset_import}
-    if folded:
+    if folded and twin.ir_version >= 4:  # older files list every initializer among the inputs too
         _take_folded(twin.graph, folded)
     _graph(twin.graph, opsets)
     for function in twin.functions:
@@ -78,11 +78,13 @@ def _take_folded(graph: GraphProto, folded: Mapping[str, Callable[[], np.ndarray
             continue
         try:
             values = [np.asarray(folded[name]()) for name in outputs]
+            if any(value.dtype.kind not in "fiub" for value in values):
+                raise TypeError("not a numeric tensor")  # a sequence or strings: the node computes it
+            tensors = [numpy_helper.from_array(value, name) for name, value in zip(outputs, values)]
         except Exception:  # a constant lipcheck cannot materialize: the node computes it
             kept.append(node)
             continue
-        for name, value in zip(outputs, values):
-            graph.initializer.append(numpy_helper.from_array(value, name))
+        graph.initializer.extend(tensors)
     del graph.node[:]
     graph.node.extend(kept)
 

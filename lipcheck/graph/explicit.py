@@ -37,16 +37,16 @@ def conv_matrix(node: Node, weight: torch.Tensor, sample: tuple[int, ...]) -> tu
     columns = math.prod(sample)
     if columns > MAX_WIDTH:
         return f"{node.label} reads {columns} values per sample, more than the {MAX_WIDTH} an explicit operator takes"
-    basis = torch.eye(columns, dtype=torch.float64).reshape(columns, *sample)
     taps = torch.arange(1, weight.numel() + 1, dtype=torch.float64).reshape(weight.shape)
     try:
-        with torch.no_grad():
+        with torch.no_grad():  # the output's size first, on one sample: the basis may be large
+            rows = math.prod(_conv(None, node, [torch.zeros(1, *sample, dtype=torch.float64), taps]).shape[1:])  # type: ignore[arg-type]
+            if rows > MAX_WIDTH or rows * columns > MAX_ENTRIES:
+                return f"{node.label} writes {rows} values per sample, more than an explicit operator takes"
+            basis = torch.eye(columns, dtype=torch.float64).reshape(columns, *sample)
             numbered = _conv(None, node, [basis, taps])  # type: ignore[arg-type]
     except (RuntimeError, Unsupported, ValueError) as exc:
         return f"{node.label} cannot be applied to a {'x'.join(map(str, sample))} sample ({exc})"
-    rows = math.prod(numbered.shape[1:])
-    if rows > MAX_WIDTH or rows * columns > MAX_ENTRIES:
-        return f"{node.label} writes {rows} values per sample, more than an explicit operator takes"
     index = numbered.round()
     if float((numbered - index).abs().max()) > 0.25 or float(index.min()) < 0 or float(index.max()) > weight.numel():
         return f"{node.label}: its explicit operator could not be read tap by tap"

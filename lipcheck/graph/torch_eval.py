@@ -81,6 +81,16 @@ class Run:
         self.cache = cache
         self.track, self.peak = False, 0.0
 
+    def _folded(self, node: Node) -> bool:
+        """Whether every output of ``node`` is a constant lipcheck could fold (it is then read, not computed)."""
+        try:
+            for name in node.outputs:
+                if name:
+                    self.value(name)
+        except Exception:  # too large to fold, or a constant folding cannot compute: the node computes it
+            return False
+        return True
+
     def value(self, name: str) -> Any:
         if not name:
             return None
@@ -105,7 +115,7 @@ class Run:
 
     def outputs(self) -> list[torch.Tensor]:
         for node in self.graph.nodes:
-            if node.outputs and all(not name or name in self.graph.constants for name in node.outputs):
+            if node.outputs and all(not name or name in self.graph.constants for name in node.outputs) and self._folded(node):
                 continue  # folded as the file computes it (a cast to float16, a dequantized weight)
             fn = _OPS.get(node.op)
             if fn is None:

@@ -184,6 +184,7 @@ def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
     scales = ins[1] if node.op == "Upsample" else (ins[2] if len(ins) > 2 else None)
     sizes = ins[3] if node.op == "Resize" and len(ins) > 3 else None
     spatial = list(x.shape[2:])
+    given_sizes = sizes is not None and bool(sizes.numel())
     if sizes is not None and sizes.numel():
         size = ints(sizes)[2:]
         factors = [float(np.float32(o) / np.float32(n)) for o, n in zip(size, spatial)]
@@ -206,12 +207,15 @@ def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
             out = out.index_select(2 + axis, torch.as_tensor(index, dtype=torch.int64, device=x.device))
         return out
     if mode == "linear" and transform in ("pytorch_half_pixel", "align_corners", "half_pixel") and x.dim() in (3, 4, 5):
-        if transform == "half_pixel" and any(m == 1 for m in size):
-            raise Unsupported(f"{node.label} ({node.op}): linear half_pixel to a size of 1")
+        if transform == "pytorch_half_pixel" and any(m == 1 for m in size):
+            raise Unsupported(f"{node.label} ({node.op}): linear pytorch_half_pixel to a size of 1")
         torch_mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
-        if transform == "align_corners":
-            return F.interpolate(x, size=size, mode=torch_mode, align_corners=True)
-        return F.interpolate(x, scale_factor=factors, mode=torch_mode, align_corners=False, recompute_scale_factor=False)
+        if transform == "align_corners" or given_sizes:
+            return F.interpolate(x, size=size, mode=torch_mode, align_corners=transform == "align_corners")
+        out = F.interpolate(x, scale_factor=factors, mode=torch_mode, align_corners=False, recompute_scale_factor=False)
+        if list(out.shape[2:]) != size:
+            raise Unsupported(f"{node.label} ({node.op}): linear scales whose output size torch rounds otherwise")
+        return out
     raise Unsupported(f"{node.label} ({node.op}): mode {mode} with {transform} coordinates")
 
 

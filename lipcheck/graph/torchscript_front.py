@@ -356,14 +356,15 @@ def _mutation_read_later(graph: torch._C.Graph) -> str:
     """
     order: dict[torch._C.Node, int] = {}
 
-    def number(nodes: Any) -> None:
+    def number(nodes: Any, returned: torch._C.Node) -> None:
         for node in nodes:
             order[node] = len(order)
             for block in node.blocks():
-                number(block.nodes())
+                number(block.nodes(), block.returnNode())
+        order[returned] = len(order)  # what a graph or block returns is read after its nodes
 
-    number(graph.nodes())
-    for node, position in order.items():
+    number(graph.nodes(), graph.return_node())
+    for node, position in list(order.items()):
         kind = node.kind()
         name = kind.split("::")[-1]
         if not kind.startswith("aten::") or not name.endswith("_") or name.endswith("__"):
