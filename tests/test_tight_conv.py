@@ -236,3 +236,15 @@ def test_a_conv_too_large_for_an_explicit_operator_is_refused_before_its_basis_i
     node = Node("Conv", "c", ("x", "w"), ("y",), {"pads": [1, 1, 1, 1]})
     made = explicit.conv_matrix(node, torch.randn(64, 3, 3, 3, dtype=torch.float64), (3, 32, 32))
     assert isinstance(made, str) and "writes 65536 values" in made
+
+
+def test_a_chain_that_cannot_be_read_leaves_the_graph_bound_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _export(Nhwc(7), (1, 1, 5, 5), tmp_path / "cnn.onnx")
+
+    def broken(node, weight, sample):  # type: ignore[no-untyped-def]
+        raise TypeError("an attribute of an unexpected type")
+
+    monkeypatch.setattr(explicit, "conv_matrix", broken)
+    report = inspect(path, settings=Settings(lower=False))
+    assert report.bound.method == "graph" and report.bound.upper == report.bound.graph
+    assert any(text.startswith("tight: no LipSDP bound for this chain") and "unexpected type" in text for text in report.bound.assumptions)

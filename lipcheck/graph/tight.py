@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lipcheck.errors import first_line
 from lipcheck.graph.chains import IDENTITY, ChainReader, FoundChain, find_chain
 from lipcheck.graph.ir import Node
 
@@ -59,11 +60,27 @@ def budget_seconds(chain: FoundChain, effort: float = 1.0) -> float:
 
 def tight_bound(model: Model, settings: Settings) -> tuple[float | None, str]:
     """The certified LipSDP-Neuron bound of a plain chain, or None with the reason there is none."""
-    from lipcheck.graph.lipsdp import Chain, certified_bound
+    value, why, _ = _tight(model, settings)
+    return value, why
 
-    found, why = find_chain(model)
+
+def _tight(model: Model, settings: Settings) -> tuple[float | None, str, bool]:
+    """tight_bound, and whether the graph is a chain at all (a chain without a bound is worth a note)."""
+    try:
+        found, why = find_chain(model)
+    except Exception as exc:  # the tight bound only improves on the graph's: without it the report stands
+        return None, f"the chain could not be read ({first_line(exc)})", True
     if found is None:
-        return None, why
+        return None, why, False
+    try:
+        value, why = _certified(model, settings, found)
+    except Exception as exc:  # as above
+        return None, f"the chain's bound failed ({first_line(exc)})", True
+    return value, why, True
+
+
+def _certified(model: Model, settings: Settings, found: FoundChain) -> tuple[float | None, str]:
+    from lipcheck.graph.lipsdp import Chain, certified_bound
     if not all(bool(w.isfinite().all()) for w in found.weights):
         return None, "non-finite weights"
     if found.explicit or any(node.op == IDENTITY for node in found.activations):
@@ -85,8 +102,10 @@ def apply_tight(model: Model, settings: Settings, bound: BoundReport) -> None:
     """Set ``bound.tight`` for a plain chain, and make it the network bound where it is below the graph's."""
     if bound.graph is None:
         return
-    value, _ = tight_bound(model, settings)
+    value, why, chained = _tight(model, settings)
     if value is None:
+        if chained:
+            bound.assumptions.append(f"tight: no LipSDP bound for this chain: {why}")
         return
     bound.tight = value
     if value < bound.graph:
