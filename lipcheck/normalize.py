@@ -25,7 +25,7 @@ from lipcheck.atomic import restored_on_error
 from lipcheck.errors import LipcheckError, first_line
 from lipcheck.formats import Format, Options, detect, load, save
 from lipcheck.model import Layer, Model, WeightEdit
-from lipcheck.report.data import Report
+from lipcheck.report.data import LayerReport, Report
 from lipcheck.settings import Settings
 
 
@@ -121,7 +121,8 @@ def plan(
             continue
         if entry.lipschitz is None or entry.sigma is None:
             raise LipcheckError(f"non-finite weights (NaN or Inf) in {name}: no normalization exists; fix or retrain the layer, or leave it out with --layers")
-        value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+        # σ's certified upper end: dividing by the attained σ could leave the layer above its target
+        value = (_sigma_upper(entry) or entry.sigma) if convention == "torch" else entry.lipschitz.upper
         if convention == "torch" and layer.is_conv and layer.geometry is None and not layer.is_transposed:
             note = "weights without a graph: --convention torch reads each conv's σ as a Conv's (rows = dim 0); a ConvTranspose's spectral_norm uses dim 1"
             if note not in warnings:
@@ -137,6 +138,11 @@ def plan(
         divisor = value * (1.0 + margin(layer.dtype, report.settings.get("tol", 1e-6))) / per_layer
         if not (math.isfinite(divisor) and divisor > 0.0):
             raise LipcheckError(f"{name}: dividing by {value!r} / {per_layer!r} is beyond float range; choose a target nearer the layer's bound")
+        if per_layer / math.sqrt(max(1, math.prod(layer.shape))) < _smallest_normal(layer.dtype):
+            raise LipcheckError(
+                f"{name}: a target of {per_layer!r} would push its {layer.dtype} weights below the smallest normal number "
+                "(they would round to zero or lose their precision); choose a larger target"
+            )
         plans.append(Plan(name, per_layer, divisor, f"divided by {divisor:.6g}"))
         edits.append(WeightEdit(layer.name, layer.scope, divisor))
     return plans, edits, warnings
@@ -168,6 +174,7 @@ def normalize(
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
     before = analyze(model, settings)
     plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip, patterns=tuple(layers))
+    warnings.extend(f"{entry.name} {list(entry.shape)}: not normalized ({entry.reason})" for entry in model.skipped)
     by_name = {layer.name: layer for layer in model.layers}
     edits = [WeightEdit(e.name, e.scope, e.divisor, _sn_vectors(by_name[e.name], src, key, settings.allow_globals)) if e.vectors else e for e in edits]
     mode = stat.S_IMODE(src.stat().st_mode) & 0o777  # permission bits only: never copy setuid or setgid
@@ -182,7 +189,7 @@ def normalize(
         for layer, entry in zip(model.layers, after.layers):
             goal = targets.get(layer.display_name)
             if goal is not None and entry.lipschitz is not None and entry.lipschitz.upper > goal:
-                value = entry.sigma if convention == "torch" else entry.lipschitz.upper
+                value = _sigma_upper(entry) if convention == "torch" else entry.lipschitz.upper
                 if value is not None and value > goal:
                     fixes.append(WeightEdit(layer.name, layer.scope, value * (1.0 + margin(layer.dtype, settings.tol)) / goal))
         if fixes:
@@ -196,12 +203,30 @@ def normalize(
         promised = {p.name: p.target for p in plans if p.target is not None}
         for layer, entry in zip(model.layers, after.layers):
             goal = promised.get(layer.display_name)
-            value = (entry.sigma if convention == "torch" else entry.lipschitz.upper) if entry.lipschitz is not None else None
+            value = (_sigma_upper(entry) if convention == "torch" else entry.lipschitz.upper) if entry.lipschitz is not None else None
             if goal is not None and value is not None and value > goal * (1.0 + margin(layer.dtype, settings.tol)):
                 warnings.append(
                     f"layer {layer.display_name}: re-certified at {value!r}, above its target {goal!r}; check this layer before relying on the copy"
                 )
     return Result(before, after, plans, warnings)
+
+
+def _sigma_upper(entry: LayerReport) -> float | None:
+    """The certified upper end of a layer's σ in torch's convention (its attained value where none is known)."""
+    return entry.sigma_upper if entry.sigma_upper is not None else entry.sigma
+
+
+def _smallest_normal(dtype: str) -> float:
+    """The smallest positive normal number of a stored float type (float32's for types lipcheck does not know)."""
+    import numpy as np
+
+    name = dtype.removeprefix("torch.")
+    if name in ("bfloat16",):
+        return 2.0**-126
+    try:
+        return float(np.finfo(np.dtype(name)).tiny)
+    except (TypeError, ValueError):  # an integer or float8 type numpy does not describe
+        return float(np.finfo(np.float32).tiny)
 
 
 def _written(fmt: Format, src: Path, dst: Path, edits: list[WeightEdit], options: Options) -> list[str]:

@@ -485,3 +485,80 @@ def test_torch_convention_on_weights_without_a_graph_says_which_conv_it_assumes(
     assert any("ConvTranspose" in warning for warning in result.warnings)
     result = normalize(SAMPLES / "cnn.pt", tmp_path / "out2.pt")
     assert not any("ConvTranspose" in warning for warning in result.warnings)
+
+
+def test_a_zero_layer_is_left_and_the_table_prints_a_zero_product(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[2].weight.zero_()
+    src, dst = tmp_path / "zero.pt", tmp_path / "out.pt"
+    torch.save(net.state_dict(), src)
+    code, out, err = cli("normalize", str(src), "-o", str(dst))
+    assert code == 0, err
+    assert "zero weights" in err and "Traceback" not in err
+    code, out, err = cli("inspect", str(src))
+    assert code == 0, err
+    assert "product of layer bounds (plain chains only): 0" in out
+
+
+def test_a_target_that_underflows_the_weights_is_refused_before_writing(tmp_path: Path) -> None:
+    src, dst = tmp_path / "mlp.pt", tmp_path / "out.pt"
+    torch.save(torch.nn.Linear(4, 4).state_dict(), src)
+    with pytest.raises(LipcheckError, match="smallest normal number"):
+        normalize(src, dst, target=1e-300)
+    assert not dst.exists()
+
+
+def test_the_torch_convention_divides_by_sigmas_upper_end(tmp_path: Path) -> None:
+    from lipcheck.settings import Settings
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(200, 200), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    state = {"fc.weight": net[0].weight.detach(), "c.weight": net[2].weight.detach()}
+    src, dst = tmp_path / "w.pt", tmp_path / "out.pt"
+    torch.save(state, src)
+    normalize(src, dst, target=1.0, convention="torch", settings=Settings(max_iter=1))
+    written = torch.load(dst, weights_only=True)
+    for name in state:
+        assert exact_sigma(written[name].reshape(written[name].shape[0], -1)) <= 1.0
+
+
+def test_an_output_that_is_the_inputs_external_data_file_is_refused(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "model.onnx"
+    onnx.save(model, str(src), save_as_external_data=True, location="weights.onnx", size_threshold=0)
+    data = tmp_path / "weights.onnx"
+    before = _sha(data)
+    with pytest.raises(LipcheckError, match="external data"):
+        normalize(src, data, target=1.0, force=True)
+    assert _sha(data) == before
+    onnx.checker.check_model(onnx.load(str(src)))
+
+
+def test_torchscript_tied_weights_and_extra_files(tmp_path: Path) -> None:
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    src, dst = tmp_path / "tied.pt", tmp_path / "out.pt"
+    torch.jit.save(torch.jit.script(Tied()), str(src), _extra_files={"config.json": '{"labels": 3}'})
+    normalize(src, dst, target=1.0)
+    extra = {"config.json": ""}
+    module = torch.jit.load(str(dst), _extra_files=extra)
+    assert extra["config.json"] in (b'{"labels": 3}', '{"labels": 3}')
+    assert module.a.weight.data_ptr() == module.b.weight.data_ptr()
+    assert exact_sigma(module.a.weight.detach()) <= 1.0

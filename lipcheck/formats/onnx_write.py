@@ -214,6 +214,8 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
     same_model = dst.exists() and os.path.samefile(src, dst)
     if data_target.exists() and not same_model and any(os.path.samefile(data_target, used) for used in _input_files(src, stored)):
         raise LipcheckError(f"the output's data file {data_target} is one of the input's files; choose another output name or folder")
+    if dst.exists() and not same_model and any(os.path.samefile(dst, used) for used in _input_files(src, stored)):
+        raise LipcheckError(f"the output {dst} is one of the input's external data files; choose another output name or folder")
 
     # Bytes of external tensors stay where they are read from until the data file is written.
     rewritten: dict[tuple[str, str], bool] = {}

@@ -298,19 +298,36 @@ def _constant_list(value: torch._C.Value) -> tuple[int, ...]:
 
 
 def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
-    """Write ``src`` with the listed parameters divided, via torch.jit.save."""
+    """Write ``src`` with the listed parameters divided, via torch.jit.save, its extra files kept."""
     module = _read(src)
+    extra = _extra_files(src)
+    if extra:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.load(str(src), map_location="cpu", _extra_files=extra)  # fills in their contents
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        # every name of a tied tensor, each storage divided once
+        tensors = {**dict(module.named_parameters(remove_duplicate=False)), **dict(module.named_buffers(remove_duplicate=False))}
+        divided: set[int] = set()
         with torch.no_grad():
             for edit in edits:
                 if edit.vectors is not None:
                     raise LipcheckError("spectral-norm parametrized TorchScript modules cannot be rewritten; normalize the checkpoint instead")
-                if edit.divisor is not None:
+                if edit.divisor is not None and tensors[edit.name].data_ptr() not in divided:
                     tensor = tensors[edit.name]
+                    divided.add(tensor.data_ptr())
                     tensor.copy_((tensor.to(torch.float64) / edit.divisor).to(tensor.dtype))
         # Into memory first: torch's file writer aborts the process when a write fails (a full disk).
         buffer = io.BytesIO()
-        torch.jit.save(module, buffer)
+        torch.jit.save(module, buffer, _extra_files=extra)
     dst.write_bytes(buffer.getvalue())
+
+
+def _extra_files(path: Path) -> dict[str, str | bytes]:
+    """The names of the files saved beside the code (``_extra_files``), as keys to fill."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        names = [name.split("/extra/", 1)[1] for name in archive.namelist() if "/extra/" in name and not name.endswith("/")]
+    return dict.fromkeys(names, "")

@@ -81,6 +81,7 @@ def _tight(model: Model, settings: Settings) -> tuple[float | None, str, bool]:
 
 def _certified(model: Model, settings: Settings, found: FoundChain) -> tuple[float | None, str]:
     from lipcheck.graph.lipsdp import Chain, certified_bound
+
     if not all(bool(w.isfinite().all()) for w in found.weights):
         return None, "non-finite weights"
     if found.explicit or any(node.op == IDENTITY for node in found.activations):

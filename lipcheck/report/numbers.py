@@ -75,6 +75,8 @@ def product_text(report: Report) -> str:
         return "n/a (no layer weights found)" if not report.layers else "n/a (a layer has no finite bound: non-finite weights, or a bound beyond float range)"
     if b.product is not None and 1e-4 <= b.product < 1e7:
         return up(b.product)
+    if b.product == 0.0 or b.product_log10 == -math.inf:  # a layer of zeros
+        return "0"
     # The exponent rounded up in its last printed digit, so the printed power is never below the product.
     return f"10^{math.ceil(b.product_log10 * 1e4) / 1e4:.4f}"
 
