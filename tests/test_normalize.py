@@ -562,3 +562,23 @@ def test_torchscript_tied_weights_and_extra_files(tmp_path: Path) -> None:
     assert extra["config.json"] in (b'{"labels": 3}', '{"labels": 3}')
     assert module.a.weight.data_ptr() == module.b.weight.data_ptr()
     assert exact_sigma(module.a.weight.detach()) <= 1.0
+
+
+def test_a_bidirectional_onnx_lstm_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    import warnings
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.r = torch.nn.LSTM(6, 5, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.r(x)[0]
+
+    src, dst = tmp_path / "bi.onnx", tmp_path / "out.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.randn(3, 1, 6),), str(src), dynamo=False, opset_version=17)
+    with pytest.raises(LipcheckError, match="bidirectional recurrent layer.*--layers"):
+        normalize(src, dst, target=1.0)
+    assert not dst.exists()

@@ -85,6 +85,11 @@ def _find(index: dict[tuple[str, str], TensorProto], scope: str, name: str) -> t
         if (path, name) in index:
             return path, index[(path, name)]
         if not path:
+            if name.endswith(("[forward]", "[reverse]")):
+                raise LipcheckError(
+                    f"'{name}' is one direction of a bidirectional recurrent layer, stored with the other in one tensor; "
+                    "lipcheck cannot rewrite one direction yet: leave the layer out with --layers"
+                )
             raise LipcheckError(f"cannot find the stored tensor '{name}' to rewrite; please report this model's layout")
         path = path.rpartition("/")[0]
 

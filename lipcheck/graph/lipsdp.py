@@ -54,6 +54,7 @@ _MAX_MARGIN_STEPS = 60
 # positive definite by that much, which the rounding margins of the certificate need (a block that
 # the input never reaches could otherwise drift to singular without raising ρ*).
 _RESERVE = 2.0**-18
+_THREADED_WIDTH = 1024  # from this hidden width on, the factorizations use every thread
 _PARTIAL_EIGEN = 256  # from this order on, the top eigenvalue alone comes from Lanczos
 
 # (fraction of budget done, best certified-candidate bound so far); the CLI draws it as a bar
@@ -116,6 +117,7 @@ class Objective:
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self.ws = [w.to(torch.float64) for w in chain.weights]
+        self.start_rho = math.inf  # ρ* at the closed-form start, once initial() has run
         last = self.ws[-1]
         self.g_last = last.mT @ last
         first = self.ws[0]
@@ -182,8 +184,11 @@ class Objective:
             scaled = t * (self.ws[k] if k > 0 else self.k0)
             v = torch.linalg.solve_triangular(factor, scaled, upper=False)
             below = self.ws[k] if k > 0 else self.k0
-            g = (a + b) ** 2 * (v.mT @ v) - 2.0 * a * b * (below.mT @ scaled)
+            g = (a + b) ** 2 * (v.mT @ v)
+            if a * b != 0.0:
+                g = g - 2.0 * a * b * (below.mT @ scaled)
             g = 0.5 * (g + g.mT)
+        self.start_rho = _top_eigenvalue(g) if bool(torch.isfinite(g).all()) else math.inf
         return thetas
 
 
@@ -383,11 +388,15 @@ def certified_bound(chain: Chain, budget_s: float = 2.0, progress: Progress | No
     multipliers pass (a chain whose Gram blocks overflow, say)."""
     start = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these matrices are small: threads cost more in overhead than they save
+    if max(w.shape[0] for w in chain.weights[:-1]) < _THREADED_WIDTH:
+        torch.set_num_threads(1)  # these matrices are small: threads cost more in overhead than they save
     try:
         objective = Objective(chain)
         thetas = objective.initial()
-        thetas, rho, iterations = optimize(objective, thetas, budget_s, progress)
+        if budget_s > 0.0:
+            thetas, rho, iterations = optimize(objective, thetas, budget_s, progress)
+        else:  # the start's ρ* as initial() found it (the certificate below checks it with its margins)
+            rho, iterations = objective.start_rho, 0
     except (AssertionError, ArithmeticError, RuntimeError, ValueError):  # weights whose products under- or overflow
         return None
     finally:
