@@ -484,3 +484,35 @@ def test_string_weights_and_external_data_through_a_missing_folder_are_one_line_
     for path in (tmp_path / "s.onnx", folder / "m.onnx"):
         code, _, err = run_cli("inspect", str(path), "--no-lower")
         assert code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("attrs", "weight_shape", "message"),
+    [
+        ({"auto_pad": "FOO"}, (3, 2, 3, 3), "auto_pad 'FOO'"),
+        ({"group": 0}, (3, 2, 3, 3), "group 0"),
+        ({"strides": [0, 1]}, (3, 2, 3, 3), "at least 1"),
+        ({"strides": [-1, 1]}, (3, 2, 3, 3), "at least 1"),
+        ({"pads": [1, 1]}, (3, 2, 3, 3), "need 2, 2 and 4 values"),
+        ({}, (0, 2, 3, 3), "is empty"),
+    ],
+)
+def test_conv_attributes_no_runtime_can_apply_are_one_line(cli, tmp_path: Path, attrs: dict, weight_shape: tuple[int, ...], message: str) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones(weight_shape, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    code, out, err = cli("inspect", str(path))
+    assert code == 2 and err.count("\n") == 1 and message in err and "internal error" not in err

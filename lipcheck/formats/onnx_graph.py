@@ -305,6 +305,7 @@ class _Reader:
             output_padding=tuple(attrs.get("output_padding", [0] * n)) if transposed else (),
             auto_pad=bytes(attrs.get("auto_pad", b"NOTSET")).decode(),
         )
+        _check_geometry(geometry, n, tuple(const.value_shape), label, transposed)
         op = f"conv_transpose{_CONV_NDIM[n + 2]}" if transposed else f"conv{_CONV_NDIM[n + 2]}"
         dims = self.shapes.get(node.input[0])
         found: ConvGeometry | None = geometry
@@ -389,3 +390,27 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
             "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm"
         )
     return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph)
+
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _check_geometry(geometry: ConvGeometry, n: int, shape: tuple[int, ...], label: str, transposed: bool) -> None:
+    """Refuse conv attributes no runtime can apply: wrong lengths, strides or dilations below 1,
+    a group that does not divide the channels, an unknown auto_pad, an empty kernel."""
+    problems = []
+    if len(geometry.stride) != n or len(geometry.dilation) != n or len(geometry.padding) != 2 * n:
+        problems.append(f"strides, dilations and pads need {n}, {n} and {2 * n} values for a {n}-d kernel")
+    if any(s < 1 for s in geometry.stride) or any(d < 1 for d in geometry.dilation):
+        problems.append("strides and dilations must be at least 1")
+    if transposed and len(geometry.output_padding) != n:
+        problems.append(f"output_padding needs {n} values")
+    channels = shape[0]  # a Conv's output channels, a ConvTranspose's input channels: both split into groups
+    if any(d == 0 for d in shape):
+        problems.append(f"its kernel of shape {list(shape)} is empty")
+    elif geometry.groups < 1 or channels % geometry.groups:
+        problems.append(f"group {geometry.groups} does not divide the kernel of shape {list(shape)}")
+    if geometry.auto_pad not in _AUTO_PADS:
+        problems.append(f"auto_pad {geometry.auto_pad!r} is none of {', '.join(_AUTO_PADS)}")
+    if problems:
+        raise CorruptFileError(f"node {label}: {problems[0]}; the ONNX file is malformed: re-export the model")

@@ -47,6 +47,8 @@ def conv_matrix(node: Node, weight: torch.Tensor, sample: tuple[int, ...]) -> tu
             numbered = _conv(None, node, [basis, taps])  # type: ignore[arg-type]
     except (RuntimeError, Unsupported, ValueError) as exc:
         return f"{node.label} cannot be applied to a {'x'.join(map(str, sample))} sample ({exc})"
+    if numbered.numel() == 0:
+        return f"{node.label} writes no values"
     index = numbered.round()
     if float((numbered - index).abs().max()) > 0.25 or float(index.min()) < 0 or float(index.max()) > weight.numel():
         return f"{node.label}: its explicit operator could not be read tap by tap"
