@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lipcheck.graph.ir import Node
+from lipcheck.graph.resize_index import attr_text, nearest_indices
 from lipcheck.graph.torch_eval import Run, Unsupported, axis_of, ints, op
 
 
@@ -174,9 +175,9 @@ def _pad(run: Run, node: Node, ins: list[Any]) -> Any:
 @op("Resize", "Upsample")
 def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
     x = ins[0]
-    mode = _text(node.attrs.get("mode", b"nearest"))
-    transform = _text(node.attrs.get("coordinate_transformation_mode", b"half_pixel" if node.op == "Resize" else b"asymmetric"))
-    nearest = _text(node.attrs.get("nearest_mode", b"round_prefer_floor" if node.op == "Resize" else b"floor"))
+    mode = attr_text(node.attrs.get("mode", b"nearest"))
+    transform = attr_text(node.attrs.get("coordinate_transformation_mode", b"half_pixel" if node.op == "Resize" else b"asymmetric"))
+    nearest = attr_text(node.attrs.get("nearest_mode", b"round_prefer_floor" if node.op == "Resize" else b"floor"))
     if node.op == "Upsample":
         transform, nearest = "asymmetric", "floor"
     if any(node.attrs.get(name) for name in ("antialias", "axes", "keep_aspect_ratio_policy", "exclude_outside")):
@@ -201,7 +202,7 @@ def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
     if mode == "nearest":
         out = x
         for axis, (n, m, f) in enumerate(zip(spatial, size, factors)):
-            index = _nearest_index(n, m, f, transform, nearest)
+            index = nearest_indices(n, m, f, transform, nearest)
             if index is None:
                 raise Unsupported(f"{node.label} ({node.op}): nearest with {transform} coordinates and {nearest} rounding")
             out = out.index_select(2 + axis, torch.as_tensor(index, dtype=torch.int64, device=x.device))
@@ -217,40 +218,6 @@ def _resize(run: Run, node: Node, ins: list[Any]) -> Any:
             raise Unsupported(f"{node.label} ({node.op}): linear scales whose output size torch rounds otherwise")
         return out
     raise Unsupported(f"{node.label} ({node.op}): mode {mode} with {transform} coordinates")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _nearest_index(n: int, m: int, factor: float, transform: str, rounding: str) -> list[int] | None:
-    """The input index ONNX's nearest Resize reads for each of the m outputs of an axis of n, with
-    the coordinates computed in float32 as onnxruntime computes them."""
-    f32 = np.float32
-    scale, half, i = f32(factor), f32(0.5), np.arange(m, dtype=np.float32)
-    if transform == "half_pixel" or (transform == "pytorch_half_pixel" and m > 1):
-        x = (i + half) / scale - half
-    elif transform == "pytorch_half_pixel":
-        x = np.zeros(m, dtype=np.float32)
-    elif transform == "asymmetric":
-        x = i / scale
-    elif transform == "align_corners":
-        x = i * f32(n - 1) / f32(m - 1) if m > 1 else np.zeros(m, dtype=np.float32)
-    elif transform == "tf_half_pixel_for_nn":
-        x = (i + half) / scale
-    else:
-        return None
-    if rounding == "floor":
-        k = np.floor(x)
-    elif rounding == "ceil":
-        k = np.ceil(x)
-    elif rounding == "round_prefer_floor":
-        k = np.ceil(x - half)
-    elif rounding == "round_prefer_ceil":
-        k = np.floor(x + half)
-    else:
-        return None
-    return [min(max(int(v), 0), n - 1) for v in k]
 
 
 @op("If")

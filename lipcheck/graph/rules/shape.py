@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lipcheck.graph.resize_index import attr_text, nearest_indices
 from lipcheck.graph.rules import not_lipschitz, rule
 
 if TYPE_CHECKING:
@@ -178,10 +179,10 @@ def resize(walk: Walk, node: Node, ins: list[float]) -> float:
     """Per resized axis with scale s: nearest copies an entry at most ceil(s) times; linear rows sum to 1
     with at most 2·ceil(s) entries per column; cubic rows and columns by the kernel's absolute sums."""
     attrs = node.attrs
-    mode = _text(attrs.get("mode", "nearest"))
+    mode = attr_text(attrs.get("mode", "nearest"))
     if any(lip > 0.0 for lip in ins[1:]):
         return walk.unbounded(node, "resize scales, sizes or region that depend on the input")
-    if _text(attrs.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
+    if attr_text(attrs.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
         return walk.unbounded(node, "crop-and-resize zooms into a region of interest lipcheck does not read")
     scales = _resize_scales(walk, node)
     if scales is None:
@@ -208,9 +209,9 @@ def _nearest_copies(walk: Walk, node: Node, scales: np.ndarray) -> float:
     axes = [int(a) for a in node.attrs.get("axes", range(len(scales)))] if shape else []
     if "coordinate_transformation_mode" in node.attrs or node.op == "Upsample":
         default = "half_pixel" if node.op == "Resize" else "asymmetric"
-        modes = [(_text(node.attrs.get("coordinate_transformation_mode", default)), _text(node.attrs.get("nearest_mode", "round_prefer_floor")))]
+        modes = [(attr_text(node.attrs.get("coordinate_transformation_mode", default)), attr_text(node.attrs.get("nearest_mode", "round_prefer_floor")))]
     else:  # a torch graph's nearest (asymmetric, floor) or ONNX's default (half_pixel, round_prefer_floor)
-        modes = [("half_pixel", _text(node.attrs.get("nearest_mode", "round_prefer_floor"))), ("asymmetric", "floor")]
+        modes = [("half_pixel", attr_text(node.attrs.get("nearest_mode", "round_prefer_floor"))), ("asymmetric", "floor")]
     total = 1.0
     for k, s in enumerate(scales):
         n = shape[axes[k]] if shape and k < len(axes) and axes[k] < len(shape) else None
@@ -228,40 +229,12 @@ def _axis_copies(n: int, s: float, coordinate: str, rounding: str) -> float | No
     if m <= 0 or s <= 0.0:
         return 1.0
     most = 0
-    dtype: Any
     for dtype in (np.float32, np.float64):
-        y: Any = np.arange(m, dtype=dtype)
-        scale: Any = dtype(s)
-        x: Any
-        if coordinate == "half_pixel" or (coordinate == "pytorch_half_pixel" and m > 1):
-            x = (y + dtype(0.5)) / scale - dtype(0.5)
-        elif coordinate == "pytorch_half_pixel":
-            x = np.zeros_like(y)
-        elif coordinate == "align_corners":
-            x = y * dtype(n - 1) / dtype(m - 1) if m > 1 else np.zeros_like(y)
-        elif coordinate == "asymmetric":
-            x = y / scale
-        elif coordinate == "tf_half_pixel_for_nn":
-            x = (y + dtype(0.5)) / scale
-        else:
+        index = nearest_indices(n, m, s, coordinate, rounding, dtype)
+        if index is None:
             return None
-        if rounding == "floor":
-            index = np.floor(x)
-        elif rounding == "ceil":
-            index = np.ceil(x)
-        elif rounding == "round_prefer_ceil":
-            index = np.floor(x + dtype(0.5))
-        elif rounding == "round_prefer_floor":
-            index = np.ceil(x - dtype(0.5))
-        else:
-            return None
-        counts = np.bincount(np.clip(index, 0, n - 1).astype(np.int64), minlength=n)
-        most = max(most, int(counts.max()))
+        most = max(most, int(np.bincount(index, minlength=n).max()))
     return float(most)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _resize_scales(walk: Walk, node: Node) -> np.ndarray | None:
@@ -280,7 +253,7 @@ def _resize_scales(walk: Walk, node: Node) -> np.ndarray | None:
     if len(axes) != sizes.size:
         return None
     ratio = np.asarray(sizes, dtype=np.float64).ravel() / np.asarray([shape[a] for a in axes], dtype=np.float64)
-    policy = _text(node.attrs.get("keep_aspect_ratio_policy", "stretch"))
+    policy = attr_text(node.attrs.get("keep_aspect_ratio_policy", "stretch"))
     if policy == "not_larger":
         ratio[:] = ratio.min()
     elif policy == "not_smaller":
