@@ -25,7 +25,6 @@ _SCALES = (0.1, 1.0, 10.0)
 
 def reproduces(model: Model, found: FoundChain, activation: Callable[[object], Callable[[torch.Tensor], torch.Tensor] | None], seed: int = 0) -> str:
     """Why the chain's function differs from the file's on random inputs, or "" where it matches."""
-
     graph = model.graph
     assert graph is not None
     declared = graph.shapes.get(graph.inputs[0])

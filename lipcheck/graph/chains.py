@@ -267,16 +267,16 @@ class ChainReader:
             chain.weights.append(w)
             chain.biases.append(bias)
         elif node.op in _MOVES or node.op == "Transpose":
-            if chain.sample is not None:
-                return self._move_sample(chain, node, value)
-            if node.op == "Transpose":
-                if chain.weights:
-                    return f"{node.label} transposes between layers"
-                chain.reordered = True
             if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
                 mode = self.const(node.inputs[2])
                 if mode is None or bool(mode.any()):
                     return f"{node.label} is a dropout that may be in training mode"
+            if chain.sample is not None:
+                return self._move_sample(chain, node)
+            if node.op == "Transpose":
+                if chain.weights:
+                    return f"{node.label} transposes between layers"
+                chain.reordered = True
         elif node.op in ("Add", "Sub"):
             other = self.const(node.inputs[1])
             if other is None:
@@ -381,16 +381,12 @@ class ChainReader:
             }
         return Node(node.op, node.label, node.inputs, node.outputs, attrs)
 
-    def _move_sample(self, chain: Building, node: Node, value: str) -> str:
+    def _move_sample(self, chain: Building, node: Node) -> str:
         """A move in a whole-sample chain: it must keep each sample's entries together; a
         Transpose that keeps the batch axis permutes them."""
         from lipcheck.graph.explicit import transpose_index
 
         assert chain.sample is not None
-        if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
-            mode = self.const(node.inputs[2])
-            if mode is None or bool(mode.any()):
-                return f"{node.label} is a dropout that may be in training mode"
         if node.op in ("Identity", "Dropout"):
             return ""
         shape = self.graph.shapes.get(node.outputs[0])

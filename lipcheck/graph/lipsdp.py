@@ -162,7 +162,7 @@ class Objective:
             g = self.reduced(thetas)
         if g is None or not bool(torch.isfinite(g).all()):
             return math.inf
-        value = _top_eigenvalue(g) if g.shape[0] > _PARTIAL_EIGEN else float(torch.linalg.eigvalsh(g)[-1])
+        value = _top_eigenvalue(g)
         return value if math.isfinite(value) else math.inf
 
     def initial(self) -> list[torch.Tensor]:

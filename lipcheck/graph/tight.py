@@ -170,8 +170,13 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
     from lipcheck.graph import lower, lower_chain
 
     graph = model.graph
-    found, _ = find_chain(model)
-    if found is None or graph is None or found.input_reordered or (found.explicit and budget_seconds(found, settings.effort) == 0.0):
+    if graph is None:
+        return
+    # A chain through convs searches only above the default effort (budget_seconds): below it, its
+    # explicit operators are not built a second time just to find there is nothing to do.
+    convs = any(node.op == "Conv" and node.label in graph.layer_nodes for node in graph.nodes)
+    found, _ = find_chain(model, explicit=settings.effort > 1.0 or not convs)
+    if found is None or found.input_reordered:
         return
     declared = settings.input_shape[0] if settings.input_shape else graph.shapes.get(graph.inputs[0])
     if declared is None or not all(declared):
