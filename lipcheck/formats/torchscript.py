@@ -301,10 +301,6 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
     """Write ``src`` with the listed parameters divided, via torch.jit.save, its extra files kept."""
     module = _read(src)
     extra = _extra_files(src)
-    if extra:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.load(str(src), map_location="cpu", _extra_files=extra)  # fills in their contents
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         # every name of a tied tensor, each storage divided once
@@ -325,9 +321,8 @@ def save(src: Path, dst: Path, edits: list[WeightEdit]) -> None:
 
 
 def _extra_files(path: Path) -> dict[str, str | bytes]:
-    """The names of the files saved beside the code (``_extra_files``), as keys to fill."""
+    """The files saved beside the code (``_extra_files``), by name."""
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
-        names = [name.split("/extra/", 1)[1] for name in archive.namelist() if "/extra/" in name and not name.endswith("/")]
-    return dict.fromkeys(names, "")
+        return {name.split("/extra/", 1)[1]: archive.read(name) for name in archive.namelist() if "/extra/" in name and not name.endswith("/")}
