@@ -165,3 +165,20 @@ def test_cholesky_bound_is_above_the_largest_eigenvalue(n: int, slack: float, se
     ok, bound = cf._cholesky_bounds(g, torch.tensor([top * (1 + slack)], dtype=torch.float64))
     if bool(ok[0]):
         assert float(bound[0]) >= top
+
+
+def test_factorization_flags_each_matrix_of_a_batch_on_its_own() -> None:
+    """One indefinite or non-finite matrix fails alone; the others of the batch still certify."""
+    from lipcheck.spectral import conv_fourier as cf
+
+    gen = torch.Generator().manual_seed(3)
+    k = torch.randn(6, 9, 9, generator=gen, dtype=torch.complex128)
+    a = k @ k.mH + 0.5 * torch.eye(9, dtype=torch.complex128)
+    a[1] = -a[1]  # negative definite
+    a[3, 5, 2] = float("nan")  # below the diagonal, where the factorization reads
+    a[4, 7, 7] = float("inf")
+    expected = [True, False, True, False, False, True]
+    assert cf._factorizes(a.clone()).tolist() == expected
+    # The same verdicts as torch's own factorization, on the finite matrices.
+    _, info = torch.linalg.cholesky_ex(a[[0, 1, 2, 5]])
+    assert (info == 0).tolist() == [expected[i] for i in (0, 1, 2, 5)]

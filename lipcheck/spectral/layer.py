@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import math
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
@@ -109,11 +110,18 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     BERT-base on two cores), and every operation's rounding is independent of the schedule. A
     conv whose operator norm is wanted at a known input size becomes a task of its own once its
     batch is done, so convs run side by side too and each is yielded as it finishes.
-    The caller's torch thread settings are the same at every yield and after as before.
+    The caller's torch thread settings are the same at every yield and after as before; numpy's
+    BLAS keeps the workers' thread count until the generator is done.
     """
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
     workers = _workers(settings.device, threads, len(layers))
+    with blas_threads(threads if workers == 1 else 1):
+        yield from _estimate_batches(layers, batches, settings, workers, threads)
+
+
+def _estimate_batches(layers: list[Layer], batches: list[list[int]], settings: Settings, workers: int, threads: int) -> Generator[tuple[int, LayerEstimate], None, None]:
+    """estimate_all's schedule: one batch after another, or side by side on ``workers`` threads."""
     if workers == 1:
         for batch in batches:
             for index, result in _estimate_batch(layers, batch, settings):
@@ -157,14 +165,29 @@ def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]
     threads = torch.get_num_threads()
     workers = _workers(device, threads, len(tasks))
     if workers == 1:
-        return [task() for task in tasks]
+        with blas_threads(threads):
+            return [task() for task in tasks]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
     try:
-        _single_threaded_workers(pool, workers, threads)
-        futures = [pool.submit(task) for task in tasks]
-        return [future.result() for future in futures]
+        with blas_threads(1):
+            _single_threaded_workers(pool, workers, threads)
+            futures = [pool.submit(task) for task in tasks]
+            return [future.result() for future in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """Run numpy's BLAS and LAPACK (the conv certificates' factorizations) on ``count`` threads.
+
+    Tasks side by side are single-threaded in torch; numpy's own thread pool would otherwise start
+    one thread per core inside each of them.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=count, user_api="blas"):
+        yield
 
 
 def _workers(device: str, threads: int, jobs: int) -> int:
