@@ -48,7 +48,7 @@ def inspect(
         model = torch_module.load(path, settings.input_shape)
     report = analyze(model, settings, progress)
     runnable = model.runnable
-    shapes = settings.input_shape or _exported_shapes(model)
+    shapes = settings.input_shape or model.input_shapes
     if settings.lower and shapes and runnable is not None and not report.non_finite_layers:
         from lipcheck.graph.lower import torch_lower
 
@@ -76,16 +76,6 @@ def inspect(
             "please report this model"
         )
     return report
-
-
-def _exported_shapes(model: Model) -> tuple[tuple[int, ...], ...] | None:
-    """The input shapes a torch.export archive fixes, when every one is fully static."""
-    if model.format != "torch_export" or model.graph is None:
-        return None
-    found = [model.graph.shapes.get(name) for name in model.graph.inputs]
-    if not found or not all(s and all(isinstance(d, int) for d in s) for s in found):
-        return None
-    return tuple(tuple(s) for s in found)  # type: ignore[arg-type]
 
 
 def bound(
@@ -241,7 +231,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
             blocking = list(walked.unbounded) or ["the graph has no output lipcheck can follow"]
             assumptions.extend(f"graph: no bound, {reason}" for reason in blocking)
     else:
-        blocking = [NO_GRAPH_REASON]
+        blocking = [model.no_graph or NO_GRAPH_REASON]
     if non_finite := [entry.display_name for entry in layers if entry.lipschitz is None]:
         graph_value, method = None, None
         blocking = [f"non-finite weights in {', '.join(non_finite)}"]

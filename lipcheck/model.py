@@ -95,6 +95,8 @@ class Model:
     skipped: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     graph: Graph | None = None  # the computation graph, where the file has one (lipcheck.graph)
+    no_graph: str = ""  # why a file with a graph gives none to walk
+    input_shapes: tuple[tuple[int, ...], ...] | None = None  # the inputs' shapes, where the file fixes every one
     runnable: Any = None  # a torch module to differentiate for the empirical lower bound (TorchScript, API)
 
 

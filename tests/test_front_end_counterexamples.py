@@ -269,7 +269,7 @@ def test_a_scripted_value_changed_in_place_and_read_again_gets_no_graph_bound(tm
     torch.jit.save(torch.jit.script(InPlace().eval()), str(path))
     report = inspect(path)
     assert report.bound.upper is None or report.bound.upper >= 5.0
-    assert any("in place" in note for note in report.notes)
+    assert report.bound.upper is None and "changes a value in place" in report.bound.blocking[0]
     traced = tmp_path / "traced.pt"
     torch.jit.save(torch.jit.trace(InPlace().eval(), torch.zeros(1, 2)), str(traced))
     upper = inspect(traced).bound.upper
@@ -296,3 +296,87 @@ def test_a_scripted_value_changed_in_place_and_returned_gets_no_graph_bound(tmp_
     torch.jit.save(torch.jit.script(InPlaceReturned().eval()), str(path))
     upper = inspect(path).bound.upper
     assert upper is None or upper >= 5.0
+
+
+class _SetItem(nn.Module):
+    """y = x.clone(); y[:, 0] = 7 x[:, 1]: Lipschitz constant sqrt(50)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[:, 0] = x[:, 1] * 7.0
+        return y
+
+
+class _NarrowAdd(nn.Module):
+    """y = x * 1; y[:, :1] += 5 x[:, 1:2] through a narrowed view: constant sqrt(27) = 5.196."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.0
+        y.narrow(1, 0, 1).add_(5.0 * x[:, 1:2])
+        return y
+
+
+@pytest.mark.parametrize(("module", "truth"), [(_SetItem(), math.sqrt(50.0)), (_NarrowAdd(), math.sqrt(27.0))])
+def test_a_torch_export_program_writing_in_place_gets_no_graph_bound(tmp_path: Path, module: nn.Module, truth: float) -> None:
+    """The exported graph keeps copy_ and add_ on views of another value: the walk would miss the write."""
+    path = tmp_path / "inplace.pt2"
+    torch.export.save(torch.export.export(module.eval(), (torch.randn(1, 3),)), str(path))
+    report = inspect(path)
+    assert report.bound.upper is None and report.bound.graph is None
+    assert "writes into a view of another value" in report.bound.blocking[0]
+    assert report.bound.lower is not None and truth * 0.99 <= report.bound.lower <= truth * (1 + 1e-9)
+
+
+class _ResidualInPlace(nn.Module):
+    """relu(inplace=True), out += identity and out *= 5, as real blocks write them: only each op's own result is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0, self.l1 = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.l0(x))
+        out = self.l1(out)
+        out += x
+        out *= 5.0
+        return self.relu(out)
+
+
+def test_a_torch_export_program_with_harmless_in_place_ops_keeps_its_graph_bound(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _ResidualInPlace().eval()
+    path = tmp_path / "residual.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(1, 3),)), str(path))
+    report = inspect(path)
+    w0, w1 = (float(torch.linalg.matrix_norm(layer.weight.detach().double(), 2)) for layer in (module.l0, module.l1))
+    assert report.bound.upper is not None and report.bound.lower is not None
+    assert report.bound.lower <= report.bound.upper <= 5 * (1 + w0 * w1) * (1 + 1e-6)
+    # The constant is at least what the Jacobian at a point shows.
+    x = torch.randn(1, 3)
+    jacobian = torch.autograd.functional.jacobian(lambda t: module(t.clone()), x).reshape(3, 3)
+    assert float(torch.linalg.matrix_norm(jacobian.double(), 2)) <= report.bound.upper * (1 + 1e-6)
+
+
+class _ScaledInPlaceAdd(nn.Module):
+    """y = l(x); y.add_(x, alpha=7): the in-place sum scales its second term."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.l(x)
+        y.add_(x, alpha=7.0)
+        return y
+
+
+def test_a_torch_export_in_place_add_with_alpha_is_not_read_as_a_plain_sum(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _ScaledInPlaceAdd().eval()
+    path = tmp_path / "alpha.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(1, 3),)), str(path))
+    report = inspect(path)
+    truth = float(torch.linalg.matrix_norm(module.l.weight.detach().double() + 7 * torch.eye(3, dtype=torch.float64), 2))
+    assert report.bound.upper is None or report.bound.upper >= truth
+    assert report.bound.lower is not None and report.bound.lower <= truth * (1 + 1e-9)

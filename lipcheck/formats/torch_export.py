@@ -57,6 +57,15 @@ def _ints(value: Any, n: int) -> tuple[int, ...]:
     return items * n if len(items) == 1 and n > 1 else items
 
 
+def _input_shapes(ep: torch.export.ExportedProgram) -> tuple[tuple[int, ...], ...] | None:
+    """The user inputs' shapes the program records, when every one is fully static."""
+    by_name = {node.name: node for node in ep.graph.nodes if node.op == "placeholder"}
+    found = [static_shape(by_name.get(name)) for name in ep.graph_signature.user_inputs if isinstance(name, str)]
+    if not found or any(shape is None or None in shape for shape in found):
+        return None
+    return tuple(tuple(int(d) for d in shape if d is not None) for shape in found if shape is not None)
+
+
 def static_shape(node: Any) -> tuple[int | None, ...] | None:
     """The shape torch.export recorded for a value (``meta["val"]``); symbolic sizes are None."""
     val = getattr(node, "meta", {}).get("val") if isinstance(node, torch.fx.Node) else None
@@ -149,8 +158,13 @@ def load(path: Path) -> Model:
         calls = ", ".join(f"{node.name} ({kind(node)})" for node, _ in found)
         layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), _detached(tensor), geometry=geometry, note=f"graph call {calls}", input_spatial=size))
     from lipcheck.graph.export_front import build
+    from lipcheck.graph.ir import NoGraph
 
-    model = Model(str(path), "torch_export", layers, skipped, graph=build(ep, layers, uses))
+    model = Model(str(path), "torch_export", layers, skipped, input_shapes=_input_shapes(ep))
+    try:
+        model.graph = build(ep, layers, uses)
+    except NoGraph as exc:
+        model.no_graph = str(exc)
     model.runnable = ep.module()
     missing = [layer.name for layer in layers if layer.is_conv and layer.input_spatial is None]
     if missing:

@@ -46,12 +46,7 @@ def load(module: torch.nn.Module, input_shapes: tuple[tuple[int, ...], ...] | No
     model = Model(f"<{type(module).__name__}>", "module", layers, runnable=module)
     if input_shapes is not None:
         _input_sizes(module, by_module, input_shapes)
-        model.graph, warned = _traced_graph(module, layers, input_shapes)
-        if warned:
-            model.notes.append(
-                f"no graph bound: tracing the module warned that the trace may not follow it ({warned}); "
-                "a branch on the input's values would be fixed at the traced input. Export it with torch.export and inspect that"
-            )
+        model.graph, model.no_graph = _traced_graph(module, layers, input_shapes)
     return model
 
 
@@ -94,11 +89,11 @@ def _input_sizes(module: torch.nn.Module, by_module: dict[int, Layer], input_sha
 
 
 def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...]):  # type: ignore[no-untyped-def]
-    """Trace the caller's module at the given shapes and read its graph: (graph or None, the tracer's
-    warning that the trace may not follow the module, or "")."""
+    """Trace the caller's module at the given shapes and read its graph: (graph, "") or (None, why not)."""
     import warnings
 
     from lipcheck.errors import first_line
+    from lipcheck.graph.ir import NoGraph
     from lipcheck.graph.torchscript_front import build
 
     param = next(module.parameters(), None)
@@ -108,12 +103,19 @@ def _traced_graph(module: torch.nn.Module, layers: list[Layer], input_shapes: tu
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             traced = torch.jit.trace(module.eval(), tuple(torch.zeros(s, dtype=dtype) for s in input_shapes))
-    except Exception:  # an untraceable module has no graph, so no network bound
-        return None, ""
+    except Exception as exc:  # an untraceable module has no graph, so no network bound
+        return None, f"torch.jit.trace cannot trace this module ({first_line(exc)}); export it with torch.export and inspect that"
     finally:
         module.train(was_training)
     # Python control flow on tensor values is fixed at the traced input: the trace is another function.
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:
-        return None, first_line(tracer[0].message).split(". ")[0]  # type: ignore[arg-type]
-    return build(traced, layers, input_shapes), ""
+        warned = first_line(tracer[0].message).split(". ")[0]  # type: ignore[arg-type]
+        return None, (
+            f"tracing the module warned that the trace may not follow it ({warned}); a branch on the input's values "
+            "would be fixed at the traced input. Export it with torch.export and inspect that"
+        )
+    try:
+        return build(traced, layers, input_shapes), ""
+    except NoGraph as exc:
+        return None, str(exc)

@@ -105,12 +105,16 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
             layer.note = f"module {prefix or '(root)'}: {kind}; {layer.note or 'role guessed from the name'}"
         layers.extend(found)
         skipped.extend(skips)
+    from lipcheck.graph.ir import NoGraph
     from lipcheck.graph.torchscript_front import build
 
-    notes: list[str] = []
-    graph = build(module, layers, input_shapes, notes)  # adds the tensors conv/linear calls read as weights as layers
+    graph, no_graph = None, ""
+    try:
+        graph = build(module, layers, input_shapes)  # adds the tensors conv/linear calls read as weights as layers
+    except NoGraph as exc:
+        no_graph = str(exc)
     named = {layer.name for layer in layers}
-    model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], notes=notes, graph=graph)
+    model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], graph=graph, no_graph=no_graph)
     model.runnable = module
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)

@@ -17,7 +17,7 @@ import torch
 
 from lipcheck.formats.torch_export import arguments, kind, static_shape
 from lipcheck.graph.aten_ops import SIMPLE
-from lipcheck.graph.ir import Constant, Graph, Node
+from lipcheck.graph.ir import Constant, Graph, Node, NoGraph
 from lipcheck.model import Layer
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ _POOLS = {
 _ADAPTIVE = {"aten::adaptive_avg_pool1d", "aten::adaptive_avg_pool2d", "aten::adaptive_avg_pool3d", "aten::_adaptive_avg_pool2d", "aten::_adaptive_avg_pool3d"}
 _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution", "aten::_convolution"}
 _CONV_T = {"aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d"}
+_IN_PLACE_ARITHMETIC = {"aten::add_", "aten::sub_", "aten::mul_", "aten::div_"}
 # Calls whose first output is the result and whose other outputs are side values (indices, statistics).
 _FIRST_OUTPUT = {
     "aten::max_pool1d_with_indices",
@@ -140,6 +141,8 @@ class _Builder:
             return self.adaptive(node, args, x)
         if name == "aten::mean" and isinstance(args.get("dim"), (list, tuple)):
             return Node("ReduceMean", label, (x, self.constant(f"{label}.dim", list(args["dim"]))), outs)
+        if name in _IN_PLACE_ARITHMETIC:
+            name = name[:-1]  # the result is the same value; _written_in_place vetted every other reader
         if name in ("aten::add", "aten::sub"):
             alpha = args.get("alpha", 1)
             op = "Add" if name == "aten::add" else "Sub"
@@ -267,8 +270,54 @@ class _Builder:
 
 
 def build(ep: ExportedProgram, layers: list[Layer], uses: dict[str, list[tuple[torch.fx.Node, str]]]) -> Graph:
-    """The program's graph in lipcheck's IR; ``uses`` maps each layer's weight to the calls applying it."""
+    """The program's graph in lipcheck's IR; ``uses`` maps each layer's weight to the calls applying it.
+
+    Raises NoGraph when a call writes into a value in place where the IR, which reads every value
+    as computed once, would miss the change.
+    """
+    written = _written_in_place(ep.graph)
+    if written:
+        raise NoGraph(f"{written}; lipcheck reads every value as computed once, so it gives no graph bound for this program")
     return _Builder(ep, layers, uses).build()
+
+
+def _written_in_place(graph: torch.fx.Graph) -> str:
+    """Why an in-place write changes a value some other node sees, or "".
+
+    A call that writes into its argument (``relu_``, ``add_``, ``copy_``) is harmless when only
+    its own result is read afterwards, as in ``relu(inplace=True)``. It changes what the graph
+    computes when the argument is a view of another value (``y[:, 0] = ...`` writes into ``y``),
+    when a later node or the output reads the argument, or when a view of the argument exists.
+    """
+    order = {node: position for position, node in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for position, argument in enumerate(schema.arguments):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            value = node.args[position] if position < len(node.args) else node.kwargs.get(argument.name)
+            for target in value if isinstance(value, (list, tuple)) else [value]:
+                if not isinstance(target, torch.fx.Node):
+                    continue
+                if _is_view(target):
+                    return f"{node.name} ({kind(node)}) writes into a view of another value"
+                for user in target.users:
+                    if user is not node and (order[user] > order[node] or _is_view(user)):
+                        return f"{node.name} ({kind(node)}) changes {target.name} in place, and {user.name} reads it"
+    return ""
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    """Whether a node's value shares memory with one of its inputs without being written through (a view)."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        source = node.args[0]
+        return isinstance(source, torch.fx.Node) and _is_view(source)
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
 
 
 def _array(value: np.ndarray) -> Constant:

@@ -11,6 +11,10 @@ import numpy as np
 Constant = Callable[[], np.ndarray]
 
 
+class NoGraph(Exception):
+    """A file holds a graph lipcheck cannot read faithfully; the message says why (for the report)."""
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation: its type, value names in and out, attributes, and a unique label.

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipcheck.errors import first_line
 from lipcheck.formats.named_tensors import dtype_name, op_for_weight
 from lipcheck.graph.aten_ops import SIMPLE as _SIMPLE
-from lipcheck.graph.ir import Graph, Node
+from lipcheck.graph.ir import Graph, Node, NoGraph
 from lipcheck.model import ConvGeometry, Layer
 
 _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"}
@@ -159,29 +160,26 @@ def _call_layer(kind: str, args: list[torch._C.Value], name: str, label: str, we
     )
 
 
-def build(
-    module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...] | None = None, notes: list[str] | None = None
-) -> Graph | None:
-    """The module's frozen forward graph, or None when TorchScript cannot freeze it.
+def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tuple[tuple[int, ...], ...] | None = None) -> Graph:
+    """The module's frozen forward graph.
 
     A conv or linear call whose weight is no layer yet (a buffer passed to ``F.conv1d``, or a
     weight computed from constants in ``forward``, which freezing folds) gets one, appended to
     ``layers``. With ``input_shapes``, TorchScript's static shape analysis gives the values'
     sizes (a mean divides by them, a conv's input size); without, sizes are unknown and such
-    rules keep their size-free constants.
+    rules keep their size-free constants. Raises NoGraph when TorchScript cannot freeze the module,
+    or when an in-place op changes a value another node reads.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frozen = torch.jit.freeze(module.eval(), optimize_numerics=False)
-    except Exception:  # scripted code freezing does not support: no graph bound, the product stays
-        return None
+    except Exception as exc:  # scripted code freezing does not support: no graph bound, the product stays
+        raise NoGraph(f"TorchScript cannot freeze this module's forward ({first_line(exc)}), so lipcheck cannot read its graph") from exc
     graph = frozen.graph
     mutated = _mutation_read_later(graph)
     if mutated:
-        if notes is not None:
-            notes.append(f"no graph bound: {mutated}; the graph's values are read as if nothing changed them in place")
-        return None
+        raise NoGraph(f"{mutated}; lipcheck reads every value as computed once, so it gives no graph bound for this module")
     shapes = _shapes(graph, input_shapes) if input_shapes is not None else {}
     # A frozen constant is a stored tensor when it shares its storage, shape and strides (not a view of it).
     by_storage = {(t.data_ptr(), tuple(t.shape), t.stride()): name for name, t in [*module.named_parameters(), *module.named_buffers()]}

@@ -120,7 +120,9 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
         yield from _estimate_batches(layers, batches, settings, workers, threads)
 
 
-def _estimate_batches(layers: list[Layer], batches: list[list[int]], settings: Settings, workers: int, threads: int) -> Generator[tuple[int, LayerEstimate], None, None]:
+def _estimate_batches(
+    layers: list[Layer], batches: list[list[int]], settings: Settings, workers: int, threads: int
+) -> Generator[tuple[int, LayerEstimate], None, None]:
     """estimate_all's schedule: one batch after another, or side by side on ``workers`` threads."""
     if workers == 1:
         for batch in batches:
