@@ -262,7 +262,31 @@ def zip_bomb(src: Path, tmp: Path) -> tuple[Path, str]:
     return _rewrite(src, tmp / "bomb.pt2", lambda name, data: data, {"extra/bomb": bytes(200 << 20)}, compress=zipfile.ZIP_DEFLATED), "inflate"
 
 
+def _guards(code: str) -> Callable[[str, bytes], bytes]:
+    def change(name: str, data: bytes) -> bytes:
+        if name != "models/model.json":
+            return data
+        program = json.loads(data)
+        program["guards_code"] = [code]
+        return json.dumps(program).encode()
+
+    return change
+
+
+def injected_guard(src: Path, tmp: Path) -> tuple[Path, str]:
+    code = f"__import__('os').system('touch {tmp / MARKER}') == 0"
+    return _rewrite(src, tmp / "guard.pt2", _guards(code)), "shape guard"
+
+
+def injected_guard_definition(src: Path, tmp: Path) -> tuple[Path, str]:
+    # Runs when torch defines the guard function, even if the guard is never called.
+    code = f"1 #x\n)\n__import__('os').system('touch {tmp / MARKER}')\ndef f(*a):\n #"
+    return _rewrite(src, tmp / "guard_def.pt2", _guards(code)), "shape guard"
+
+
 HOSTILE = [
+    injected_guard,
+    injected_guard_definition,
     sample_inputs_pickle,
     pickled_weight,
     opaque_constant,

@@ -25,6 +25,9 @@ path is closed:
   would honour inside a comment, and every call to be a registered ``aten``/``prims`` operator
   (or an ``operator`` arithmetic function), so the generated source holds nothing from the file
   but identifiers and literals, and running the graph runs only torch operators.
+* Shape guards (``guards_code``) are also turned into Python source and exec-ed when the program
+  becomes a module: lipcheck makes the module without guards, and refuses a guard that is not one
+  line of plain comparison characters.
 
 The archive is read into memory once: the checks and torch's loader see the same bytes. Every
 archive also passes the zip-inflation guard first.
@@ -107,6 +110,11 @@ _SYMPY_NAMES = {
     "Float",
 }
 _EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e[-+]?\d+)?|[A-Za-z_][A-Za-z0-9_]*|\*\*|[<>=!]=|[-+*/%<>(),~&|]")
+# A shape guard torch writes (``L['x'].size()[0] <= 64``): torch turns guards into Python source and
+# execs it when a program is made a module. lipcheck never asks torch for guards, and accepts only
+# guards made of these tokens: numbers, quoted keys, operators and the names below.
+_GUARD_TOKEN = re.compile(r" +|\d+(\.\d+)?|'[A-Za-z0-9_]*'|\"[A-Za-z0-9_]*\"|[A-Za-z_][A-Za-z0-9_]*|\*\*|//|[<>=!]=|[-+*/%<>()\[\].,]")
+_GUARD_NAMES = {"L", "size", "stride", "storage_offset", "numel", "dim", "and", "or", "not", "True", "False", "math", "floor", "ceil", "inf"}
 # Characters that end a line in Python source, other than the newline itself.
 _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
 # Keys of the graph JSON whose string values end up in generated source as attribute paths.
@@ -168,6 +176,18 @@ def _check_strings(path: Path, obj: Any, key: str = "", in_nodes: bool = False) 
         raise _refuse(path, f"the attribute path {obj[:80]!r} is not a dotted name")
     elif key == "expr_str":
         _check_expression(path, obj)
+    elif key == "guards_code":
+        _check_guard(path, obj)
+
+
+def _check_guard(path: Path, text: str) -> None:
+    pos = 0
+    while pos < len(text):
+        match = _GUARD_TOKEN.match(text, pos)
+        token = match.group(0) if match is not None else text[pos]
+        if match is None or ((token[0].isalpha() or token[0] == "_") and token not in _GUARD_NAMES and token not in _SYMPY_NAMES):
+            raise _refuse(path, f"the shape guard {text[:80]!r} is not a plain comparison of input sizes (it holds {token[:40]!r})")
+        pos = match.end()
 
 
 def _check_name(path: Path, name: object) -> None:

@@ -165,7 +165,7 @@ def load(path: Path) -> Model:
         model.graph = build(ep, layers, uses)
     except NoGraph as exc:
         model.no_graph = str(exc)
-    model.runnable = ep.module()
+    model.runnable = ep.module(check_guards=False)  # guards would be exec-ed as Python source from the file
     missing = [layer.name for layer in layers if layer.is_conv and layer.input_spatial is None]
     if missing:
         model.notes.append(
