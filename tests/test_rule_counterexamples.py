@@ -339,6 +339,19 @@ def _reduce_sum_runtime_axes(tmp: Path):  # type: ignore[no-untyped-def]
     return p, [np.ones(4, np.float32), axes], [_z(4), axes]
 
 
+def _reduce_mean_repeated_axis(tmp: Path):  # type: ignore[no-untyped-def]
+    # Axes 3 and -1 are one axis of a 4-D input: the mean is over 6 entries, not 18.
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3, -1], keepdims=0)
+    p = _save(tmp, [node], [_in("x", [1, 1, 2, 3], F)], [_out("y", [1, 1], F)], opset=13)
+    return p, [np.ones((1, 1, 2, 3), np.float32)], [_z(1, 1, 2, 3)]
+
+
+def _reduce_mean_axes_input_repeated(tmp: Path):  # type: ignore[no-untyped-def]
+    node = helper.make_node("ReduceMean", ["x", "ax"], ["y"], keepdims=1)
+    p = _save(tmp, [node], [_in("x", [1, 6], F)], [_out("y", [1, 1], F)], [_c("ax", np.array([1, -1], np.int64))])
+    return p, [np.ones((1, 6), np.float32)], [_z(1, 6)]
+
+
 def _zero_weight_of_unbounded(tmp: Path):  # type: ignore[no-untyped-def]
     nodes = [helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Gemm", ["e", "Z", "c"], ["g"]), helper.make_node("Add", ["g", "zero"], ["y"])]
     p = _save(tmp, nodes, [_in("x", [1, 2], F), _in("c", [1, 2], F)], [_out("y", [1, 2], F)], [_c("Z", _z(2, 2)), _c("zero", _z(1, 2))])
@@ -542,6 +555,8 @@ CASES: dict[str, Case] = {
     "batch norm in training mode": _bn_training,
     "dropout in training mode": _dropout_training,
     "reduce sum over run-time axes": _reduce_sum_runtime_axes,
+    "reduce mean naming an axis twice": _reduce_mean_repeated_axis,
+    "reduce mean with axes input naming an axis twice": _reduce_mean_axes_input_repeated,
     "zero weight after an unbounded value": _zero_weight_of_unbounded,
     "gemm alpha in a tight chain": _gemm_alpha_chain,
     "two nodes of one name": _duplicate_names,

@@ -54,9 +54,18 @@ def mean(walk: Walk, node: Node, ins: list[float]) -> float:
     else:
         axes_const = walk.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
         axes = [int(x) for x in (axes_const.ravel() if axes_const is not None else node.attrs.get("axes", []))]
-    if shape and axes and all(shape[ax] for ax in axes):
-        return lip / math.sqrt(math.prod(shape[ax] or 1 for ax in axes))
+    found = _axes(axes, len(shape)) if shape else None
+    if shape and found and all(shape[ax] for ax in found):
+        return lip / math.sqrt(math.prod(shape[ax] or 1 for ax in found))
     return lip
+
+
+def _axes(axes: list[int], rank: int) -> set[int] | None:
+    """The distinct axes named (negative ones counted from the end, as ONNX reads them), or None if
+    one is out of range: an axis named twice is still reduced once."""
+    if any(not -rank <= ax < rank for ax in axes):
+        return None
+    return {ax % rank for ax in axes}
 
 
 @rule("ReduceSum")
@@ -70,7 +79,10 @@ def reduce_sum(walk: Walk, node: Node, ins: list[float]) -> float:
     if len(node.inputs) > 1 and node.inputs[1] and axes_const is None:
         axes = list(range(len(shape)))  # axes computed at run time: the worst case sums everything
     axes = axes or ([] if int(node.attrs.get("noop_with_empty_axes", 0)) else list(range(len(shape))))
-    return ins[0] * math.sqrt(math.prod(shape[ax] or 1 for ax in axes))  # every size is known here
+    found = _axes(axes, len(shape))
+    if found is None:
+        return walk.unbounded(node, "a sum over an axis the input does not have")
+    return ins[0] * math.sqrt(math.prod(shape[ax] or 1 for ax in found))  # every size is known here
 
 
 @rule("AdaptiveAveragePool", "AdaptiveMaxPool")
