@@ -120,4 +120,86 @@ def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -
         return shapes, f"ONNX shape inference failed ({first_line(exc)}); convs whose input size is unknown get a bound for every size"
     shapes = {}
     _collect(inferred.graph, shapes)
+    for _ in range(_CORRECTION_ROUNDS):
+        corrected = _runtime_sizes(work.graph, shapes)
+        if not corrected:
+            break
+        # Inference keeps a declared shape where it would compute another one (strict_mode off), and
+        # reads the nodes after from it.
+        for name, dims in corrected.items():
+            work.graph.value_info.append(onnx.helper.make_tensor_value_info(name, TensorProto.UNDEFINED, list(dims)))
+        try:
+            inferred = onnx.shape_inference.infer_shapes(work, check_type=False, strict_mode=False, data_prop=True)
+        except Exception as exc:  # the corrected sizes are ones onnxruntime computes: inference accepting the first is no promise
+            return {}, f"ONNX shape inference failed ({first_line(exc)}); convs whose input size is unknown get a bound for every size"
+        shapes = {}
+        _collect(inferred.graph, shapes)
     return shapes, None
+
+
+# Rounds of correcting sizes that ONNX shape inference gets wrong, each after the one before.
+_CORRECTION_ROUNDS = 8
+
+
+def _runtime_sizes(graph: GraphProto, shapes: dict[str, Dims]) -> dict[str, tuple[int | str, ...]]:
+    """Outputs whose inferred shape differs from the one onnxruntime computes, with that shape.
+
+    ONNX shape inference keeps a ceil_mode pool's last window even when it starts in the right
+    padding (onnxruntime and PyTorch drop it), and adds output_padding to a ConvTranspose with
+    SAME padding (onnxruntime's output is input x stride). A size lipcheck cannot tell is given as
+    unknown, so the convs after it get a bound for every size.
+    """
+    found: dict[str, tuple[int | str, ...]] = {}
+    for node in graph.node:
+        if not node.input or not node.output:
+            continue
+        source, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if source is None or out is None or len(source) < 3:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        spatial: list[int | str] | None = None
+        if node.op_type in ("MaxPool", "AveragePool", "LpPool") and int(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "VALID"):
+            spatial = _ceil_pool_sizes(source[2:], attrs, auto_pad)
+        elif node.op_type == "ConvTranspose" and (auto_pad.startswith("SAME") or "output_shape" in attrs):
+            spatial = _transposed_sizes(source[2:], attrs, auto_pad)
+        if spatial is None:
+            continue
+        dims = (*(d if d is not None else f"unknown_{node.output[0]}_{i}" for i, d in enumerate(out[:2])), *spatial)
+        if len(out) != len(dims) or any(a != b for a, b in zip(out, dims)):
+            for name in node.output[: 2 if node.op_type == "MaxPool" else 1]:
+                if name:
+                    found[name] = dims
+    return found
+
+
+def _ceil_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
+    kernel = [int(k) for k in attrs.get("kernel_shape", [])]  # type: ignore[attr-defined]
+    if len(kernel) != len(sizes):
+        return None
+    strides = [int(v) for v in attrs.get("strides", [1] * len(kernel))]  # type: ignore[attr-defined]
+    dilations = [int(v) for v in attrs.get("dilations", [1] * len(kernel))]  # type: ignore[attr-defined]
+    pads = [0] * (2 * len(kernel)) if auto_pad == "VALID" else [int(v) for v in attrs.get("pads", [0] * (2 * len(kernel)))]  # type: ignore[attr-defined]
+    out: list[int | str] = []
+    for i, (n, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):
+        if n is None or s <= 0:
+            out.append(f"unknown_pool_{i}")
+            continue
+        begin, end = pads[i], pads[i + len(kernel)]
+        count = -(-(n + begin + end - ((k - 1) * d + 1)) // s) + 1
+        if (count - 1) * s >= n + begin:
+            count -= 1  # the last window would start in the right padding
+        out.append(count)
+    return out
+
+
+def _transposed_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str]:
+    rank = len(sizes)
+    given = [int(v) for v in attrs.get("output_shape", [])]  # type: ignore[attr-defined]
+    if given:
+        if len(given) in (rank, rank + 2):
+            return list(given[-rank:])
+        return [f"unknown_transposed_{i}" for i in range(rank)]
+    strides = [int(v) for v in attrs.get("strides", [1] * rank)]  # type: ignore[attr-defined]
+    return [n * s if n is not None else f"unknown_transposed_{i}" for i, (n, s) in enumerate(zip(sizes, strides))]
