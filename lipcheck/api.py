@@ -226,6 +226,11 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
                 "graph: follows the file's graph (residual adds, concatenations, norms, pools, "
                 "activations) with each layer's certified upper bound; sound for the model as built"
             )
+            if len(walked.outputs) > 1:
+                each = ", ".join(f"{name} {walked.per_output[name]:.6g}" for name in walked.outputs if name in walked.per_output)
+                assumptions.append(
+                    f"graph: the {len(walked.outputs)} outputs taken together as one vector (the root of the sum of their squared bounds); each output alone: {each}"
+                )
             assumptions.extend(f"graph: {note}" for note in segment_notes)
         else:
             blocking = list(walked.unbounded) or ["the graph has no output lipcheck can follow"]

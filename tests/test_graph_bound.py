@@ -274,3 +274,29 @@ def test_the_walks_own_rounding_never_takes_the_bound_below_the_exact_product(tm
         exact *= fractions.Fraction(float(c))
     assert bound.graph is not None and fractions.Fraction(bound.graph) >= exact
     assert bound.graph <= float(exact) * (1 + 1e-9)
+
+
+class _TwoHeads(nn.Module):
+    """Two outputs read the same linear map: together, the map x -> (Wx, Wx) has constant sqrt(2) sigma(W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(x), self.head(x) * 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_several_outputs_are_bounded_together(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    net = _TwoHeads().to(dtype).eval()
+    path = tmp_path / "heads.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, dtype=dtype),), str(path), dynamo=False)
+    sigma = exact_sigma(net.head.weight.detach())
+    bound = inspect(path).bound
+    assert bound.upper is not None and bound.lower is not None
+    # Each head alone is sigma-Lipschitz; the pair of outputs as one vector is sqrt(2) sigma.
+    assert math.sqrt(2) * sigma <= bound.upper <= math.sqrt(2) * sigma * (1 + 1e-6)
+    assert math.sqrt(2) * sigma * (1 - 1e-3) <= bound.lower <= math.sqrt(2) * sigma * (1 + 1e-9)
+    assert any("2 outputs taken together" in text for text in bound.assumptions)

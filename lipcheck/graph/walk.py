@@ -33,13 +33,24 @@ class GraphBound:
     unbounded: list[str] = field(default_factory=list)
     supplied: list[str] = field(default_factory=list)  # user-supplied node constants that were used
     notes: list[str] = field(default_factory=list)  # what the bound assumes (rounding, loose constants)
+    outputs: list[str] = field(default_factory=list)  # the graph's outputs in order, a name listed twice twice
 
     @property
     def value(self) -> float | None:
-        """The largest output bound, or None when some output is unbounded."""
+        """The bound of all outputs taken together, or None when some output is unbounded.
+
+        ‖f(x) − f(y)‖² is the sum of the outputs' squared changes, so the root of the sum of their
+        squared bounds bounds the whole map (one output: its own bound), rounded up.
+        """
         if self.unbounded or not self.per_output:
             return None
-        return max(self.per_output.values())
+        values = [self.per_output[name] for name in self.outputs if name in self.per_output] or list(self.per_output.values())
+        if len(values) == 1:
+            return values[0]
+        largest = max(values)
+        if largest == 0.0:
+            return 0.0
+        return largest * math.sqrt(math.fsum((v / largest) ** 2 for v in values)) * (1 + 2.0**-48)
 
 
 class Walk:
@@ -184,7 +195,7 @@ class Walk:
             producer = self.producer.get(name)
             if producer is not None and producer.label not in self.reasons:
                 blocking.append(f"{producer.label} ({producer.op}): computes output {name}, which depends on the nodes named before it")
-        found = GraphBound({k: v for k, v in per_output.items() if math.isfinite(v)}, blocking, notes=list(self.notes))
+        found = GraphBound({k: v for k, v in per_output.items() if math.isfinite(v)}, blocking, notes=list(self.notes), outputs=list(self.graph.outputs))
         found.supplied = [f"{label} ({self.supplied[label]!r}-Lipschitz, supplied by the user, not verified)" for label in self.used]
         return found
 
