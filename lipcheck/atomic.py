@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,30 @@ def default_mode() -> int:
     return 0o666 & ~umask()
 
 
+def not_a_file(path: Path) -> bool:
+    """Whether ``path`` names something other than a regular file or folder (a device, pipe or socket), links followed."""
+    try:
+        kind = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(kind) or stat.S_ISDIR(kind))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text report: atomically over a regular file (through a link, to the file it names), or
+    straight into a device or pipe (``-o /dev/stdout``), which renaming would replace."""
+    if not_a_file(path):
+        try:
+            with open(path, "w", encoding="utf-8", errors="backslashreplace") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise LipcheckError(f"cannot write {path} ({exc.strerror})") from None
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    with replacing(target) as (tmp,):
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
 @contextlib.contextmanager
 def staged(*targets: Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a hidden folder beside the targets to write them in under their own names; then rename them.
@@ -42,6 +67,9 @@ def staged(*targets: Path, mode: int | None = None) -> Iterator[Path]:
     folder = targets[0].parent
     if any(target.parent != folder for target in targets):
         raise ValueError("staged targets must share one folder")
+    for target in targets:
+        if not_a_file(target):
+            raise LipcheckError(f"cannot write {target}: it is a device, pipe or socket, which a written file would replace; choose a file name")
     if not folder.is_dir():
         raise LipcheckError(f"cannot write {targets[0]}: folder {folder} does not exist; create it first")
     final_mode = default_mode() if mode is None else mode & 0o7777

@@ -31,7 +31,7 @@ from lipcheck.cli_options import (
     ShapeOpt,
     TolOpt,
 )
-from lipcheck.cli_output import check_output, publish, write_atomic
+from lipcheck.cli_output import check_destinations, check_output, publish, write_atomic
 from lipcheck.model import WEIGHTS_ONLY_FORMATS
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
@@ -83,6 +83,7 @@ def inspect(
 ) -> None:
     """Print each layer's spectral norm, its certified Lipschitz interval, and the network's bounds."""
     _formats(output_format, ("table", "json", "markdown", "csv"), "inspect", "check writes junit and github")
+    check_destinations(output, plot, [model])
     run = _analyse(ctx, [str(model)], key, tol=tol, max_iter=max_iter, seed=seed, device=device, effort=effort,
                    lower=lower, input_shape=input_shape, allow_global=allow_global, node_constant=node_constant)
     if run.errors:
@@ -120,7 +121,9 @@ def check(
     pairs = tuple(opt.parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
     spec = GateSpec(fail_above=fail_above, bound=bound.value, fail_layer_above=fail_layer_above,
                     layer_thresholds=pairs, strict=strict)
-    run = _analyse(ctx, opt.expand(models), key, spec, tol=tol, max_iter=max_iter, seed=seed, device=device,
+    paths = opt.expand(models)
+    check_destinations(output, plot, [Path(p) for p in paths])
+    run = _analyse(ctx, paths, key, spec, tol=tol, max_iter=max_iter, seed=seed, device=device,
                    effort=effort, lower=lower, input_shape=input_shape, allow_global=allow_global,
                    node_constant=node_constant)
     if not spec.active:

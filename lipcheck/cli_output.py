@@ -57,6 +57,19 @@ def models_read(run: Any) -> list[Path]:
     return [Path(r.path) for r in getattr(run, "results", [])]
 
 
+def check_destinations(output: Path | None, plot: Path | None, inputs: list[Path]) -> None:
+    """Refuse, before any work, a report or plot path that cannot be written as asked."""
+    if output is not None:
+        check_output(output, inputs)
+    if plot is None:
+        return
+    check_output(plot, inputs, "--plot")
+    if plot.suffix.lower() not in (".png", ".svg"):
+        raise Failure(f"--plot {plot}: give a .png or .svg file name")
+    if output is not None and os.path.abspath(os.path.realpath(output)) == os.path.abspath(os.path.realpath(plot)):
+        raise Failure(f"-o and --plot both name {output}; the plot would replace the report: give them different files")
+
+
 def check_output(output: Path, inputs: list[Path], flag: str = "-o") -> None:
     """Refuse a report path that is a folder or one of the models read (the report would replace it)."""
     if output.is_dir():
@@ -71,10 +84,9 @@ def check_output(output: Path, inputs: list[Path], flag: str = "-o") -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from lipcheck.atomic import replacing
+    from lipcheck.atomic import write_text
 
-    with replacing(path) as (tmp,):
-        tmp.write_text(text, encoding="utf-8")
+    write_text(path, text)
 
 
 def finish(run: Any, *, exit_zero: bool, strict: bool) -> None:

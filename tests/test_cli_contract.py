@@ -275,3 +275,35 @@ def test_a_nan_in_the_config_is_named_where_it_is(cli, tmp_path: Path) -> None: 
     (tmp_path / "lipcheck.toml").write_text("fail-above = nan\n")
     code, _, err = cli("check", str(SAMPLES / "mlp.onnx"), "--config", str(tmp_path / "lipcheck.toml"))
     assert code == 2 and "lipcheck.toml" in err and "env var" not in err
+
+
+def test_a_report_goes_into_a_pipe_or_through_a_link_and_never_replaces_them(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import stat
+    import threading
+
+    fifo = tmp_path / "report.pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    code, _, err = cli("inspect", str(MLP), "--no-lower", "-f", "json", "-o", str(fifo))
+    reader.join(timeout=60)
+    assert code == 0, err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still a pipe, not a file put in its place
+    assert json.loads(received[0])["model"]["format"] == "onnx"
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("{}")
+    link.symlink_to(real.name)
+    code, _, err = cli("inspect", str(MLP), "--no-lower", "-f", "json", "-o", str(link))
+    assert code == 0, err
+    assert link.is_symlink() and json.loads(real.read_text())["model"]["format"] == "onnx"
+
+
+def test_report_and_plot_paths_are_refused_before_any_work(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    same = tmp_path / "same.png"
+    code, out, err = cli("check", str(MLP), "--fail-above", "100", "--no-lower", "-f", "json", "-o", str(same), "--plot", str(same))
+    assert code == 2 and "both name" in err and out == "" and not same.exists()
+    report = tmp_path / "r.json"
+    code, out, err = cli("inspect", str(MLP), "--no-lower", "-f", "json", "-o", str(report), "--plot", str(tmp_path / "p.txt"))
+    assert code == 2 and ".png or .svg" in err and out == "" and not report.exists()
