@@ -31,7 +31,7 @@ from lipcheck.cli_options import (
     ShapeOpt,
     TolOpt,
 )
-from lipcheck.cli_output import check_destinations, check_output, publish, write_atomic
+from lipcheck.cli_output import check_destinations, check_output, printing_to_stderr, publish, write_atomic
 from lipcheck.model import WEIGHTS_ONLY_FORMATS
 from lipcheck.settings import DEFAULT_MAX_ITER, DEFAULT_SEED, DEFAULT_TOL
 
@@ -61,7 +61,7 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
     settings = {path: opt.settings_for(ctx, path, **common) for path in paths}
     from lipcheck.graph.tight import reporting
 
-    with LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight):
+    with printing_to_stderr(), LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight):
         run = analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
                             on_file=progress.start_file if len(paths) > 1 else None)
     for result in run.results:

@@ -307,3 +307,24 @@ def test_report_and_plot_paths_are_refused_before_any_work(cli, tmp_path: Path) 
     report = tmp_path / "r.json"
     code, out, err = cli("inspect", str(MLP), "--no-lower", "-f", "json", "-o", str(report), "--plot", str(tmp_path / "p.txt"))
     assert code == 2 and ".png or .svg" in err and out == "" and not report.exists()
+
+
+class _Chatty(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print("debug: forward called")
+        return self.l(x)
+
+
+def test_what_a_model_prints_while_it_runs_stays_out_of_the_report(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    path = tmp_path / "chatty.pt"
+    torch.jit.script(_Chatty()).save(str(path))
+    code, out, err = run_cli("inspect", str(path), "--input-shape", "1x3", "-f", "json")
+    assert code == 0, err
+    assert json.loads(out)["bound"]["lower"] is not None  # the search ran the forward, printing each time
+    assert "debug: forward called" in err
