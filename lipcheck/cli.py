@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     from lipcheck.errors import LipcheckError, first_line, one_line
 
     command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "")
+    for stream in (sys.stdout, sys.stderr):  # a name no encoding can write (a lone surrogate) is escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = app(args=argv, prog_name="lipcheck", standalone_mode=False)
     except (LipcheckError, Failure) as exc:

@@ -32,5 +32,8 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: line breaks inside it (a file name can hold them) written as escapes."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` on one line: line breaks inside it (a file name can hold them) written as escapes, as
+    are other characters a terminal would act on."""
+    from lipcheck.report.text import printable
+
+    return printable(text.replace("\r", "\\r").replace("\n", "\\n"))

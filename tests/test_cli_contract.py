@@ -328,3 +328,19 @@ def test_what_a_model_prints_while_it_runs_stays_out_of_the_report(run_cli, tmp_
     assert code == 0, err
     assert json.loads(out)["bound"]["lower"] is not None  # the search ran the forward, printing each time
     assert "debug: forward called" in err
+
+
+def test_names_from_the_file_cannot_steer_a_terminal_or_break_markdown(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "names.pt"
+    torch.manual_seed(0)
+    names = ["a\x1b[31mb", "x\ry", "<script>&", "t`ick", "p\u202eq", "\ud800lone"]
+    torch.save({f"{name}.weight": torch.randn(3, 3) * 3 for name in names}, path)
+    for fmt in ("table", "markdown", "github"):
+        code, out, err = cli("check", str(path), "--bound", "product", "--fail-above", "1e9", "--fail-layer-above", "1", "-f", fmt, "--no-lower")
+        assert code == 1, err  # the gate's verdict, not an encoding error
+        for raw in ("\x1b", "\r", "\u202e", "\ud800"):
+            assert raw not in out + err, (fmt, raw)
+    code, out, _ = cli("check", str(path), "--bound", "product", "--fail-above", "1e9", "--fail-layer-above", "1", "-f", "markdown", "--no-lower")
+    bullets = [line for line in out.splitlines() if line.startswith("- layer ")]
+    assert bullets and not any("<" in line for line in bullets) and any("&lt;script&gt;&amp;" in line for line in bullets)
+    assert "| `<script>&.weight` |" in out and "| ``t`ick.weight`` |" in out  # code spans: shown literally

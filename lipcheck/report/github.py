@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from lipcheck.report import markdown
 from lipcheck.report.run import Run
+from lipcheck.report.text import printable
 
 
 def escape_data(text: str) -> str:
     """Escape an annotation's message."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
 
 
 def escape_property(text: str) -> str:

@@ -5,17 +5,16 @@ from __future__ import annotations
 from lipcheck.report.data import LayerReport, Report
 from lipcheck.report.numbers import at_text, down, interval_text, lower_text, network_text, product_text, up
 from lipcheck.report.run import FileResult, Run
+from lipcheck.report.text import markdown_code, markdown_text
 
-
-def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+_cell, _code = markdown_text, markdown_code
 
 
 def _layer_row(index: int, layer: LayerReport) -> str:
     sigma = down(layer.sigma) if layer.sigma is not None else "non-finite"
     cells = [
         str(index),
-        f"`{_cell(layer.display_name)}`",
+        _code(layer.display_name),
         layer.op,
         "×".join(map(str, layer.shape)),
         sigma,
@@ -40,12 +39,12 @@ def _report(report: Report) -> list[str]:
     lines += [f"- assumes: {_cell(a)}" for a in b.assumptions]
     lines += [f"- note: {_cell(n)}" for n in report.notes]
     if report.skipped:
-        lines.append(f"- skipped {len(report.skipped)} tensor(s): " + ", ".join(f"`{_cell(s.name)}` ({_cell(s.reason)})" for s in report.skipped))
+        lines.append(f"- skipped {len(report.skipped)} tensor(s): " + ", ".join(f"{_code(s.name)} ({_cell(s.reason)})" for s in report.skipped))
     return lines
 
 
 def _result(result: FileResult) -> list[str]:
-    lines = [f"### `{_cell(result.path)}`", ""]
+    lines = [f"### {_code(result.path)}", ""]
     if result.error is not None:
         return lines + [f"**error:** {_cell(result.error)}", ""]
     assert result.report is not None

@@ -9,6 +9,7 @@ from rich.text import Text
 from lipcheck.report.data import LayerReport, Report
 from lipcheck.report.numbers import at_text, down, lower_text, network_text, product_text, up, upper_text
 from lipcheck.report.run import FileResult, Run
+from lipcheck.report.text import printable
 
 _BAR_WIDTH = 12
 _WIDE = 120  # from this width on: shape, σ, iterations and a bar per layer
@@ -67,7 +68,7 @@ def build(report: Report, width: int = 80) -> Group:
         prefix = ""
     largest = max((layer.lipschitz.upper for layer in report.layers if layer.lipschitz is not None), default=0.0)
     title = f"{report.model_path} ({report.model_format})" + (f"; layer names below follow {prefix}" if prefix else "")
-    table = Table(title=Text(title), title_justify="left")
+    table = Table(title=Text(printable(title)), title_justify="left")
     shapes = ["×".join(map(str, layer.shape)) for layer in report.layers]
     widths = {
         "#": len(str(len(names))),
@@ -90,9 +91,9 @@ def build(report: Report, width: int = 80) -> Group:
         table.add_column("iters", justify="right", no_wrap=True)
         table.add_column(Text(f"0 ┄ {up(largest, 3)}") if largest > 0 else "", no_wrap=True)
     for index, (layer, name) in enumerate(zip(report.layers, names)):
-        cells: list[RenderableType] = [str(index), Text(middle_ellipsis(name[len(prefix) :], name_width)), Text(layer.op)]
+        cells: list[RenderableType] = [str(index), Text(printable(middle_ellipsis(name[len(prefix) :], name_width))), Text(printable(layer.op))]
         if wide:
-            cells += [Text(shapes[index]), _sigma(layer)]
+            cells += [Text(printable(shapes[index])), _sigma(layer)]
         star = "" if layer.converged else "*"
         cells += [Text(upper_text(layer) + star), Text(at_text(layer), style="dim")]
         if wide:
@@ -107,25 +108,25 @@ def build(report: Report, width: int = 80) -> Group:
     if any(not layer.converged for layer in report.layers if layer.sigma is not None):
         lines.append(Text("* not converged within --max-iter: the bound is still certified, but wider than --tol", style="yellow"))
     for assumption in report.bound.assumptions:
-        lines.append(Text(f"assumes: {assumption}", style="dim"))
+        lines.append(Text(printable(f"assumes: {assumption}"), style="dim"))
     for note in report.notes:
-        lines.append(Text(f"note: {note}", style="dim"))
+        lines.append(Text(printable(f"note: {note}"), style="dim"))
     if report.skipped:
-        lines.append(Text(f"skipped {len(report.skipped)} tensor(s) that are not layers:", style="dim"))
+        lines.append(Text(printable(f"skipped {len(report.skipped)} tensor(s) that are not layers:"), style="dim"))
         for s in report.skipped:
-            lines.append(Text(f"  {s.name} {list(s.shape)}: {s.reason}", style="dim"))
+            lines.append(Text(printable(f"  {s.name} {list(s.shape)}: {s.reason}"), style="dim"))
     return Group(table, *lines)
 
 
 def _result(result: FileResult, width: int) -> list[RenderableType]:
     if result.error is not None:
-        return [Text(f"{result.path}: error: {result.error}", style="bold red")]
+        return [Text(printable(f"{result.path}: error: {result.error}"), style="bold red")]
     assert result.report is not None
     parts: list[RenderableType] = [build(result.report, width)]
     if result.outcome is not None:
         if result.failed:
             parts.append(Text("gate: FAILED", style="bold red"))
-            parts += [Text(f"  {check.message}", style="red") for check in result.outcome.failures]
+            parts += [Text(printable(f"  {check.message}"), style="red") for check in result.outcome.failures]
         else:
             parts.append(Text("gate: passed", style="bold green"))
     return parts
