@@ -6,6 +6,7 @@ Option values come from the command line, else ``LIPCHECK_*`` environment variab
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,6 +119,10 @@ def check(
 
     if not models:
         raise Failure("no model given; name files or globs (lipcheck check model.onnx) or set 'models' in [tool.lipcheck]")
+    given = {"LIPCHECK_FAIL_ABOVE": fail_above, "LIPCHECK_FAIL_LAYER_ABOVE": fail_layer_above, "LIPCHECK_LAYER_THRESHOLD": layer_threshold}
+    for name, value in given.items():
+        if value in (None, []) and os.environ.get(name) == "":  # a CI variable that came out empty would switch the gate off
+            raise Failure(f"{name} is set but empty; give it a threshold or unset it")
     pairs = tuple(opt.parse_pair(t, "--layer-threshold", "PATTERN=NUMBER, e.g. 'encoder.*=2.0'") for t in layer_threshold or ())
     spec = GateSpec(fail_above=fail_above, bound=bound.value, fail_layer_above=fail_layer_above,
                     layer_thresholds=pairs, strict=strict)

@@ -118,14 +118,20 @@ ConfigOpt = Annotated[Path | None, typer.Option(
     help="A TOML file with a [tool.lipcheck] table (default: the nearest pyproject.toml).")]
 
 
+# The search budgets scale with --effort: beyond this they would run for days.
+_MAX_EFFORT = 1000.0
+
+
 def settings_for(ctx: typer.Context, model: str, *, tol: float, max_iter: int, seed: int, device: str,
                  input_shape: list[str] | None, allow_global: list[str] | None,
                  node_constant: list[str] | None, effort: float = 1.0, lower: bool = True) -> Settings:
     """The Settings for one model; input shapes may come per model from the config."""
     from lipcheck import config
 
-    if not 0.0 < tol < 1.0 or max_iter < 1 or not effort > 0:
-        raise Failure("--tol must be between 0 and 1 (e.g. 1e-6), --max-iter at least 1 and --effort positive")
+    if not 0.0 < tol < 1.0 or max_iter < 1 or not 0.0 < effort <= _MAX_EFFORT:
+        raise Failure(f"--tol must be between 0 and 1 (e.g. 1e-6), --max-iter at least 1 and --effort above 0 and at most {_MAX_EFFORT:g}")
+    if not 0 <= seed < 2**63:
+        raise Failure("--seed must be a whole number from 0 to 2**63 - 1")
     if input_shape is None and "lipcheck.config" in ctx.meta:
         loaded, path = ctx.meta["lipcheck.config"]
         input_shape = config.shapes_for(loaded, path, model)

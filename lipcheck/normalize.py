@@ -23,7 +23,7 @@ import torch
 from lipcheck.api import analyze
 from lipcheck.atomic import restored_on_error
 from lipcheck.errors import LipcheckError, first_line
-from lipcheck.formats import Format, Options, detect, load, save
+from lipcheck.formats import Format, Options, detect, extensions, load, named_format, save
 from lipcheck.model import Layer, Model, WeightEdit
 from lipcheck.report.data import LayerReport, Report
 from lipcheck.settings import Settings
@@ -148,6 +148,15 @@ def plan(
     return plans, edits, warnings
 
 
+def _check_suffix(fmt: Format, dst: Path) -> None:
+    """Refuse an output name whose extension names another format than the input's (the copy keeps the input's)."""
+    named = named_format(dst)
+    if named is None or named == fmt or fmt == Format.SHARDED or (named == Format.TORCH and fmt == Format.TORCHSCRIPT):
+        return
+    wanted = ", ".join(extensions(fmt)) or "the input's extension"
+    raise LipcheckError(f"-o {dst}: normalize writes the input's format ({fmt.value}), which {dst.suffix} does not name; use {wanted}")
+
+
 def normalize(
     src: str | Path,
     dst: str | Path,
@@ -168,6 +177,7 @@ def normalize(
     if convention not in ("lipschitz", "torch"):
         raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
     fmt = detect(src)  # the standard messages for a missing, empty or directory input
+    _check_suffix(fmt, dst)
     extra = _data_file(fmt, dst)
     _check_paths(src, dst, force, extra)
     settings = settings or Settings()

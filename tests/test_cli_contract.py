@@ -344,3 +344,23 @@ def test_names_from_the_file_cannot_steer_a_terminal_or_break_markdown(cli, tmp_
     bullets = [line for line in out.splitlines() if line.startswith("- layer ")]
     assert bullets and not any("<" in line for line in bullets) and any("&lt;script&gt;&amp;" in line for line in bullets)
     assert "| `<script>&.weight` |" in out and "| ``t`ick.weight`` |" in out  # code spans: shown literally
+
+
+def test_options_that_would_hang_or_crash_are_usage_errors(cli, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for args in (["--effort", "inf"], ["--effort", "1e9"], ["--seed", "99999999999999999999999"], ["--seed", "-1"]):
+        code, out, err = cli("inspect", str(MLP), *args)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and "internal error" not in err, (args, err)
+    code, _, err = cli("normalize", str(ROOT / "sample_models" / "mlp.pt"), "-o", str(tmp_path / "m.safetensors"))
+    assert code == 2 and "normalize writes the input's format" in err and not (tmp_path / "m.safetensors").exists()
+
+
+def test_an_empty_threshold_variable_does_not_switch_the_gate_off(cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lipcheck.cli import main
+
+    monkeypatch.setenv("LIPCHECK_FAIL_ABOVE", "")
+    with pytest.raises(SystemExit) as exited:
+        main(["check", str(MLP), "--no-lower"])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit) as exited:  # a threshold on the command line still counts
+        main(["check", str(MLP), "--no-lower", "--fail-above", "1e6", "-f", "json"])
+    assert exited.value.code == 0

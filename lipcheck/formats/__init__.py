@@ -37,6 +37,16 @@ _EXTENSIONS = {
 _PICKLE_PROTOCOL_2 = b"\x80\x02"
 
 
+def named_format(path: Path) -> Format | None:
+    """The format a file name's extension names, if it names one."""
+    return _EXTENSIONS.get(path.suffix.lower())
+
+
+def extensions(fmt: Format) -> list[str]:
+    """The extensions that name a format."""
+    return [ext for ext, kind in _EXTENSIONS.items() if kind == fmt]
+
+
 def detect(path: Path) -> Format:
     """Tell a file's format from its first bytes, falling back to its extension."""
     if path.is_dir():
