@@ -315,3 +315,28 @@ def test_a_weight_the_graph_rounds_to_float16_is_the_rounded_weight_for_the_lowe
     report = inspect(path)
     assert report.bound.lower is not None and 0.99 <= report.bound.lower <= 1.0
     assert report.bound.upper is not None and report.bound.upper >= 1.0
+
+
+def test_a_model_run_that_does_not_end_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Loop with 10^15 iterations: the lower-bound search stops the run and says why, the upper bound stands."""
+    from lipcheck.graph import ort_run
+
+    def value(name: str, shape: list[int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, kind, shape)
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [value("i", [], TensorProto.INT64), value("c_in", [], TensorProto.BOOL), value("v_in", [1, 3])],
+        [value("c_out", [], TensorProto.BOOL), value("v_out", [1, 3])],
+    )
+    inits = [numpy_helper.from_array(2 * np.eye(3, dtype=np.float32), "W"), numpy_helper.from_array(np.array(10**15, dtype=np.int64), "M")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Loop", ["M", "", "h"], ["y"], body=body)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [value("x", [1, 3])], [value("y", [1, 3])], inits), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path = tmp_path / "loop.onnx"
+    onnx.save(model, str(path))
+    monkeypatch.setattr(ort_run, "RUN_SECONDS", 1.0)
+    report = inspect(path)
+    assert report.bound.lower is None
+    assert any("was stopped" in note for note in report.notes)

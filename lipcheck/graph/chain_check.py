@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lipcheck.graph import ort_run
 from lipcheck.graph.chains import FoundChain
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def _reference(model: Model, shape: tuple[int, ...]) -> Callable[[np.ndarray], n
         dtype = np.float64 if first.type == "tensor(double)" else np.float16 if first.type == "tensor(float16)" else np.float32
 
         def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run(None, {first.name: x.astype(dtype)})[0], dtype=np.float64)
+            return np.asarray(ort_run.run(session, None, {first.name: x.astype(dtype)})[0], dtype=np.float64)
 
         return run
     if model.runnable is not None:

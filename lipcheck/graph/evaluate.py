@@ -31,6 +31,7 @@ from onnx import (
 )
 
 from lipcheck.errors import first_line
+from lipcheck.graph import ort_run
 from lipcheck.graph.ir import Graph
 from lipcheck.graph.torch_eval import supported
 
@@ -195,7 +196,7 @@ class Float64Model:
         feeds = {name: (np.asarray(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x)) for name, x in zip(self.input_names, inputs)}
         if self._session is not None:
             try:
-                outputs = self._session.run(None, feeds)
+                outputs = ort_run.run(self._session, None, feeds)
             except Exception:  # a kernel that fails only at run time: the reference evaluator takes over
                 self._session = None
                 self._reference = _reference_evaluator(self.twin)

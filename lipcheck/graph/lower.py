@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lipcheck.graph import ort_run
 from lipcheck.graph.ir import Graph
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def _float32_session(path: Path) -> tuple[Run | None, list[type | None] | None]:
     feeds = session.get_inputs()
 
     def run(xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float64) for o in session.run(None, {f.name: x for f, x in zip(feeds, xs)})]
+        return [np.asarray(o, dtype=np.float64) for o in ort_run.run(session, None, {f.name: x for f, x in zip(feeds, xs)})]
 
     return run, [_FLOAT_TYPES.get(f.type) for f in feeds]
 
