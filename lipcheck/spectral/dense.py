@@ -39,7 +39,7 @@ _MAX_BASIS = 320
 # Every this many steps the new Lanczos vector is orthogonalized a second time.
 _REORTHOGONALIZE_EVERY = 4
 _FLOAT32_INVARIANT = 1e-5
-_CANCELLATION = 100.0
+_CANCELLATION = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ class _Lanczos:
         z = torch.baddbmm(z, kept.mT, coefficients, alpha=-1.0).squeeze(2)
         beta = torch.linalg.vector_norm(z, dim=1)
         # One pass loses about u * |z before| / |z after| of orthogonality, and the loss compounds
-        # over later steps: where most of z cancelled, a second pass restores it at once.
+        # over later steps: where over 1 - 1/sqrt(2) of z cancelled (the criterion of Daniel, Gragg,
+        # Kaufman and Stewart), a second pass restores it at once.
         cancelled = bool((beta * _CANCELLATION < before).any())
         tiny = beta <= self.tiny_at
         norm = beta
