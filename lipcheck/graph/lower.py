@@ -350,8 +350,10 @@ def float64_outputs(module: torch.nn.Module, dtype: torch.dtype | None = None) -
     import torch
 
     with warnings.catch_warnings():
-        # A scripted module's parameters can be non-leaf tensors; copying them warns about .grad.
+        # A scripted module's parameters can be non-leaf tensors; copying them warns about .grad, and
+        # copying an exported program's module warns about torch's own pytree internals.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         twin = copy.deepcopy(module).to(dtype or torch.float64).eval()
     return ModuleOutputs(twin), max(8, sum(1 for _ in twin.modules()))
 
