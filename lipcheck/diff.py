@@ -58,6 +58,17 @@ class Drift:
                 out.append(f"{len(added)} layer(s) only in the new file: {', '.join(added[:5])}" + (" ..." if len(added) > 5 else ""))
             if removed:
                 out.append(f"{len(removed)} layer(s) only in the old file: {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""))
+        shapes_old = {layer.display_name: tuple(layer.shape) for layer in self.old.layers}
+        reshaped = [
+            f"{layer.display_name} ({'x'.join(map(str, shapes_old[layer.display_name]))} -> {'x'.join(map(str, layer.shape))})"
+            for layer in self.new.layers
+            if layer.display_name in shapes_old and shapes_old[layer.display_name] != tuple(layer.shape)
+        ]
+        if reshaped:
+            out.append(
+                f"{len(reshaped)} layer(s) changed shape, so their numbers compare different maps: {', '.join(reshaped[:5])}"
+                + (" ..." if len(reshaped) > 5 else "")
+            )
         return out
 
     @property

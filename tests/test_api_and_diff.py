@@ -91,3 +91,15 @@ def test_the_api_leaves_the_modules_training_flag_as_it_found_it() -> None:
         lipcheck.inspect(net, settings=lipcheck.Settings(input_shape=((1, 3, 8, 8),)))
         assert net.training is training
         assert all(sub.training is training for sub in net.modules())
+
+
+def test_diff_says_when_a_layer_changed_shape(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = torch.load(SAMPLES / "mlp.pt", weights_only=True)
+    wider = dict(state)
+    wider["2.weight"] = torch.cat([state["2.weight"], state["2.weight"][:1]])
+    new = tmp_path / "new.pt"
+    torch.save(wider, new)
+    code, out, err = cli("diff", str(SAMPLES / "mlp.pt"), str(new), "-f", "json")
+    assert code == 0, err
+    rows, cols = state["2.weight"].shape
+    assert f"2.weight ({rows}x{cols} -> {rows + 1}x{cols})" in err + out
