@@ -364,3 +364,27 @@ def test_an_empty_threshold_variable_does_not_switch_the_gate_off(cli, monkeypat
     with pytest.raises(SystemExit) as exited:  # a threshold on the command line still counts
         main(["check", str(MLP), "--no-lower", "--fail-above", "1e6", "-f", "json"])
     assert exited.value.code == 0
+
+
+def test_csv_keeps_each_verdict_of_one_weight_used_twice(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([[[1.0, 2.0, 1.0]]], np.float32)  # one conv weight applied at two input sizes
+    nodes = [helper.make_node("Conv", ["a", "W"], ["ya"], pads=[1, 1]), helper.make_node("Conv", ["b", "W"], ["yb"], pads=[1, 1])]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 1, 1]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 9])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, None]) for n in ("ya", "yb")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(weight, "W")]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path = tmp_path / "twice.onnx"
+    onnx.save(model, str(path))
+    # At 1 cell the conv is multiplication by 2; at 9 cells its norm is near 4.
+    code, out, err = cli("check", str(path), "--fail-layer-above", "3", "-f", "csv", "--no-lower")
+    assert code == 1, err
+    rows = [row for row in csv.DictReader(out.splitlines()) if row["layer"] == "W"]
+    assert sorted(row["passed"] for row in rows) == ["false", "true"]

@@ -25,10 +25,15 @@ def render(run: Run) -> str:
         if result.report is None:
             _write(writer, [result.path, "(error)", "", "", "", "", "", "", result.error] + [""] * 4)
             continue
-        layer_checks = {c.subject: c for c in (result.outcome.checks if result.outcome is not None else []) if c.name == "layer"}
+        # The gate checks layers in report order: two layers of one name (one weight used by two nodes) keep their own.
+        layer_checks: dict[str, list[Any]] = {}
+        for c in result.outcome.checks if result.outcome is not None else []:
+            if c.name == "layer":
+                layer_checks.setdefault(c.subject, []).append(c)
         for layer in result.report.layers:
             lip = layer.lipschitz
-            check = layer_checks.get(layer.display_name)
+            queued = layer_checks.get(layer.display_name)
+            check = queued.pop(0) if queued else None
             _write(
                 writer,
                 [
