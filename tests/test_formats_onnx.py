@@ -280,8 +280,34 @@ def _conv_norm_at_runtime_size(path: Path, model: onnx.ModelProto, conv: onnx.No
         helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2], strides=[2], pads=[1, 1], ceil_mode=1),
         helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2], strides=[3], pads=[0, 1], ceil_mode=1),
         helper.make_node("ConvTranspose", ["x", "T"], ["p"], strides=[2], output_padding=[1], auto_pad="SAME_UPPER"),
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[1], strides=[2], dilations=[2], auto_pad="SAME_UPPER", ceil_mode=1),
+        helper.make_node("ConvTranspose", ["x", "T"], ["p"], kernel_shape=[2], strides=[3], auto_pad="SAME_UPPER"),
+        helper.make_node(
+            "If",
+            ["c"],
+            ["p"],
+            then_branch=helper.make_graph(
+                [helper.make_node("MaxPool", ["x"], ["q"], kernel_shape=[2], strides=[2], pads=[1, 1], ceil_mode=1)],
+                "then",
+                [],
+                [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, 4])],
+            ),
+            else_branch=helper.make_graph(
+                [helper.make_node("MaxPool", ["x"], ["r"], kernel_shape=[2], strides=[2], pads=[1, 1], ceil_mode=1)],
+                "else",
+                [],
+                [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 2, 4])],
+            ),
+        ),
     ],
-    ids=["max pool ceil_mode", "average pool ceil_mode", "conv transpose SAME with output_padding"],
+    ids=[
+        "max pool ceil_mode",
+        "average pool ceil_mode",
+        "conv transpose SAME with output_padding",
+        "dilated max pool SAME with ceil_mode",
+        "conv transpose SAME with kernel below stride",
+        "ceil_mode pool in an If branch",
+    ],
 )
 def test_conv_input_sizes_are_the_ones_onnxruntime_computes(tmp_path: Path, first: onnx.NodeProto) -> None:
     """ONNX shape inference gives these outputs one cell more than onnxruntime: with SAME padding after
@@ -289,11 +315,19 @@ def test_conv_input_sizes_are_the_ones_onnxruntime_computes(tmp_path: Path, firs
     rng = np.random.default_rng(3)
     weight = np.array([[[0.2666, 0.0430, 0.2541], [0.8079, -0.2162, 1.5012]], [[2.1752, -0.1762, 2.5844], [-1.6893, -0.1047, -0.4300]]], np.float32)
     conv = helper.make_node("Conv", ["p", "W"], ["y"], strides=[3], auto_pad="SAME_UPPER")
-    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(rng.standard_normal((2, 2, 2)).astype(np.float32), "T")]
+    inits = [
+        numpy_helper.from_array(weight, "W"),
+        numpy_helper.from_array(rng.standard_normal((2, 2, 2)).astype(np.float32), "T"),
+        numpy_helper.from_array(np.array(True), "c"),
+    ]
     graph = helper.make_graph(
         [first, conv],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5 if first.op_type != "ConvTranspose" else 2])],
+        [
+            helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, [1, 2, {"ConvTranspose": 3}.get(first.op_type, 16 if first.attribute[0].name == "auto_pad" else 5)]
+            )
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, None])],
         inits,
     )

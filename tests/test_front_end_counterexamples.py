@@ -380,3 +380,81 @@ def test_a_torch_export_in_place_add_with_alpha_is_not_read_as_a_plain_sum(tmp_p
     truth = float(torch.linalg.matrix_norm(module.l.weight.detach().double() + 7 * torch.eye(3, dtype=torch.float64), 2))
     assert report.bound.upper is None or report.bound.upper >= truth
     assert report.bound.lower is not None and report.bound.lower <= truth * (1 + 1e-9)
+
+
+class _DenseCat(nn.Module):
+    """outs = [x]; outs.append(l(x)); cat(outs): the appended entry is part of the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.l.weight.copy_(5 * torch.eye(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [x]
+        outs.append(self.l(x))
+        return torch.cat(outs, 1)
+
+
+class _SelectAtArgmax(nn.Module):
+    """x.select(1, argmax(x)): the index jumps with the input, so no constant bounds it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = int(torch.argmax(x[0]))
+        return x.select(1, (i + 1) % 4)
+
+
+class _ViewThenWrite(nn.Module):
+    """v = h.view(-1) before h.mul_(100): v shows the write, constant 100."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4, bias=False)
+        with torch.no_grad():
+            self.l.weight.copy_(torch.eye(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        v = h.view(-1)
+        h.mul_(100.0)
+        return v
+
+
+@pytest.mark.parametrize(("module", "truth"), [(_DenseCat(), math.sqrt(26.0)), (_SelectAtArgmax(), math.inf), (_ViewThenWrite(), 100.0)])
+def test_torchscript_lists_indices_and_views_that_change_are_never_read_as_fixed(tmp_path: Path, module: nn.Module, truth: float) -> None:
+    for kind in ("script", "trace"):
+        if kind == "trace" and isinstance(module, _SelectAtArgmax):
+            continue  # a trace fixes the index it saw: another function, which the tracer warns about
+        path = tmp_path / f"{kind}.pt"
+        saved = torch.jit.script(module) if kind == "script" else torch.jit.trace(module, torch.randn(1, 4))
+        saved.save(str(path))
+        bound = inspect(path, settings=Settings(lower=False, input_shape=((1, 4),))).bound
+        assert bound.upper is None or bound.upper >= truth * (1 - 1e-9), (kind, bound.upper)
+
+
+class _Counter(nn.Module):
+    """A buffer that grows on every call: each call computes another function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4, bias=False)
+        self.register_buffer("n", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.n.add_(1.0)
+        return self.l(x) + 1000.0 * self.n
+
+
+def test_a_module_that_changes_its_own_state_gets_no_bound_and_no_lower_bound(tmp_path: Path) -> None:
+    x = torch.randn(1, 4)
+    for kind in ("script", "trace", "export"):
+        path = tmp_path / (f"{kind}.pt2" if kind == "export" else f"{kind}.pt")
+        module = _Counter().eval()
+        if kind == "export":
+            torch.export.save(torch.export.export(module, (x,)), str(path))
+        else:
+            (torch.jit.script(module) if kind == "script" else torch.jit.trace(module, x, check_trace=False)).save(str(path))
+        report = inspect(path, settings=Settings(input_shape=((1, 4),) if kind != "export" else None))
+        assert report.bound.upper is None and report.bound.lower is None, kind
+        assert "each call computes another function" in report.bound.blocking[0]

@@ -7,6 +7,8 @@ Used to learn the input size each convolution sees and how broadcasting copies e
 
 from __future__ import annotations
 
+import math
+
 import onnx
 from onnx import GraphProto, ModelProto, TensorProto, ValueInfoProto
 
@@ -86,11 +88,8 @@ def _forget_declared(graph: GraphProto) -> None:
             value.type.tensor_type.ClearField("shape")
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                del attr.g.value_info[:]
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    del sub.value_info[:]
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []:
+                _forget_declared(sub)
 
 
 def _collect(graph: GraphProto, out: dict[str, Dims]) -> None:
@@ -126,8 +125,12 @@ def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -
             break
         # Inference keeps a declared shape where it would compute another one (strict_mode off), and
         # reads the nodes after from it.
-        for name, dims in corrected.items():
-            work.graph.value_info.append(onnx.helper.make_tensor_value_info(name, TensorProto.UNDEFINED, list(dims)))
+        for graph, name, dims in corrected:
+            declared = next((value for value in graph.output if value.name == name), None)
+            if declared is None:
+                graph.value_info.append(onnx.helper.make_tensor_value_info(name, TensorProto.UNDEFINED, list(dims)))
+            else:  # a branch's or body's output: what the If or Loop around it reads
+                declared.type.CopyFrom(onnx.helper.make_tensor_value_info(name, declared.type.tensor_type.elem_type, list(dims)).type)
         try:
             inferred = onnx.shape_inference.infer_shapes(work, check_type=False, strict_mode=False, data_prop=True)
         except Exception as exc:  # the corrected sizes are ones onnxruntime computes: inference accepting the first is no promise
@@ -141,16 +144,25 @@ def infer(proto: ModelProto, input_shapes: tuple[tuple[int, ...], ...] | None) -
 _CORRECTION_ROUNDS = 8
 
 
-def _runtime_sizes(graph: GraphProto, shapes: dict[str, Dims]) -> dict[str, tuple[int | str, ...]]:
-    """Outputs whose inferred shape differs from the one onnxruntime computes, with that shape.
+def _runtime_sizes(graph: GraphProto, shapes: dict[str, Dims]) -> list[tuple[GraphProto, str, tuple[int | str, ...]]]:
+    """Outputs whose inferred shape differs from the one onnxruntime computes, with that shape and
+    the graph (or If branch, Loop body) that holds them.
 
     ONNX shape inference keeps a ceil_mode pool's last window even when it starts in the right
-    padding (onnxruntime and PyTorch drop it), and adds output_padding to a ConvTranspose with
-    SAME padding (onnxruntime's output is input x stride). A size lipcheck cannot tell is given as
-    unknown, so the convs after it get a bound for every size.
+    padding (onnxruntime and PyTorch drop it), sizes SAME-padded pools otherwise than onnxruntime
+    (which pads for the undilated kernel), and adds output_padding to a ConvTranspose with SAME
+    padding. A size lipcheck cannot tell is given as unknown, so the convs after it get a bound
+    for every size.
     """
-    found: dict[str, tuple[int | str, ...]] = {}
+    found: list[tuple[GraphProto, str, tuple[int | str, ...]]] = []
+    stored = {init.name: list(init.dims) for init in graph.initializer}
     for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.extend(_runtime_sizes(attr.g, shapes))
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    found.extend(_runtime_sizes(sub, shapes))
         if not node.input or not node.output:
             continue
         source, out = shapes.get(node.input[0]), shapes.get(node.output[0])
@@ -160,18 +172,45 @@ def _runtime_sizes(graph: GraphProto, shapes: dict[str, Dims]) -> dict[str, tupl
         auto_pad = attrs.get("auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
         spatial: list[int | str] | None = None
-        if node.op_type in ("MaxPool", "AveragePool", "LpPool") and int(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "VALID"):
-            spatial = _ceil_pool_sizes(source[2:], attrs, auto_pad)
+        if node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+            if auto_pad.startswith("SAME"):
+                spatial = _same_pool_sizes(source[2:], attrs, auto_pad)
+            elif int(attrs.get("ceil_mode", 0)) and auto_pad in ("NOTSET", "VALID"):
+                spatial = _ceil_pool_sizes(source[2:], attrs, auto_pad)
         elif node.op_type == "ConvTranspose" and (auto_pad.startswith("SAME") or "output_shape" in attrs):
+            if "kernel_shape" not in attrs and len(node.input) > 1 and node.input[1] in stored:
+                attrs["kernel_shape"] = stored[node.input[1]][2:]
             spatial = _transposed_sizes(source[2:], attrs, auto_pad)
         if spatial is None:
             continue
         dims = (*(d if d is not None else f"unknown_{node.output[0]}_{i}" for i, d in enumerate(out[:2])), *spatial)
         if len(out) != len(dims) or any(a != b for a, b in zip(out, dims)):
-            for name in node.output[: 2 if node.op_type == "MaxPool" else 1]:
-                if name:
-                    found[name] = dims
+            found.extend((graph, name, dims) for name in node.output[: 2 if node.op_type == "MaxPool" else 1] if name)
     return found
+
+
+def _same_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
+    """onnxruntime's SAME pool: pads for ceil(n/s) windows of the undilated kernel, then sizes the
+    output with the dilated one, in C integer division (checked against onnxruntime on 1855 cases)."""
+    kernel = [int(k) for k in attrs.get("kernel_shape", [])]  # type: ignore[attr-defined]
+    if len(kernel) != len(sizes):
+        return None
+    strides = [int(v) for v in attrs.get("strides", [1] * len(kernel))]  # type: ignore[attr-defined]
+    dilations = [int(v) for v in attrs.get("dilations", [1] * len(kernel))]  # type: ignore[attr-defined]
+    ceil = bool(int(attrs.get("ceil_mode", 0)))  # type: ignore[call-overload]
+    out: list[int | str] = []
+    for i, (n, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):
+        if n is None or s <= 0:
+            out.append(f"unknown_pool_{i}")
+            continue
+        need = (-(-n // s) - 1) * s + k - n
+        head = int((need + 1) / 2) if auto_pad == "SAME_LOWER" else int(need / 2)
+        span = n + need - d * (k - 1) - 1
+        count = (math.ceil(span / s) + 1) if ceil else (int(span / s) + 1)
+        if ceil and count > 0 and (count - 1) * s >= n + head:
+            count -= 1
+        out.append(count if count > 0 else f"unknown_pool_{i}")
+    return out
 
 
 def _ceil_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
@@ -202,4 +241,15 @@ def _transposed_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> l
             return list(given[-rank:])
         return [f"unknown_transposed_{i}" for i in range(rank)]
     strides = [int(v) for v in attrs.get("strides", [1] * rank)]  # type: ignore[attr-defined]
-    return [n * s if n is not None else f"unknown_transposed_{i}" for i, (n, s) in enumerate(zip(sizes, strides))]
+    dilations = [int(v) for v in attrs.get("dilations", [1] * rank)]  # type: ignore[attr-defined]
+    adjust = [int(v) for v in attrs.get("output_padding", [0] * rank)]  # type: ignore[attr-defined]
+    weight_kernel = attrs.get("kernel_shape")
+    out: list[int | str] = []
+    for i, (n, s) in enumerate(zip(sizes, strides)):
+        if n is None or not isinstance(weight_kernel, (list, tuple)) or len(weight_kernel) != rank or len(dilations) != rank or len(adjust) != rank:
+            out.append(f"unknown_transposed_{i}")
+            continue
+        # SAME asks for n * s; where even unpadded the output is shorter, onnxruntime gives that length.
+        full = (n - 1) * s + adjust[i] + (int(weight_kernel[i]) - 1) * dilations[i] + 1
+        out.append(min(n * s, full))
+    return out

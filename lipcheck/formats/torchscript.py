@@ -105,17 +105,19 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
             layer.note = f"module {prefix or '(root)'}: {kind}; {layer.note or 'role guessed from the name'}"
         layers.extend(found)
         skipped.extend(skips)
-    from lipcheck.graph.ir import NoGraph
+    from lipcheck.graph.ir import NoGraph, StatefulGraph
     from lipcheck.graph.torchscript_front import build
 
-    graph, no_graph = None, ""
+    graph, no_graph, stateful = None, "", False
     try:
         graph = build(module, layers, input_shapes)  # adds the tensors conv/linear calls read as weights as layers
     except NoGraph as exc:
-        no_graph = str(exc)
+        no_graph, stateful = str(exc), isinstance(exc, StatefulGraph)
     named = {layer.name for layer in layers}
     model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], graph=graph, no_graph=no_graph)
-    model.runnable = module
+    model.runnable = None if stateful else module
+    if stateful:
+        model.notes.append("no empirical lower bound: the module changes its own state on every call, so two calls compare two functions")
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)
     elif any(layer.is_conv for layer in layers):

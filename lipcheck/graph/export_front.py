@@ -17,7 +17,7 @@ import torch
 
 from lipcheck.formats.torch_export import arguments, kind, static_shape
 from lipcheck.graph.aten_ops import SIMPLE
-from lipcheck.graph.ir import Constant, Graph, Node, NoGraph
+from lipcheck.graph.ir import Constant, Graph, Node, NoGraph, StatefulGraph
 from lipcheck.model import Layer
 
 if TYPE_CHECKING:
@@ -273,7 +273,8 @@ def build(ep: ExportedProgram, layers: list[Layer], uses: dict[str, list[tuple[t
     """The program's graph in lipcheck's IR; ``uses`` maps each layer's weight to the calls applying it.
 
     Raises NoGraph when a call writes into a value in place where the IR, which reads every value
-    as computed once, would miss the change.
+    as computed once, would miss the change, and StatefulGraph when it writes into an input or a
+    buffer (each call then computes another function).
     """
     written = _written_in_place(ep.graph)
     if written:
@@ -301,6 +302,10 @@ def _written_in_place(graph: torch.fx.Graph) -> str:
             for target in value if isinstance(value, (list, tuple)) else [value]:
                 if not isinstance(target, torch.fx.Node):
                     continue
+                if target.op == "placeholder":
+                    raise StatefulGraph(
+                        f"{node.name} ({kind(node)}) changes the program's input or state {target.name} in place, so each call computes another function"
+                    )
                 if _is_view(target):
                     return f"{node.name} ({kind(node)}) writes into a view of another value"
                 for user in target.users:

@@ -15,6 +15,10 @@ class NoGraph(Exception):
     """A file holds a graph lipcheck cannot read faithfully; the message says why (for the report)."""
 
 
+class StatefulGraph(NoGraph):
+    """A graph that changes its own state (buffers, attributes) when run: no function to bound or to sample."""
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation: its type, value names in and out, attributes, and a unique label.

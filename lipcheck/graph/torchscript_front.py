@@ -16,7 +16,7 @@ import torch
 from lipcheck.errors import first_line
 from lipcheck.formats.named_tensors import dtype_name, op_for_weight
 from lipcheck.graph.aten_ops import SIMPLE as _SIMPLE
-from lipcheck.graph.ir import Graph, Node, NoGraph
+from lipcheck.graph.ir import Graph, Node, NoGraph, StatefulGraph
 from lipcheck.model import ConvGeometry, Layer
 
 _CONVS = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"}
@@ -28,6 +28,10 @@ _FIRST_INPUT_ONLY = frozenset(
 )  # ops whose other arguments are not tensors to follow
 
 
+# Ops that change a list in place: the graph's list values would miss what they add, set or remove.
+_LIST_CHANGES = frozenset(
+    f"aten::{name}" for name in ("append", "_set_item", "__setitem__", "insert", "extend", "pop", "clear", "remove", "reverse", "sort", "_list_set_item")
+)
 # Ops whose output may share storage with an input: an in-place op on it changes that input too.
 _VIEWS = frozenset(
     f"aten::{name}"
@@ -187,6 +191,7 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
     constants: dict[str, Any] = {}
     nodes: list[Node] = []
     lists: dict[str, list[str]] = {}
+    shape_only: dict[str, bool] = {}  # memo of _shape_only
     layer_nodes: dict[str, int] = {}
     calls: dict[str, list[tuple[str, tuple[int | None, ...] | None]]] = {}  # a layer's calls: node label, input size
     for index, node in enumerate(graph.nodes()):
@@ -328,6 +333,11 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             ins = ins[:1]
         elif op in _FIRST_INPUT_ONLY:
             ins = ins[:1]
+        kept = set(ins)
+        kept.update(name for name in (v.debugName() for v in node.inputs()) if name in lists and set(lists[name]) <= kept)  # a list read by its elements
+        if any(value.debugName() not in kept and not _shape_only(value, shape_only) for value in node.inputs()):
+            # An index, size or bound left out above comes from the input's values: not a fixed map.
+            op, ins = f"{kind} (an argument computed from the input's values)", [v.debugName() for v in node.inputs()]
         nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs, captures=_captured(node)))
     inputs = [v.debugName() for v in list(graph.inputs())[1:]]
     outputs: list[str] = []
@@ -365,6 +375,8 @@ def _mutation_read_later(graph: torch._C.Graph) -> str:
     for node, position in list(order.items()):
         kind = node.kind()
         name = kind.split("::")[-1]
+        if kind in _LIST_CHANGES:
+            return f"{kind} changes a list after it is built"
         if not kind.startswith("aten::") or not name.endswith("_") or name.endswith("__"):
             continue
         inputs = list(node.inputs())
@@ -374,9 +386,36 @@ def _mutation_read_later(graph: torch._C.Graph) -> str:
         producer = target.node()
         if producer.kind() in _VIEWS:
             return f"{kind} changes a view of another value in place"
+        if producer.kind() == "prim::GetAttr":
+            raise StatefulGraph(f"{kind} changes the module's own state in place, so each call computes another function")
         if any(use.user is not node and order.get(use.user, -1) > position for use in target.uses()):
             return f"{kind} changes a value in place that a later node reads"
+        if any(use.user.kind() in _VIEWS for use in target.uses()):
+            return f"{kind} changes a value in place that a view of it shows"
     return ""
+
+
+# Ops whose result depends on their input's shape only, never on its values.
+_SHAPE_READS = frozenset({"aten::size", "aten::dim", "aten::numel", "aten::len", "prim::dtype", "prim::device", "prim::layout", "aten::sym_size"})
+
+
+def _shape_only(value: torch._C.Value, memo: dict[str, bool]) -> bool:
+    """Whether a value depends on the graph inputs' shapes at most (a constant, x.size(0) * 2), not on
+    their values. A value from an If or Loop, or from a graph input itself, counts as depending on values."""
+    name = value.debugName()
+    if name in memo:
+        return memo[name]
+    memo[name] = False  # a cycle cannot occur in a graph, but a guess on re-entry must be the safe one
+    node = value.node()
+    kind = node.kind()
+    if kind == "prim::Constant" or kind in _SHAPE_READS:
+        found = True
+    elif kind == "prim::Param" or any(True for _ in node.blocks()):
+        found = False
+    else:
+        found = all(_shape_only(v, memo) for v in node.inputs())
+    memo[name] = found
+    return found
 
 
 def _captured(node: torch._C.Node) -> tuple[str, ...]:
