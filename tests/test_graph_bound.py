@@ -287,14 +287,19 @@ class _TwoHeads(nn.Module):
         return self.head(x), self.head(x) * 1.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_several_outputs_are_bounded_together(tmp_path: Path, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "kind"), [(torch.float32, "onnx"), (torch.float64, "onnx"), (torch.float32, "torchscript")])
+def test_several_outputs_are_bounded_together(tmp_path: Path, dtype: torch.dtype, kind: str) -> None:
+    from lipcheck.settings import Settings
+
     torch.manual_seed(0)
     net = _TwoHeads().to(dtype).eval()
-    path = tmp_path / "heads.onnx"
-    torch.onnx.export(net, (torch.randn(1, 3, dtype=dtype),), str(path), dynamo=False)
+    path = tmp_path / ("heads.onnx" if kind == "onnx" else "heads.pt")
+    if kind == "onnx":
+        torch.onnx.export(net, (torch.randn(1, 3, dtype=dtype),), str(path), dynamo=False)
+    else:
+        torch.jit.trace(net, torch.randn(1, 3, dtype=dtype)).save(str(path))
     sigma = exact_sigma(net.head.weight.detach())
-    bound = inspect(path).bound
+    bound = inspect(path, settings=Settings(input_shape=((1, 3),))).bound
     assert bound.upper is not None and bound.lower is not None
     # Each head alone is sigma-Lipschitz; the pair of outputs as one vector is sqrt(2) sigma.
     assert math.sqrt(2) * sigma <= bound.upper <= math.sqrt(2) * sigma * (1 + 1e-6)

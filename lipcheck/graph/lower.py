@@ -289,15 +289,18 @@ def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Seq
                 continue  # the float64 evaluation computes another function than the file's runtime: no ratio
             drift = float(np.linalg.norm(gx[k] - a)) + float(np.linalg.norm(gy[k] - b))
             slack = max(slack, _FLOAT32_ERROR_SCALE * drift)
-        change = float(np.linalg.norm(b - a)) - slack
-        if math.isfinite(change) and change > 0.0:
-            changes.append(change)
-    if not changes:
+        changes.append(float(np.linalg.norm(b - a)) - slack)
+    return _together(changes) / dx * (1.0 - 2.0**-40)  # the norms, the sum and the division, rounded down
+
+
+def _together(changes: Sequence[float]) -> float:
+    """The change of all outputs together, as the network bound takes them (‖f(y) − f(x)‖² is the sum
+    of the outputs' squared changes), from certified lower ends of each; non-positive ones add nothing."""
+    kept = [c for c in changes if math.isfinite(c) and c > 0.0]
+    if not kept:
         return 0.0
-    # The outputs taken together, as the network bound takes them: ‖f(y) − f(x)‖² = Σ_k ‖f_k(y) − f_k(x)‖².
-    largest = max(changes)
-    together = largest * math.sqrt(math.fsum((c / largest) ** 2 for c in changes)) if len(changes) > 1 else largest
-    return together / dx * (1.0 - 2.0**-40)  # the norms, the sum and the division, rounded down
+    largest = max(kept)
+    return largest * math.sqrt(math.fsum((c / largest) ** 2 for c in kept)) if len(kept) > 1 else largest
 
 
 def _disagree(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> bool:
@@ -387,19 +390,14 @@ class ModuleOutputs:
 
 
 def certified_torch(outputs: Callable[..., list[torch.Tensor]], xs: tuple[torch.Tensor, ...], ys: tuple[torch.Tensor, ...], nodes: int) -> float:
-    """The float64 ratio of a torch pair, largest over outputs, less the rounding slack (scaled, as in
-    :func:`certified`, by the largest value seen on the way where ``outputs`` records one)."""
+    """The float64 ratio of a torch pair, its outputs taken together, less each output's rounding slack
+    (scaled, as in :func:`certified`, by the largest value seen on the way where ``outputs`` records one)."""
     dx = math.sqrt(sum(float(((y - x) ** 2).sum()) for x, y in zip(xs, ys)))
     if dx == 0.0:
         return 0.0
-    best = 0.0
     fx = outputs(*xs)
     inner = float(getattr(outputs, "peak", 0.0))
     fy = outputs(*ys)
     inner = max(inner, float(getattr(outputs, "peak", 0.0)))
-    for a, b in zip(fx, fy):
-        slack = nodes * _PER_NODE * max(float(a.norm()), float(b.norm()), inner)
-        value = (float((b - a).norm()) - slack) / dx
-        if math.isfinite(value):
-            best = max(best, value)
-    return best * (1.0 - 2.0**-40)
+    changes = [float((b - a).norm()) - nodes * _PER_NODE * max(float(a.norm()), float(b.norm()), inner) for a, b in zip(fx, fy)]
+    return _together(changes) / dx * (1.0 - 2.0**-40)  # the norms, the sum and the division, rounded down
