@@ -337,3 +337,19 @@ def test_decomposed_program_gives_the_same_numbers(files: dict[str, dict[str, Pa
     for a, b in zip(decomposed.layers, plain.layers):
         assert a.sigma == pytest.approx(b.sigma, rel=1e-12)
     assert decomposed.bound.upper == pytest.approx(plain.bound.upper, rel=1e-12)
+
+
+class _Branching(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda t: self.l(t), lambda t: 2 * t, (x,))
+
+
+def test_a_program_with_data_dependent_control_flow_is_named_as_such(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cond.pt2"
+    torch.export.save(torch.export.export(_Branching(), (torch.randn(1, 3),)), str(path))
+    code, out, err = cli("inspect", str(path))
+    assert code == 2 and out == "" and "control flow" in err and "could run code" not in err

@@ -121,6 +121,13 @@ _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00]")
 _PATH_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "user_input_name", "fqn", "target", "custom_obj_name", "lifted_tensor_constant_name"}
 
 
+def _control_flow(path: Path) -> UnsupportedFileError:
+    return UnsupportedFileError(
+        f"{path} holds control flow (torch.cond, while_loop, map) as subgraphs, which lipcheck does not read; "
+        "export the model without data-dependent control flow, or to ONNX, and inspect that"
+    )
+
+
 def _refuse(path: Path, why: str) -> RefusedFileError:
     return RefusedFileError(
         f"{path}: {why}; lipcheck refuses this .pt2 because loading it could run code. "
@@ -152,8 +159,10 @@ def _check_strings(path: Path, obj: Any, key: str = "", in_nodes: bool = False) 
                 raise _refuse(path, f"the graph has a malformed key {k!r}")
             if k in ("custom_obj_values",) and v:
                 raise _refuse(path, "the graph holds custom (torchbind) objects")
-            if k in ("as_custom_obj", "as_graph"):
-                raise _refuse(path, f"the graph passes {'a custom object' if k == 'as_custom_obj' else 'a subgraph'} to an operator")
+            if k == "as_graph":
+                raise _control_flow(path)
+            if k == "as_custom_obj":
+                raise _refuse(path, "the graph passes a custom object to an operator")
             _check_strings(path, v, k, in_nodes=k == "nodes")
         return
     if isinstance(obj, list):
@@ -201,6 +210,8 @@ def _check_target(path: Path, target: object) -> None:
     module, _, name = target.partition(".")
     if _OPERATOR.fullmatch(target) or (module == "_operator" and name in _PY_OPERATORS):
         return
+    if target.startswith("torch.ops.higher_order."):
+        raise _control_flow(path)
     raise _refuse(path, f"the graph calls {target[:80]!r}, which is not an aten or prims operator")
 
 
