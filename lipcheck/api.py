@@ -57,10 +57,12 @@ def inspect(
         except Exception as exc:  # the module refused the shapes or autograd: no lower bound, say why
             report.notes.append(f"no empirical lower bound: the module could not be differentiated ({first_line(exc)})")
     if settings.lower and model.format == "onnx" and model.graph is not None and not report.non_finite_layers:
-        from lipcheck.graph.lower import onnx_lower
+        from lipcheck.graph.lower import NoCertifiedPair, onnx_lower
 
         try:
             report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed, settings.effort)  # type: ignore[arg-type]
+        except NoCertifiedPair as exc:
+            report.notes.append(f"no empirical lower bound: {exc}")
         except Exception as exc:  # a graph that cannot be evaluated in float64: no lower bound, say why
             report.notes.append(f"no empirical lower bound: the graph could not be evaluated ({first_line(exc)})")
     if settings.lower and not report.non_finite_layers:

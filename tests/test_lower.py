@@ -340,3 +340,13 @@ def test_a_model_run_that_does_not_end_is_stopped(tmp_path: Path, monkeypatch: p
     report = inspect(path)
     assert report.bound.lower is None
     assert any("was stopped" in note for note in report.notes)
+
+
+def test_no_certified_pair_gives_no_lower_bound_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lower bound of 0 would read as attained: where every checked pair is rejected, there is none."""
+    from lipcheck.graph import lower
+
+    monkeypatch.setattr(lower, "certified", lambda *args, **kwargs: 0.0)
+    report = inspect(Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx")
+    assert report.bound.lower is None
+    assert any(note.startswith("no empirical lower bound: no pair the search found could be certified") for note in report.notes)

@@ -99,7 +99,7 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
         # The ascent runs in float32; a float64 input takes its pairs exactly, in its own type.
         ascent = [(value, [x.astype(d) for x, d in zip(xs, dtypes)], [y.astype(d) for y, d in zip(ys, dtypes)]) for value, xs, ys in ascent]
         if ascent:
-            return best_certified(ascent, lambda xs, ys: certified(exact, float32, xs, ys, nodes))
+            return _attained(best_certified(ascent, lambda xs, ys: certified(exact, float32, xs, ys, nodes)))
     # The search takes a float32 grid wherever the file's inputs are float32.
     grid = [np.dtype(d) for d in dtypes]
     fast = search is not exact or exact.backend == "onnxruntime"
@@ -113,7 +113,21 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     )
     if not found:
         return None
-    return best_certified(found, lambda xs, ys: certified(exact, float32, xs, ys, nodes))
+    return _attained(best_certified(found, lambda xs, ys: certified(exact, float32, xs, ys, nodes)))
+
+
+class NoCertifiedPair(RuntimeError):
+    """The search found pairs, but none keeps a positive ratio once checked in float64."""
+
+
+def _attained(best: float) -> float:
+    """The certified ratio, or an error saying why no pair gave one (a 0 would read as attained)."""
+    if best > 0.0:
+        return best
+    raise NoCertifiedPair(
+        "no pair the search found could be certified in float64 (lipcheck's float64 evaluation disagrees with onnxruntime, "
+        "or every change was within the rounding slack)"
+    )
 
 
 Pairs = list[tuple[float, list[np.ndarray], list[np.ndarray]]]  # (the search's own ratio, xs, ys), best first
