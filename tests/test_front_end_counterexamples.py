@@ -458,3 +458,77 @@ def test_a_module_that_changes_its_own_state_gets_no_bound_and_no_lower_bound(tm
         report = inspect(path, settings=Settings(input_shape=((1, 4),) if kind != "export" else None))
         assert report.bound.upper is None and report.bound.lower is None, kind
         assert "each call computes another function" in report.bound.blocking[0]
+
+
+class _NonzeroCount(nn.Module):
+    """The number of positive entries picks the column: the output jumps as an entry crosses 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = (x > 0).nonzero().size(0)
+        return x.select(1, n % 4)
+
+
+class _EluSizedAlpha(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x, alpha=5.0 * x.size(0))
+
+
+class _AddSizedAlpha(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.add(x, x, alpha=10 * x.size(0))
+
+
+class _PoolSizedStride(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool1d(x, kernel_size=3, stride=x.size(0))
+
+
+class _OutArgument(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = torch.zeros(1, 4)
+        torch.mul(x, 5.0, out=c)
+        return c
+
+
+class _AliasWrite(nn.Module):
+    """ravel and cpu return x itself or a view of it: writing through them writes h."""
+
+    def __init__(self, alias: str) -> None:
+        super().__init__()
+        self.alias = alias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + 0.0
+        (h.ravel() if self.alias == "ravel" else h.cpu()).mul_(5.0)
+        return h
+
+
+@pytest.mark.parametrize(
+    ("module", "shape", "truth"),
+    [
+        (_NonzeroCount(), (1, 4), math.inf),
+        (_EluSizedAlpha(), (1, 4), 3.3),
+        (_AddSizedAlpha(), (1, 4), 11.0),
+        (_PoolSizedStride(), (1, 1, 4), math.sqrt(2.0)),
+        (_OutArgument(), (1, 4), 5.0),
+        (_AliasWrite("ravel"), (1, 4), 5.0),
+        (_AliasWrite("cpu"), (1, 4), 5.0),
+    ],
+    ids=[
+        "nonzero count as index",
+        "elu alpha from a size",
+        "add alpha from a size",
+        "pool stride from a size",
+        "out= argument",
+        "write through ravel",
+        "write through cpu",
+    ],
+)
+def test_torchscript_arguments_and_aliases_the_graph_computes_are_never_read_as_defaults(
+    tmp_path: Path, module: nn.Module, shape: tuple[int, ...], truth: float
+) -> None:
+    """Each once got a bound below what the module attains (1.0 for a jump, for 5x writes, for alpha 11)."""
+    path = tmp_path / "m.pt"
+    torch.jit.script(module).save(str(path))
+    bound = inspect(path, settings=Settings(lower=False, input_shape=(shape,))).bound
+    assert bound.upper is None or bound.upper >= truth * (1 - 1e-9), bound.upper

@@ -7,6 +7,7 @@ name, and the walk reports it as an op it cannot bound.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -28,6 +29,8 @@ _FIRST_INPUT_ONLY = frozenset(
 )  # ops whose other arguments are not tensors to follow
 
 
+# Ops whose other arguments only say which entries go where (sizes, axes, indices), never scale them.
+_SHAPE_ARGUMENTS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Identity", "Concat", "Split", "Softmax"})
 # Ops that change a list in place: the graph's list values would miss what they add, set or remove.
 _LIST_CHANGES = frozenset(
     f"aten::{name}" for name in ("append", "_set_item", "__setitem__", "insert", "extend", "pop", "clear", "remove", "reverse", "sort", "_list_set_item")
@@ -335,9 +338,15 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             ins = ins[:1]
         kept = set(ins)
         kept.update(name for name in (v.debugName() for v in node.inputs()) if name in lists and set(lists[name]) <= kept)  # a list read by its elements
-        if any(value.debugName() not in kept and not _shape_only(value, shape_only) for value in node.inputs()):
-            # An index, size or bound left out above comes from the input's values: not a fixed map.
-            op, ins = f"{kind} (an argument computed from the input's values)", [v.debugName() for v in node.inputs()]
+        dropped = [value for value in node.inputs() if value.debugName() not in kept]
+        if op in _SHAPE_ARGUMENTS:
+            # Sizes, axes and indices may come from the input's shape (x.view(x.size(0), -1)), not its values.
+            unfixed = any(not _shape_only(value, shape_only) for value in dropped)
+        else:
+            # Every other argument left out above was read as a number (an alpha, an eps, a stride): only a constant was.
+            unfixed = any(_computed(value) for value in dropped)
+        if unfixed:
+            op, ins = f"{kind} (an argument computed in the graph)", [v.debugName() for v in node.inputs()]
         nodes.append(Node(op, label, tuple(ins), tuple(outs), attrs, captures=_captured(node)))
     inputs = [v.debugName() for v in list(graph.inputs())[1:]]
     outputs: list[str] = []
@@ -374,25 +383,77 @@ def _mutation_read_later(graph: torch._C.Graph) -> str:
     number(graph.nodes(), graph.return_node())
     for node, position in list(order.items()):
         kind = node.kind()
-        name = kind.split("::")[-1]
         if kind in _LIST_CHANGES:
             return f"{kind} changes a list after it is built"
-        if not kind.startswith("aten::") or not name.endswith("_") or name.endswith("__"):
-            continue
-        inputs = list(node.inputs())
-        if not inputs:
-            continue
-        target = inputs[0]
-        producer = target.node()
-        if producer.kind() in _VIEWS:
-            return f"{kind} changes a view of another value in place"
-        if producer.kind() == "prim::GetAttr":
-            raise StatefulGraph(f"{kind} changes the module's own state in place, so each call computes another function")
-        if any(use.user is not node and order.get(use.user, -1) > position for use in target.uses()):
-            return f"{kind} changes a value in place that a later node reads"
-        if any(use.user.kind() in _VIEWS for use in target.uses()):
-            return f"{kind} changes a value in place that a view of it shows"
+        for target in _written(node):
+            for value in _aliases(target):
+                producer = value.node()
+                if _is_view(producer):
+                    return f"{kind} changes a view of another value in place"
+                if producer.kind() == "prim::GetAttr":
+                    raise StatefulGraph(f"{kind} changes the module's own state in place, so each call computes another function")
+                if any(use.user is not node and order.get(use.user, -1) > position for use in value.uses()):
+                    return f"{kind} changes a value in place that a later node reads"
+                if any(_is_view(use.user) for use in value.uses()):
+                    return f"{kind} changes a value in place that a view of it shows"
     return ""
+
+
+def _schema(node: torch._C.Node) -> tuple[list[str], str]:
+    """A node's schema as its argument declarations (keyword marker left out) and its return part; empty where it has none."""
+    try:
+        text = node.schema()
+    except RuntimeError:
+        return [], ""
+    if "(" not in text or "->" not in text:
+        return [], ""
+    head, _, returns = text.rpartition("->")
+    inner = head[head.index("(") + 1 : head.rindex(")")]
+    arguments, depth, current = [], 0, ""
+    for char in inner:
+        depth += char in "(["
+        depth -= char in ")]"
+        if char == "," and depth == 0:
+            arguments.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        arguments.append(current.strip())
+    return [a for a in arguments if a != "*"], returns
+
+
+def _written(node: torch._C.Node) -> list[torch._C.Value]:
+    """The arguments a node writes into (``relu_``'s self, an ``out=`` tensor), by its schema's alias
+    annotations; an aten op named with a trailing underscore writes its first argument where no schema says."""
+    arguments, _ = _schema(node)
+    inputs = list(node.inputs())
+    if arguments and len(arguments) == len(inputs):
+        return [value for value, declared in zip(inputs, arguments) if "!)" in declared.split(" ")[0]]
+    name = node.kind().split("::")[-1]
+    if node.kind().startswith("aten::") and name.endswith("_") and not name.endswith("__") and inputs:
+        return inputs[:1]
+    return []
+
+
+def _is_view(node: torch._C.Node) -> bool:
+    """Whether a node's result may share storage with an input without writing it (a view, or ``to`` returning self)."""
+    if node.kind() in _VIEWS:
+        return True
+    _, returns = _schema(node)
+    return bool(re.search(r"Tensor\([^)!]+\)", returns))
+
+
+def _aliases(value: torch._C.Value) -> list[torch._C.Value]:
+    """The value and the values an in-place chain made it from (``add_`` then ``relu_``): one storage."""
+    chain = [value]
+    while True:
+        producer = chain[-1].node()
+        _, returns = _schema(producer)
+        written = _written(producer) if "!)" in returns else []
+        if not written or written[0] in chain:
+            return chain
+        chain.append(written[0])
 
 
 # Ops whose result depends on their input's shape only, never on its values.
@@ -408,13 +469,57 @@ def _shape_only(value: torch._C.Value, memo: dict[str, bool]) -> bool:
     memo[name] = False  # a cycle cannot occur in a graph, but a guess on re-entry must be the safe one
     node = value.node()
     kind = node.kind()
-    if kind == "prim::Constant" or kind in _SHAPE_READS:
+    if kind == "prim::Constant":
         found = True
+    elif kind in _SHAPE_READS:
+        found = all(_static_shape(v, memo) for v in node.inputs() if _is_tensor(v))
     elif kind == "prim::Param" or any(True for _ in node.blocks()):
         found = False
     else:
         found = all(_shape_only(v, memo) for v in node.inputs())
     memo[name] = found
+    return found
+
+
+# Ops whose output's shape depends on their input's values (which entries are nonzero, distinct, selected).
+_VALUE_SHAPED = frozenset(
+    f"aten::{name}"
+    for name in (
+        "nonzero",
+        "nonzero_numpy",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "_unique",
+        "_unique2",
+        "unique_consecutive",
+        "unique_dim",
+        "index",
+        "repeat_interleave",
+    )
+)
+
+
+def _is_tensor(value: torch._C.Value) -> bool:
+    return bool(value.type().isSubtypeOf(torch._C.TensorType.get()))
+
+
+def _static_shape(value: torch._C.Value, memo: dict[str, bool]) -> bool:
+    """Whether a tensor's shape follows from the graph inputs' shapes alone (not from which of its
+    entries are nonzero, say); memoized beside _shape_only under a name of its own."""
+    key = "shape of " + value.debugName()
+    if key in memo:
+        return memo[key]
+    memo[key] = False
+    node = value.node()
+    kind = node.kind()
+    if kind in ("prim::Param", "prim::Constant"):
+        found = True
+    elif kind in _VALUE_SHAPED or any(True for _ in node.blocks()):
+        found = False
+    else:
+        found = all(_static_shape(v, memo) if _is_tensor(v) else _shape_only(v, memo) for v in node.inputs())
+    memo[key] = found
     return found
 
 

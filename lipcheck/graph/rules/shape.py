@@ -49,7 +49,10 @@ rule(*sorted(RANDOM), reason="draws random values: a different function at every
 
 @rule("Shape", "Size", "EyeLike", "Constant")
 def sizes(walk: Walk, node: Node, ins: list[float]) -> float:
-    """Outputs that depend only on shapes (fixed at the input shape): constant, 0."""
+    """Outputs that depend only on shapes (fixed at the input shape): constant, 0. The shape of a value
+    lipcheck cannot bound (the indices NonZero picks, say) may itself change with the input's values."""
+    if any(math.isinf(lip) for lip in ins):
+        return walk.unbounded(node, f"{node.op} of a value that lipcheck cannot bound, whose size may change with the input's values")
     return 0.0
 
 
