@@ -177,11 +177,11 @@ def normalize(
     if convention not in ("lipschitz", "torch"):
         raise LipcheckError(f"unknown convention {convention!r}; choose lipschitz or torch")
     fmt = detect(src)  # the standard messages for a missing, empty or directory input
-    _check_suffix(fmt, dst)
     extra = _data_file(fmt, dst)
     _check_paths(src, dst, force, extra)
     settings = settings or Settings()
     model = load(src, key=key, input_shapes=settings.input_shape, allow_globals=settings.allow_globals)
+    _check_suffix(fmt, dst)  # after the input's own problems, which the user fixes first
     before = analyze(model, settings)
     plans, edits, warnings = plan(model, before, target=target, budget=budget, convention=convention, clip=clip, patterns=tuple(layers))
     warnings.extend(f"{entry.name} {list(entry.shape)}: not normalized ({entry.reason})" for entry in model.skipped)
