@@ -532,3 +532,29 @@ def test_torchscript_arguments_and_aliases_the_graph_computes_are_never_read_as_
     torch.jit.script(module).save(str(path))
     bound = inspect(path, settings=Settings(lower=False, input_shape=(shape,))).bound
     assert bound.upper is None or bound.upper >= truth * (1 - 1e-9), bound.upper
+
+
+class _AlwaysDropout(nn.Module):
+    """Dropout asked for in every call: each call draws another mask, so two calls are two functions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.l(x), 0.5, True)
+
+
+def test_a_module_drawing_random_numbers_gets_no_bound_and_no_lower_bound(tmp_path: Path) -> None:
+    """Its lower bound compared two masks (about 2000 against 2 per mask)."""
+    x = torch.randn(1, 4)
+    for kind in ("script", "export"):
+        path = tmp_path / (f"{kind}.pt2" if kind == "export" else f"{kind}.pt")
+        module = _AlwaysDropout().eval()
+        if kind == "export":
+            torch.export.save(torch.export.export(module, (x,)), str(path))
+        else:
+            torch.jit.script(module).save(str(path))
+        report = inspect(path, settings=Settings(input_shape=((1, 4),) if kind != "export" else None))
+        assert report.bound.upper is None and report.bound.lower is None, kind
+        assert "draws random numbers" in report.bound.blocking[0]

@@ -80,3 +80,8 @@ SIMPLE: dict[str, str] = {
     "aten::sigmoid_": "Sigmoid",
     "aten::tanh_": "Tanh",
 }
+
+# aten ops (in-place forms too) that draw random numbers: a graph holding one computes another function on every call.
+RANDOM_OPS = frozenset(
+    "bernoulli rand rand_like randn randn_like randint randint_like normal uniform multinomial randperm exponential geometric cauchy log_normal poisson".split()
+)
