@@ -353,3 +353,12 @@ def test_a_program_with_data_dependent_control_flow_is_named_as_such(cli, tmp_pa
     torch.export.save(torch.export.export(_Branching(), (torch.randn(1, 3),)), str(path))
     code, out, err = cli("inspect", str(path))
     assert code == 2 and out == "" and "control flow" in err and "could run code" not in err
+
+
+def test_a_program_with_dynamic_shapes_is_named_as_such(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    batch = torch.export.Dim("batch")
+    path = tmp_path / "dynamic.pt2"
+    torch.export.save(torch.export.export(module, (torch.randn(2, 3),), dynamic_shapes=({0: batch},)), str(path))
+    code, out, err = cli("inspect", str(path))
+    assert code == 2 and out == "" and "symbolic sizes" in err and "could run code" not in err

@@ -223,6 +223,11 @@ def _check_expression(path: Path, text: str) -> None:
             raise _refuse(path, f"the shape expression {text[:80]!r} holds {text[pos]!r}")
         token = match.group(0)
         if token[0].isalpha() or token[0] == "_":
+            if token in ("Symbol", "Integer") and text.startswith(token):
+                raise UnsupportedFileError(
+                    f"{path} has symbolic sizes (dynamic shapes from torch.export.Dim, or sizes read from values), "
+                    "which lipcheck does not read; export it with static input shapes and inspect that"
+                )
             if token not in _SYMPY_NAMES and not _SYMBOL.fullmatch(token):
                 raise _refuse(path, f"the shape expression {text[:80]!r} names {token!r}")
         pos = match.end()
