@@ -558,3 +558,19 @@ def test_a_module_drawing_random_numbers_gets_no_bound_and_no_lower_bound(tmp_pa
         report = inspect(path, settings=Settings(input_shape=((1, 4),) if kind != "export" else None))
         assert report.bound.upper is None and report.bound.lower is None, kind
         assert "draws random numbers" in report.bound.blocking[0]
+
+
+def test_instance_norm_with_running_statistics_is_not_read_as_input_statistics(tmp_path: Path) -> None:
+    """use_input_stats=False makes it the affine map w / sqrt(running_var + eps): a running variance
+    near -eps gave 6.89 against a constant of 68.9."""
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm1d(4, eps=1e-2, track_running_stats=True)
+    with torch.no_grad():
+        assert norm.running_var is not None
+        norm.running_var.fill_(-0.99e-2)
+    module = nn.Sequential(nn.Linear(4, 4), norm).eval()
+    truth = float(torch.linalg.matrix_norm(module[0].weight.detach().double(), 2)) / math.sqrt(1e-4)
+    path = tmp_path / "norm.pt"
+    torch.jit.trace(module, torch.randn(1, 4, 4)).save(str(path))  # Linear on the last axis, the norm over axis 1
+    bound = inspect(path, settings=Settings(lower=False, input_shape=((1, 4, 4),))).bound
+    assert bound.upper is None or bound.upper >= truth * (1 - 1e-6)

@@ -186,6 +186,8 @@ class _Builder:
         op = SIMPLE.get(name) or _EXTRA.get(name) or name
         if op in ("LayerNormalization", "GroupNormalization", "InstanceNormalization"):
             # Scale and bias as inputs 1 and 2 and epsilon, as the normalization rule reads them.
+            if op == "InstanceNormalization" and args.get("use_input_stats", True) is not True:
+                return Node(f"{name} (running statistics)", label, (x,), outs)  # an affine map the rule does not read
             eps = args.get("eps")
             if not isinstance(eps, (int, float)) or isinstance(eps, bool):
                 return Node(f"{name} (epsilon unread)", label, (x,), outs)

@@ -305,7 +305,9 @@ def build(module: torch.jit.ScriptModule, layers: list[Layer], input_shapes: tup
             # instance_norm(x, weight, bias, mean, var, use_input_stats, momentum, eps, ..)
             at = (1, 2, 7) if op == "InstanceNormalization" else (2, 3, 4)
             eps = _value(args[at[2]]) if len(args) > at[2] else None
-            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            if op == "InstanceNormalization" and (len(args) <= 5 or _value(args[5]) is not True):
+                op, ins = f"{kind} (running statistics)", ins[:1]  # use_input_stats=False: an affine map the rule does not read
+            elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
                 attrs["epsilon"] = float(eps)
                 ins = [ins[0]] + ["" if (not _computed(args[i]) and _value(args[i]) is None) else ins[i] for i in at[:2]]
             else:
