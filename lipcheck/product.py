@@ -53,3 +53,14 @@ def product_upper(uppers: Sequence[float | None]) -> float | None:
         return None
     found = float(exact)
     return math.nextafter(found, math.inf) if Fraction(found) < exact else found
+
+
+def root_sum_squares(values: Sequence[float]) -> float:
+    """sqrt(sum of squares) of non-negative values, scaled by the largest so no square overflows; not
+    rounded either way (the caller rounds up for a bound, down for an attained value)."""
+    if not values:
+        return 0.0
+    largest = max(values)
+    if len(values) == 1 or largest == 0.0:
+        return largest
+    return largest * math.sqrt(math.fsum((v / largest) ** 2 for v in values))

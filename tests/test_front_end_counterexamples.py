@@ -298,6 +298,12 @@ def test_a_scripted_value_changed_in_place_and_returned_gets_no_graph_bound(tmp_
     assert upper is None or upper >= 5.0
 
 
+def _exported(module: nn.Module, path: Path) -> Path:
+    """Save the module as a torch.export archive at a 1x3 input and return the path."""
+    torch.export.save(torch.export.export(module.eval(), (torch.randn(1, 3),)), str(path))
+    return path
+
+
 class _SetItem(nn.Module):
     """y = x.clone(); y[:, 0] = 7 x[:, 1]: Lipschitz constant sqrt(50)."""
 
@@ -319,9 +325,7 @@ class _NarrowAdd(nn.Module):
 @pytest.mark.parametrize(("module", "truth"), [(_SetItem(), math.sqrt(50.0)), (_NarrowAdd(), math.sqrt(27.0))])
 def test_a_torch_export_program_writing_in_place_gets_no_graph_bound(tmp_path: Path, module: nn.Module, truth: float) -> None:
     """The exported graph keeps copy_ and add_ on views of another value: the walk would miss the write."""
-    path = tmp_path / "inplace.pt2"
-    torch.export.save(torch.export.export(module.eval(), (torch.randn(1, 3),)), str(path))
-    report = inspect(path)
+    report = inspect(_exported(module, tmp_path / "inplace.pt2"))
     assert report.bound.upper is None and report.bound.graph is None
     assert "writes into a view of another value" in report.bound.blocking[0]
     assert report.bound.lower is not None and truth * 0.99 <= report.bound.lower <= truth * (1 + 1e-9)
@@ -346,9 +350,7 @@ class _ResidualInPlace(nn.Module):
 def test_a_torch_export_program_with_harmless_in_place_ops_keeps_its_graph_bound(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = _ResidualInPlace().eval()
-    path = tmp_path / "residual.pt2"
-    torch.export.save(torch.export.export(module, (torch.randn(1, 3),)), str(path))
-    report = inspect(path)
+    report = inspect(_exported(module, tmp_path / "residual.pt2"))
     w0, w1 = (float(torch.linalg.matrix_norm(layer.weight.detach().double(), 2)) for layer in (module.l0, module.l1))
     assert report.bound.upper is not None and report.bound.lower is not None
     assert report.bound.lower <= report.bound.upper <= 5 * (1 + w0 * w1) * (1 + 1e-6)
@@ -374,9 +376,7 @@ class _ScaledInPlaceAdd(nn.Module):
 def test_a_torch_export_in_place_add_with_alpha_is_not_read_as_a_plain_sum(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = _ScaledInPlaceAdd().eval()
-    path = tmp_path / "alpha.pt2"
-    torch.export.save(torch.export.export(module, (torch.randn(1, 3),)), str(path))
-    report = inspect(path)
+    report = inspect(_exported(module, tmp_path / "alpha.pt2"))
     truth = float(torch.linalg.matrix_norm(module.l.weight.detach().double() + 7 * torch.eye(3, dtype=torch.float64), 2))
     assert report.bound.upper is None or report.bound.upper >= truth
     assert report.bound.lower is not None and report.bound.lower <= truth * (1 + 1e-9)

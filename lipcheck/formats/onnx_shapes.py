@@ -189,14 +189,23 @@ def _runtime_sizes(graph: GraphProto, shapes: dict[str, Dims]) -> list[tuple[Gra
     return found
 
 
-def _same_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
-    """onnxruntime's SAME pool: pads for ceil(n/s) windows of the undilated kernel, then sizes the
-    output with the dilated one, in C integer division (checked against onnxruntime on 1855 cases)."""
+def _window(sizes: Dims, attrs: dict[str, object]) -> tuple[list[int], list[int], list[int]] | None:
+    """A pool's kernel, strides and dilations (ONNX defaults filled in), or None when the kernel does not fit the input's rank."""
     kernel = [int(k) for k in attrs.get("kernel_shape", [])]  # type: ignore[attr-defined]
     if len(kernel) != len(sizes):
         return None
     strides = [int(v) for v in attrs.get("strides", [1] * len(kernel))]  # type: ignore[attr-defined]
     dilations = [int(v) for v in attrs.get("dilations", [1] * len(kernel))]  # type: ignore[attr-defined]
+    return kernel, strides, dilations
+
+
+def _same_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
+    """onnxruntime's SAME pool: pads for ceil(n/s) windows of the undilated kernel, then sizes the
+    output with the dilated one, in C integer division (checked against onnxruntime on 1855 cases)."""
+    window = _window(sizes, attrs)
+    if window is None:
+        return None
+    kernel, strides, dilations = window
     ceil = bool(int(attrs.get("ceil_mode", 0)))  # type: ignore[call-overload]
     out: list[int | str] = []
     for i, (n, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):
@@ -214,11 +223,10 @@ def _same_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> li
 
 
 def _ceil_pool_sizes(sizes: Dims, attrs: dict[str, object], auto_pad: str) -> list[int | str] | None:
-    kernel = [int(k) for k in attrs.get("kernel_shape", [])]  # type: ignore[attr-defined]
-    if len(kernel) != len(sizes):
+    window = _window(sizes, attrs)
+    if window is None:
         return None
-    strides = [int(v) for v in attrs.get("strides", [1] * len(kernel))]  # type: ignore[attr-defined]
-    dilations = [int(v) for v in attrs.get("dilations", [1] * len(kernel))]  # type: ignore[attr-defined]
+    kernel, strides, dilations = window
     pads = [0] * (2 * len(kernel)) if auto_pad == "VALID" else [int(v) for v in attrs.get("pads", [0] * (2 * len(kernel)))]  # type: ignore[attr-defined]
     out: list[int | str] = []
     for i, (n, k, s, d) in enumerate(zip(sizes, kernel, strides, dilations)):

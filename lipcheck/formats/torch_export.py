@@ -158,20 +158,20 @@ def load(path: Path) -> Model:
         calls = ", ".join(f"{node.name} ({kind(node)})" for node, _ in found)
         layers.append(Layer(fqn, op, shape, dtype_name(tensor.dtype), _detached(tensor), geometry=geometry, note=f"graph call {calls}", input_spatial=size))
     from lipcheck.graph.export_front import build
-    from lipcheck.graph.ir import NoGraph, StatefulGraph
+    from lipcheck.graph.ir import STATEFUL_NOTE, NoGraph, StatefulGraph
 
     model = Model(str(path), "torch_export", layers, skipped, input_shapes=_input_shapes(ep))
     mutated = [*ep.graph_signature.buffers_to_mutate, *ep.graph_signature.user_inputs_to_mutate]
     stateful = bool(mutated)
-    try:
-        if mutated:
-            raise NoGraph(f"the program changes {', '.join(sorted(map(str, mutated))[:3])} on every call, so each call computes another function")
-        model.graph = build(ep, layers, uses)
-    except NoGraph as exc:
-        model.no_graph = str(exc)
-        stateful = stateful or isinstance(exc, StatefulGraph)
+    if mutated:
+        model.no_graph = f"the program changes {', '.join(sorted(map(str, mutated))[:3])} on every call, so each call computes another function"
+    else:
+        try:
+            model.graph = build(ep, layers, uses)
+        except NoGraph as exc:
+            model.no_graph, stateful = str(exc), isinstance(exc, StatefulGraph)
     if stateful:
-        model.notes.append("no empirical lower bound: the program changes its own state on every call, so two calls compare two functions")
+        model.notes.append(STATEFUL_NOTE)
     else:
         model.runnable = ep.module(check_guards=False)  # guards would be exec-ed as Python source from the file
     missing = [layer.name for layer in layers if layer.is_conv and layer.input_spatial is None]

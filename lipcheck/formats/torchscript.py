@@ -105,7 +105,7 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
             layer.note = f"module {prefix or '(root)'}: {kind}; {layer.note or 'role guessed from the name'}"
         layers.extend(found)
         skipped.extend(skips)
-    from lipcheck.graph.ir import NoGraph, StatefulGraph
+    from lipcheck.graph.ir import STATEFUL_NOTE, NoGraph, StatefulGraph
     from lipcheck.graph.torchscript_front import build
 
     graph, no_graph, stateful = None, "", False
@@ -117,7 +117,7 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
     model = Model(str(path), "torchscript", layers, [s for s in skipped if s.name not in named], graph=graph, no_graph=no_graph)
     model.runnable = None if stateful else module
     if stateful:
-        model.notes.append("no empirical lower bound: the module changes its own state on every call, so two calls compare two functions")
+        model.notes.append(STATEFUL_NOTE)
     if input_shapes is not None:
         _conv_input_sizes(module, model, input_shapes)
     elif any(layer.is_conv for layer in layers):

@@ -82,6 +82,15 @@ SIMPLE: dict[str, str] = {
 }
 
 # aten ops (in-place forms too) that draw random numbers: a graph holding one computes another function on every call.
-RANDOM_OPS = frozenset(
+_RANDOM_OPS = frozenset(
     "bernoulli rand rand_like randn randn_like randint randint_like normal uniform multinomial randperm exponential geometric cauchy log_normal poisson".split()
 )
+_DROPOUTS = frozenset({"aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::native_dropout"})
+
+
+def draws_random(kind: str, train: object) -> bool:
+    """Whether an aten call draws random numbers: a dropout whose ``train`` argument is not the
+    constant False, or a sampling op."""
+    if kind in _DROPOUTS:
+        return train is not False
+    return kind.startswith("aten::") and kind.split("::")[-1].rstrip("_") in _RANDOM_OPS

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lipcheck.formats.torch_export import arguments, kind, static_shape
-from lipcheck.graph.aten_ops import RANDOM_OPS, SIMPLE
+from lipcheck.graph.aten_ops import SIMPLE, draws_random
 from lipcheck.graph.ir import Constant, Graph, Node, NoGraph, StatefulGraph
 from lipcheck.model import Layer
 
@@ -282,7 +282,7 @@ def build(ep: ExportedProgram, layers: list[Layer], uses: dict[str, list[tuple[t
     as computed once, would miss the change, and StatefulGraph when it writes into an input or a
     buffer (each call then computes another function).
     """
-    drawn = next((node for node in ep.graph.nodes if node.op == "call_function" and _draws_random(node)), None)
+    drawn = next((node for node in ep.graph.nodes if node.op == "call_function" and draws_random(kind(node), arguments(node).get("train", False))), None)
     if drawn is not None:
         raise StatefulGraph(f"{drawn.name} ({kind(drawn)}) draws random numbers, so each call computes another function")
     written = _written_in_place(ep.graph)
@@ -321,14 +321,6 @@ def _written_in_place(graph: torch.fx.Graph) -> str:
                     if user is not node and (order[user] > order[node] or _is_view(user)):
                         return f"{node.name} ({kind(node)}) changes {target.name} in place, and {user.name} reads it"
     return ""
-
-
-def _draws_random(node: torch.fx.Node) -> bool:
-    """Whether a call draws random numbers (dropout in training mode, bernoulli, rand, normal)."""
-    name = kind(node)
-    if name in ("aten::dropout", "aten::feature_dropout", "aten::alpha_dropout", "aten::native_dropout"):
-        return bool(arguments(node).get("train", False))
-    return name.split("::")[-1].rstrip("_") in RANDOM_OPS
 
 
 def _is_view(node: torch.fx.Node) -> bool:

@@ -19,6 +19,9 @@ class StatefulGraph(NoGraph):
     """A graph that changes its own state (buffers, attributes) when run: no function to bound or to sample."""
 
 
+STATEFUL_NOTE = "no empirical lower bound: the model changes its own state or draws random numbers on every call, so two calls compare two functions"
+
+
 @dataclass(frozen=True)
 class Node:
     """One operation: its type, value names in and out, attributes, and a unique label.

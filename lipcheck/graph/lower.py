@@ -36,6 +36,7 @@ import numpy as np
 
 from lipcheck.graph import ort_run
 from lipcheck.graph.ir import Graph
+from lipcheck.product import root_sum_squares
 
 if TYPE_CHECKING:
     import onnx
@@ -310,11 +311,7 @@ def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Seq
 def _together(changes: Sequence[float]) -> float:
     """The change of all outputs together, as the network bound takes them (‖f(y) − f(x)‖² is the sum
     of the outputs' squared changes), from certified lower ends of each; non-positive ones add nothing."""
-    kept = [c for c in changes if math.isfinite(c) and c > 0.0]
-    if not kept:
-        return 0.0
-    largest = max(kept)
-    return largest * math.sqrt(math.fsum((c / largest) ** 2 for c in kept)) if len(kept) > 1 else largest
+    return root_sum_squares([c for c in changes if math.isfinite(c) and c > 0.0])
 
 
 def _disagree(a: np.ndarray, b: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> bool:

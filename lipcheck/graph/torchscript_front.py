@@ -16,8 +16,8 @@ import torch
 
 from lipcheck.errors import first_line
 from lipcheck.formats.named_tensors import dtype_name, op_for_weight
-from lipcheck.graph.aten_ops import RANDOM_OPS
 from lipcheck.graph.aten_ops import SIMPLE as _SIMPLE
+from lipcheck.graph.aten_ops import draws_random
 from lipcheck.graph.ir import Graph, Node, NoGraph, StatefulGraph
 from lipcheck.model import ConvGeometry, Layer
 
@@ -388,8 +388,8 @@ def _mutation_read_later(graph: torch._C.Graph) -> str:
         kind = node.kind()
         if kind in _LIST_CHANGES:
             return f"{kind} changes a list after it is built"
-        dropout_in_training = kind in ("aten::dropout", "aten::feature_dropout", "aten::alpha_dropout") and _value(list(node.inputs())[2]) is not False
-        if kind.startswith("aten::") and (kind.split("::")[-1].rstrip("_") in RANDOM_OPS or dropout_in_training):
+        arguments = list(node.inputs())
+        if draws_random(kind, _value(arguments[2]) if len(arguments) > 2 else None):
             raise StatefulGraph(f"{kind} draws random numbers, so each call computes another function")
         for target in _written(node):
             for value in _aliases(target):

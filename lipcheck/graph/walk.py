@@ -20,6 +20,7 @@ import numpy as np
 from lipcheck.graph.ir import Graph, Node
 from lipcheck.graph.rules import RULES
 from lipcheck.graph.rules.shape import RANDOM
+from lipcheck.product import root_sum_squares
 
 # (layer index, per-output-channel scale) -> certified upper bound of the layer with its outputs scaled.
 Fuse = Callable[[int, np.ndarray], "float | None"]
@@ -45,12 +46,7 @@ class GraphBound:
         if self.unbounded or not self.per_output:
             return None
         values = [self.per_output[name] for name in self.outputs if name in self.per_output] or list(self.per_output.values())
-        if len(values) == 1:
-            return values[0]
-        largest = max(values)
-        if largest == 0.0:
-            return 0.0
-        return largest * math.sqrt(math.fsum((v / largest) ** 2 for v in values)) * (1 + 2.0**-48)
+        return values[0] if len(values) == 1 else root_sum_squares(values) * (1 + 2.0**-48)
 
 
 class Walk:
