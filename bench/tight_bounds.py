@@ -1,10 +1,11 @@
 """Tight certified bounds and chain lower bounds against the product, ECLipsE-Fast and LipSDP-Neuron
 solved by cvxpy with Clarabel, on random-weight ReLU nets of the usual benchmark shapes and on the
 trained nets of the corpus (bench/corpus.json: an ACAS Xu network, ERAN's MNIST nets and its
-convSmall CNN), and on random-weight CNNs, whose convs join the chain as explicit operators;
+convSmall CNN), on random-weight CNNs, whose convs join the chain as explicit operators, and on
+random-weight ResNets, whose residual branches are certified per frequency;
 prints markdown tables (append them to bench/RESULTS.md with the machine).
 
-    python bench/tight_bounds.py [--sdp-max 2000] [--real-only]
+    python bench/tight_bounds.py [--sdp-max 2000] [--real-only | --resnet-only]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lipcheck.graph.chains import FoundChain  # noqa: E402
 from lipcheck.graph.lipsdp import Chain, certified_bound, eclipse_fast  # noqa: E402
@@ -49,7 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sdp-max", type=int, default=200, help="largest reduced LipSDP matrix handed to cvxpy")
     parser.add_argument("--real-only", action="store_true", help="only the trained nets of the corpus")
+    parser.add_argument("--resnet-only", action="store_true", help="only the residual CNNs")
     args = parser.parse_args()
+    if args.resnet_only:
+        print(f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        residual_cnns()
+        return
     from test_tight import _lipsdp, _weights
 
     rows = []
@@ -102,6 +109,8 @@ def main() -> None:
     print("\n".join(rows))
     print()
     cnns()
+    print()
+    residual_cnns()
     print()
     real_nets(args.sdp_max, _lipsdp)
 
@@ -160,6 +169,58 @@ def cnns() -> None:
             print(
                 f"| {name} | {bound.product:.4g} | {bound.graph:.4g} | {bound.tight:.4g} | {bound.lower:.4g} | "
                 f"{bound.graph / bound.lower:.1f} | {bound.upper / bound.lower:.1f} | {took:.1f} s |",
+                flush=True,
+            )
+
+
+def residual_cnns() -> None:
+    """Random-weight ResNets (torch's default init, batch norms folded by the exporter) at 32 and 64 px:
+    the graph bound with each residual branch's product, then with the branches' conv chains
+    certified per frequency (--effort 1: closed-form multipliers; 2: optimized), the lower bound, the gap."""
+    import tempfile
+    from unittest import mock
+
+    from conv_speed import Basic, export_onnx, resnet  # type: ignore[import-not-found]
+    from torch import nn
+
+    from lipcheck.api import inspect
+    from lipcheck.graph import segments
+    from lipcheck.settings import Settings
+
+    class Cifar(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            stages: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU()]
+            c_in = 16
+            for width, stride in ((16, 1), (32, 2), (64, 2)):
+                stages.append(Basic(c_in, width, stride))
+                c_in = width
+            self.net = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    nets = {
+        "ResNet (3 basic blocks, 16-64 ch) 3x32x32": ((1, 3, 32, 32), Cifar),
+        "ResNet-18-shaped 3x64x64": ((1, 3, 64, 64), lambda: resnet(Basic, [2, 2, 2, 2], 1)),
+    }
+    print("| ResNet (random weights, seed 0, ONNX) | graph, branches as products | graph, conv chains (effort 1) | time | graph (effort 2) | time | lower | gap (effort 2) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as root:
+        for name, (shape, make) in nets.items():
+            torch.manual_seed(0)
+            path = export_onnx(make().eval(), shape, Path(root) / "resnet.onnx")
+            with mock.patch.object(segments, "find_conv_runs", lambda model: []):
+                plain = inspect(path, settings=Settings(lower=False)).bound
+            timed = []
+            for effort in (1.0, 2.0):
+                start = time.perf_counter()
+                bound = inspect(path, settings=Settings(effort=effort)).bound
+                timed.append((bound, time.perf_counter() - start))
+            (one, t1), (two, t2) = timed
+            assert plain.graph and one.graph and two.graph and two.lower
+            print(
+                f"| {name} | {plain.graph:.4g} | {one.graph:.4g} | {t1:.1f} s | {two.graph:.4g} | {t2:.1f} s | {two.lower:.3g} | {two.graph / two.lower:.3g} |",
                 flush=True,
             )
 

@@ -42,6 +42,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -214,8 +215,19 @@ def _soft_log(ev: torch.Tensor, sharpness: float) -> torch.Tensor:
 
 
 # -- the optimizer ---------------------------------------------------------------------------------------
+class Searched(Protocol):
+    """What the optimizer reads of an objective: ρ*(T), the eigenvalues its soft maximum is taken
+    over, and the chain (for its ``scale``)."""
+
+    chain: Any
+
+    def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None: ...
+
+    def rho(self, thetas: list[torch.Tensor]) -> float: ...
+
+
 def optimize(
-    objective: Objective, thetas: list[torch.Tensor], budget_s: float, progress: Progress | None = None, max_iter: int = 100_000
+    objective: Searched, thetas: list[torch.Tensor], budget_s: float, progress: Progress | None = None, max_iter: int = 100_000
 ) -> tuple[list[torch.Tensor], float, int]:
     """L-BFGS on the soft log ρ* from feasible ``thetas`` until the budget or a plateau; returns the
     best multipliers by the exact ρ*, that ρ*, and the iterations taken."""
@@ -320,61 +332,77 @@ def optimize(
 # -- the certificate -------------------------------------------------------------------------------------
 def certify(chain: Chain, multipliers: list[torch.Tensor], rho: float) -> bool:
     """Whether N(ρ, T) ⪰ 0 holds in exact arithmetic, checked in float64 (module docstring)."""
-    ws = [w.to(torch.float64) for w in chain.weights]
+    return certify_batch([w.to(torch.float64).unsqueeze(0) for w in chain.weights], chain.slopes, multipliers, rho)
+
+
+def certify_batch(weights: list[torch.Tensor], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, shift: float = 0.0) -> bool:
+    """``certify`` for a batch of chains with the same multipliers: weights (B, out, in) each.
+
+    Checks N(ρ, T) − shift·I ⪰ 0 for every chain of the batch: ``shift`` (≥ 0) is how far the
+    caller's weights may be from exact ones, as a spectral-norm bound on the change of N.
+    """
+    ws = [w.to(torch.float64) for w in weights]
     ts = [t.to(torch.float64) for t in multipliers]
     if not (math.isfinite(rho) and rho > 0.0) or any(not bool((t > 0).all() & torch.isfinite(t).all()) for t in ts):
         return False
-    sizes = [ws[0].shape[1]] + [w.shape[0] for w in ws[:-1]]
+    if not (math.isfinite(shift) and shift >= 0.0):
+        return False
+    batch = ws[0].shape[0]
+    sizes = [ws[0].shape[-1]] + [w.shape[-2] for w in ws[:-1]]
     n = sum(sizes)
     u = UNIT_ROUNDOFF
     up = 1.0 + 1e-10  # rounds the bounds' own (nonnegative, short) sums up
+
+    def diagonal(values: torch.Tensor) -> torch.Tensor:
+        return torch.diag_embed(values.expand(batch, -1)).clone()
+
     # diagonal blocks, their formation-error row sums, and the off-diagonal blocks with theirs
     diag: list[torch.Tensor] = []
     f: list[torch.Tensor] = []
     offs: list[torch.Tensor] = []
     for k in range(len(sizes)):
         if k == 0:
-            block = torch.zeros(sizes[0], sizes[0], dtype=torch.float64)
-            block.diagonal().fill_(rho)
-            err = torch.zeros(sizes[0], dtype=torch.float64)
+            block = diagonal(torch.full((sizes[0],), rho, dtype=torch.float64))
+            err = torch.zeros(batch, sizes[0], dtype=torch.float64)
         elif k < len(sizes) - 1:
-            block = torch.diag(2.0 * ts[k - 1])
-            err = torch.zeros(sizes[k], dtype=torch.float64)
+            block = diagonal(2.0 * ts[k - 1])
+            err = torch.zeros(batch, sizes[k], dtype=torch.float64)
         else:
             last = ws[-1]
             gram = last.mT @ last
-            block = torch.diag(2.0 * ts[k - 1]) - gram
-            err = _gamma(last.shape[0] + 2) * (last.abs().mT @ last.abs().sum(1)) * up
+            block = diagonal(2.0 * ts[k - 1]) - gram
+            err = _gamma(last.shape[-2] + 2) * (last.abs().mT @ last.abs().sum(-1, keepdim=True)).squeeze(-1) * up
         if k < len(sizes) - 1:
-            a, b = chain.slopes[k]
+            a, b = slopes[k]
             w, t = ws[k], ts[k]
             if a * b != 0.0:
                 scaled = t[:, None] * w
                 block = block + (2.0 * a * b) * (w.mT @ scaled)
-                err = err + _gamma(w.shape[0] + 4) * abs(2.0 * a * b) * (w.abs().mT @ (t * w.abs().sum(1))) * up
+                weighted = (t * w.abs().sum(-1)).unsqueeze(-1)
+                err = err + _gamma(w.shape[-2] + 4) * abs(2.0 * a * b) * (w.abs().mT @ weighted).squeeze(-1) * up
             offs.append(-(a + b) * (t[:, None] * w))
-        err = err + 2.0 * u * block.abs().sum(1) * up  # the final addition of each entry
+        err = err + 2.0 * u * block.abs().sum(-1) * up  # the final addition of each entry
+        if shift > 0.0:
+            err = err + shift
         diag.append(block)
         f.append(err)
-    off_err = []
     for k, off in enumerate(offs):  # two roundings per entry (t·w, then ·(a+b))
         bound = 2.0 * _gamma(1) * off.abs()
-        off_err.append(bound)
-        f[k] = f[k] + bound.sum(0) * up
-        f[k + 1] = f[k + 1] + bound.sum(1) * up
+        f[k] = f[k] + bound.sum(-2) * up
+        f[k + 1] = f[k + 1] + bound.sum(-1) * up
     gamma = _gamma(n + 1)
     c = n * gamma / (1.0 - gamma) * up + 4.0 * u
     shifted = []
     for block, err in zip(diag, f):
-        shift = (err + c * block.diagonal().clamp_min(0.0)) * up
+        margin = (err + c * block.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)) * up
         block = block.clone()
-        block.diagonal().sub_(shift)
+        block.diagonal(dim1=-2, dim2=-1).sub_(margin)
         shifted.append(block)
     # block Cholesky, first block first; the Schur complement of each block feeds the next
     schur = shifted[0]
     for k in range(len(shifted)):
         factor, info = torch.linalg.cholesky_ex(schur)
-        if int(info) != 0 or not bool(torch.isfinite(factor).all()):
+        if bool((info != 0).any()) or not bool(torch.isfinite(factor).all()):
             return False
         if k == len(shifted) - 1:
             return True

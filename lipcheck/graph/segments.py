@@ -8,27 +8,41 @@ the smaller of the two). The run is read exactly as a whole-graph chain is
 (lipcheck.graph.tight.find_chain), except that it starts at any dense layer and ends after the
 last layer (and its bias) that the run reaches before a value with several readers, a graph
 output or a node that does not fit.
+
+Runs of convs (conv, activation, conv, …) whose maps are too large for explicit operators are
+bounded the same way with one multiplier per channel and one inequality per frequency of a
+circular embedding (lipcheck.graph.lipsdp_fourier). Each conv of such a run must compute what the
+file's conv node computes (checked on a random input), and the run's optimizer takes a fixed
+number of steps per --effort, so every run of lipcheck prints the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from lipcheck.graph.chains import LINEAR, Building, ChainReader, FoundChain
+from lipcheck.graph.chains import LINEAR, Building, ChainReader, FoundChain, slope_range
 from lipcheck.graph.tight import budget_seconds
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
+    from lipcheck.graph.lipsdp_fourier import ConvLink
     from lipcheck.model import Model
 
 # LipSDP's matrices grow with the hidden widths: wider runs stay with the product of their layers.
 MAX_WIDTH = 1024
+# Complex entries of a conv run's symbols (every conv, half the frequencies).
+MAX_SYMBOL_ENTRIES = 1 << 24
 MAX_WEIGHT = 1 << 22
 # Seconds for every run of one model together, times --effort.
 TOTAL_SECONDS = 10.0
+# Optimizer steps per frequency round of a conv run, times --effort above 1 (the default takes the
+# closed-form multipliers).
+CONV_STEPS = 10
+# Float operations a conv run's certificate may take, times --effort (about a second on one core).
+CONV_FLOPS = 1e10
 
 
 @dataclass
@@ -75,6 +89,141 @@ def find_segments(model: Model) -> list[Segment]:
     return found
 
 
+@dataclass
+class ConvRun:
+    """A run of convs from the value ``start`` to the value ``end`` (node labels ``first``..``last``).
+
+    Its links carry each conv's weight shape only (on torch's meta device) until ``load_run``.
+    """
+
+    start: str
+    end: str
+    first: str
+    last: str
+    nodes: list[Node]
+    links: list[ConvLink]
+    slopes: list[tuple[float, float]]
+
+
+def find_conv_runs(model: Model) -> list[ConvRun]:
+    """Every maximal run of two or more convs joined by slope-restricted activations, in graph
+    order, read from the graph's shapes (no weight is loaded)."""
+    graph = model.graph
+    if graph is None:
+        return []
+    reader = ChainReader(model)
+    taken: set[str] = set()
+    found: list[ConvRun] = []
+    for node in graph.nodes:
+        if node.label in taken or node.op != "Conv" or node.label not in graph.layer_nodes:
+            continue
+        data = [name for name in node.inputs if name in reader.live]
+        if len(data) != 1 or node.inputs[0] != data[0]:
+            continue
+        nodes: list[Node] = []
+        links: list[ConvLink] = []
+        slopes: list[tuple[float, float]] = []
+        best: ConvRun | None = None
+        value, current = data[0], node
+        while True:
+            link = _shaped_link(model, reader, current, value)
+            if link is None:
+                break
+            nodes.append(current)
+            links.append(link)
+            value = current.outputs[0]
+            if len(links) >= 2:
+                best = ConvRun(data[0], value, nodes[0].label, current.label, list(nodes), list(links), list(slopes))
+            activation = _only_reader(reader, value)
+            if activation is None or activation.label in graph.layer_nodes:
+                break
+            slope = slope_range(activation, reader.const)
+            if slope is None or activation.op == "PRelu" or [n for n in activation.inputs if n in reader.live] != [value] or activation.inputs[0] != value:
+                break
+            following = _only_reader(reader, activation.outputs[0])
+            if following is None or following.op != "Conv" or following.label not in graph.layer_nodes:
+                break
+            slopes.append(slope)
+            value, current = activation.outputs[0], following
+        if best is not None:
+            found.append(best)
+            taken.update(n.label for n in best.nodes)
+    return found
+
+
+def _only_reader(reader: ChainReader, value: str) -> Node | None:
+    """The one node reading ``value`` (and none of its other outputs in use), or None."""
+    readers = reader.consumers.get(value, [])
+    if len(readers) != 1 or value in reader.graph.outputs or readers[0].subgraphs:
+        return None
+    node = readers[0]
+    if any(reader.consumers.get(name) or name in reader.graph.outputs for name in node.outputs[1:]):
+        return None
+    return node
+
+
+def _shaped_link(model: Model, reader: ChainReader, node: Node, value: str) -> ConvLink | None:
+    """The conv ``node`` reading ``value`` as a link of a run, with its weight's shape only; None
+    where it does not fit."""
+    import torch
+
+    from lipcheck.graph.lipsdp_fourier import ConvLink
+    from lipcheck.spectral.conv import resolve
+
+    graph = reader.graph
+    data = [name for name in node.inputs if name in reader.live]
+    if data != [value] or node.inputs[0] != value:
+        return None
+    layer = model.layers[graph.layer_nodes[node.label]]
+    shape = graph.shapes.get(value)
+    if not layer.is_conv or layer.is_transposed or layer.geometry is None or shape is None or len(shape) < 3:
+        return None
+    if not all(isinstance(d, int) and d > 0 for d in shape[1:]) or len(layer.shape) != len(shape) or _too_large(model, node):
+        return None
+    spatial = tuple(int(d) for d in shape[2:])  # type: ignore[arg-type]
+    shaped = torch.empty(layer.shape, device="meta")
+    try:
+        geometry = resolve(shaped, layer.geometry, spatial, False)
+    except ValueError:
+        return None
+    if geometry.padding_mode != "zeros" or shape[1] != layer.shape[1] * geometry.groups:
+        return None
+    return ConvLink(shaped, geometry, spatial)
+
+
+def load_run(model: Model, run: ConvRun) -> list[ConvLink] | str:
+    """The run's links with their weights in float64, or why not: each conv's weight and geometry
+    must give what the file's conv node computes, on a random sample of its input's size."""
+    import torch
+
+    from lipcheck.graph.torch_eval import Unsupported
+    from lipcheck.graph.torch_ops import _conv
+    from lipcheck.spectral.conv import _conv_fn
+
+    graph = model.graph
+    assert graph is not None
+    reader = ChainReader(model)
+    links = []
+    for node, link in zip(run.nodes, run.links):
+        layer = model.layers[graph.layer_nodes[node.label]]
+        weight = layer.load().to(torch.float64)
+        if tuple(weight.shape) != tuple(link.weight.shape) or not bool(weight.isfinite().all()):
+            return f"{node.label}: its weight is not finite"
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(1, weight.shape[1] * link.geometry.groups, *link.spatial, generator=generator, dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                mine = _conv_fn(weight, link.geometry, False)(x)
+                theirs = _conv(None, reader._with_geometry(node, layer), [x, weight])  # type: ignore[arg-type]
+        except (RuntimeError, ValueError, Unsupported) as exc:
+            return f"{node.label} could not be applied to a sample ({exc})"
+        scale = float(theirs.abs().max()) if theirs.numel() else 0.0
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12 * scale):
+            return f"{node.label}: lipcheck's reading of this conv does not reproduce the file's"
+        links.append(replace(link, weight=weight))
+    return links
+
+
 def _too_large(model: Model, node: Node) -> bool:
     """A layer whose weight LipSDP could not take in its budget (it is not even loaded)."""
     graph = model.graph
@@ -91,13 +240,14 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
     notes: list[str] = []
     segments = [s for s in find_segments(model) if max(w.shape[0] for w in s.chain.weights[:-1]) <= MAX_WIDTH]
     segments = [s for s in segments if all(bool(w.isfinite().all()) for w in s.chain.weights)]
+    runs = find_conv_runs(model)
     deadline = time.perf_counter() + TOTAL_SECONDS * effort
     for index, segment in enumerate(segments):
         left = deadline - time.perf_counter()
         if left <= 0:
             notes.append(f"chain {segment.first}..{segment.last}: no time left for its tight bound (raise --effort)")
             continue
-        budget = min(budget_seconds(segment.chain, effort), left / (len(segments) - index))
+        budget = min(budget_seconds(segment.chain, effort), left / (len(segments) + len(runs) - index))
         chain = segment.chain
         result = certified_bound(Chain(chain.weights, chain.slopes, chain.scale), budget)
         if result is None:
@@ -105,4 +255,35 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
             continue
         constants[segment.end] = (segment.start, result.bound)
         notes.append(f"chain {segment.first}..{segment.last} ({len(chain.weights)} layers): LipSDP-Neuron multipliers certify {result.bound:.6g}")
+    for run in runs:
+        note = _conv_run(model, run, effort, deadline, constants)
+        if note:
+            notes.append(note)
     return constants, notes
+
+
+def _conv_run(model: Model, run: ConvRun, effort: float, deadline: float, constants: dict[str, tuple[str, float]]) -> str:
+    """Certify one conv run into ``constants``; the note that says what it got, or "" when it was
+    not tried (too costly for this --effort)."""
+    from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
+
+    name = f"conv chain {run.first}..{run.last}"
+    entries, flops = cost(run.links)
+    if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
+        return ""
+    if time.perf_counter() >= deadline:
+        return f"{name}: no time left for its tight bound (raise --effort)"
+    links = load_run(model, run)
+    if isinstance(links, str):
+        return f"{name}: no tight bound ({links})"
+    try:
+        result = certified_run_bound(links, run.slopes, max_iter=round(CONV_STEPS * max(0.0, effort - 1.0)), budget_s=deadline - time.perf_counter())
+    except (ArithmeticError, RuntimeError, ValueError) as exc:
+        return f"{name}: no tight bound ({exc})"
+    if result is None:
+        return f"{name}: no multipliers passed the float64 certificate"
+    constants[run.end] = (run.start, result.bound)
+    return (
+        f"{name} ({len(links)} convs): LipSDP-Neuron with one multiplier per channel, certified at each of "
+        f"{result.frequencies} frequencies of a circular embedding, gives {result.bound:.6g}"
+    )

@@ -1,0 +1,367 @@
+"""LipSDP-Neuron for runs of zero-padded convs too large for explicit operators: per-channel
+multipliers, one matrix inequality per frequency of a circular embedding, certified in float64.
+
+The run is F(x) = C_l φ_l(C_{l-1} ⋯ φ_1(C_0 x)) on samples of fixed size, every C_k a conv with
+zero padding, only C_0 strided, every φ_k slope-restricted in [a_k, b_k]. Biases do not change
+the constant.
+
+Embedding. Per axis, put the input at [0, n) of a ring and let tap t of C_k read offset
+t·d − b (b the conv's front padding): output o reads o·s + t·d − b. On a ring of N ≥ n + b cells
+that also holds the last read (lipcheck.spectral.conv_fourier.ring_sizes), every read outside
+[0, n) lands outside [0, n), so with the entries outside [0, n) zero the circular conv gives the
+zero-padded one at the outputs [0, n_out). The strided first conv acts on the polyphase stack
+x_r[m] = x[s·m + r] as a stride-1 circular conv on N/s cells; all the others are stride-1
+already, and one reduced ring of M cells per axis large enough for every conv holds the whole run.
+Between convs, ψ_k is φ_k at the zero-padded map's positions [0, n_k) and 0 elsewhere on the
+ring, so that the next conv reads zeros there as its padding: the zero-padded run is the
+circular run x ↦ C_l ψ_l(⋯ψ_1(C_0 x)) on inputs held in [0, n), read at its outputs [0, n_out),
+and has at most its constant. ψ_k is slope-restricted in [min(a_k, 0), b_k] at every position
+(0 has slope 0): the slope ranges are widened to contain 0.
+
+Per frequency. LipSDP-Neuron's certificate with one multiplier per channel (the same at every
+position) is a matrix N(ρ, T) whose blocks are circular convs and T ⊗ I: the DFT on the ring
+takes it to one block-tridiagonal Hermitian matrix N(ω) per frequency, built as in
+lipcheck.graph.lipsdp from the conv symbols K_k(ω) = Σ_t W_t E_{r_t} e^{iω·q_t} (tap t reads
+residue r_t, shifted by q_t cells of the reduced ring). N ⪰ 0 if and only if every N(ω) ⪰ 0, and
+N(−ω) is the conjugate of N(ω), so half the frequencies suffice. ρ*(T) is the largest over the
+frequencies of the dense ρ*; the optimizer works on the frequencies where it is largest and
+widens that set when another frequency overtakes them.
+
+Certificate. A Hermitian matrix A + iB is PSD exactly when the real symmetric [[A, −B], [B, A]]
+is, and that map respects products and transposes, so N(ω) ⪰ 0 exactly when the dense certificate
+(lipcheck.graph.lipsdp.certify_batch) accepts the chain of real weights [[Re K, −Im K], [Im K,
+Re K]] with each multiplier twice. The symbols are computed, not exact: each entry of fl(K_k) is
+within √2 (μ + γ_{T+1}(1 + μ)) Σ_t |W_t| of K_k (μ the phase table's error, as in
+lipcheck.spectral.conv_fourier), so ‖fl(K_k) − K_k‖ ≤ ε_k, the Frobenius norm of that bound.
+Changing K_k by E_k changes N by at most |2a b| ‖T_{k+1}‖ (2‖K_k‖ ε_k + ε_k²) on a diagonal block
+(2‖K_l‖ ε_l + ε_l² on the last) and (a + b) ‖T_{k+1}‖ ε_k on an off-diagonal one; the certificate
+takes the largest diagonal change plus twice the largest off-diagonal one off every diagonal
+entry (‖K_k‖ at most the largest Frobenius norm of fl(K_k) plus ε_k).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+
+import torch
+
+from lipcheck.graph import lipsdp
+from lipcheck.model import ConvGeometry
+from lipcheck.spectral import conv_fourier
+
+# Frequencies the optimizer works on at once; where ρ* is largest.
+_ACTIVE = 16
+# Real-embedded entries per batch of the certificate.
+_CERTIFY_ENTRIES = 1 << 23
+
+
+@dataclass(frozen=True)
+class ConvLink:
+    """One conv of a run: its weight (C_out, C_in/groups, *k) in float64, resolved zero-padding
+    geometry (explicit pads) and input spatial size."""
+
+    weight: torch.Tensor
+    geometry: ConvGeometry
+    spatial: tuple[int, ...]
+
+    def output_size(self) -> tuple[int, ...]:
+        """The zero-padded conv's output spatial size."""
+        d = len(self.spatial)
+        begin, end = self.geometry.padding[:d], self.geometry.padding[d:]
+        sizes = []
+        for n, k, s, dil, b, e in zip(self.spatial, self.weight.shape[2:], self.geometry.stride, self.geometry.dilation, begin, end):
+            span = (k - 1) * dil + 1
+            sizes.append((n + b + e - span) // s + 1)
+        return tuple(sizes)
+
+
+def reduced_ring(links: list[ConvLink]) -> list[int] | str:
+    """The reduced ring (cells per axis) that holds every conv of the run, or why there is none."""
+    d = len(links[0].spatial)
+    ring = [1] * d
+    for index, link in enumerate(links):
+        geometry = link.geometry
+        if geometry.padding_mode != "zeros" or len(geometry.padding) != 2 * d or link.weight.dim() != d + 2:
+            return "a conv that does not pad with zeros"
+        if index > 0 and any(s != 1 for s in geometry.stride):
+            return "a strided conv after the first"
+        if index > 0 and link.spatial != links[index - 1].output_size():
+            return "a conv that does not read the previous conv's output"
+        if any(n <= 0 for n in link.output_size()):
+            return "a conv with no output"
+        sizes = conv_fourier.ring_sizes(
+            link.spatial, tuple(link.weight.shape[2:]), geometry.stride, geometry.dilation, list(geometry.padding[:d]), list(geometry.padding[d:])
+        )
+        ring = [max(r, size // s) for r, size, s in zip(ring, sizes, geometry.stride)]
+    return ring
+
+
+def _taps(link: ConvLink) -> tuple[list[tuple[int, ...]], list[int]]:
+    """Each tap's shift q_t on the reduced ring and its residue r_t (row-major over the axes)."""
+    d = len(link.spatial)
+    begin = link.geometry.padding[:d]
+    shifts, residues = [], []
+    for tap in itertools.product(*(range(k) for k in link.weight.shape[2:])):
+        r, shift = 0, []
+        for t, dil, b, s in zip(tap, link.geometry.dilation, begin, link.geometry.stride):
+            q, rest = divmod(t * dil - b, s)
+            shift.append(q)
+            r = r * s + rest
+        shifts.append(tuple(shift))
+        residues.append(r)
+    return shifts, residues
+
+
+def half_frequencies(ring: list[int]) -> torch.Tensor:
+    """Integer frequencies, one of each pair {j, −j}."""
+    return conv_fourier._half_frequencies(ring)
+
+
+def symbols(links: list[ConvLink], ring: list[int], freqs: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+    """fl(K_k(ω)) at the given frequencies, (F, C_out, C_in · phases) complex128 per conv, with a
+    spectral-norm bound ε_k on fl(K_k(ω)) − K_k(ω) valid at every frequency (module doc)."""
+    out: list[torch.Tensor] = []
+    errors: list[float] = []
+    mu = conv_fourier._PHASE_ERROR * conv_fourier.UNIT_ROUNDOFF
+    for link in links:
+        w = link.weight.to(torch.float64)
+        c_out, per_group = w.shape[0], w.shape[1]
+        groups = link.geometry.groups
+        phases = math.prod(link.geometry.stride)
+        shifts, residues = _taps(link)
+        count = len(shifts)
+        # Placed taps: (T, C_out, C_in * phases), input column c * phases + r.
+        placed = torch.zeros(count, c_out, per_group * groups * phases, dtype=torch.float64)
+        flat = w.reshape(c_out, per_group, count)
+        m = c_out // groups
+        for g in range(groups):
+            rows = slice(g * m, (g + 1) * m)
+            for t in range(count):
+                cols = (g * per_group + torch.arange(per_group)) * phases + residues[t]
+                placed[t, rows, cols] = flat[rows, :, t]
+        angle = torch.zeros(freqs.shape[0], count, dtype=torch.float64)
+        q = torch.tensor(shifts, dtype=torch.int64).reshape(count, -1)
+        for axis, size in enumerate(ring):
+            angle += torch.remainder(freqs[:, axis : axis + 1] * q[:, axis], size).to(torch.float64) / size
+        angle *= 2 * math.pi
+        table = placed.reshape(count, -1)
+        real = (torch.cos(angle) @ table).reshape(-1, c_out, placed.shape[2])
+        imag = (torch.sin(angle) @ table).reshape(-1, c_out, placed.shape[2])
+        out.append(torch.complex(real, imag))
+        gamma = conv_fourier._gamma(count + 1)
+        abs_sum = placed.abs().sum(dim=0)
+        fro = float(abs_sum.square().sum().sqrt()) * (1 + conv_fourier._gamma(abs_sum.numel() + count))
+        errors.append(math.sqrt(2) * (mu + gamma * (1 + mu)) * fro * (1 + 1e-12))
+    return out, errors
+
+
+class FrequencyObjective:
+    """ρ*(T) of lipcheck.graph.lipsdp, the largest over a set of frequencies, as a differentiable
+    function of log T (per channel)."""
+
+    def __init__(self, ws: list[torch.Tensor], slopes: list[tuple[float, float]], scale: float = 1.0) -> None:
+        self.ws = ws
+        self.slopes = slopes
+        self.chain = SimpleNamespace(scale=scale)  # what lipsdp.optimize reads for its progress
+        self.start_rho = math.inf
+        last = ws[-1]
+        self.g_last = last.mH @ last
+        first = ws[0]
+        # K_0 = V Pᴴ with Pᴴ P = I: K_0ᴴ R K_0 has the nonzero eigenvalues of Vᴴ R V.
+        if first.shape[-1] <= first.shape[-2]:
+            self.k0 = first
+        else:
+            evals, evecs = torch.linalg.eigh(first @ first.mH)
+            self.k0 = evecs * evals.clamp_min(0.0).sqrt().unsqueeze(-2).to(evecs.dtype)
+
+    def restrict(self, index: torch.Tensor) -> FrequencyObjective:
+        """The same objective on the frequencies ``index`` only."""
+        part = FrequencyObjective.__new__(FrequencyObjective)
+        part.ws = [w[index] for w in self.ws]
+        part.slopes = self.slopes
+        part.chain = self.chain
+        part.start_rho = math.inf
+        part.g_last = self.g_last[index]
+        part.k0 = self.k0[index]
+        return part
+
+    def reduced(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
+        """K_0ᴴ R_1 K_0 per frequency, or None where some Y_k is not positive definite."""
+        g = self.g_last
+        for k in range(len(thetas) - 1, -1, -1):
+            t = thetas[k].exp()
+            y = torch.diag_embed(((2.0 - lipsdp._RESERVE) * t).to(g.dtype)).expand_as(g) - g
+            factor, info = torch.linalg.cholesky_ex(y)
+            if bool((info != 0).any()):
+                return None
+            a, b = self.slopes[k]
+            below = self.ws[k] if k > 0 else self.k0
+            scaled = t.to(below.dtype)[:, None] * below
+            v = torch.linalg.solve_triangular(factor, scaled, upper=False)
+            g = (a + b) ** 2 * (v.mH @ v)
+            if a * b != 0.0:
+                g = g - 2.0 * a * b * (below.mH @ scaled)
+            g = 0.5 * (g + g.mH)
+        return g
+
+    def per_frequency(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
+        """The largest eigenvalue of K_0ᴴ R_1 K_0 at each frequency, or None where infeasible."""
+        with torch.no_grad():
+            g = self.reduced(thetas)
+            if g is None or not bool(torch.isfinite(torch.view_as_real(g)).all()):
+                return None
+            return torch.linalg.eigvalsh(g)[:, -1]
+
+    def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
+        """Every frequency's eigenvalues, sorted (the optimizer's soft maximum reads them all)."""
+        g = self.reduced(thetas)
+        return None if g is None else torch.sort(torch.linalg.eigvalsh(g).reshape(-1)).values
+
+    def rho(self, thetas: list[torch.Tensor]) -> float:
+        """ρ*(T) over these frequencies, or inf where the multipliers are infeasible."""
+        top = self.per_frequency(thetas)
+        if top is None:
+            return math.inf
+        value = float(top.max())
+        return value if math.isfinite(value) else math.inf
+
+    def initial(self) -> list[torch.Tensor]:
+        """log T of the per-layer closed form T_k = t_k I, t_k from the largest eigenvalue of G_k over
+        the frequencies (lipcheck.graph.lipsdp)."""
+        thetas: list[torch.Tensor] = [torch.zeros(0)] * (len(self.ws) - 1)
+        g = self.g_last
+        for k in range(len(self.ws) - 2, -1, -1):
+            a, b = self.slopes[k]
+            scale = float(torch.diagonal(g, dim1=-2, dim2=-1).real.abs().max())
+            top = max(float(torch.linalg.eigvalsh(g)[:, -1].max()), 1e-12 * scale + 1e-300)
+            t = top * b / (b - a) * (1.0 + 1e-9)
+            for _ in range(20):
+                y = torch.diag_embed(torch.full((g.shape[-1],), (2.0 - lipsdp._RESERVE) * t, dtype=torch.float64).to(g.dtype)).expand_as(g) - g
+                factor, info = torch.linalg.cholesky_ex(y)
+                if not bool((info != 0).any()):
+                    break
+                t *= 1.0 + 1e-6
+            else:
+                raise ArithmeticError("no closed-form multiplier keeps the blocks positive definite")
+            thetas[k] = torch.full((g.shape[-1],), math.log(t), dtype=torch.float64)
+            below = self.ws[k] if k > 0 else self.k0
+            scaled = t * below
+            v = torch.linalg.solve_triangular(factor, scaled, upper=False)
+            g = (a + b) ** 2 * (v.mH @ v)
+            if a * b != 0.0:
+                g = g - 2.0 * a * b * (below.mH @ scaled)
+            g = 0.5 * (g + g.mH)
+        self.start_rho = float(torch.linalg.eigvalsh(g)[:, -1].max()) if bool(torch.isfinite(torch.view_as_real(g)).all()) else math.inf
+        return thetas
+
+
+def _embedded(w: torch.Tensor) -> torch.Tensor:
+    """[[Re W, −Im W], [Im W, Re W]] per matrix of the batch: the real form of a complex map."""
+    re, im = w.real, w.imag
+    return torch.cat([torch.cat([re, -im], dim=-1), torch.cat([im, re], dim=-1)], dim=-2)
+
+
+def symbol_shift(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor]) -> float:
+    """A bound on how far N(ω) built from the computed symbols is from N(ω) of the exact ones (module doc)."""
+    norms = [float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + e for w, e in zip(ws, errors)]
+    diagonal, off = 0.0, 0.0
+    for k, (a, b) in enumerate(slopes):
+        t = float(multipliers[k].max())
+        e = errors[k]
+        diagonal = max(diagonal, abs(2.0 * a * b) * t * (2.0 * norms[k] * e + e * e))
+        off = max(off, abs(a + b) * t * e)
+    e = errors[-1]
+    diagonal = max(diagonal, 2.0 * norms[-1] * e + e * e)
+    return (diagonal + 2.0 * off) * (1 + 1e-9)
+
+
+def certify_frequencies(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float) -> bool:
+    """Whether N(ρ, T) ⪰ 0 for the exact symbols at every frequency (module doc), checked in float64."""
+    shift = symbol_shift(ws, errors, slopes, multipliers)
+    doubled = [torch.cat([t, t]) for t in multipliers]
+    per_frequency = sum(4 * w.shape[-2] * w.shape[-1] for w in ws)
+    step = max(1, _CERTIFY_ENTRIES // max(1, per_frequency))
+    for start in range(0, ws[0].shape[0], step):
+        chunk = [_embedded(w[start : start + step]) for w in ws]
+        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A certified bound of a conv run, with what it took."""
+
+    bound: float
+    start_bound: float
+    frequencies: int
+    iterations: int
+    seconds: float
+
+
+def masked_slopes(slopes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Slope ranges widened to contain 0 (the masked positions of the ring)."""
+    return [(min(a, 0.0), b) for a, b in slopes]
+
+
+def cost(links: list[ConvLink]) -> tuple[int, float]:
+    """The symbols' complex entries and the certificate's float operations for this run."""
+    ring = reduced_ring(links)
+    if isinstance(ring, str):
+        return 0, 0.0
+    frequencies = half_frequencies(ring).shape[0]
+    entries = frequencies * sum(link.weight.shape[0] * link.weight.shape[1] * link.geometry.groups * math.prod(link.geometry.stride) for link in links)
+    width = 2 * (links[0].weight.shape[1] * links[0].geometry.groups * math.prod(links[0].geometry.stride) + sum(link.weight.shape[0] for link in links[:-1]))
+    return entries, frequencies * width**3 / 3.0
+
+
+def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]], max_iter: int, budget_s: float) -> RunResult | None:
+    """A certified LipSDP-Neuron bound of the zero-padded conv run, or None where the multipliers
+    cannot be certified; at most ``max_iter`` optimizer steps per round (0: the closed form)."""
+    started = time.perf_counter()
+    ring = reduced_ring(links)
+    if isinstance(ring, str):
+        raise ValueError(ring)
+    slopes = [lipsdp.outward(a, b) for a, b in masked_slopes(slopes)]
+    freqs = half_frequencies(ring)
+    ws, errors = symbols([replace(link, weight=link.weight.to(torch.float64)) for link in links], ring, freqs)
+    objective = FrequencyObjective(ws, slopes)
+    thetas = objective.initial()
+    start_rho = objective.start_rho
+    if not math.isfinite(start_rho):
+        return None
+    iterations = 0
+    rho = start_rho
+    if max_iter > 0:
+        active = torch.topk(objective.per_frequency(thetas), min(_ACTIVE, freqs.shape[0])).indices  # type: ignore[arg-type]
+        for _ in range(8):
+            left = budget_s - (time.perf_counter() - started)
+            if left <= 0:
+                break
+            part = objective.restrict(active)
+            found, _, steps = lipsdp.optimize(part, thetas, left, max_iter=max_iter)
+            iterations += steps
+            top = objective.per_frequency(found)
+            if top is None:
+                break
+            if float(top.max()) < rho:
+                thetas, rho = found, float(top.max())
+            outside = torch.ones(freqs.shape[0], dtype=torch.bool)
+            outside[active] = False
+            if not bool(outside.any()) or float(top[outside].max()) <= float(top[active].max()):
+                break
+            extra = torch.topk(torch.where(outside, top, torch.full_like(top, -math.inf)), min(_ACTIVE, int(outside.sum()))).indices
+            active = torch.cat([active, extra])
+    multipliers = [t.exp() for t in thetas]
+    margin = 2.0**-40
+    for _ in range(lipsdp._MAX_MARGIN_STEPS):
+        trial = rho * (1.0 + margin)
+        if certify_frequencies(ws, errors, slopes, multipliers, trial):
+            bound = math.sqrt(trial) * (1.0 + 2.0**-50)
+            return RunResult(bound, math.sqrt(start_rho), freqs.shape[0], iterations, time.perf_counter() - started)
+        margin *= 8.0
+    return None

@@ -1,0 +1,300 @@
+"""Per-frequency LipSDP bounds of conv runs (lipcheck.graph.lipsdp_fourier) against independent
+references: explicit zero-padded operators with numpy's FFT and float64 SVD, the complex matrices'
+own eigenvalues, and ratios the zero-padded network attains."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipcheck.graph import lipsdp
+from lipcheck.graph.lipsdp_fourier import (
+    ConvLink,
+    FrequencyObjective,
+    certified_run_bound,
+    certify_frequencies,
+    half_frequencies,
+    masked_slopes,
+    reduced_ring,
+    symbols,
+)
+from lipcheck.model import ConvGeometry
+
+
+def _conv(x: torch.Tensor, link: ConvLink) -> torch.Tensor:
+    """The zero-padded conv in float64, written out here: pad, then torch's conv."""
+    d = len(link.spatial)
+    begin, end = link.geometry.padding[:d], link.geometry.padding[d:]
+    pads: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        pads += [b, e]
+    return F.conv2d(F.pad(x, pads), link.weight, stride=link.geometry.stride, dilation=link.geometry.dilation, groups=link.geometry.groups)
+
+
+def _random_link(
+    g: torch.Generator, c_in: int, c_out: int, spatial: tuple[int, ...], kernel: tuple[int, int], stride: int, dilation: int, pads: tuple[int, ...], groups: int
+) -> ConvLink:
+    w = torch.randn(c_out, c_in // groups, *kernel, generator=g, dtype=torch.float64) / math.sqrt(c_in * kernel[0] * kernel[1] / groups)
+    return ConvLink(w, ConvGeometry(stride=(stride, stride), padding=pads, dilation=(dilation, dilation), groups=groups), spatial)
+
+
+GEOMETRIES = [
+    # (c_in, c_out, spatial, kernel, stride, dilation, pads (b1, b2, e1, e2), groups)
+    (3, 4, (7, 6), (3, 3), 1, 1, (1, 1, 1, 1), 1),
+    (2, 4, (9, 8), (3, 2), 2, 1, (1, 0, 1, 1), 1),
+    (4, 4, (8, 8), (3, 3), 1, 2, (2, 2, 2, 2), 2),
+    (2, 3, (10, 7), (5, 3), 3, 1, (2, 1, 0, 2), 1),
+    (3, 2, (6, 9), (1, 3), 2, 1, (0, 0, 0, 1), 1),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_the_symbols_give_the_zero_padded_conv_through_numpys_fft(geometry: tuple[Any, ...]) -> None:
+    c_in, c_out, spatial, kernel, stride, dilation, pads, groups = geometry
+    g = torch.Generator().manual_seed(1)
+    link = _random_link(g, c_in, c_out, spatial, kernel, stride, dilation, pads, groups)
+    ring = reduced_ring([link])
+    assert isinstance(ring, list)
+    grid = torch.stack(torch.meshgrid(*(torch.arange(m) for m in ring), indexing="ij"), dim=-1).reshape(-1, 2)
+    (k,), (error,) = symbols([link], ring, grid)
+    assert 0.0 < error < 1e-12
+    x = torch.randn(1, c_in, *spatial, generator=g, dtype=torch.float64)
+    expected = _conv(x, link)[0].numpy()
+    # The input on a ring of ring * stride cells at [0, n), split into its polyphase stack.
+    full = np.zeros((c_in, ring[0] * stride, ring[1] * stride))
+    full[:, : spatial[0], : spatial[1]] = x[0].numpy()
+    stack = np.stack([full[:, r0::stride, r1::stride] for r0 in range(stride) for r1 in range(stride)], axis=1).reshape(c_in * stride * stride, *ring)
+    spectrum = np.fft.fft2(stack).reshape(stack.shape[0], -1)
+    out = np.einsum("fij,jf->if", k.numpy(), spectrum).reshape(c_out, *ring)
+    y = np.fft.ifft2(out)
+    n_out = expected.shape[1:]
+    assert np.abs(y.imag).max() < 1e-10
+    np.testing.assert_allclose(y.real[:, : n_out[0], : n_out[1]], expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+def _explicit(link: ConvLink) -> torch.Tensor:
+    """The zero-padded conv as a matrix (out, in) on flattened samples."""
+    c_in = link.weight.shape[1] * link.geometry.groups
+    n = c_in * math.prod(link.spatial)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, c_in, *link.spatial)
+    return _conv(basis, link).reshape(n, -1).T
+
+
+def _run(seed: int, depth: int, channels: int, spatial: tuple[int, int], strided: bool) -> list[ConvLink]:
+    g = torch.Generator().manual_seed(seed)
+    links = [_random_link(g, 2, channels, spatial, (3, 3), 2 if strided else 1, 1, (1, 1, 1, 1), 1)]
+    for index in range(1, depth):
+        c_out = 2 if index == depth - 1 else channels
+        links.append(_random_link(g, channels, c_out, links[-1].output_size(), (3, 3), 1, 1, (1, 0, 1, 2), 1))
+    return links
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_run_with_identity_slopes_is_bounded_by_no_less_than_its_exact_linear_norm(seed: int) -> None:
+    # φ(x) = x has slope 1, inside every widened range, so the bound holds for the linear composition.
+    links = _run(seed, 2 + seed % 2, 3, (7, 6), strided=seed % 2 == 1)
+    exact = _explicit(links[0])
+    for link in links[1:]:
+        exact = _explicit(link) @ exact
+    truth = float(torch.linalg.svdvals(exact)[0])
+    found = certified_run_bound(links, [(0.999, 1.0)] * (len(links) - 1), max_iter=10, budget_s=30.0)
+    assert found is not None
+    assert found.bound >= truth
+    assert found.bound <= found.start_bound * (1 + 1e-9)
+
+
+def _attained(links: list[ConvLink], act: str, seed: int) -> float:
+    """The largest ratio ‖F(x) − F(y)‖/‖x − y‖ of the zero-padded run found by random pairs and ascent."""
+    fn = {"relu": torch.relu, "tanh": torch.tanh, "leaky": lambda z: F.leaky_relu(z, 0.1)}[act]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for index, link in enumerate(links):
+            x = _conv(x, link)
+            if index < len(links) - 1:
+                x = fn(x)
+        return x
+
+    g = torch.Generator().manual_seed(seed)
+    c_in = links[0].weight.shape[1] * links[0].geometry.groups
+    best = 0.0
+    for _ in range(20):
+        x = torch.randn(1, c_in, *links[0].spatial, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(30):  # power iteration on J(x)ᵀJ(x)
+            v = v / v.norm()
+            jv = torch.func.jvp(run, (x,), (v,))[1]
+            v = torch.func.vjp(run, x)[1](jv)[0]
+        v = v / v.norm()
+        h = 1e-6
+        best = max(best, float((run(x + h * v) - run(x)).norm() / h))
+    return best
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "leaky"])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_certified_bound_of_a_run_is_never_below_an_attained_ratio(act: str, seed: int) -> None:
+    links = _run(10 + seed, 2 + seed % 2, 4, (8, 7), strided=seed == 1)
+    slope = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "leaky": (0.1, 1.0)}[act]
+    found = certified_run_bound(links, [slope] * (len(links) - 1), max_iter=20, budget_s=30.0)
+    assert found is not None
+    attained = _attained(links, act, seed)
+    assert found.bound >= attained
+    assert found.bound < found.start_bound  # the optimizer improved on the closed form
+
+
+def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float) -> torch.Tensor:
+    """N(ρ, T)(ω) at every frequency as complex Hermitian matrices, written from the definition."""
+    ring = reduced_ring(links)
+    assert isinstance(ring, list)
+    ws, _ = symbols(links, ring, half_frequencies(ring))
+    sizes = [ws[0].shape[-1]] + [w.shape[-2] for w in ws[:-1]]
+    total, f = sum(sizes), ws[0].shape[0]
+    n = torch.zeros(f, total, total, dtype=torch.complex128)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+
+    def block(i: int, j: int) -> tuple[slice, slice]:
+        return slice(starts[i], starts[i] + sizes[i]), slice(starts[j], starts[j] + sizes[j])
+
+    n[(slice(None), *block(0, 0))] += rho * torch.eye(sizes[0], dtype=torch.complex128)
+    for k, (a, b) in enumerate(slopes):
+        t = torch.diag(multipliers[k]).to(torch.complex128)
+        w = ws[k]
+        n[(slice(None), *block(k, k))] += 2 * a * b * w.mH @ t @ w
+        n[(slice(None), *block(k + 1, k + 1))] += 2 * t
+        n[(slice(None), *block(k + 1, k))] += -(a + b) * t @ w
+        n[(slice(None), *block(k, k + 1))] += -(a + b) * w.mH @ t
+    last = ws[-1]
+    n[(slice(None), *block(len(sizes) - 1, len(sizes) - 1))] -= last.mH @ last
+    return n
+
+
+def test_the_certificate_agrees_with_the_complex_matrices_eigenvalues() -> None:
+    links = _run(3, 3, 3, (6, 6), strided=False)
+    slopes = lipsdp_slopes = [lipsdp.outward(a, b) for a, b in masked_slopes([(0.0, 1.0), (-0.2, 1.0)])]
+    ring = reduced_ring(links)
+    assert isinstance(ring, list)
+    ws, errors = symbols(links, ring, half_frequencies(ring))
+    objective = FrequencyObjective(ws, slopes)
+    thetas = objective.initial()
+    multipliers = [t.exp() for t in thetas]
+    rho_star = objective.rho(thetas)
+    for factor, expected in ((1.0 - 1e-4, False), (1.0 + 1e-6, True)):
+        rho = rho_star * factor
+        smallest = float(torch.linalg.eigvalsh(_hermitian(links, lipsdp_slopes, multipliers, rho)).min())
+        assert (smallest >= 0.0) == expected
+        assert certify_frequencies(ws, errors, slopes, multipliers, rho) == expected
+
+
+def test_a_strided_conv_after_the_first_ends_the_common_ring() -> None:
+    links = _run(0, 2, 3, (8, 8), strided=False)
+    strided = ConvLink(links[1].weight, ConvGeometry(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1), links[1].spatial)
+    assert reduced_ring([links[0], strided]) == "a strided conv after the first"
+
+
+def test_masked_slope_ranges_contain_zero_and_the_bound_uses_them() -> None:
+    assert masked_slopes([(0.1, 1.0), (-0.2, 1.1), (0.0, 0.25)]) == [(0.0, 1.0), (-0.2, 1.1), (0.0, 0.25)]
+    links = _run(4, 2, 3, (6, 6), strided=False)
+    leaky = certified_run_bound(links, [(0.5, 1.0)], max_iter=0, budget_s=10.0)
+    relu = certified_run_bound(links, [(0.0, 1.0)], max_iter=0, budget_s=10.0)
+    assert leaky is not None and relu is not None and leaky.bound == relu.bound
+
+
+class _Block(nn.Module):
+    """relu(x + conv(relu(conv(x)))): a ResNet basic block with its batch norms folded."""
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(channels, channels * stride, 3, stride=stride, padding=1)
+        self.b = nn.Conv2d(channels * stride, channels * stride, 3, padding=1)
+        self.skip = nn.Conv2d(channels, channels * stride, 1, stride=stride) if stride > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.skip(x) + self.b(torch.relu(self.a(x))))
+
+
+def _resnet(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), _Block(4), _Block(4, stride=2), _Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    ).eval()
+
+
+SIZE = 40  # maps of 4 x 40 x 40 = 6400 values: beyond explicit operators
+
+
+def _export(net: nn.Module, path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_residual_cnn_takes_its_branches_from_the_conv_certificate_and_stays_above_attained_ratios(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.graph import segments
+
+    net = _resnet(seed)
+    path = _export(net, tmp_path / "resnet.onnx")
+    found = inspect(path).bound
+    runs = [note for note in found.assumptions if "conv chain" in note]
+    assert len(runs) == 3 and all("certified at each of" in note for note in runs), found.assumptions
+    monkeypatch.setattr(segments, "find_conv_runs", lambda model: [])
+    plain = inspect(path).bound
+    assert found.graph is not None and plain.graph is not None and found.lower is not None
+    assert found.method == "graph and certified chain segments"
+    assert found.lower <= found.graph < 0.8 * plain.graph
+    net = net.double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(8, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for _ in range(20):
+        v = v / v.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+        jv = torch.func.jvp(net, (x,), (v,))[1]
+        v = torch.func.vjp(net, x)[1](jv)[0]
+    v = v / v.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        ratios = (net(x + 1e-5 * v) - net(x)).flatten(1).norm(dim=1) / 1e-5
+    assert float(ratios.max()) <= found.graph
+
+
+def test_torchscript_with_its_input_shape_gets_the_onnx_files_conv_chains(tmp_path: Path) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    net = _resnet(3)
+    onnx_bound = inspect(_export(net, tmp_path / "resnet.onnx")).bound
+    script = tmp_path / "resnet.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, SIZE, SIZE)), str(script))
+    shape = ((1, 3, SIZE, SIZE),)
+    script_bound = inspect(script, settings=Settings(input_shape=shape)).bound
+    onnx_runs = [note for note in onnx_bound.assumptions if "conv chain" in note]
+    script_runs = [note for note in script_bound.assumptions if "conv chain" in note]
+    assert len(onnx_runs) == len(script_runs) == 3
+    assert script_bound.graph == pytest.approx(onnx_bound.graph, rel=1e-6)
+
+
+def test_a_conv_whose_reading_does_not_reproduce_the_file_gets_no_run_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.spectral import conv
+
+    path = _export(_resnet(4), tmp_path / "resnet.onnx")
+    real = conv._conv_fn
+
+    def flipped(weight, geometry, transposed):  # type: ignore[no-untyped-def]
+        return real(weight.flip(-1), geometry, transposed)
+
+    monkeypatch.setattr(conv, "_conv_fn", flipped)
+    notes = [note for note in inspect(path).bound.assumptions if "conv chain" in note]
+    assert notes and all("does not reproduce the file's" in note for note in notes), notes
