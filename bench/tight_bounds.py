@@ -204,7 +204,9 @@ def residual_cnns() -> None:
         "ResNet (3 basic blocks, 16-64 ch) 3x32x32": ((1, 3, 32, 32), Cifar),
         "ResNet-18-shaped 3x64x64": ((1, 3, 64, 64), lambda: resnet(Basic, [2, 2, 2, 2], 1)),
     }
-    print("| ResNet (random weights, seed 0, ONNX) | graph, branches as products | graph, conv chains (effort 1) | time | graph (effort 2) | time | lower | gap (effort 2) |")
+    print(
+        "| ResNet (random weights, seed 0, ONNX) | graph, branches as products | graph, conv chains (effort 1) | time | graph (effort 2) | time | lower | gap (effort 2) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:
         for name, (shape, make) in nets.items():
