@@ -149,8 +149,9 @@ def test_the_certified_bound_of_a_run_is_never_below_an_attained_ratio(act: str,
     assert found.bound < found.start_bound  # the optimizer improved on the closed form
 
 
-def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float) -> torch.Tensor:
-    """N(ρ, T)(ω) at every frequency as complex Hermitian matrices, written from the definition."""
+def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: bool = False) -> torch.Tensor:
+    """N(ρ, T)(ω) at every frequency as complex Hermitian matrices, written from the definition
+    (with ``skip``, for x + F(x): ρ·I − I on the first block and −K_1ᴴ added to N_10)."""
     ring = reduced_ring(links)
     assert isinstance(ring, list)
     ws, _ = symbols(links, ring, half_frequencies(ring))
@@ -172,6 +173,10 @@ def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipl
         n[(slice(None), *block(k, k + 1))] += -(a + b) * w.mH @ t
     last = ws[-1]
     n[(slice(None), *block(len(sizes) - 1, len(sizes) - 1))] -= last.mH @ last
+    if skip:
+        n[(slice(None), *block(0, 0))] -= torch.eye(sizes[0], dtype=torch.complex128)
+        n[(slice(None), *block(1, 0))] -= last.mH
+        n[(slice(None), *block(0, 1))] -= last
     return n
 
 
@@ -250,6 +255,7 @@ def test_a_residual_cnn_takes_its_branches_from_the_conv_certificate_and_stays_a
     found = inspect(path).bound
     runs = [note for note in found.assumptions if "conv chain" in note]
     assert len(runs) == 3 and all("certified at each of" in note for note in runs), found.assumptions
+    assert sum("identity skip" in note for note in runs) == 2  # the strided block's skip is a conv
     monkeypatch.setattr(segments, "find_conv_runs", lambda model: [])
     plain = inspect(path).bound
     assert found.graph is not None and plain.graph is not None and found.lower is not None
@@ -298,3 +304,59 @@ def test_a_conv_whose_reading_does_not_reproduce_the_file_gets_no_run_bound(tmp_
     monkeypatch.setattr(conv, "_conv_fn", flipped)
     notes = [note for note in inspect(path).bound.assumptions if "conv chain" in note]
     assert notes and all("does not reproduce the file's" in note for note in notes), notes
+
+
+def _square_run(seed: int, channels: int, spatial: tuple[int, int]) -> list[ConvLink]:
+    """Two stride-1 convs from ``channels`` back to ``channels`` channels: a residual branch."""
+    g = torch.Generator().manual_seed(seed)
+    first = _random_link(g, channels, channels + 1, spatial, (3, 3), 1, 1, (1, 1, 1, 1), 1)
+    return [first, _random_link(g, channels + 1, channels, spatial, (3, 3), 1, 1, (1, 1, 1, 1), 1)]
+
+
+@pytest.mark.parametrize("slope", [(0.0, 1.0), (-0.2, 1.1)])
+def test_the_skip_certificate_agrees_with_the_complex_matrices_eigenvalues(slope: tuple[float, float]) -> None:
+    links = _square_run(5, 3, (6, 5))
+    slopes = [lipsdp.outward(*masked_slopes([slope])[0])]
+    ring = reduced_ring(links)
+    assert isinstance(ring, list)
+    ws, errors = symbols(links, ring, half_frequencies(ring))
+    objective = FrequencyObjective(ws, slopes, skip=True)
+    thetas = objective.initial()
+    multipliers = [t.exp() for t in thetas]
+    rho_star = objective.rho(thetas)
+    assert rho_star > 1.0
+    for factor, expected in ((1.0 - 1e-4, False), (1.0 + 1e-6, True)):
+        rho = rho_star * factor
+        smallest = float(torch.linalg.eigvalsh(_hermitian(links, slopes, multipliers, rho, skip=True)).min())
+        assert (smallest >= 0.0) == expected
+        assert certify_frequencies(ws, errors, slopes, multipliers, rho - 1.0, skip=True) == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_residual_block_is_bounded_above_its_linear_norm_and_every_attained_ratio(seed: int) -> None:
+    links = _square_run(20 + seed, 2 + seed % 2, (7, 6))
+    a0, a1 = _explicit(links[0]), _explicit(links[1])
+    linear = float(torch.linalg.svdvals(torch.eye(a0.shape[1], dtype=torch.float64) + a1 @ a0)[0])
+    identity = certified_run_bound(links, [(0.999, 1.0)], max_iter=10, budget_s=30.0, skip=True)
+    assert identity is not None and identity.bound >= linear
+
+    found = certified_run_bound(links, [(0.0, 1.0)], max_iter=20, budget_s=30.0, skip=True)
+    branch = certified_run_bound(links, [(0.0, 1.0)], max_iter=20, budget_s=30.0)
+    assert found is not None and branch is not None
+    assert found.bound < 1.0 + branch.bound  # tighter than the walk's 1 + branch
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        return x + _conv(torch.relu(_conv(x, links[0])), links[1])
+
+    g = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(20):
+        x = torch.randn(1, links[0].weight.shape[1], *links[0].spatial, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(30):
+            v = v / v.norm()
+            jv = torch.func.jvp(block, (x,), (v,))[1]
+            v = torch.func.vjp(block, x)[1](jv)[0]
+        v = v / v.norm()
+        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
+    assert best <= found.bound

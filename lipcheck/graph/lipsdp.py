@@ -335,12 +335,19 @@ def certify(chain: Chain, multipliers: list[torch.Tensor], rho: float) -> bool:
     return certify_batch([w.to(torch.float64).unsqueeze(0) for w in chain.weights], chain.slopes, multipliers, rho)
 
 
-def certify_batch(weights: list[torch.Tensor], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, shift: float = 0.0) -> bool:
+def certify_batch(
+    weights: list[torch.Tensor], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, shift: float = 0.0, skip: bool = False
+) -> bool:
     """``certify`` for a batch of chains with the same multipliers: weights (B, out, in) each.
 
     Checks N(ρ, T) − shift·I ⪰ 0 for every chain of the batch: ``shift`` (≥ 0) is how far the
-    caller's weights may be from exact ones, as a spectral-norm bound on the change of N.
+    caller's weights may be from exact ones, as a spectral-norm bound on the change of N. With
+    ``skip`` (two layers, the output as wide as the input) it checks the matrix of x + W_1 φ(W_0 x)
+    instead: ‖Δ + W_1 u‖² adds −W_1ᵀ to the off-diagonal block N_10 and takes 1 from the first
+    block, so ``rho`` is then ρ − 1 and ‖x + W_1 φ(W_0 x) − (y + W_1 φ(W_0 y))‖² ≤ (rho + 1)‖x − y‖².
     """
+    if skip and (len(weights) != 2 or weights[1].shape[-2] != weights[0].shape[-1]):
+        return False
     ws = [w.to(torch.float64) for w in weights]
     ts = [t.to(torch.float64) for t in multipliers]
     if not (math.isfinite(rho) and rho > 0.0) or any(not bool((t > 0).all() & torch.isfinite(t).all()) for t in ts):
@@ -380,14 +387,17 @@ def certify_batch(weights: list[torch.Tensor], slopes: list[tuple[float, float]]
                 block = block + (2.0 * a * b) * (w.mT @ scaled)
                 weighted = (t * w.abs().sum(-1)).unsqueeze(-1)
                 err = err + _gamma(w.shape[-2] + 4) * abs(2.0 * a * b) * (w.abs().mT @ weighted).squeeze(-1) * up
-            offs.append(-(a + b) * (t[:, None] * w))
+            off = -(a + b) * (t[:, None] * w)
+            if skip and k == 0:
+                off = off - ws[1].mT
+            offs.append(off)
         err = err + 2.0 * u * block.abs().sum(-1) * up  # the final addition of each entry
         if shift > 0.0:
             err = err + shift
         diag.append(block)
         f.append(err)
-    for k, off in enumerate(offs):  # two roundings per entry (t·w, then ·(a+b))
-        bound = 2.0 * _gamma(1) * off.abs()
+    for k, off in enumerate(offs):  # two roundings per entry (t·w, then ·(a+b)), a third for the skip's −W_1ᵀ
+        bound = 2.0 * _gamma(1) * off.abs() if not (skip and k == 0) else _gamma(3) * (off.abs() + 2.0 * ws[1].mT.abs()) * up
         f[k] = f[k] + bound.sum(-2) * up
         f[k + 1] = f[k + 1] + bound.sum(-1) * up
     gamma = _gamma(n + 1)

@@ -27,6 +27,12 @@ N(−ω) is the conjugate of N(ω), so half the frequencies suffice. ρ*(T) is t
 frequencies of the dense ρ*; the optimizer works on the frequencies where it is largest and
 widens that set when another frequency overtakes them.
 
+Identity skip. For x + C_1 φ(C_0 x) (two stride-1 convs whose output has the input's shape), the
+identity on the ring adds the input at the output's own positions, and ‖Δ + K_1 u‖² = ‖Δ‖² +
+2 Re Δᴴ K_1 u + ‖K_1 u‖² changes N(ω) by −1 on the first block and −K_1ᴴ on the off-diagonal one
+(lipcheck.graph.lipsdp.certify_batch); ρ* is then 1 plus the top eigenvalue of Mᴴ Y⁻¹ M with
+M = (a + b) T K_0 + K_1ᴴ and Y = 2T − K_1ᴴ K_1 (and −2ab K_0ᴴ T K_0 added).
+
 Certificate. A Hermitian matrix A + iB is PSD exactly when the real symmetric [[A, −B], [B, A]]
 is, and that map respects products and transposes, so N(ω) ⪰ 0 exactly when the dense certificate
 (lipcheck.graph.lipsdp.certify_batch) accepts the chain of real weights [[Re K, −Im K], [Im K,
@@ -163,16 +169,17 @@ class FrequencyObjective:
     """ρ*(T) of lipcheck.graph.lipsdp, the largest over a set of frequencies, as a differentiable
     function of log T (per channel)."""
 
-    def __init__(self, ws: list[torch.Tensor], slopes: list[tuple[float, float]], scale: float = 1.0) -> None:
+    def __init__(self, ws: list[torch.Tensor], slopes: list[tuple[float, float]], skip: bool = False) -> None:
         self.ws = ws
         self.slopes = slopes
-        self.chain = SimpleNamespace(scale=scale)  # what lipsdp.optimize reads for its progress
+        self.skip = skip  # x + K_1 φ(K_0 x): ρ* = 1 + the top eigenvalue (lipcheck.graph.lipsdp.certify_batch)
+        self.chain = SimpleNamespace(scale=1.0)  # what lipsdp.optimize reads for its progress
         self.start_rho = math.inf
         last = ws[-1]
         self.g_last = last.mH @ last
         first = ws[0]
         # K_0 = V Pᴴ with Pᴴ P = I: K_0ᴴ R K_0 has the nonzero eigenvalues of Vᴴ R V.
-        if first.shape[-1] <= first.shape[-2]:
+        if skip or first.shape[-1] <= first.shape[-2]:
             self.k0 = first
         else:
             evals, evecs = torch.linalg.eigh(first @ first.mH)
@@ -183,6 +190,7 @@ class FrequencyObjective:
         part = FrequencyObjective.__new__(FrequencyObjective)
         part.ws = [w[index] for w in self.ws]
         part.slopes = self.slopes
+        part.skip = self.skip
         part.chain = self.chain
         part.start_rho = math.inf
         part.g_last = self.g_last[index]
@@ -201,20 +209,25 @@ class FrequencyObjective:
             a, b = self.slopes[k]
             below = self.ws[k] if k > 0 else self.k0
             scaled = t.to(below.dtype)[:, None] * below
-            v = torch.linalg.solve_triangular(factor, scaled, upper=False)
-            g = (a + b) ** 2 * (v.mH @ v)
+            if self.skip:
+                v = torch.linalg.solve_triangular(factor, (a + b) * scaled + self.ws[1].mH, upper=False)
+                g = v.mH @ v
+            else:
+                v = torch.linalg.solve_triangular(factor, scaled, upper=False)
+                g = (a + b) ** 2 * (v.mH @ v)
             if a * b != 0.0:
                 g = g - 2.0 * a * b * (below.mH @ scaled)
             g = 0.5 * (g + g.mH)
         return g
 
     def per_frequency(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
-        """The largest eigenvalue of K_0ᴴ R_1 K_0 at each frequency, or None where infeasible."""
+        """ρ*(T) at each frequency (the largest eigenvalue of K_0ᴴ R_1 K_0, plus 1 with the skip), or
+        None where infeasible."""
         with torch.no_grad():
             g = self.reduced(thetas)
             if g is None or not bool(torch.isfinite(torch.view_as_real(g)).all()):
                 return None
-            return torch.linalg.eigvalsh(g)[:, -1]
+            return torch.linalg.eigvalsh(g)[:, -1] + (1.0 if self.skip else 0.0)
 
     def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
         """Every frequency's eigenvalues, sorted (the optimizer's soft maximum reads them all)."""
@@ -255,7 +268,8 @@ class FrequencyObjective:
             if a * b != 0.0:
                 g = g - 2.0 * a * b * (below.mH @ scaled)
             g = 0.5 * (g + g.mH)
-        self.start_rho = float(torch.linalg.eigvalsh(g)[:, -1].max()) if bool(torch.isfinite(torch.view_as_real(g)).all()) else math.inf
+        each = self.per_frequency(thetas)
+        self.start_rho = float(each.max()) if each is not None else math.inf
         return thetas
 
 
@@ -265,29 +279,33 @@ def _embedded(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([re, -im], dim=-1), torch.cat([im, re], dim=-1)], dim=-2)
 
 
-def symbol_shift(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor]) -> float:
-    """A bound on how far N(ω) built from the computed symbols is from N(ω) of the exact ones (module doc)."""
+def symbol_shift(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], skip: bool = False) -> float:
+    """A bound on how far N(ω) built from the computed symbols is from N(ω) of the exact ones (module
+    doc; the skip's −K_1ᴴ adds ε_1 to the off-diagonal change)."""
     norms = [float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + e for w, e in zip(ws, errors)]
     diagonal, off = 0.0, 0.0
     for k, (a, b) in enumerate(slopes):
         t = float(multipliers[k].max())
         e = errors[k]
         diagonal = max(diagonal, abs(2.0 * a * b) * t * (2.0 * norms[k] * e + e * e))
-        off = max(off, abs(a + b) * t * e)
+        off = max(off, abs(a + b) * t * e + (errors[-1] if skip and k == 0 else 0.0))
     e = errors[-1]
     diagonal = max(diagonal, 2.0 * norms[-1] * e + e * e)
     return (diagonal + 2.0 * off) * (1 + 1e-9)
 
 
-def certify_frequencies(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float) -> bool:
-    """Whether N(ρ, T) ⪰ 0 for the exact symbols at every frequency (module doc), checked in float64."""
-    shift = symbol_shift(ws, errors, slopes, multipliers)
+def certify_frequencies(
+    ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: bool = False
+) -> bool:
+    """Whether N(ρ, T) ⪰ 0 for the exact symbols at every frequency (module doc), checked in float64;
+    with ``skip``, ``rho`` is ρ − 1 (lipcheck.graph.lipsdp.certify_batch)."""
+    shift = symbol_shift(ws, errors, slopes, multipliers, skip)
     doubled = [torch.cat([t, t]) for t in multipliers]
     per_frequency = sum(4 * w.shape[-2] * w.shape[-1] for w in ws)
     step = max(1, _CERTIFY_ENTRIES // max(1, per_frequency))
     for start in range(0, ws[0].shape[0], step):
         chunk = [_embedded(w[start : start + step]) for w in ws]
-        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift):
+        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift, skip):
             return False
     return True
 
@@ -319,17 +337,29 @@ def cost(links: list[ConvLink]) -> tuple[int, float]:
     return entries, frequencies * width**3 / 3.0
 
 
-def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]], max_iter: int, budget_s: float) -> RunResult | None:
-    """A certified LipSDP-Neuron bound of the zero-padded conv run, or None where the multipliers
-    cannot be certified; at most ``max_iter`` optimizer steps per round (0: the closed form)."""
+def identity_skip(links: list[ConvLink]) -> bool:
+    """Whether x + (the run)(x) is defined on the ring: two stride-1 convs, the output the input's shape."""
+    if len(links) != 2 or any(s != 1 for link in links for s in link.geometry.stride):
+        return False
+    first, last = links
+    return last.output_size() == first.spatial and last.weight.shape[0] == first.weight.shape[1] * first.geometry.groups
+
+
+def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]], max_iter: int, budget_s: float, skip: bool = False) -> RunResult | None:
+    """A certified LipSDP-Neuron bound of the zero-padded conv run (with ``skip``, of x + run(x): two
+    stride-1 convs, the identity on the ring adding the input at the output's positions), or None
+    where the multipliers cannot be certified; at most ``max_iter`` optimizer steps per round (0: the
+    closed form)."""
     started = time.perf_counter()
     ring = reduced_ring(links)
     if isinstance(ring, str):
         raise ValueError(ring)
+    if skip and not identity_skip(links):
+        raise ValueError("the run's output is not shaped as its input")
     slopes = [lipsdp.outward(a, b) for a, b in masked_slopes(slopes)]
     freqs = half_frequencies(ring)
     ws, errors = symbols([replace(link, weight=link.weight.to(torch.float64)) for link in links], ring, freqs)
-    objective = FrequencyObjective(ws, slopes)
+    objective = FrequencyObjective(ws, slopes, skip)
     thetas = objective.initial()
     start_rho = objective.start_rho
     if not math.isfinite(start_rho):
@@ -358,10 +388,12 @@ def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]]
             active = torch.cat([active, extra])
     multipliers = [t.exp() for t in thetas]
     margin = 2.0**-40
+    offset = 1.0 if skip else 0.0
     for _ in range(lipsdp._MAX_MARGIN_STEPS):
-        trial = rho * (1.0 + margin)
-        if certify_frequencies(ws, errors, slopes, multipliers, trial):
-            bound = math.sqrt(trial) * (1.0 + 2.0**-50)
+        trial = (rho - offset) * (1.0 + margin)
+        if trial > 0.0 and certify_frequencies(ws, errors, slopes, multipliers, trial, skip):
+            # ρ = trial + 1 with the skip: its float sum rounds by at most a factor 1 + u.
+            bound = math.sqrt((trial + offset) * (1.0 + 2.0**-50)) * (1.0 + 2.0**-50)
             return RunResult(bound, math.sqrt(start_rho), freqs.shape[0], iterations, time.perf_counter() - started)
         margin *= 8.0
     return None

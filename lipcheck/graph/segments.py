@@ -13,7 +13,9 @@ Runs of convs (conv, activation, conv, …) whose maps are too large for explici
 bounded the same way with one multiplier per channel and one inequality per frequency of a
 circular embedding (lipcheck.graph.lipsdp_fourier). Each conv of such a run must compute what the
 file's conv node computes (checked on a random input), and the run's optimizer takes a fixed
-number of steps per --effort, so every run of lipcheck prints the same numbers.
+number of steps per --effort, so every run of lipcheck prints the same numbers. A run of two
+convs whose output is added to its own input (a residual block's identity skip) is bounded
+together with the skip, as the map x ↦ x + F(x) from the run's start to the sum.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class ConvRun:
     nodes: list[Node]
     links: list[ConvLink]
     slopes: list[tuple[float, float]]
+    skip: bool = False  # ``end`` is start + the last conv's output: the run is x + F(x)
 
 
 def find_conv_runs(model: Model) -> list[ConvRun]:
@@ -146,9 +149,25 @@ def find_conv_runs(model: Model) -> list[ConvRun]:
             slopes.append(slope)
             value, current = activation.outputs[0], following
         if best is not None:
-            found.append(best)
+            found.append(_with_skip(reader, best))
             taken.update(n.label for n in best.nodes)
     return found
+
+
+def _with_skip(reader: ChainReader, run: ConvRun) -> ConvRun:
+    """The run extended to the Add that sums it with its own input (a residual block with an
+    identity skip), where there is one: x + run(x) is then bounded as one map."""
+    from lipcheck.graph.lipsdp_fourier import identity_skip
+
+    add = _only_reader(reader, run.end)
+    if add is None or add.op != "Add" or sorted(add.inputs) != sorted([run.start, run.end]) or run.start == run.end:
+        return run
+    shapes = reader.graph.shapes
+    if shapes.get(run.start) is None or shapes.get(run.start) != shapes.get(run.end) or shapes.get(add.outputs[0]) != shapes.get(run.end):
+        return run
+    if not identity_skip(run.links):
+        return run
+    return replace(run, end=add.outputs[0], last=add.label, skip=True)
 
 
 def _only_reader(reader: ChainReader, value: str) -> Node | None:
@@ -277,13 +296,16 @@ def _conv_run(model: Model, run: ConvRun, effort: float, deadline: float, consta
     if isinstance(links, str):
         return f"{name}: no tight bound ({links})"
     try:
-        result = certified_run_bound(links, run.slopes, max_iter=round(CONV_STEPS * max(0.0, effort - 1.0)), budget_s=deadline - time.perf_counter())
+        result = certified_run_bound(
+            links, run.slopes, max_iter=round(CONV_STEPS * max(0.0, effort - 1.0)), budget_s=deadline - time.perf_counter(), skip=run.skip
+        )
     except (ArithmeticError, RuntimeError, ValueError) as exc:
         return f"{name}: no tight bound ({exc})"
     if result is None:
         return f"{name}: no multipliers passed the float64 certificate"
     constants[run.end] = (run.start, result.bound)
+    what = f"{len(links)} convs and the identity skip around them" if run.skip else f"{len(links)} convs"
     return (
-        f"{name} ({len(links)} convs): LipSDP-Neuron with one multiplier per channel, certified at each of "
+        f"{name} ({what}): LipSDP-Neuron with one multiplier per channel, certified at each of "
         f"{result.frequencies} frequencies of a circular embedding, gives {result.bound:.6g}"
     )
