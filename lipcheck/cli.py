@@ -62,7 +62,7 @@ def _analyse(ctx: typer.Context, paths: list[str], key: str | None, spec: Any = 
     settings = {path: opt.settings_for(ctx, path, **common) for path in paths}
     from lipcheck.graph.tight import reporting
 
-    with printing_to_stderr(), LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight):
+    with printing_to_stderr(), LayerProgress(Console(stderr=True)) as progress, reporting(progress.tight, progress.segments):
         run = analyse_files(paths, settings.__getitem__, key=key, spec=spec, progress=progress,
                             on_file=progress.start_file if len(paths) > 1 else None)
     for result in run.results:

@@ -360,3 +360,109 @@ def test_a_residual_block_is_bounded_above_its_linear_norm_and_every_attained_ra
         v = v / v.norm()
         best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
     assert best <= found.bound
+
+
+def test_the_chain_segments_report_their_progress(tmp_path: Path) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.graph.tight import reporting
+    from lipcheck.settings import Settings
+
+    path = _export(_resnet(5), tmp_path / "resnet.onnx")
+    seen: list[tuple[int, int, str]] = []
+    with reporting(lambda fraction, best: None, lambda done, total, name: seen.append((done, total, name))):
+        inspect(path, settings=Settings(lower=False))
+    assert [done for done, _, _ in seen] == [0, 1, 2] and all(total == 3 for _, total, _ in seen)
+    assert seen[0][2].endswith("/Add") and "Conv" in seen[0][2]
+
+
+def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """DroNet's block as its Keras export writes it: conv (stride 2), batch norm, relu, conv, plus a
+    strided 1x1 conv skip; the batch norm stays a node of its own."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c = 3
+    p = {
+        "w1": rng.normal(size=(4, c, 3, 3)) / 3,
+        "b1": rng.normal(size=4),
+        "scale": rng.uniform(0.5, 3.0, size=4),
+        "shift": rng.normal(size=4),
+        "mean": rng.normal(size=4),
+        "var": rng.uniform(0.1, 2.0, size=4),
+        "w2": rng.normal(size=(4, 4, 3, 3)) / 6,
+        "ws": rng.normal(size=(4, c, 1, 1)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "scale", "shift", "mean", "var"], ["n1"], epsilon=1e-3, name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Conv", ["x", "ws"], ["s"], strides=[2, 2], name="skip"),
+        helper.make_node("Add", ["c2", "s"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 30, 30])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 15, 15])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in p.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path, {k: v.astype(np.float32).astype(np.float64) for k, v in p.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_batch_norm_after_a_conv_is_folded_into_the_run_and_the_bound_stays_above_attained_ratios(tmp_path: Path, seed: int) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    path, p = _dronet_block(tmp_path / "block.onnx", seed)
+    found = inspect(path, settings=Settings(lower=False)).bound
+    notes = [note for note in found.assumptions if "conv chain conv1..conv2" in note]
+    assert len(notes) == 1 and "certified at each of" in notes[0], found.assumptions
+    t = {k: torch.from_numpy(v) for k, v in p.items()}
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(x, t["w1"], t["b1"], stride=2, padding=1)
+        h = (h - t["mean"].reshape(1, -1, 1, 1)) / torch.sqrt(t["var"].reshape(1, -1, 1, 1) + 1e-3) * t["scale"].reshape(1, -1, 1, 1)
+        h = torch.relu(h + t["shift"].reshape(1, -1, 1, 1))
+        return F.conv2d(h, t["w2"], padding=1) + F.conv2d(x, t["ws"], stride=2)
+
+    g = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(10):
+        x = torch.randn(1, 3, 30, 30, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(30):
+            v = v / v.norm()
+            jv = torch.func.jvp(block, (x,), (v,))[1]
+            v = torch.func.vjp(block, x)[1](jv)[0]
+        v = v / v.norm()
+        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
+    assert found.graph is not None and best <= found.graph
+
+
+def test_a_strided_conv_after_the_first_starts_a_new_run(tmp_path: Path) -> None:
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    torch.manual_seed(6)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, 1, 1),
+        nn.Flatten(),
+        nn.Linear(400, 2),
+    ).eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 40, 40),), str(tmp_path / "dave.onnx"), dynamo=False, opset_version=17)
+    notes = [note for note in inspect(tmp_path / "dave.onnx", settings=Settings(lower=False)).bound.assumptions if "conv chain" in note]
+    assert len(notes) == 1 and "/2/Conv../6/Conv (3 convs)" in notes[0], notes

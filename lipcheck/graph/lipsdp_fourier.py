@@ -73,6 +73,17 @@ class ConvLink:
     weight: torch.Tensor
     geometry: ConvGeometry
     spatial: tuple[int, ...]
+    scale: tuple[float, ...] | None = None  # per output channel (a batch norm after the conv), applied by ``scaled``
+
+    def scaled(self) -> tuple[torch.Tensor, float]:
+        """The weight with ``scale`` applied to its output channels, in float64, and a bound on each
+        entry's relative rounding error."""
+        w = self.weight.to(torch.float64)
+        if self.scale is None:
+            return w, 0.0
+        factor = torch.tensor(self.scale, dtype=torch.float64).reshape(-1, *([1] * (w.dim() - 1)))
+        # The factor is scale / sqrt(var + eps): three roundings, and one more for the product.
+        return w * factor, 4 * conv_fourier._gamma(1)
 
     def output_size(self) -> tuple[int, ...]:
         """The zero-padded conv's output spatial size."""
@@ -134,7 +145,7 @@ def symbols(links: list[ConvLink], ring: list[int], freqs: torch.Tensor) -> tupl
     errors: list[float] = []
     mu = conv_fourier._PHASE_ERROR * conv_fourier.UNIT_ROUNDOFF
     for link in links:
-        w = link.weight.to(torch.float64)
+        w, relative = link.scaled()
         c_out, per_group = w.shape[0], w.shape[1]
         groups = link.geometry.groups
         phases = math.prod(link.geometry.stride)
@@ -161,7 +172,8 @@ def symbols(links: list[ConvLink], ring: list[int], freqs: torch.Tensor) -> tupl
         gamma = conv_fourier._gamma(count + 1)
         abs_sum = placed.abs().sum(dim=0)
         fro = float(abs_sum.square().sum().sqrt()) * (1 + conv_fourier._gamma(abs_sum.numel() + count))
-        errors.append(math.sqrt(2) * (mu + gamma * (1 + mu)) * fro * (1 + 1e-12))
+        # fl(K) against the symbol of the exact weights; a folded scale moves each tap by ≤ relative·|W_t|.
+        errors.append((math.sqrt(2) * (mu + gamma * (1 + mu)) + 2 * relative) * fro * (1 + 1e-12))
     return out, errors
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from lipcheck.graph.chains import LINEAR, Building, ChainReader, FoundChain, slope_range
-from lipcheck.graph.tight import budget_seconds
+from lipcheck.graph.tight import budget_seconds, segment_progress
 
 if TYPE_CHECKING:
     from lipcheck.graph.ir import Node
@@ -130,13 +130,21 @@ def find_conv_runs(model: Model) -> list[ConvRun]:
         value, current = data[0], node
         while True:
             link = _shaped_link(model, reader, current, value)
-            if link is None:
+            if link is None or (links and any(s != 1 for s in link.geometry.stride)):
                 break
             nodes.append(current)
-            links.append(link)
             value = current.outputs[0]
+            norm = _only_reader(reader, value)
+            folded = _batch_norm_scale(reader, norm, value) if norm is not None and norm.op == "BatchNormalization" else None
+            if folded is not None and len(folded) == link.weight.shape[0]:
+                assert norm is not None
+                link = replace(link, scale=folded)
+                value, last = norm.outputs[0], norm.label
+            else:
+                last = current.label
+            links.append(link)
             if len(links) >= 2:
-                best = ConvRun(data[0], value, nodes[0].label, current.label, list(nodes), list(links), list(slopes))
+                best = ConvRun(data[0], value, nodes[0].label, last, list(nodes), list(links), list(slopes))
             activation = _only_reader(reader, value)
             if activation is None or activation.label in graph.layer_nodes:
                 break
@@ -168,6 +176,27 @@ def _with_skip(reader: ChainReader, run: ConvRun) -> ConvRun:
     if not identity_skip(run.links):
         return run
     return replace(run, end=add.outputs[0], last=add.label, skip=True)
+
+
+def _batch_norm_scale(reader: ChainReader, node: Node, value: str) -> tuple[float, ...] | None:
+    """scale / sqrt(var + eps) per channel of an inference-mode batch norm of ``value`` with stored
+    parameters (it then scales the conv before it), or None."""
+    import numpy as np
+
+    if len(node.inputs) != 5 or node.inputs[0] != value or int(node.attrs.get("training_mode", 0)) != 0:
+        return None
+    scale, var = reader.const(node.inputs[1]), reader.const(node.inputs[4])
+    if scale is None or var is None or scale.ndim != 1 or scale.shape != var.shape:
+        return None
+    if reader.const(node.inputs[2]) is None or reader.const(node.inputs[3]) is None:
+        return None
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    with np.errstate(all="ignore"):
+        shifted = np.asarray(var + eps)
+        factor = scale / np.sqrt(shifted)
+    if not bool(np.isfinite(factor).all()) or not bool(np.all(shifted > 0)):
+        return None
+    return tuple(float(f) for f in factor)
 
 
 def _only_reader(reader: ChainReader, value: str) -> Node | None:
@@ -236,8 +265,8 @@ def load_run(model: Model, run: ConvRun) -> list[ConvLink] | str:
                 theirs = _conv(None, reader._with_geometry(node, layer), [x, weight])  # type: ignore[arg-type]
         except (RuntimeError, ValueError, Unsupported) as exc:
             return f"{node.label} could not be applied to a sample ({exc})"
-        scale = float(theirs.abs().max()) if theirs.numel() else 0.0
-        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12 * scale):
+        size = float(theirs.abs().max()) if theirs.numel() else 0.0
+        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12 * size):
             return f"{node.label}: lipcheck's reading of this conv does not reproduce the file's"
         links.append(replace(link, weight=weight))
     return links
@@ -261,7 +290,11 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
     segments = [s for s in segments if all(bool(w.isfinite().all()) for w in s.chain.weights)]
     runs = find_conv_runs(model)
     deadline = time.perf_counter() + TOTAL_SECONDS * effort
+    report = segment_progress.get()
+    total = len(segments) + len(runs)
     for index, segment in enumerate(segments):
+        if report is not None:
+            report(index, total, f"{segment.first}..{segment.last}")
         left = deadline - time.perf_counter()
         if left <= 0:
             notes.append(f"chain {segment.first}..{segment.last}: no time left for its tight bound (raise --effort)")
@@ -274,7 +307,9 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
             continue
         constants[segment.end] = (segment.start, result.bound)
         notes.append(f"chain {segment.first}..{segment.last} ({len(chain.weights)} layers): LipSDP-Neuron multipliers certify {result.bound:.6g}")
-    for run in runs:
+    for index, run in enumerate(runs):
+        if report is not None:
+            report(len(segments) + index, total, f"{run.first}..{run.last}")
         note = _conv_run(model, run, effort, deadline, constants)
         if note:
             notes.append(note)

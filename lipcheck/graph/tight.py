@@ -37,15 +37,20 @@ _EXPLICIT_SECONDS = 3.0
 # (fraction of the budget spent, best bound so far): set by the CLI to draw the bound falling
 TightProgress = Callable[[float, float], None]
 _progress: contextvars.ContextVar[TightProgress | None] = contextvars.ContextVar("lipcheck_tight_progress", default=None)
+# (chain segments done, how many, the one being certified): set by the CLI to draw them
+SegmentProgress = Callable[[int, int, str], None]
+segment_progress: contextvars.ContextVar[SegmentProgress | None] = contextvars.ContextVar("lipcheck_segment_progress", default=None)
 
 
 @contextmanager
-def reporting(callback: TightProgress) -> Iterator[None]:
-    """Send the tight bound's progress to ``callback`` within the block."""
+def reporting(callback: TightProgress, segments: SegmentProgress | None = None) -> Iterator[None]:
+    """Send the tight bound's progress to ``callback``, and the chain segments' to ``segments``, within the block."""
     token = _progress.set(callback)
+    segment_token = segment_progress.set(segments)
     try:
         yield
     finally:
+        segment_progress.reset(segment_token)
         _progress.reset(token)
 
 

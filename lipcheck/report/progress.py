@@ -41,6 +41,10 @@ class LayerProgress:
         prefix = f"{self.model}: " if self.model else ""
         self.bar.update(self.task, completed=index, total=total, description=f"{prefix}σ {name}")
 
+    def segments(self, done: int, total: int, name: str) -> None:
+        """Show which chain segment inside the graph is being certified and how many are done."""
+        self.bar.update(self.task, completed=done, total=total, description=f"chain segments: {name}")
+
     def tight(self, fraction: float, best: float) -> None:
         """Show the tight bound falling as its optimizer spends its time budget."""
         self.bar.update(self.task, completed=round(1000 * fraction), total=1000, description=f"tight bound ≤ {best:.6g}")
