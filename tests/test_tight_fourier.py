@@ -18,6 +18,7 @@ from lipcheck.graph import lipsdp
 from lipcheck.graph.lipsdp_fourier import (
     ConvLink,
     FrequencyObjective,
+    Skip,
     certified_run_bound,
     certify_frequencies,
     half_frequencies,
@@ -149,11 +150,18 @@ def test_the_certified_bound_of_a_run_is_never_below_an_attained_ratio(act: str,
     assert found.bound < found.start_bound  # the optimizer improved on the closed form
 
 
-def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: bool = False) -> torch.Tensor:
+def _hermitian(
+    links: list[ConvLink], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: bool = False, skip_conv: ConvLink | None = None
+) -> torch.Tensor:
     """N(ρ, T)(ω) at every frequency as complex Hermitian matrices, written from the definition
-    (with ``skip``, for x + F(x): ρ·I − I on the first block and −K_1ᴴ added to N_10)."""
+    (with ``skip``, for x + F(x): ρ·I − I on the first block and −K_1ᴴ added to N_10; with
+    ``skip_conv`` S, for S x + F(x): −SᴴS and −K_1ᴴS)."""
     ring = reduced_ring(links)
     assert isinstance(ring, list)
+    if skip_conv is not None:
+        alone = reduced_ring([skip_conv])
+        assert isinstance(alone, list)
+        ring = [max(x, y) for x, y in zip(ring, alone)]
     ws, _ = symbols(links, ring, half_frequencies(ring))
     sizes = [ws[0].shape[-1]] + [w.shape[-2] for w in ws[:-1]]
     total, f = sum(sizes), ws[0].shape[0]
@@ -173,7 +181,12 @@ def _hermitian(links: list[ConvLink], slopes: list[tuple[float, float]], multipl
         n[(slice(None), *block(k, k + 1))] += -(a + b) * w.mH @ t
     last = ws[-1]
     n[(slice(None), *block(len(sizes) - 1, len(sizes) - 1))] -= last.mH @ last
-    if skip:
+    if skip_conv is not None:
+        (sym,), _ = symbols([skip_conv], ring, half_frequencies(ring))
+        n[(slice(None), *block(0, 0))] -= sym.mH @ sym
+        n[(slice(None), *block(1, 0))] -= last.mH @ sym
+        n[(slice(None), *block(0, 1))] -= sym.mH @ last
+    elif skip:
         n[(slice(None), *block(0, 0))] -= torch.eye(sizes[0], dtype=torch.complex128)
         n[(slice(None), *block(1, 0))] -= last.mH
         n[(slice(None), *block(0, 1))] -= last
@@ -255,7 +268,7 @@ def test_a_residual_cnn_takes_its_branches_from_the_conv_certificate_and_stays_a
     found = inspect(path).bound
     runs = [note for note in found.assumptions if "conv chain" in note]
     assert len(runs) == 3 and all("certified at each of" in note for note in runs), found.assumptions
-    assert sum("identity skip" in note for note in runs) == 2  # the strided block's skip is a conv
+    assert sum("identity skip" in note for note in runs) == 2 and sum("skip conv" in note for note in runs) == 1
     monkeypatch.setattr(segments, "find_conv_runs", lambda model: [])
     plain = inspect(path).bound
     assert found.graph is not None and plain.graph is not None and found.lower is not None
@@ -320,7 +333,7 @@ def test_the_skip_certificate_agrees_with_the_complex_matrices_eigenvalues(slope
     ring = reduced_ring(links)
     assert isinstance(ring, list)
     ws, errors = symbols(links, ring, half_frequencies(ring))
-    objective = FrequencyObjective(ws, slopes, skip=True)
+    objective = FrequencyObjective(ws, slopes, Skip())
     thetas = objective.initial()
     multipliers = [t.exp() for t in thetas]
     rho_star = objective.rho(thetas)
@@ -329,7 +342,7 @@ def test_the_skip_certificate_agrees_with_the_complex_matrices_eigenvalues(slope
         rho = rho_star * factor
         smallest = float(torch.linalg.eigvalsh(_hermitian(links, slopes, multipliers, rho, skip=True)).min())
         assert (smallest >= 0.0) == expected
-        assert certify_frequencies(ws, errors, slopes, multipliers, rho - 1.0, skip=True) == expected
+        assert certify_frequencies(ws, errors, slopes, multipliers, rho - 1.0, Skip()) == expected
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -419,8 +432,8 @@ def test_a_batch_norm_after_a_conv_is_folded_into_the_run_and_the_bound_stays_ab
 
     path, p = _dronet_block(tmp_path / "block.onnx", seed)
     found = inspect(path, settings=Settings(lower=False)).bound
-    notes = [note for note in found.assumptions if "conv chain conv1..conv2" in note]
-    assert len(notes) == 1 and "certified at each of" in notes[0], found.assumptions
+    notes = [note for note in found.assumptions if "conv chain conv1..add" in note]
+    assert len(notes) == 1 and "and the skip conv skip beside them" in notes[0], found.assumptions
     t = {k: torch.from_numpy(v) for k, v in p.items()}
 
     def block(x: torch.Tensor) -> torch.Tensor:
@@ -466,3 +479,60 @@ def test_a_strided_conv_after_the_first_starts_a_new_run(tmp_path: Path) -> None
         torch.onnx.export(net, (torch.zeros(1, 3, 40, 40),), str(tmp_path / "dave.onnx"), dynamo=False, opset_version=17)
     notes = [note for note in inspect(tmp_path / "dave.onnx", settings=Settings(lower=False)).bound.assumptions if "conv chain" in note]
     assert len(notes) == 1 and "/2/Conv../6/Conv (3 convs)" in notes[0], notes
+
+
+def _strided_block(seed: int) -> tuple[list[ConvLink], ConvLink]:
+    """A downsampling block's branch (3x3 stride 2, then 3x3) and its 1x1 stride-2 skip conv."""
+    g = torch.Generator().manual_seed(seed)
+    first = _random_link(g, 2, 3, (9, 8), (3, 3), 2, 1, (1, 1, 1, 1), 1)
+    second = _random_link(g, 3, 3, first.output_size(), (3, 3), 1, 1, (1, 1, 1, 1), 1)
+    skip = _random_link(g, 2, 3, (9, 8), (1, 1), 2, 1, (0, 0, 0, 0), 1)
+    assert skip.output_size() == second.output_size()
+    return [first, second], skip
+
+
+def test_the_conv_skip_certificate_agrees_with_the_complex_matrices_eigenvalues() -> None:
+    links, skip = _strided_block(7)
+    slopes = [lipsdp.outward(0.0, 1.0)]
+    ring = [max(x, y) for x, y in zip(reduced_ring(links), reduced_ring([skip]))]  # type: ignore[arg-type]
+    freqs = half_frequencies(ring)
+    ws, errors = symbols(links, ring, freqs)
+    (sym,), (s_err,) = symbols([skip], ring, freqs)
+    objective = FrequencyObjective(ws, slopes, Skip(sym, s_err))
+    thetas = objective.initial()
+    multipliers = [t.exp() for t in thetas]
+    rho_star = objective.rho(thetas)
+    for factor, expected in ((1.0 - 1e-4, False), (1.0 + 1e-6, True)):
+        rho = rho_star * factor
+        smallest = float(torch.linalg.eigvalsh(_hermitian(links, slopes, multipliers, rho, skip_conv=skip)).min())
+        assert (smallest >= 0.0) == expected
+        assert certify_frequencies(ws, errors, slopes, multipliers, rho, Skip(sym, s_err)) == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_downsampling_block_is_bounded_above_its_linear_norm_and_every_attained_ratio(seed: int) -> None:
+    links, skip = _strided_block(30 + seed)
+    a0, a1, s = _explicit(links[0]), _explicit(links[1]), _explicit(skip)
+    linear = float(torch.linalg.svdvals(s + a1 @ a0)[0])
+    identity = certified_run_bound(links, [(0.999, 1.0)], max_iter=10, budget_s=30.0, skip_conv=skip)
+    assert identity is not None and identity.bound >= linear
+    found = certified_run_bound(links, [(0.0, 1.0)], max_iter=20, budget_s=30.0, skip_conv=skip)
+    branch = certified_run_bound(links, [(0.0, 1.0)], max_iter=20, budget_s=30.0)
+    assert found is not None and branch is not None
+    assert found.bound < float(torch.linalg.svdvals(s)[0]) + branch.bound  # tighter than the walk's sum
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        return _conv(x, skip) + _conv(torch.relu(_conv(x, links[0])), links[1])
+
+    g = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(20):
+        x = torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(30):
+            v = v / v.norm()
+            jv = torch.func.jvp(block, (x,), (v,))[1]
+            v = torch.func.vjp(block, x)[1](jv)[0]
+        v = v / v.norm()
+        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
+    assert best <= found.bound

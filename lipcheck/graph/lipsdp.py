@@ -336,17 +336,28 @@ def certify(chain: Chain, multipliers: list[torch.Tensor], rho: float) -> bool:
 
 
 def certify_batch(
-    weights: list[torch.Tensor], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, shift: float = 0.0, skip: bool = False
+    weights: list[torch.Tensor],
+    slopes: list[tuple[float, float]],
+    multipliers: list[torch.Tensor],
+    rho: float,
+    shift: float = 0.0,
+    skip: bool = False,
+    skip_weight: torch.Tensor | None = None,
 ) -> bool:
     """``certify`` for a batch of chains with the same multipliers: weights (B, out, in) each.
 
     Checks N(ρ, T) − shift·I ⪰ 0 for every chain of the batch: ``shift`` (≥ 0) is how far the
     caller's weights may be from exact ones, as a spectral-norm bound on the change of N. With
-    ``skip`` (two layers, the output as wide as the input) it checks the matrix of x + W_1 φ(W_0 x)
-    instead: ‖Δ + W_1 u‖² adds −W_1ᵀ to the off-diagonal block N_10 and takes 1 from the first
-    block, so ``rho`` is then ρ − 1 and ‖x + W_1 φ(W_0 x) − (y + W_1 φ(W_0 y))‖² ≤ (rho + 1)‖x − y‖².
+    ``skip`` (two layers) it checks the matrix of S x + W_1 φ(W_0 x) instead, S = ``skip_weight``
+    (B, out, in) or the identity: ‖S Δ + W_1 u‖² adds −W_1ᵀS to the off-diagonal block N_10 and
+    takes SᵀS from the first block. With the identity, ``rho`` is then ρ − 1:
+    ‖x + W_1 φ(W_0 x) − (y + W_1 φ(W_0 y))‖² ≤ (rho + 1)‖x − y‖².
     """
-    if skip and (len(weights) != 2 or weights[1].shape[-2] != weights[0].shape[-1]):
+    if skip_weight is not None:
+        skip = True
+        if skip_weight.shape[-2:] != (weights[-1].shape[-2], weights[0].shape[-1]):
+            return False
+    if skip and (len(weights) != 2 or (skip_weight is None and weights[1].shape[-2] != weights[0].shape[-1])):
         return False
     ws = [w.to(torch.float64) for w in weights]
     ts = [t.to(torch.float64) for t in multipliers]
@@ -367,10 +378,20 @@ def certify_batch(
     diag: list[torch.Tensor] = []
     f: list[torch.Tensor] = []
     offs: list[torch.Tensor] = []
+    skip_product = product_error = None  # W_1ᵀS and a bound on its rounding, entrywise
+    if skip:
+        skip_product, product_error = ws[1].mT, torch.zeros_like(ws[1].mT)
+    if skip_weight is not None:
+        s_w = skip_weight.to(torch.float64)
+        skip_product = ws[1].mT @ s_w
+        product_error = _gamma(s_w.shape[-2] + 2) * (ws[1].abs().mT @ s_w.abs())
     for k in range(len(sizes)):
         if k == 0:
             block = diagonal(torch.full((sizes[0],), rho, dtype=torch.float64))
             err = torch.zeros(batch, sizes[0], dtype=torch.float64)
+            if skip_weight is not None:
+                block = block - s_w.mT @ s_w
+                err = _gamma(s_w.shape[-2] + 2) * (s_w.abs().mT @ s_w.abs().sum(-1, keepdim=True)).squeeze(-1) * up
         elif k < len(sizes) - 1:
             block = diagonal(2.0 * ts[k - 1])
             err = torch.zeros(batch, sizes[k], dtype=torch.float64)
@@ -388,16 +409,19 @@ def certify_batch(
                 weighted = (t * w.abs().sum(-1)).unsqueeze(-1)
                 err = err + _gamma(w.shape[-2] + 4) * abs(2.0 * a * b) * (w.abs().mT @ weighted).squeeze(-1) * up
             off = -(a + b) * (t[:, None] * w)
-            if skip and k == 0:
-                off = off - ws[1].mT
+            if skip_product is not None and k == 0:
+                off = off - skip_product
             offs.append(off)
         err = err + 2.0 * u * block.abs().sum(-1) * up  # the final addition of each entry
         if shift > 0.0:
             err = err + shift
         diag.append(block)
         f.append(err)
-    for k, off in enumerate(offs):  # two roundings per entry (t·w, then ·(a+b)), a third for the skip's −W_1ᵀ
-        bound = 2.0 * _gamma(1) * off.abs() if not (skip and k == 0) else _gamma(3) * (off.abs() + 2.0 * ws[1].mT.abs()) * up
+    for k, off in enumerate(offs):  # two roundings per entry (t·w, then ·(a+b)), a third for the skip's −W_1ᵀS
+        if skip_product is not None and product_error is not None and k == 0:
+            bound = (_gamma(3) * (off.abs() + 2.0 * skip_product.abs()) + (1.0 + _gamma(3)) * product_error) * up
+        else:
+            bound = 2.0 * _gamma(1) * off.abs()
         f[k] = f[k] + bound.sum(-2) * up
         f[k + 1] = f[k + 1] + bound.sum(-1) * up
     gamma = _gamma(n + 1)

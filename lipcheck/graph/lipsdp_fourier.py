@@ -31,7 +31,10 @@ Identity skip. For x + C_1 φ(C_0 x) (two stride-1 convs whose output has the in
 identity on the ring adds the input at the output's own positions, and ‖Δ + K_1 u‖² = ‖Δ‖² +
 2 Re Δᴴ K_1 u + ‖K_1 u‖² changes N(ω) by −1 on the first block and −K_1ᴴ on the off-diagonal one
 (lipcheck.graph.lipsdp.certify_batch); ρ* is then 1 plus the top eigenvalue of Mᴴ Y⁻¹ M with
-M = (a + b) T K_0 + K_1ᴴ and Y = 2T − K_1ᴴ K_1 (and −2ab K_0ᴴ T K_0 added).
+M = (a + b) T K_0 + K_1ᴴ and Y = 2T − K_1ᴴ K_1 (and −2ab K_0ᴴ T K_0 added). A conv skip S x
+(a downsampling block's 1x1 conv, with the first conv's stride, so on the same polyphase stack)
+takes SᴴS from the first block and −K_1ᴴS to the off-diagonal one instead: ρ* is the top
+eigenvalue of SᴴS + Mᴴ Y⁻¹ M with M = (a + b) T K_0 + K_1ᴴ S.
 
 Certificate. A Hermitian matrix A + iB is PSD exactly when the real symmetric [[A, −B], [B, A]]
 is, and that map respects products and transposes, so N(ω) ⪰ 0 exactly when the dense certificate
@@ -177,21 +180,34 @@ def symbols(links: list[ConvLink], ring: list[int], freqs: torch.Tensor) -> tupl
     return out, errors
 
 
+@dataclass(frozen=True)
+class Skip:
+    """What a two-conv run is added to: its input (``symbol`` None, the identity) or a conv of its
+    input, as fl(S(ω)) per frequency with a spectral-norm bound on its rounding."""
+
+    symbol: torch.Tensor | None = None
+    error: float = 0.0
+
+    def restrict(self, index: torch.Tensor) -> Skip:
+        return self if self.symbol is None else Skip(self.symbol[index], self.error)
+
+
 class FrequencyObjective:
     """ρ*(T) of lipcheck.graph.lipsdp, the largest over a set of frequencies, as a differentiable
     function of log T (per channel)."""
 
-    def __init__(self, ws: list[torch.Tensor], slopes: list[tuple[float, float]], skip: bool = False) -> None:
+    def __init__(self, ws: list[torch.Tensor], slopes: list[tuple[float, float]], skip: Skip | None = None) -> None:
         self.ws = ws
         self.slopes = slopes
-        self.skip = skip  # x + K_1 φ(K_0 x): ρ* = 1 + the top eigenvalue (lipcheck.graph.lipsdp.certify_batch)
+        # S x + K_1 φ(K_0 x): ρ* is the top eigenvalue of SᴴS + MᴴY⁻¹M (lipcheck.graph.lipsdp.certify_batch)
+        self.skip = skip
         self.chain = SimpleNamespace(scale=1.0)  # what lipsdp.optimize reads for its progress
         self.start_rho = math.inf
         last = ws[-1]
         self.g_last = last.mH @ last
         first = ws[0]
         # K_0 = V Pᴴ with Pᴴ P = I: K_0ᴴ R K_0 has the nonzero eigenvalues of Vᴴ R V.
-        if skip or first.shape[-1] <= first.shape[-2]:
+        if skip is not None or first.shape[-1] <= first.shape[-2]:
             self.k0 = first
         else:
             evals, evecs = torch.linalg.eigh(first @ first.mH)
@@ -202,7 +218,7 @@ class FrequencyObjective:
         part = FrequencyObjective.__new__(FrequencyObjective)
         part.ws = [w[index] for w in self.ws]
         part.slopes = self.slopes
-        part.skip = self.skip
+        part.skip = None if self.skip is None else self.skip.restrict(index)
         part.chain = self.chain
         part.start_rho = math.inf
         part.g_last = self.g_last[index]
@@ -221,9 +237,13 @@ class FrequencyObjective:
             a, b = self.slopes[k]
             below = self.ws[k] if k > 0 else self.k0
             scaled = t.to(below.dtype)[:, None] * below
-            if self.skip:
-                v = torch.linalg.solve_triangular(factor, (a + b) * scaled + self.ws[1].mH, upper=False)
+            if self.skip is not None:
+                s_sym = self.skip.symbol
+                joined = self.ws[1].mH if s_sym is None else self.ws[1].mH @ s_sym
+                v = torch.linalg.solve_triangular(factor, (a + b) * scaled + joined, upper=False)
                 g = v.mH @ v
+                if s_sym is not None:
+                    g = g + s_sym.mH @ s_sym
             else:
                 v = torch.linalg.solve_triangular(factor, scaled, upper=False)
                 g = (a + b) ** 2 * (v.mH @ v)
@@ -233,13 +253,14 @@ class FrequencyObjective:
         return g
 
     def per_frequency(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
-        """ρ*(T) at each frequency (the largest eigenvalue of K_0ᴴ R_1 K_0, plus 1 with the skip), or
-        None where infeasible."""
+        """ρ*(T) at each frequency (the largest eigenvalue of K_0ᴴ R_1 K_0, plus 1 with the identity
+        skip), or None where infeasible."""
         with torch.no_grad():
             g = self.reduced(thetas)
             if g is None or not bool(torch.isfinite(torch.view_as_real(g)).all()):
                 return None
-            return torch.linalg.eigvalsh(g)[:, -1] + (1.0 if self.skip else 0.0)
+            identity = self.skip is not None and self.skip.symbol is None
+            return torch.linalg.eigvalsh(g)[:, -1] + (1.0 if identity else 0.0)
 
     def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
         """Every frequency's eigenvalues, sorted (the optimizer's soft maximum reads them all)."""
@@ -291,33 +312,49 @@ def _embedded(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cat([re, -im], dim=-1), torch.cat([im, re], dim=-1)], dim=-2)
 
 
-def symbol_shift(ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], skip: bool = False) -> float:
+def _norm(w: torch.Tensor, error: float) -> float:
+    """A bound on the spectral norm of the exact matrices behind fl(w) at every frequency."""
+    return float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + error
+
+
+def symbol_shift(
+    ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], skip: Skip | None = None
+) -> float:
     """A bound on how far N(ω) built from the computed symbols is from N(ω) of the exact ones (module
-    doc; the skip's −K_1ᴴ adds ε_1 to the off-diagonal change)."""
-    norms = [float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + e for w, e in zip(ws, errors)]
+    doc; a skip's −K_1ᴴS moves the off-diagonal block by at most ε_1‖S‖ + ‖K_1‖ε_S + ε_1ε_S, its SᴴS
+    the first block by 2‖S‖ε_S + ε_S²)."""
+    norms = [_norm(w, e) for w, e in zip(ws, errors)]
     diagonal, off = 0.0, 0.0
+    joined = 0.0
+    if skip is not None and skip.symbol is None:
+        joined = errors[-1]
+    elif skip is not None and skip.symbol is not None:
+        s_norm, e_s = _norm(skip.symbol, skip.error), skip.error
+        joined = errors[-1] * s_norm + norms[-1] * e_s + errors[-1] * e_s
+        diagonal = 2.0 * s_norm * e_s + e_s * e_s
     for k, (a, b) in enumerate(slopes):
         t = float(multipliers[k].max())
         e = errors[k]
-        diagonal = max(diagonal, abs(2.0 * a * b) * t * (2.0 * norms[k] * e + e * e))
-        off = max(off, abs(a + b) * t * e + (errors[-1] if skip and k == 0 else 0.0))
+        diagonal = max(diagonal, abs(2.0 * a * b) * t * (2.0 * norms[k] * e + e * e) + (diagonal if k == 0 else 0.0))
+        off = max(off, abs(a + b) * t * e + (joined if k == 0 else 0.0))
     e = errors[-1]
     diagonal = max(diagonal, 2.0 * norms[-1] * e + e * e)
     return (diagonal + 2.0 * off) * (1 + 1e-9)
 
 
 def certify_frequencies(
-    ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: bool = False
+    ws: list[torch.Tensor], errors: list[float], slopes: list[tuple[float, float]], multipliers: list[torch.Tensor], rho: float, skip: Skip | None = None
 ) -> bool:
     """Whether N(ρ, T) ⪰ 0 for the exact symbols at every frequency (module doc), checked in float64;
-    with ``skip``, ``rho`` is ρ − 1 (lipcheck.graph.lipsdp.certify_batch)."""
+    with the identity skip, ``rho`` is ρ − 1 (lipcheck.graph.lipsdp.certify_batch)."""
     shift = symbol_shift(ws, errors, slopes, multipliers, skip)
     doubled = [torch.cat([t, t]) for t in multipliers]
     per_frequency = sum(4 * w.shape[-2] * w.shape[-1] for w in ws)
     step = max(1, _CERTIFY_ENTRIES // max(1, per_frequency))
     for start in range(0, ws[0].shape[0], step):
         chunk = [_embedded(w[start : start + step]) for w in ws]
-        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift, skip):
+        s_chunk = None if skip is None or skip.symbol is None else _embedded(skip.symbol[start : start + step])
+        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift, skip is not None, s_chunk):
             return False
     return True
 
@@ -338,14 +375,21 @@ def masked_slopes(slopes: list[tuple[float, float]]) -> list[tuple[float, float]
     return [(min(a, 0.0), b) for a, b in slopes]
 
 
-def cost(links: list[ConvLink]) -> tuple[int, float]:
-    """The symbols' complex entries and the certificate's float operations for this run."""
+def cost(links: list[ConvLink], skip: ConvLink | None = None) -> tuple[int, float]:
+    """The symbols' complex entries and the certificate's float operations for this run (and its skip conv)."""
     ring = reduced_ring(links)
     if isinstance(ring, str):
         return 0, 0.0
+    if skip is not None:
+        alone = reduced_ring([skip])
+        if isinstance(alone, str):
+            return 0, 0.0
+        ring = [max(x, y) for x, y in zip(ring, alone)]
+        links = links + [skip]
     frequencies = half_frequencies(ring).shape[0]
     entries = frequencies * sum(link.weight.shape[0] * link.weight.shape[1] * link.geometry.groups * math.prod(link.geometry.stride) for link in links)
-    width = 2 * (links[0].weight.shape[1] * links[0].geometry.groups * math.prod(links[0].geometry.stride) + sum(link.weight.shape[0] for link in links[:-1]))
+    chain = links if skip is None else links[:-1]
+    width = 2 * (chain[0].weight.shape[1] * chain[0].geometry.groups * math.prod(chain[0].geometry.stride) + sum(link.weight.shape[0] for link in chain[:-1]))
     return entries, frequencies * width**3 / 3.0
 
 
@@ -357,21 +401,49 @@ def identity_skip(links: list[ConvLink]) -> bool:
     return last.output_size() == first.spatial and last.weight.shape[0] == first.weight.shape[1] * first.geometry.groups
 
 
-def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]], max_iter: int, budget_s: float, skip: bool = False) -> RunResult | None:
+def conv_skip(links: list[ConvLink], skip: ConvLink) -> bool:
+    """Whether S x + (the run)(x) is defined on the ring for the conv S: two convs, S reading the
+    run's input with the first conv's stride and writing the run's output shape."""
+    if len(links) != 2:
+        return False
+    first, last = links
+    return (
+        skip.spatial == first.spatial
+        and skip.geometry.stride == first.geometry.stride
+        and skip.weight.shape[1] * skip.geometry.groups == first.weight.shape[1] * first.geometry.groups
+        and skip.weight.shape[0] == last.weight.shape[0]
+        and skip.output_size() == last.output_size()
+    )
+
+
+def certified_run_bound(
+    links: list[ConvLink], slopes: list[tuple[float, float]], max_iter: int, budget_s: float, skip: bool = False, skip_conv: ConvLink | None = None
+) -> RunResult | None:
     """A certified LipSDP-Neuron bound of the zero-padded conv run (with ``skip``, of x + run(x): two
-    stride-1 convs, the identity on the ring adding the input at the output's positions), or None
-    where the multipliers cannot be certified; at most ``max_iter`` optimizer steps per round (0: the
-    closed form)."""
+    stride-1 convs, the identity on the ring adding the input at the output's positions; with
+    ``skip_conv`` S, of S x + run(x)), or None where the multipliers cannot be certified; at most
+    ``max_iter`` optimizer steps per round (0: the closed form)."""
     started = time.perf_counter()
     ring = reduced_ring(links)
     if isinstance(ring, str):
         raise ValueError(ring)
-    if skip and not identity_skip(links):
+    if skip_conv is not None:
+        alone = reduced_ring([skip_conv])
+        if isinstance(alone, str) or not conv_skip(links, skip_conv):
+            raise ValueError("the skip conv does not fit the run")
+        ring = [max(x, y) for x, y in zip(ring, alone)]
+    if skip and skip_conv is None and not identity_skip(links):
         raise ValueError("the run's output is not shaped as its input")
     slopes = [lipsdp.outward(a, b) for a, b in masked_slopes(slopes)]
     freqs = half_frequencies(ring)
     ws, errors = symbols([replace(link, weight=link.weight.to(torch.float64)) for link in links], ring, freqs)
-    objective = FrequencyObjective(ws, slopes, skip)
+    joined: Skip | None = None
+    if skip_conv is not None:
+        (s_sym,), (s_err,) = symbols([replace(skip_conv, weight=skip_conv.weight.to(torch.float64))], ring, freqs)
+        joined = Skip(s_sym, s_err)
+    elif skip:
+        joined = Skip()
+    objective = FrequencyObjective(ws, slopes, joined)
     thetas = objective.initial()
     start_rho = objective.start_rho
     if not math.isfinite(start_rho):
@@ -400,10 +472,10 @@ def certified_run_bound(links: list[ConvLink], slopes: list[tuple[float, float]]
             active = torch.cat([active, extra])
     multipliers = [t.exp() for t in thetas]
     margin = 2.0**-40
-    offset = 1.0 if skip else 0.0
+    offset = 1.0 if joined is not None and joined.symbol is None else 0.0
     for _ in range(lipsdp._MAX_MARGIN_STEPS):
         trial = (rho - offset) * (1.0 + margin)
-        if trial > 0.0 and certify_frequencies(ws, errors, slopes, multipliers, trial, skip):
+        if trial > 0.0 and certify_frequencies(ws, errors, slopes, multipliers, trial, joined):
             # ρ = trial + 1 with the skip: its float sum rounds by at most a factor 1 + u.
             bound = math.sqrt((trial + offset) * (1.0 + 2.0**-50)) * (1.0 + 2.0**-50)
             return RunResult(bound, math.sqrt(start_rho), freqs.shape[0], iterations, time.perf_counter() - started)

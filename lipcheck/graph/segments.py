@@ -14,8 +14,9 @@ bounded the same way with one multiplier per channel and one inequality per freq
 circular embedding (lipcheck.graph.lipsdp_fourier). Each conv of such a run must compute what the
 file's conv node computes (checked on a random input), and the run's optimizer takes a fixed
 number of steps per --effort, so every run of lipcheck prints the same numbers. A run of two
-convs whose output is added to its own input (a residual block's identity skip) is bounded
-together with the skip, as the map x ↦ x + F(x) from the run's start to the sum.
+convs whose output is added to its own input (a residual block's identity skip) or to a conv of
+it (a downsampling block's skip) is bounded together with the skip, as the map x ↦ S x + F(x)
+from the run's start to the sum.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class ConvRun:
     links: list[ConvLink]
     slopes: list[tuple[float, float]]
     skip: bool = False  # ``end`` is start + the last conv's output: the run is x + F(x)
+    skip_node: Node | None = None  # or ``end`` is this conv of start (then a batch norm, maybe) + F(start)
+    skip_link: ConvLink | None = None
 
 
 def find_conv_runs(model: Model) -> list[ConvRun]:
@@ -115,6 +118,7 @@ def find_conv_runs(model: Model) -> list[ConvRun]:
     if graph is None:
         return []
     reader = ChainReader(model)
+    producers = {out: node for node in graph.nodes for out in node.outputs}
     taken: set[str] = set()
     found: list[ConvRun] = []
     for node in graph.nodes:
@@ -157,25 +161,40 @@ def find_conv_runs(model: Model) -> list[ConvRun]:
             slopes.append(slope)
             value, current = activation.outputs[0], following
         if best is not None:
-            found.append(_with_skip(reader, best))
+            found.append(_with_skip(model, reader, producers, best))
             taken.update(n.label for n in best.nodes)
     return found
 
 
-def _with_skip(reader: ChainReader, run: ConvRun) -> ConvRun:
-    """The run extended to the Add that sums it with its own input (a residual block with an
-    identity skip), where there is one: x + run(x) is then bounded as one map."""
-    from lipcheck.graph.lipsdp_fourier import identity_skip
+def _with_skip(model: Model, reader: ChainReader, producers: dict[str, Node], run: ConvRun) -> ConvRun:
+    """The run extended to the Add that sums it with its own input (a residual block's identity
+    skip) or with a conv of its input (a downsampling block's skip, a batch norm after it folded),
+    where there is one: the sum is then bounded as one map of the run's input."""
+    from lipcheck.graph.lipsdp_fourier import conv_skip, identity_skip
 
     add = _only_reader(reader, run.end)
-    if add is None or add.op != "Add" or sorted(add.inputs) != sorted([run.start, run.end]) or run.start == run.end:
+    if add is None or add.op != "Add" or len(add.inputs) != 2 or run.end not in add.inputs or run.start == run.end:
         return run
+    other = add.inputs[1] if add.inputs[0] == run.end else add.inputs[0]
     shapes = reader.graph.shapes
-    if shapes.get(run.start) is None or shapes.get(run.start) != shapes.get(run.end) or shapes.get(add.outputs[0]) != shapes.get(run.end):
+    shape = shapes.get(run.end)
+    if other == run.end or shape is None or shapes.get(other) != shape or shapes.get(add.outputs[0]) != shape:
         return run
-    if not identity_skip(run.links):
+    if other == run.start:
+        return replace(run, end=add.outputs[0], last=add.label, skip=True) if identity_skip(run.links) else run
+    conv, scale = producers.get(other), None
+    if conv is not None and conv.op == "BatchNormalization" and conv.inputs and _only_reader(reader, conv.inputs[0]) is conv:
+        scale = _batch_norm_scale(reader, conv, conv.inputs[0])
+        conv = producers.get(conv.inputs[0]) if scale is not None else None
+    if conv is None or conv.op != "Conv" or conv.label not in reader.graph.layer_nodes or len(conv.outputs) != 1:
         return run
-    return replace(run, end=add.outputs[0], last=add.label, skip=True)
+    link = _shaped_link(model, reader, conv, run.start)
+    if link is None or (scale is not None and len(scale) != link.weight.shape[0]):
+        return run
+    link = replace(link, scale=scale)
+    if not conv_skip(run.links, link):
+        return run
+    return replace(run, end=add.outputs[0], last=add.label, skip_node=conv, skip_link=link)
 
 
 def _batch_norm_scale(reader: ChainReader, node: Node, value: str) -> tuple[float, ...] | None:
@@ -239,9 +258,25 @@ def _shaped_link(model: Model, reader: ChainReader, node: Node, value: str) -> C
     return ConvLink(shaped, geometry, spatial)
 
 
-def load_run(model: Model, run: ConvRun) -> list[ConvLink] | str:
-    """The run's links with their weights in float64, or why not: each conv's weight and geometry
-    must give what the file's conv node computes, on a random sample of its input's size."""
+def load_run(model: Model, run: ConvRun) -> tuple[list[ConvLink], ConvLink | None] | str:
+    """The run's links and its skip conv's with their weights in float64, or why not: each conv's
+    weight and geometry must give what the file's conv node computes, on a random sample of its
+    input's size."""
+    reader = ChainReader(model)
+    links = []
+    for node, link in zip(run.nodes, run.links):
+        loaded = _loaded(model, reader, node, link)
+        if isinstance(loaded, str):
+            return loaded
+        links.append(loaded)
+    if run.skip_node is None or run.skip_link is None:
+        return links, None
+    skip = _loaded(model, reader, run.skip_node, run.skip_link)
+    return skip if isinstance(skip, str) else (links, skip)
+
+
+def _loaded(model: Model, reader: ChainReader, node: Node, link: ConvLink) -> ConvLink | str:
+    """``link`` with the conv node's weight, checked against the node (see load_run)."""
     import torch
 
     from lipcheck.graph.torch_eval import Unsupported
@@ -250,26 +285,22 @@ def load_run(model: Model, run: ConvRun) -> list[ConvLink] | str:
 
     graph = model.graph
     assert graph is not None
-    reader = ChainReader(model)
-    links = []
-    for node, link in zip(run.nodes, run.links):
-        layer = model.layers[graph.layer_nodes[node.label]]
-        weight = layer.load().to(torch.float64)
-        if tuple(weight.shape) != tuple(link.weight.shape) or not bool(weight.isfinite().all()):
-            return f"{node.label}: its weight is not finite"
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(1, weight.shape[1] * link.geometry.groups, *link.spatial, generator=generator, dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                mine = _conv_fn(weight, link.geometry, False)(x)
-                theirs = _conv(None, reader._with_geometry(node, layer), [x, weight])  # type: ignore[arg-type]
-        except (RuntimeError, ValueError, Unsupported) as exc:
-            return f"{node.label} could not be applied to a sample ({exc})"
-        size = float(theirs.abs().max()) if theirs.numel() else 0.0
-        if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12 * size):
-            return f"{node.label}: lipcheck's reading of this conv does not reproduce the file's"
-        links.append(replace(link, weight=weight))
-    return links
+    layer = model.layers[graph.layer_nodes[node.label]]
+    weight = layer.load().to(torch.float64)
+    if tuple(weight.shape) != tuple(link.weight.shape) or not bool(weight.isfinite().all()):
+        return f"{node.label}: its weight is not finite"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, weight.shape[1] * link.geometry.groups, *link.spatial, generator=generator, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            mine = _conv_fn(weight, link.geometry, False)(x)
+            theirs = _conv(None, reader._with_geometry(node, layer), [x, weight])  # type: ignore[arg-type]
+    except (RuntimeError, ValueError, Unsupported) as exc:
+        return f"{node.label} could not be applied to a sample ({exc})"
+    size = float(theirs.abs().max()) if theirs.numel() else 0.0
+    if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12 * size):
+        return f"{node.label}: lipcheck's reading of this conv does not reproduce the file's"
+    return replace(link, weight=weight)
 
 
 def _too_large(model: Model, node: Node) -> bool:
@@ -322,24 +353,28 @@ def _conv_run(model: Model, run: ConvRun, effort: float, deadline: float, consta
     from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
 
     name = f"conv chain {run.first}..{run.last}"
-    entries, flops = cost(run.links)
+    entries, flops = cost(run.links, run.skip_link)
     if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
         return ""
     if time.perf_counter() >= deadline:
         return f"{name}: no time left for its tight bound (raise --effort)"
-    links = load_run(model, run)
-    if isinstance(links, str):
-        return f"{name}: no tight bound ({links})"
+    loaded = load_run(model, run)
+    if isinstance(loaded, str):
+        return f"{name}: no tight bound ({loaded})"
+    links, skip_conv = loaded
     try:
-        result = certified_run_bound(
-            links, run.slopes, max_iter=round(CONV_STEPS * max(0.0, effort - 1.0)), budget_s=deadline - time.perf_counter(), skip=run.skip
-        )
+        steps = round(CONV_STEPS * max(0.0, effort - 1.0))
+        result = certified_run_bound(links, run.slopes, max_iter=steps, budget_s=deadline - time.perf_counter(), skip=run.skip, skip_conv=skip_conv)
     except (ArithmeticError, RuntimeError, ValueError) as exc:
         return f"{name}: no tight bound ({exc})"
     if result is None:
         return f"{name}: no multipliers passed the float64 certificate"
     constants[run.end] = (run.start, result.bound)
-    what = f"{len(links)} convs and the identity skip around them" if run.skip else f"{len(links)} convs"
+    what = f"{len(links)} convs"
+    if run.skip:
+        what += " and the identity skip around them"
+    elif run.skip_node is not None:
+        what += f" and the skip conv {run.skip_node.label} beside them"
     return (
         f"{name} ({what}): LipSDP-Neuron with one multiplier per channel, certified at each of "
         f"{result.frequencies} frequencies of a circular embedding, gives {result.bound:.6g}"
