@@ -336,7 +336,8 @@ def test_the_skip_certificate_agrees_with_the_complex_matrices_eigenvalues(slope
     objective = FrequencyObjective(ws, slopes, Skip())
     thetas = objective.initial()
     multipliers = [t.exp() for t in thetas]
-    rho_star = objective.rho(thetas)
+    assert objective.offset == 1.0
+    rho_star = objective.rho(thetas) + objective.offset
     assert rho_star > 1.0
     for factor, expected in ((1.0 - 1e-4, False), (1.0 + 1e-6, True)):
         rho = rho_star * factor
@@ -536,3 +537,15 @@ def test_a_downsampling_block_is_bounded_above_its_linear_norm_and_every_attaine
         v = v / v.norm()
         best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
     assert best <= found.bound
+
+
+def test_a_skip_block_whose_constant_is_one_keeps_its_certificate_at_any_effort() -> None:
+    # x + (−0.5)·relu(x) on 1x1 convs: the constant is max |1 − 0.5 s| over s in [0, 1], exactly 1,
+    # and the optimizer drives ρ* − 1 to about 1e-33, below what 1 + (ρ* − 1) can hold in float64.
+    geometry = ConvGeometry(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1)
+    one = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    links = [ConvLink(one, geometry, (4, 4)), ConvLink(-0.5 * one, geometry, (4, 4))]
+    for steps in (0, 10, 60):
+        found = certified_run_bound(links, [(0.0, 1.0)], max_iter=steps, budget_s=30.0, skip=True)
+        assert found is not None
+        assert 1.0 <= found.bound <= (1.0 + 1e-9 if steps else found.start_bound * (1 + 1e-12))

@@ -252,15 +252,19 @@ class FrequencyObjective:
             g = 0.5 * (g + g.mH)
         return g
 
+    @property
+    def offset(self) -> float:
+        """What ρ* adds to the top eigenvalue: 1 for the identity skip, else 0."""
+        return 1.0 if self.skip is not None and self.skip.symbol is None else 0.0
+
     def per_frequency(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
-        """ρ*(T) at each frequency (the largest eigenvalue of K_0ᴴ R_1 K_0, plus 1 with the identity
-        skip), or None where infeasible."""
+        """The largest eigenvalue of K_0ᴴ R_1 K_0 at each frequency (ρ*(T) less ``offset``, kept apart
+        so that a skip block's small excess over 1 is not lost to rounding), or None where infeasible."""
         with torch.no_grad():
             g = self.reduced(thetas)
             if g is None or not bool(torch.isfinite(torch.view_as_real(g)).all()):
                 return None
-            identity = self.skip is not None and self.skip.symbol is None
-            return torch.linalg.eigvalsh(g)[:, -1] + (1.0 if identity else 0.0)
+            return torch.linalg.eigvalsh(g)[:, -1]
 
     def eigenvalues(self, thetas: list[torch.Tensor]) -> torch.Tensor | None:
         """Every frequency's eigenvalues, sorted (the optimizer's soft maximum reads them all)."""
@@ -268,7 +272,8 @@ class FrequencyObjective:
         return None if g is None else torch.sort(torch.linalg.eigvalsh(g).reshape(-1)).values
 
     def rho(self, thetas: list[torch.Tensor]) -> float:
-        """ρ*(T) over these frequencies, or inf where the multipliers are infeasible."""
+        """ρ*(T) − offset over these frequencies (what the optimizer minimizes), or inf where the
+        multipliers are infeasible."""
         top = self.per_frequency(thetas)
         if top is None:
             return math.inf
@@ -445,7 +450,7 @@ def certified_run_bound(
         joined = Skip()
     objective = FrequencyObjective(ws, slopes, joined)
     thetas = objective.initial()
-    start_rho = objective.start_rho
+    start, start_rho = thetas, objective.start_rho
     if not math.isfinite(start_rho):
         return None
     iterations = 0
@@ -470,14 +475,32 @@ def certified_run_bound(
                 break
             extra = torch.topk(torch.where(outside, top, torch.full_like(top, -math.inf)), min(_ACTIVE, int(outside.sum()))).indices
             active = torch.cat([active, extra])
-    multipliers = [t.exp() for t in thetas]
+    tried = [(thetas, rho)] if rho == start_rho else [(thetas, rho), (start, start_rho)]
+    for multipliers_log, excess in tried:
+        bound = _certified(ws, errors, slopes, [t.exp() for t in multipliers_log], excess, joined, objective.offset)
+        if bound is not None:
+            return RunResult(bound, math.sqrt(start_rho + objective.offset), freqs.shape[0], iterations, time.perf_counter() - started)
+    return None
+
+
+def _certified(
+    ws: list[torch.Tensor],
+    errors: list[float],
+    slopes: list[tuple[float, float]],
+    multipliers: list[torch.Tensor],
+    excess: float,
+    skip: Skip | None,
+    offset: float,
+) -> float | None:
+    """sqrt(offset + the smallest certified ρ − offset at or above ``excess``, with doubling
+    margins), or None where no margin passes."""
     margin = 2.0**-40
-    offset = 1.0 if joined is not None and joined.symbol is None else 0.0
+    floor = 2.0**-40 * max(offset, abs(excess))
     for _ in range(lipsdp._MAX_MARGIN_STEPS):
-        trial = (rho - offset) * (1.0 + margin)
-        if trial > 0.0 and certify_frequencies(ws, errors, slopes, multipliers, trial, joined):
-            # ρ = trial + 1 with the skip: its float sum rounds by at most a factor 1 + u.
-            bound = math.sqrt((trial + offset) * (1.0 + 2.0**-50)) * (1.0 + 2.0**-50)
-            return RunResult(bound, math.sqrt(start_rho), freqs.shape[0], iterations, time.perf_counter() - started)
+        trial = max(excess * (1.0 + margin), excess + margin * floor, floor)
+        if certify_frequencies(ws, errors, slopes, multipliers, trial, skip):
+            # ρ = trial + 1 with the identity skip: its float sum rounds by at most a factor 1 + u.
+            return math.sqrt((trial + offset) * (1.0 + 2.0**-50)) * (1.0 + 2.0**-50)
         margin *= 8.0
+        floor *= 8.0
     return None

@@ -11,8 +11,9 @@ output or a node that does not fit.
 
 Runs of convs (conv, activation, conv, …) whose maps are too large for explicit operators are
 bounded the same way with one multiplier per channel and one inequality per frequency of a
-circular embedding (lipcheck.graph.lipsdp_fourier). Each conv of such a run must compute what the
-file's conv node computes (checked on a random input), and the run's optimizer takes a fixed
+circular embedding (lipcheck.graph.lipsdp_fourier). lipcheck's reading of each conv of such a run
+(its geometry, the padding made explicit) must give what the graph's own evaluator computes for
+that node on a random input, and the run's optimizer takes a fixed
 number of steps per --effort, so every run of lipcheck prints the same numbers. A run of two
 convs whose output is added to its own input (a residual block's identity skip) or to a conv of
 it (a downsampling block's skip) is bounded together with the skip, as the map x ↦ S x + F(x)
@@ -260,8 +261,8 @@ def _shaped_link(model: Model, reader: ChainReader, node: Node, value: str) -> C
 
 def load_run(model: Model, run: ConvRun) -> tuple[list[ConvLink], ConvLink | None] | str:
     """The run's links and its skip conv's with their weights in float64, or why not: each conv's
-    weight and geometry must give what the file's conv node computes, on a random sample of its
-    input's size."""
+    geometry as read must give what the graph's evaluator computes for its node (the same weight),
+    on a random sample of its input's size."""
     reader = ChainReader(model)
     links = []
     for node, link in zip(run.nodes, run.links):
