@@ -350,3 +350,48 @@ def test_no_certified_pair_gives_no_lower_bound_and_says_why(monkeypatch: pytest
     report = inspect(Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx")
     assert report.bound.lower is None
     assert any(note.startswith("no empirical lower bound: no pair the search found could be certified") for note in report.notes)
+
+
+class _Dormant(nn.Module):
+    """A ReLU layer whose units are all off near the origin: J(x) = 0 at typical random inputs, and
+    the constant is reached only where the ascent has to climb to."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.rand(6, 4, generator=g) + 0.1)
+            self.a.bias.fill_(-8.0)
+            self.b.weight.copy_(torch.randn(3, 6, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_ascent_on_the_input_climbs_to_where_the_jacobian_is_large(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from lipcheck.formats import load
+    from lipcheck.graph import lower_ir
+
+    net = _Dormant(seed).eval()
+    path = tmp_path / "dormant.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 4),), str(path), dynamo=False, opset_version=17)
+    graph = load(path).graph
+    assert graph is not None
+    w1, w2 = net.a.weight.detach().double(), net.b.weight.detach().double()
+    # Every activation pattern's Jacobian norm: their largest is at or above the constant.
+    patterns = [
+        float(torch.linalg.matrix_norm(w2 @ torch.diag(torch.tensor(p, dtype=torch.float64)) @ w1, ord=2)) for p in itertools.product([0.0, 1.0], repeat=6)
+    ]
+    everything = float(torch.linalg.matrix_norm(w2 @ w1, ord=2))  # all units on: reached for large positive x
+    found = lower_ir.ir_ascent(graph, [(1, 4)], seed, effort=3.0)
+    assert found and max(patterns) * (1 + 1e-3) >= found[0][0] >= 0.9 * everything  # float32 ratios, not yet certified
+    bound = inspect(path).bound  # the default effort, the pairs certified in float64
+    assert bound.lower is not None and bound.upper is not None and 0.8 * everything <= bound.lower <= max(patterns) <= bound.upper
+    monkeypatch.setattr(lower_ir, "_ascent", lambda *args: [])  # random points only: the units stay off
+    assert max((value for value, _, _ in lower_ir.ir_ascent(graph, [(1, 4)], seed, effort=1.0)), default=0.0) < 0.1 * everything

@@ -1,6 +1,9 @@
 """Pairs for the lower bound from the network's own Jacobian: power iteration on J(x)ᵀJ(x) in
-float32, of lipcheck's IR run in torch (ONNX) or of a float32 copy of a torch module. Only
-directions are searched here; lipcheck.graph.lower certifies the ratio of each pair in float64.
+float32, of lipcheck's IR run in torch (ONNX) or of a float32 copy of a torch module, then, for the
+IR, gradient ascent on ‖J(x)v‖ over the input x. A ReLU network's Jacobian is constant between
+activation changes, so the ascent climbs a smoothed stand-in (every ReLU a softplus, sharper at
+each stage) and each stage's point is measured on the network itself. Only points and directions
+are searched here; lipcheck.graph.lower certifies the ratio of each pair in float64.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ _STEP = 1e-3  # the pair's step, relative to the input's RMS (at least 1)
 _BUDGET_PASSES = 12  # the ascent's time budget in float32 forward passes of the IR in torch (times --effort)
 _MIN_STEPS = 2
 _MAX_STEPS = 48  # power steps per point and output
+_MAX_STEPS_BEFORE_ASCENT = 16  # the same where the ascent follows: it finds the larger Jacobians
 _MIN_SECONDS = 1.0  # the budget's floor
+_ASCENT_SHARE = 0.7  # of the budget, for the ascent on the input where the IR can be smoothed
+_SHARPNESS = (1.0, 3.0, 10.0, 30.0)  # softplus β of the ascent's stages
+_ASCENT_RATE = 0.05  # Adam's step, relative to the input's RMS
+_ASCENT_STEPS = 40  # per stage, times --effort: a model that takes them within the budget gets the same pairs every run
 
 
 def differentiable(graph: Graph) -> bool:
@@ -45,22 +53,31 @@ def ir_ascent(graph: Graph, shapes: list[tuple[int, ...]], seed: int, effort: fl
     def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
         return evaluate(graph, xs, torch.float32, constants)
 
+    def smoothed(xs: list[torch.Tensor], sharpness: float) -> list[torch.Tensor]:
+        return evaluate(graph, xs, torch.float32, constants, smooth=sharpness)
+
     try:
-        found = jacobian_pairs(run, shapes, seed, effort)
+        found = jacobian_pairs(run, shapes, seed, effort, smoothed)
     except (Unsupported, RuntimeError, ValueError, IndexError, TypeError):
         return []
     return [(value, [x.numpy() for x in xs], [y.numpy() for y in ys]) for value, xs, ys in found]
 
 
 def jacobian_pairs(
-    run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]], shapes: Sequence[tuple[int, ...]], seed: int, effort: float
+    run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
+    shapes: Sequence[tuple[int, ...]],
+    seed: int,
+    effort: float,
+    smoothed: Callable[[list[torch.Tensor], float], Sequence[torch.Tensor]] | None = None,
 ) -> list[tuple[float, list[torch.Tensor], list[torch.Tensor]]]:
     """(float32 ratio, xs, ys) with ys = xs + h v, v from power iteration on J(x)ᵀJ(x) of the float32
-    function ``run`` (J v by a forward difference, Jᵀ u by autograd) at a few random x; the best
-    CHECKED, best first.
+    function ``run`` (J v by a forward difference, Jᵀ u by autograd) at a few random x, and with
+    ``smoothed`` (``run`` with its ReLUs as softplus of a given sharpness) at the points an ascent
+    on the input reaches (module doc); the best CHECKED, best first.
 
     Stops after about ``effort`` × max(_MIN_SECONDS, _BUDGET_PASSES forward passes), after at
-    least _MIN_STEPS steps from the first point. ``run``'s errors propagate.
+    least _MIN_STEPS steps from the first point; with ``smoothed``, the random points take
+    _ASCENT_SHARE of that and the ascent the rest. ``run``'s errors propagate.
     """
     import torch
 
@@ -76,7 +93,9 @@ def jacobian_pairs(
         count = len(flat(run(draw())))
         started = time.monotonic()  # the first pass may convert constants or warm caches: time the second
         run(draw())
-    deadline = started + effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
+    budget = effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
+    final = started + budget
+    deadline = started + budget * (1.0 - _ASCENT_SHARE) if smoothed is not None else final
     found: list[tuple[float, list[torch.Tensor], list[torch.Tensor]]] = []
     directions: dict[int, list[torch.Tensor]] = {}  # per output, the last point's direction: a warm start
     for point in range(_POINTS):
@@ -88,7 +107,7 @@ def jacobian_pairs(
             outs = flat(run(xs))
         for k in range(min(count, 4)):
             vs = directions.get(k) or draw()
-            for step in range(_MAX_STEPS):
+            for step in range(_MAX_STEPS if smoothed is None else _MAX_STEPS_BEFORE_ASCENT):
                 if (step >= _MIN_STEPS or point > 0) and time.monotonic() > deadline:
                     break
                 norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
@@ -107,5 +126,113 @@ def jacobian_pairs(
                     grads = torch.autograd.grad((outs[k] * jv).sum(), xs, retain_graph=True, allow_unused=True)
                 vs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
             directions[k] = [v.detach() for v in vs]
+    if smoothed is not None and found:
+        best = max(found, key=lambda item: item[0])
+        found.extend(_ascent(run, smoothed, best[1], final, flat, max(1, round(_ASCENT_STEPS * effort)), generator))
     found.sort(key=lambda item: item[0], reverse=True)
     return found[:CHECKED]
+
+
+def _ascent(
+    run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
+    smoothed: Callable[[list[torch.Tensor], float], Sequence[torch.Tensor]],
+    start: list[torch.Tensor],
+    deadline: float,
+    flat: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]],
+    steps: int,
+    generator: torch.Generator,
+) -> list[tuple[float, list[torch.Tensor], list[torch.Tensor]]]:
+    """Adam on x for ‖J(x)v‖ of the smoothed network (all outputs together), v kept at its top right
+    singular vector by a power step per move, ``steps`` moves in each of the _SHARPNESS stages, or
+    fewer where they share out the time to ``deadline`` first; after the last stage but one and at
+    the end, a pair from power steps on ``run`` itself at the point reached."""
+    import torch
+
+    def joined(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(flat(values))
+
+    scale = max(1.0, math.sqrt(sum(float((x**2).sum()) for x in start) / max(1, sum(x.numel() for x in start))))
+    h = _STEP * scale
+    xs = [x.detach().clone() for x in start]
+    vs = [torch.randn(x.shape, generator=generator, dtype=x.dtype) for x in xs]
+    pairs: list[tuple[float, list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def measure(points: list[torch.Tensor], directions: list[torch.Tensor]) -> None:
+        for _ in range(_MIN_STEPS + 2):
+            directions = _power_step(run, points, directions, h, joined)
+        norm = math.sqrt(sum(float((v**2).sum()) for v in directions))
+        if norm == 0.0 or not math.isfinite(norm):
+            return
+        with torch.no_grad():
+            ys = [x + (h / norm) * v for x, v in zip(points, directions)]
+            value = float((joined(run(ys)) - joined(run(points))).norm()) / h
+        if math.isfinite(value):
+            pairs.append((value, points, ys))
+
+    moved_at_all = False
+    for stage, sharpness in enumerate(_SHARPNESS):
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        stage_end = now + (deadline - now) / (len(_SHARPNESS) - stage)
+        params = [x.clone().requires_grad_(True) for x in xs]
+        # Adam's moments, written out: torch.optim takes a second to import on first use.
+        first = [torch.zeros_like(x) for x in xs]
+        second = [torch.zeros_like(x) for x in xs]
+        taken = 0
+
+        def stand_in(values: list[torch.Tensor], sharpness: float = sharpness) -> Sequence[torch.Tensor]:
+            return smoothed(values, sharpness)
+
+        while taken < steps and time.monotonic() < stage_end:
+            vs = _power_step(stand_in, [p.detach() for p in params], vs, h, joined)
+            norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
+            if norm == 0.0 or not math.isfinite(norm):
+                break
+            with torch.enable_grad():
+                here = joined(smoothed(params, sharpness))
+                moved = joined(smoothed([p + (h / norm) * v for p, v in zip(params, vs)], sharpness))
+                gain = (((moved - here) / h) ** 2).sum()
+            grads = torch.autograd.grad(gain, params, allow_unused=True)
+            if not all(g is not None and bool(torch.isfinite(g).all()) for g in grads):
+                break
+            taken += 1
+            with torch.no_grad():
+                for p, g, m1, m2 in zip(params, grads, first, second):
+                    assert g is not None
+                    m1.mul_(0.9).add_(g, alpha=0.1)
+                    m2.mul_(0.999).addcmul_(g, g, value=0.001)
+                    step = (m1 / (1 - 0.9**taken)) / ((m2 / (1 - 0.999**taken)).sqrt() + 1e-12)
+                    p.add_(step, alpha=_ASCENT_RATE * scale)
+            moved_at_all = True
+        reached = [p.detach() for p in params]
+        if not all(bool(torch.isfinite(x).all()) for x in reached):
+            break
+        xs = reached
+        if stage == len(_SHARPNESS) - 2:
+            measure(xs, [v.clone() for v in vs])
+    if moved_at_all:  # the point the ascent ended at, however far it got
+        measure(xs, [v.clone() for v in vs])
+    return pairs
+
+
+def _power_step(
+    fn: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
+    xs: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    h: float,
+    joined: Callable[[Sequence[torch.Tensor]], torch.Tensor],
+) -> list[torch.Tensor]:
+    """Jᵀ(J v) at ``xs`` (J v by a forward difference of step h along v / ‖v‖, Jᵀ by autograd)."""
+    import torch
+
+    norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
+    if norm == 0.0 or not math.isfinite(norm):
+        return vs
+    points = [x.detach().requires_grad_(True) for x in xs]
+    with torch.enable_grad():
+        here = joined(fn(points))
+        with torch.no_grad():
+            jv = (joined(fn([x.detach() + (h / norm) * v for x, v in zip(xs, vs)])) - here.detach()) / h
+        grads = torch.autograd.grad((here * jv).sum(), points, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]

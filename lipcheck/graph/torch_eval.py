@@ -56,15 +56,23 @@ def supported(graph: Graph) -> list[str]:
 
 
 def evaluate(
-    graph: Graph, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64, cache: dict[str, Any] | None = None, peak: list[float] | None = None
+    graph: Graph,
+    inputs: Sequence[torch.Tensor],
+    dtype: torch.dtype = torch.float64,
+    cache: dict[str, Any] | None = None,
+    peak: list[float] | None = None,
+    smooth: float | None = None,
 ) -> list[torch.Tensor]:
     """The graph's outputs for ``inputs`` (one per graph input, in order), computed in ``dtype``.
 
     ``cache`` keeps the graph's constants as tensors between calls with the same graph and dtype;
-    ``peak`` (one number) is raised to the largest 2-norm of any value the main graph computes.
+    ``peak`` (one number) is raised to the largest 2-norm of any value the main graph computes;
+    ``smooth`` (a sharpness β) computes a smoothed stand-in instead, every ReLU softplus(β x)/β
+    (for a search that needs gradients of the Jacobian; never for a number reported).
     """
     _load_ops()
     run = Run(graph, dtype, {}, cache)
+    run.smooth = smooth
     run.track = peak is not None
     for name, value in zip(graph.inputs, inputs):
         run.values[name] = value.to(dtype) if value.is_floating_point() else value
@@ -80,6 +88,7 @@ class Run:
         self.values: dict[str, Any] = dict(outer)
         self.cache = cache
         self.track, self.peak = False, 0.0
+        self.smooth: float | None = None
 
     def _folded(self, node: Node) -> bool:
         """Whether every output of ``node`` is a constant lipcheck could fold (it is then read, not computed)."""

@@ -45,6 +45,8 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @op(*_UNARY)
 def _unary(run: Run, node: Node, ins: list[Any]) -> Any:
+    if node.op == "Relu" and run.smooth is not None:
+        return F.softplus(ins[0], beta=run.smooth)
     return _UNARY[node.op](ins[0])
 
 
@@ -55,7 +57,10 @@ def _identity(run: Run, node: Node, ins: list[Any]) -> Any:
 
 @op("LeakyRelu")
 def _leaky(run: Run, node: Node, ins: list[Any]) -> Any:
-    return F.leaky_relu(ins[0], float(node.attrs.get("alpha", 0.01)))
+    alpha = float(node.attrs.get("alpha", 0.01))
+    if run.smooth is not None:
+        return alpha * ins[0] + (1.0 - alpha) * F.softplus(ins[0], beta=run.smooth)
+    return F.leaky_relu(ins[0], alpha)
 
 
 @op("Elu", "Celu")
