@@ -31,7 +31,7 @@ _MIN_SECONDS = 1.0  # the budget's floor
 _ASCENT_SHARE = 0.7  # of the budget, for the ascent on the input where the IR can be smoothed
 _SHARPNESS = (1.0, 3.0, 10.0, 30.0)  # softplus β of the ascent's stages
 _ASCENT_RATE = 0.05  # Adam's step, relative to the input's RMS
-_ASCENT_STEPS = 40  # per stage, times --effort: a model that takes them within the budget gets the same pairs every run
+_ASCENT_STEPS = 25  # per stage, times --effort: a model that takes them within the budget gets the same pairs every run
 
 
 def differentiable(graph: Graph) -> bool:
