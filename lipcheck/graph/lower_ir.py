@@ -31,6 +31,7 @@ _MIN_SECONDS = 1.0  # the budget's floor
 _ASCENT_SHARE = 0.7  # of the budget, for the ascent on the input where the IR can be smoothed
 _SHARPNESS = (1.0, 3.0, 10.0, 30.0)  # softplus β of the ascent's stages
 _ASCENT_RATE = 0.05  # Adam's step, relative to the input's RMS
+_ASCENT_MIN_PASSES = 100  # forward passes the budget must hold for the ascent to run
 _ASCENT_STEPS = 25  # per stage, times --effort: a model that takes them within the budget gets the same pairs every run
 
 
@@ -76,8 +77,9 @@ def jacobian_pairs(
     on the input reaches (module doc); the best CHECKED, best first.
 
     Stops after about ``effort`` × max(_MIN_SECONDS, _BUDGET_PASSES forward passes), after at
-    least _MIN_STEPS steps from the first point; with ``smoothed``, the random points take
-    _ASCENT_SHARE of that and the ascent the rest. ``run``'s errors propagate.
+    least _MIN_STEPS steps from the first point; with ``smoothed`` and a budget of at least
+    _ASCENT_MIN_PASSES forward passes, the random points take _ASCENT_SHARE of that and the ascent
+    the rest. ``run``'s errors propagate.
     """
     import torch
 
@@ -93,8 +95,11 @@ def jacobian_pairs(
         count = len(flat(run(draw())))
         started = time.monotonic()  # the first pass may convert constants or warm caches: time the second
         run(draw())
-    budget = effort * max(_MIN_SECONDS, _BUDGET_PASSES * (time.monotonic() - started))
+    one_pass = time.monotonic() - started
+    budget = effort * max(_MIN_SECONDS, _BUDGET_PASSES * one_pass)
     final = started + budget
+    if budget < _ASCENT_MIN_PASSES * one_pass:
+        smoothed = None  # a large model: the budget holds too few of the ascent's steps to be worth them
     deadline = started + budget * (1.0 - _ASCENT_SHARE) if smoothed is not None else final
     found: list[tuple[float, list[torch.Tensor], list[torch.Tensor]]] = []
     directions: dict[int, list[torch.Tensor]] = {}  # per output, the last point's direction: a warm start
