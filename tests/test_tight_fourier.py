@@ -549,3 +549,36 @@ def test_a_skip_block_whose_constant_is_one_keeps_its_certificate_at_any_effort(
         found = certified_run_bound(links, [(0.0, 1.0)], max_iter=steps, budget_s=30.0, skip=True)
         assert found is not None
         assert 1.0 <= found.bound <= (1.0 + 1e-9 if steps else found.start_bound * (1 + 1e-12))
+
+
+def test_silu_written_as_x_times_sigmoid_x_joins_a_conv_run(tmp_path: Path) -> None:
+    import warnings
+
+    import onnx
+
+    from lipcheck.api import inspect
+    from lipcheck.settings import Settings
+
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.SiLU(), nn.Conv2d(6, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 2)).eval()
+    path = tmp_path / "silu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17)
+    assert {"Sigmoid", "Mul"} <= {node.op_type for node in onnx.load(str(path)).graph.node}
+    found = inspect(path, settings=Settings(lower=False)).bound
+    notes = [note for note in found.assumptions if "conv chain" in note]
+    assert len(notes) == 1 and "(2 convs)" in notes[0], found.assumptions
+    net = net.double()
+    g = torch.Generator().manual_seed(8)
+    best = 0.0
+    for _ in range(6):
+        x = torch.randn(1, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(20):
+            v = v / v.norm()
+            jv = torch.func.jvp(net, (x,), (v,))[1]
+            v = torch.func.vjp(net, x)[1](jv)[0]
+        v = v / v.norm()
+        best = max(best, float((net(x + 1e-6 * v) - net(x)).norm() / 1e-6))
+    assert found.graph is not None and best <= found.graph

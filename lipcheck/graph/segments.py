@@ -150,17 +150,15 @@ def find_conv_runs(model: Model) -> list[ConvRun]:
             links.append(link)
             if len(links) >= 2:
                 best = ConvRun(data[0], value, nodes[0].label, last, list(nodes), list(links), list(slopes))
-            activation = _only_reader(reader, value)
-            if activation is None or activation.label in graph.layer_nodes:
+            step = _activation(reader, value)
+            if step is None:
                 break
-            slope = slope_range(activation, reader.const)
-            if slope is None or activation.op == "PRelu" or [n for n in activation.inputs if n in reader.live] != [value] or activation.inputs[0] != value:
-                break
-            following = _only_reader(reader, activation.outputs[0])
+            slope, activated = step
+            following = _only_reader(reader, activated)
             if following is None or following.op != "Conv" or following.label not in graph.layer_nodes:
                 break
             slopes.append(slope)
-            value, current = activation.outputs[0], following
+            value, current = activated, following
         if best is not None:
             found.append(_with_skip(model, reader, producers, best))
             taken.update(n.label for n in best.nodes)
@@ -217,6 +215,33 @@ def _batch_norm_scale(reader: ChainReader, node: Node, value: str) -> tuple[floa
     if not bool(np.isfinite(factor).all()) or not bool(np.all(shifted > 0)):
         return None
     return tuple(float(f) for f in factor)
+
+
+def _activation(reader: ChainReader, value: str) -> tuple[tuple[float, float], str] | None:
+    """The slope range and output of the activation applied to ``value``: one node, or SiLU
+    written as value * Sigmoid(value) (two nodes); None where ``value`` has no such reader alone."""
+    from lipcheck.graph.chains import _silu_range
+
+    single = _only_reader(reader, value)
+    if single is not None:
+        if single.label in reader.graph.layer_nodes or single.op == "PRelu":
+            return None
+        slope = slope_range(single, reader.const)
+        if slope is None or [n for n in single.inputs if n in reader.live] != [value] or single.inputs[0] != value:
+            return None
+        return slope, single.outputs[0]
+    readers = reader.consumers.get(value, [])
+    if len(readers) != 2 or value in reader.graph.outputs:
+        return None
+    gate = next((node for node in readers if node.op == "Sigmoid"), None)
+    product = next((node for node in readers if node.op == "Mul"), None)
+    if gate is None or product is None or list(gate.inputs) != [value] or len(gate.outputs) != 1:
+        return None
+    if _only_reader(reader, gate.outputs[0]) is not product or sorted(product.inputs) != sorted([value, gate.outputs[0]]):
+        return None
+    if len(product.outputs) != 1 or product.subgraphs or gate.subgraphs:
+        return None
+    return _silu_range(), product.outputs[0]
 
 
 def _only_reader(reader: ChainReader, value: str) -> Node | None:
