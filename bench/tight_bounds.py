@@ -212,7 +212,7 @@ def residual_cnns() -> None:
         for name, (shape, make) in nets.items():
             torch.manual_seed(0)
             path = export_onnx(make().eval(), shape, Path(root) / "resnet.onnx")
-            with mock.patch.object(segments, "find_conv_runs", lambda model: []):
+            with mock.patch.object(segments, "find_conv_runs", lambda model, reader=None: []):
                 plain = inspect(path, settings=Settings(lower=False)).bound
             timed = []
             for effort in (1.0, 2.0):

@@ -369,7 +369,7 @@ def test_dynamic_quantization_with_a_quantized_bias_is_bounded_like_its_float_mo
     from lipcheck.settings import Settings
 
     # Both walks with each conv's own bound: the float file's conv run would get a joint certificate.
-    monkeypatch.setattr(segments, "find_conv_runs", lambda model: [])
+    monkeypatch.setattr(segments, "find_conv_runs", lambda model, reader=None: [])
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1)).eval()

@@ -70,7 +70,7 @@ def test_residual_cnn_with_batch_norm(tmp_path: Path, monkeypatch: pytest.Monkey
     report = inspect(path)
     tight, separate = _residual_bounds(net)
     with monkeypatch.context() as patch:  # the walk alone, each conv with its own operator norm
-        patch.setattr(segments, "find_conv_runs", lambda model: [])
+        patch.setattr(segments, "find_conv_runs", lambda model, reader=None: [])
         walked = inspect(path).bound.graph
     assert walked is not None and tight <= walked <= tight * (1 + 1e-5) and walked <= separate
     graph = report.bound.graph  # the branch's conv, relu, conv certified as one run
@@ -203,7 +203,7 @@ def test_torchscript_and_module_front_ends(tmp_path: Path, how: str, monkeypatch
         source = tmp_path / "m.pt"
     report = inspect(source, settings=settings)
     with monkeypatch.context() as patch:  # the walk alone, each conv with its own operator norm
-        patch.setattr(segments, "find_conv_runs", lambda model: [])
+        patch.setattr(segments, "find_conv_runs", lambda model, reader=None: [])
         walked = inspect(source, settings=settings).bound.graph
     tight, separate = _residual_bounds(net)
     # Batch norm is a separate node in these graphs; lipcheck folds it into conv1 (the tight value).

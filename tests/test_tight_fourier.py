@@ -5,6 +5,7 @@ own eigenvalues, and ratios the zero-padded network attains."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,23 @@ def test_a_run_with_identity_slopes_is_bounded_by_no_less_than_its_exact_linear_
     assert found.bound <= found.start_bound * (1 + 1e-9)
 
 
+def _ascended(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], seed: int, points: int = 20, steps: int = 30) -> float:
+    """The largest ratio ‖fn(x + hv) − fn(x)‖/h in float64 over random x, v from power iteration on J(x)ᵀJ(x)."""
+    g = torch.Generator().manual_seed(seed)
+    best = 0.0
+    for _ in range(points):
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        for _ in range(steps):
+            v = v / v.norm()
+            jv = torch.func.jvp(fn, (x,), (v,))[1]
+            v = torch.func.vjp(fn, x)[1](jv)[0]
+        v = v / v.norm()
+        h = 1e-6
+        best = max(best, float((fn(x + h * v) - fn(x)).norm() / h))
+    return best
+
+
 def _attained(links: list[ConvLink], act: str, seed: int) -> float:
     """The largest ratio ‖F(x) − F(y)‖/‖x − y‖ of the zero-padded run found by random pairs and ascent."""
     fn = {"relu": torch.relu, "tanh": torch.tanh, "leaky": lambda z: F.leaky_relu(z, 0.1)}[act]
@@ -122,20 +140,8 @@ def _attained(links: list[ConvLink], act: str, seed: int) -> float:
                 x = fn(x)
         return x
 
-    g = torch.Generator().manual_seed(seed)
     c_in = links[0].weight.shape[1] * links[0].geometry.groups
-    best = 0.0
-    for _ in range(20):
-        x = torch.randn(1, c_in, *links[0].spatial, generator=g, dtype=torch.float64)
-        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        for _ in range(30):  # power iteration on J(x)ᵀJ(x)
-            v = v / v.norm()
-            jv = torch.func.jvp(run, (x,), (v,))[1]
-            v = torch.func.vjp(run, x)[1](jv)[0]
-        v = v / v.norm()
-        h = 1e-6
-        best = max(best, float((run(x + h * v) - run(x)).norm() / h))
-    return best
+    return _ascended(run, (1, c_in, *links[0].spatial), seed)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "leaky"])
@@ -269,7 +275,7 @@ def test_a_residual_cnn_takes_its_branches_from_the_conv_certificate_and_stays_a
     runs = [note for note in found.assumptions if "conv chain" in note]
     assert len(runs) == 3 and all("certified at each of" in note for note in runs), found.assumptions
     assert sum("identity skip" in note for note in runs) == 2 and sum("skip conv" in note for note in runs) == 1
-    monkeypatch.setattr(segments, "find_conv_runs", lambda model: [])
+    monkeypatch.setattr(segments, "find_conv_runs", lambda model, reader=None: [])
     plain = inspect(path).bound
     assert found.graph is not None and plain.graph is not None and found.lower is not None
     assert found.method == "graph and certified chain segments"
@@ -362,18 +368,7 @@ def test_a_residual_block_is_bounded_above_its_linear_norm_and_every_attained_ra
     def block(x: torch.Tensor) -> torch.Tensor:
         return x + _conv(torch.relu(_conv(x, links[0])), links[1])
 
-    g = torch.Generator().manual_seed(seed)
-    best = 0.0
-    for _ in range(20):
-        x = torch.randn(1, links[0].weight.shape[1], *links[0].spatial, generator=g, dtype=torch.float64)
-        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        for _ in range(30):
-            v = v / v.norm()
-            jv = torch.func.jvp(block, (x,), (v,))[1]
-            v = torch.func.vjp(block, x)[1](jv)[0]
-        v = v / v.norm()
-        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
-    assert best <= found.bound
+    assert _ascended(block, (1, links[0].weight.shape[1], *links[0].spatial), seed) <= found.bound
 
 
 def test_the_chain_segments_report_their_progress(tmp_path: Path) -> None:
@@ -443,18 +438,7 @@ def test_a_batch_norm_after_a_conv_is_folded_into_the_run_and_the_bound_stays_ab
         h = torch.relu(h + t["shift"].reshape(1, -1, 1, 1))
         return F.conv2d(h, t["w2"], padding=1) + F.conv2d(x, t["ws"], stride=2)
 
-    g = torch.Generator().manual_seed(seed)
-    best = 0.0
-    for _ in range(10):
-        x = torch.randn(1, 3, 30, 30, generator=g, dtype=torch.float64)
-        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        for _ in range(30):
-            v = v / v.norm()
-            jv = torch.func.jvp(block, (x,), (v,))[1]
-            v = torch.func.vjp(block, x)[1](jv)[0]
-        v = v / v.norm()
-        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
-    assert found.graph is not None and best <= found.graph
+    assert found.graph is not None and _ascended(block, (1, 3, 30, 30), seed, points=10) <= found.graph
 
 
 def test_a_strided_conv_after_the_first_starts_a_new_run(tmp_path: Path) -> None:
@@ -525,18 +509,7 @@ def test_a_downsampling_block_is_bounded_above_its_linear_norm_and_every_attaine
     def block(x: torch.Tensor) -> torch.Tensor:
         return _conv(x, skip) + _conv(torch.relu(_conv(x, links[0])), links[1])
 
-    g = torch.Generator().manual_seed(seed)
-    best = 0.0
-    for _ in range(20):
-        x = torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64)
-        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        for _ in range(30):
-            v = v / v.norm()
-            jv = torch.func.jvp(block, (x,), (v,))[1]
-            v = torch.func.vjp(block, x)[1](jv)[0]
-        v = v / v.norm()
-        best = max(best, float((block(x + 1e-6 * v) - block(x)).norm() / 1e-6))
-    assert best <= found.bound
+    assert _ascended(block, (1, 2, 9, 8), seed) <= found.bound
 
 
 def test_a_skip_block_whose_constant_is_one_keeps_its_certificate_at_any_effort() -> None:
@@ -569,16 +542,4 @@ def test_silu_written_as_x_times_sigmoid_x_joins_a_conv_run(tmp_path: Path) -> N
     found = inspect(path, settings=Settings(lower=False)).bound
     notes = [note for note in found.assumptions if "conv chain" in note]
     assert len(notes) == 1 and "(2 convs)" in notes[0], found.assumptions
-    net = net.double()
-    g = torch.Generator().manual_seed(8)
-    best = 0.0
-    for _ in range(6):
-        x = torch.randn(1, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
-        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
-        for _ in range(20):
-            v = v / v.norm()
-            jv = torch.func.jvp(net, (x,), (v,))[1]
-            v = torch.func.vjp(net, x)[1](jv)[0]
-        v = v / v.norm()
-        best = max(best, float((net(x + 1e-6 * v) - net(x)).norm() / 1e-6))
-    assert found.graph is not None and best <= found.graph
+    assert found.graph is not None and _ascended(net.double(), (1, 3, SIZE, SIZE), 8, points=6, steps=20) <= found.graph

@@ -112,13 +112,13 @@ class ConvRun:
     skip_link: ConvLink | None = None
 
 
-def find_conv_runs(model: Model) -> list[ConvRun]:
+def find_conv_runs(model: Model, reader: ChainReader | None = None) -> list[ConvRun]:
     """Every maximal run of two or more convs joined by slope-restricted activations, in graph
     order, read from the graph's shapes (no weight is loaded)."""
     graph = model.graph
     if graph is None:
         return []
-    reader = ChainReader(model)
+    reader = reader or ChainReader(model)
     producers = {out: node for node in graph.nodes for out in node.outputs}
     taken: set[str] = set()
     found: list[ConvRun] = []
@@ -284,11 +284,11 @@ def _shaped_link(model: Model, reader: ChainReader, node: Node, value: str) -> C
     return ConvLink(shaped, geometry, spatial)
 
 
-def load_run(model: Model, run: ConvRun) -> tuple[list[ConvLink], ConvLink | None] | str:
+def load_run(model: Model, run: ConvRun, reader: ChainReader | None = None) -> tuple[list[ConvLink], ConvLink | None] | str:
     """The run's links and its skip conv's with their weights in float64, or why not: each conv's
     geometry as read must give what the graph's evaluator computes for its node (the same weight),
     on a random sample of its input's size."""
-    reader = ChainReader(model)
+    reader = reader or ChainReader(model)
     links = []
     for node, link in zip(run.nodes, run.links):
         loaded = _loaded(model, reader, node, link)
@@ -345,7 +345,8 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
     notes: list[str] = []
     segments = [s for s in find_segments(model) if max(w.shape[0] for w in s.chain.weights[:-1]) <= MAX_WIDTH]
     segments = [s for s in segments if all(bool(w.isfinite().all()) for w in s.chain.weights)]
-    runs = find_conv_runs(model)
+    reader = ChainReader(model)
+    runs = find_conv_runs(model, reader)
     deadline = time.perf_counter() + TOTAL_SECONDS * effort
     report = segment_progress.get()
     total = len(segments) + len(runs)
@@ -367,13 +368,13 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
     for index, run in enumerate(runs):
         if report is not None:
             report(len(segments) + index, total, f"{run.first}..{run.last}")
-        note = _conv_run(model, run, effort, deadline, constants)
+        note = _conv_run(model, reader, run, effort, deadline, constants)
         if note:
             notes.append(note)
     return constants, notes
 
 
-def _conv_run(model: Model, run: ConvRun, effort: float, deadline: float, constants: dict[str, tuple[str, float]]) -> str:
+def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, deadline: float, constants: dict[str, tuple[str, float]]) -> str:
     """Certify one conv run into ``constants``; the note that says what it got, or "" when it was
     not tried (too costly for this --effort)."""
     from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
@@ -384,7 +385,7 @@ def _conv_run(model: Model, run: ConvRun, effort: float, deadline: float, consta
         return ""
     if time.perf_counter() >= deadline:
         return f"{name}: no time left for its tight bound (raise --effort)"
-    loaded = load_run(model, run)
+    loaded = load_run(model, run, reader)
     if isinstance(loaded, str):
         return f"{name}: no tight bound ({loaded})"
     links, skip_conv = loaded
