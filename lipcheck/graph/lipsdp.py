@@ -435,6 +435,15 @@ def certify_batch(
     # block Cholesky, first block first; the Schur complement of each block feeds the next
     schur = shifted[0]
     for k in range(len(shifted)):
+        if k == 0 and skip_weight is None and slopes[0][0] * slopes[0][1] == 0.0 and len(shifted) > 1:
+            # ρI less its margins: the factorization of a diagonal matrix is the root of each entry,
+            # its triangular solve a division by it (what LAPACK computes there, without its O(n³) pass)
+            pivots = schur.diagonal(dim1=-2, dim2=-1)
+            if not bool((pivots > 0.0).all()) or not bool(torch.isfinite(pivots).all()):
+                return False
+            z = offs[0].mT / pivots.sqrt().unsqueeze(-1)
+            schur = shifted[1] - z.mT @ z
+            continue
         factor, info = torch.linalg.cholesky_ex(schur)
         if bool((info != 0).any()) or not bool(torch.isfinite(factor).all()):
             return False

@@ -239,23 +239,28 @@ class FrequencyObjective:
             factor, info = torch.linalg.cholesky_ex(y)
             if bool((info != 0).any()):
                 return None
-            a, b = self.slopes[k]
-            below = self.ws[k] if k > 0 else self.k0
-            scaled = t.to(below.dtype)[:, None] * below
-            if self.skip is not None:
-                s_sym = self.skip.symbol
-                joined = self.ws[1].mH if s_sym is None else self.ws[1].mH @ s_sym
-                v = torch.linalg.solve_triangular(factor, (a + b) * scaled + joined, upper=False)
-                g = v.mH @ v
-                if s_sym is not None:
-                    g = g + s_sym.mH @ s_sym
-            else:
-                v = torch.linalg.solve_triangular(factor, scaled, upper=False)
-                g = (a + b) ** 2 * (v.mH @ v)
-            if a * b != 0.0:
-                g = g - 2.0 * a * b * (below.mH @ scaled)
-            g = 0.5 * (g + g.mH)
+            g = self._eliminated(k, t, factor)
         return g
+
+    def _eliminated(self, k: int, t: torch.Tensor | float, factor: torch.Tensor) -> torch.Tensor:
+        """G_{k-1} from hidden layer k's multipliers ``t`` and the Cholesky factor of its Y_k (with the
+        skip's terms at the first layer)."""
+        a, b = self.slopes[k]
+        below = self.ws[k] if k > 0 else self.k0
+        scaled = (t.to(below.dtype)[:, None] if isinstance(t, torch.Tensor) else t) * below
+        if self.skip is not None:
+            s_sym = self.skip.symbol
+            joined = self.ws[1].mH if s_sym is None else self.ws[1].mH @ s_sym
+            v = torch.linalg.solve_triangular(factor, (a + b) * scaled + joined, upper=False)
+            g = v.mH @ v
+            if s_sym is not None:
+                g = g + s_sym.mH @ s_sym
+        else:
+            v = torch.linalg.solve_triangular(factor, scaled, upper=False)
+            g = (a + b) ** 2 * (v.mH @ v)
+        if a * b != 0.0:
+            g = g - 2.0 * a * b * (below.mH @ scaled)
+        return 0.5 * (g + g.mH)
 
     @property
     def offset(self) -> float:
@@ -312,15 +317,9 @@ class FrequencyObjective:
             else:
                 raise ArithmeticError("no closed-form multiplier keeps the blocks positive definite")
             thetas[k] = torch.full((g.shape[-1],), math.log(t), dtype=torch.float64)
-            below = self.ws[k] if k > 0 else self.k0
-            scaled = t * below
-            v = torch.linalg.solve_triangular(factor, scaled, upper=False)
-            g = (a + b) ** 2 * (v.mH @ v)
-            if a * b != 0.0:
-                g = g - 2.0 * a * b * (below.mH @ scaled)
-            g = 0.5 * (g + g.mH)
-        each = self.per_frequency(thetas)
-        self.start_rho = float(each.max()) if each is not None else math.inf
+            g = self._eliminated(k, t, factor)
+        finite = bool(torch.isfinite(torch.view_as_real(g)).all())
+        self.start_rho = float(top_eigenvalues(g).max()) if finite else math.inf
         return thetas
 
 
