@@ -298,29 +298,33 @@ class FrequencyObjective:
         g = self.g_last
         for k in range(len(self.ws) - 2, -1, -1):
             a, b = self.slopes[k]
-            scale = float(torch.diagonal(g, dim1=-2, dim2=-1).real.abs().max())
-            estimates = top_eigenvalues(g)
-            for exact in (False, True):
-                if exact:  # the largest estimate was not the largest eigenvalue: take them all exactly
-                    estimates = torch.linalg.eigvalsh(g)[:, -1]
-                top = max(float(estimates.max()), 1e-12 * scale + 1e-300)
-                t = top * b / (b - a) * (1.0 + 1e-9)
-                for _ in range(20):
-                    y = torch.diag_embed(torch.full((g.shape[-1],), (2.0 - lipsdp._RESERVE) * t, dtype=torch.float64).to(g.dtype)).expand_as(g) - g
-                    factor, info = torch.linalg.cholesky_ex(y)
-                    if not bool((info != 0).any()):
-                        break
-                    t *= 1.0 + 1e-6
-                else:
-                    continue
-                break
-            else:
+            found = _closed_form(g, top_eigenvalues(g), a, b)
+            if found is None:  # the largest estimate was not the largest eigenvalue: take them all exactly
+                found = _closed_form(g, torch.linalg.eigvalsh(g)[:, -1], a, b)
+            if found is None:
                 raise ArithmeticError("no closed-form multiplier keeps the blocks positive definite")
+            t, factor = found
             thetas[k] = torch.full((g.shape[-1],), math.log(t), dtype=torch.float64)
             g = self._eliminated(k, t, factor)
         finite = bool(torch.isfinite(torch.view_as_real(g)).all())
         self.start_rho = float(top_eigenvalues(g).max()) if finite else math.inf
         return thetas
+
+
+def _closed_form(g: torch.Tensor, tops: torch.Tensor, a: float, b: float) -> tuple[float, torch.Tensor] | None:
+    """The multiplier t = λ b/(b−a) of G's largest eigenvalue λ over the frequencies (from ``tops``),
+    raised a little where (2 − reserve) t I − G does not factor, with that factor; None where it
+    still does not."""
+    scale = float(torch.diagonal(g, dim1=-2, dim2=-1).real.abs().max())
+    top = max(float(tops.max()), 1e-12 * scale + 1e-300)
+    t = top * b / (b - a) * (1.0 + 1e-9)
+    for _ in range(20):
+        y = torch.diag_embed(torch.full((g.shape[-1],), (2.0 - lipsdp._RESERVE) * t, dtype=torch.float64).to(g.dtype)).expand_as(g) - g
+        factor, info = torch.linalg.cholesky_ex(y)
+        if not bool((info != 0).any()):
+            return t, factor
+        t *= 1.0 + 1e-6
+    return None
 
 
 def top_eigenvalues(g: torch.Tensor) -> torch.Tensor:
