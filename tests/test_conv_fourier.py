@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,3 +183,29 @@ def test_factorization_flags_each_matrix_of_a_batch_on_its_own() -> None:
     # The same verdicts as torch's own factorization, on the finite matrices.
     _, info = torch.linalg.cholesky_ex(a[[0, 1, 2, 5]])
     assert (info == 0).tolist() == [expected[i] for i in (0, 1, 2, 5)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 24), st.integers(1, 5), st.floats(-0.5, 0.5), st.booleans(), st.integers(0, 2**16))
+def test_in_place_factorization_agrees_with_the_eigenvalues(n: int, batch: int, shift: float, complex_: bool, seed: int) -> None:
+    """LAPACK in place completes exactly where the smallest eigenvalue is clearly positive, and leaves the factor."""
+    from lipcheck.spectral import lapack
+
+    rng = np.random.default_rng(seed)
+    dtype = np.complex128 if complex_ else np.float64
+    k = rng.standard_normal((batch, n, n)) + (1j * rng.standard_normal((batch, n, n)) if complex_ else 0)
+    a = (k @ np.conj(np.swapaxes(k, 1, 2))) / n + shift * np.eye(n)
+    a = a.astype(dtype)
+    # Only the lower triangle is read: garbage above it must not matter.
+    lower = np.tril(a)
+    held = lower + np.triu(np.full((n, n), 7.0), 1)
+    smallest = np.linalg.eigvalsh(a)[:, 0]
+    work = np.ascontiguousarray(held, dtype=dtype)
+    done = lapack.factor_in_place(work)
+    for i in range(batch):
+        if smallest[i] > 1e-8:
+            assert done[i]
+            factor = np.tril(work[i])
+            np.testing.assert_allclose(factor @ np.conj(factor.T), a[i], atol=1e-10 * n)
+        elif smallest[i] < -1e-8:
+            assert not done[i]

@@ -17,6 +17,7 @@ from lipcheck.formats.limits import check_layer_size, memory_bytes
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
+from lipcheck.spectral import lapack
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
@@ -116,7 +117,8 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
     workers = _workers(settings.device, threads, len(layers))
-    with blas_threads(threads if workers == 1 else 1):
+    factorizations = settings.device == "cpu" and any(_needs_operator(layer) for layer in layers)
+    with blas_threads(threads if workers == 1 else 1, factorizations=factorizations):
         yield from _estimate_batches(layers, batches, settings, workers, threads)
 
 
@@ -161,17 +163,20 @@ def _estimate_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]:
+def side_by_side(tasks: list[Callable[[], object]], device: str, *, factorizations: bool = False) -> list[object]:
     """Run independent tasks as estimate_all runs its batches (on a CPU, one per thread, each
-    single-threaded), in the order given; return their results in that order."""
+    single-threaded), in the order given; return their results in that order.
+
+    ``factorizations``: the tasks certify convs (blas_threads loads SciPy's LAPACK first).
+    """
     threads = torch.get_num_threads()
     workers = _workers(device, threads, len(tasks))
     if workers == 1:
-        with blas_threads(threads):
+        with blas_threads(threads, factorizations=factorizations):
             return [task() for task in tasks]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
     try:
-        with blas_threads(1):
+        with blas_threads(1, factorizations=factorizations):
             _single_threaded_workers(pool, workers, threads)
             futures = [pool.submit(task) for task in tasks]
             return [future.result() for future in futures]
@@ -180,13 +185,17 @@ def side_by_side(tasks: list[Callable[[], object]], device: str) -> list[object]
 
 
 @contextlib.contextmanager
-def blas_threads(count: int) -> Iterator[None]:
-    """Run numpy's BLAS and LAPACK (the conv certificates' factorizations) on ``count`` threads.
+def blas_threads(count: int, *, factorizations: bool = False) -> Iterator[None]:
+    """Run numpy's and SciPy's BLAS and LAPACK (the conv certificates' factorizations) on ``count`` threads.
 
-    Tasks side by side are single-threaded in torch; numpy's own thread pool would otherwise start
-    one thread per core inside each of them.
+    Tasks side by side are single-threaded in torch; a BLAS thread pool would otherwise start one
+    thread per core inside each of them. ``factorizations``: the tasks factor conv certificates'
+    blocks, so SciPy's LAPACK is loaded first and limited with the others.
     """
     from threadpoolctl import threadpool_limits
+
+    if factorizations:
+        lapack.load()
 
     with threadpool_limits(limits=count, user_api="blas"):
         yield
