@@ -18,15 +18,17 @@ Gram taps. sigma_1(K)^2 = lambda_max of the smaller of K K^H (C_out/g, "out") an
 with real coefficients from products of taps: out: H_{q_t - q_t'} += W_t W_t'^T over taps of one
 residue; in: block (r_t, r_t') of H_{q_t' - q_t} += W_t^T W_t'. Pairing delta with -delta,
 G(w) = H_0 + sum_{delta > 0} cos(w.delta) S_delta + i sin(w.delta) D_delta with
-S = H_delta + H_-delta and D = H_delta - H_-delta; each tap product is added (with its sign)
-straight into S and D, half the products being transposes of the others. One real product of a
+S = H_delta + H_-delta and D = H_delta - H_-delta. On the "out" side H_-delta = H_delta^T, and
+H_delta for delta >= 0 is one product of the taps of its pairs laid side by side; on the "in" side
+each tap product is added (with its sign) straight into S and D, half the products being
+transposes of the others. One real product of a
 [cos | sin] table with S and D laid out as real and imaginary parts writes G(w) for all
 frequencies in complex form. G(-w) = conj G(w), so half the frequencies suffice.
 
-Rounding. Let E(w) = fl(G(w)) - G(w). With u = 2^-53: each entry of S_delta or D_delta sums at
-most 2T dot products of length L (those of H_delta and H_-delta), so summed over delta the errors
-|fl(S) - S| and |fl(D) - D| are at most gamma_{L+2T} sum |W_t||W_t'|^T, whose spectral norm is at
-most (sum_t ||W_t||_F)^2. Let A_delta = max(|fl S_delta|, |fl D_delta|) entrywise (|fl H_0| at
+Rounding. Let E(w) = fl(G(w)) - G(w). With u = 2^-53: each entry of S_delta or D_delta is the
+sum or difference of two dot products of length at most L T ("out"), or a signed sum of at most 2T
+dot products of length L ("in"), so summed over delta the errors |fl(S) - S| and |fl(D) - D| are at
+most gamma_{LT+2T+1} sum |W_t||W_t'|^T, whose spectral norm is at most (sum_t ||W_t||_F)^2. Let A_delta = max(|fl S_delta|, |fl D_delta|) entrywise (|fl H_0| at
 0), which in exact arithmetic is |H_delta| + |H_-delta|. The phase angle 2*pi*(sum_a (j_a delta_a
 mod M_a)/M_a) is exact up to a few ulps, and cos/sin to about one more: |c_hat - c| <= mu = 128 u,
 so each term c_hat fl(S) is within mu' = mu + 2u of c fl(S) in units of A_delta. The sum over at
@@ -140,65 +142,85 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     per_tap = w.reshape(groups, m, c_in, t_count).permute(0, 3, 1, 2)  # (g, T, m, c)
     side = "out" if m <= c_in * taps.phases else "in"
     n = m if side == "out" else c_in * taps.phases
-    # Pair (b, a) is the transpose of pair (a, b): half the products are enough.
-    if side == "out":
-        pairs = [(a, b) for a in range(t_count) for b in range(a, t_count) if taps.residues[a] == taps.residues[b]]
-    else:
-        pairs = [(a, b) for a in range(t_count) for b in range(a, t_count)]
-    # Block (a, b) belongs to H_delta, its transpose (b, a) to H_-delta.
-    deltas = {pair: tuple(x - y for x, y in zip(taps.shifts[pair[0]], taps.shifts[pair[1]])) for pair in pairs}
-    if side == "in":
-        deltas = {pair: tuple(-x for x in delta) for pair, delta in deltas.items()}
     zero = tuple(0 for _ in taps.reduced)
-    half = sorted({d if d > zero else tuple(-x for x in d) for d in deltas.values()} - {zero})
-    row_of = {delta: j for j, delta in enumerate(half)}
+    if side == "out":
+        table, half = _out_side_table(per_tap, taps, zero)
+    else:
+        table, half = _in_side_table(per_tap, taps, zero)
     rows = 1 + 2 * len(half)
-    # numpy's allocation: large zeroed arrays come as untouched, huge-page backed memory.
-    table = torch.from_numpy(np.zeros((rows, groups, n, n, 2)))
-
-    def add(delta: tuple[int, ...], block: torch.Tensor, place: tuple[int, int] | None) -> None:
-        def into(row: int, part: int) -> torch.Tensor:
-            target = table[row, :, :, :, part]
-            if place is None:
-                return target
-            return target.view(groups, c_in, taps.phases, c_in, taps.phases)[:, :, place[0], :, place[1]]
-
-        if delta == zero:
-            into(0, 0).add_(block)
-        elif delta > zero:
-            into(1 + row_of[delta], 0).add_(block)
-            into(1 + len(half) + row_of[delta], 1).add_(block)
-        else:
-            j = row_of[tuple(-x for x in delta)]
-            into(1 + j, 0).add_(block)
-            into(1 + len(half) + j, 1).sub_(block)
-
-    for a in range(t_count):
-        partners = [b for (x, b) in pairs if x == a]
-        if not partners:
-            continue
-        if side == "out":
-            rest = per_tap[:, partners].reshape(groups, len(partners) * m, c_in)
-            products = torch.bmm(per_tap[:, a], rest.mT).reshape(groups, m, len(partners), m)
-        else:
-            cols = per_tap[:, partners].permute(0, 2, 1, 3).reshape(groups, m, len(partners) * c_in)
-            products = torch.bmm(per_tap[:, a].mT, cols).reshape(groups, c_in, len(partners), c_in)
-        for i, b in enumerate(partners):
-            block, delta = products[:, :, i, :], deltas[(a, b)]
-            place = None if side == "out" else (taps.residues[a], taps.residues[b])
-            add(delta, block, place)
-            if b != a:
-                mirror = None if place is None else (place[1], place[0])
-                add(tuple(-x for x in delta), block.mT, mirror)
     # |H_delta| + |H_-delta| = max(|S_delta|, |D_delta|).
     abs_sum = table[0, :, :, :, 0].abs()
     for j in range(len(half)):
         abs_sum += torch.maximum(table[1 + j, :, :, :, 0].abs(), table[1 + len(half) + j, :, :, :, 1].abs())
     length = c_in if side == "out" else m
     tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()  # max over groups of sum_t ||W_t||_F
-    # Each S or D entry sums at most 2T dot products of length L.
-    product_error = _gamma(length + 2 * t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))
+    product_error = _gamma(length * t_count + 2 * t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))
     return GramTaps([zero] + half, table.reshape(rows, -1), abs_sum, n, groups, side, product_error, taps)
+
+
+def _new_table(half: list[tuple[int, ...]], groups: int, n: int) -> torch.Tensor:
+    # numpy's allocation: large zeroed arrays come as untouched, huge-page backed memory.
+    return torch.from_numpy(np.zeros((1 + 2 * len(half), groups, n, n, 2)))
+
+
+def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """S and D of K K^H: H_delta (delta >= 0) as one product of the taps of its pairs side by side.
+
+    Taps pair within a residue; H_-delta = H_delta^T, so S = H + H^T and D = H - H^T.
+    """
+    groups, t_count, m, _ = per_tap.shape
+    pairs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for a, b in itertools.product(range(t_count), repeat=2):
+        delta = tuple(x - y for x, y in zip(taps.shifts[a], taps.shifts[b]))
+        if taps.residues[a] == taps.residues[b] and delta >= zero:
+            pairs.setdefault(delta, []).append((a, b))
+    half = sorted(d for d in pairs if d > zero)
+    table = _new_table(half, groups, m)
+    for delta, members in pairs.items():
+        left = per_tap[:, [a for a, _ in members]].permute(0, 2, 1, 3).reshape(groups, m, -1)
+        right = per_tap[:, [b for _, b in members]].permute(0, 2, 1, 3).reshape(groups, m, -1)
+        h = torch.bmm(left, right.mT)
+        if delta == zero:
+            table[0, :, :, :, 0] = h
+        else:
+            j = half.index(delta)
+            table[1 + j, :, :, :, 0] = h + h.mT
+            table[1 + len(half) + j, :, :, :, 1] = h - h.mT
+    return table, half
+
+
+def _in_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """S and D of K^H K: each tap product added, with its sign, at its residues' block of S and D."""
+    groups, t_count, _, c_in = per_tap.shape
+    n = c_in * taps.phases
+    # Block (a, b) belongs to H_delta, its transpose (b, a) to H_-delta: half the products are enough.
+    deltas = {(a, b): tuple(y - x for x, y in zip(taps.shifts[a], taps.shifts[b])) for a in range(t_count) for b in range(a, t_count)}
+    half = sorted({d if d > zero else tuple(-x for x in d) for d in deltas.values()} - {zero})
+    table = _new_table(half, groups, n)
+
+    def add(delta: tuple[int, ...], block: torch.Tensor, place: tuple[int, int]) -> None:
+        def into(row: int, part: int) -> torch.Tensor:
+            return table[row, :, :, :, part].view(groups, c_in, taps.phases, c_in, taps.phases)[:, :, place[0], :, place[1]]
+
+        if delta == zero:
+            into(0, 0).add_(block)
+        elif delta > zero:
+            into(1 + half.index(delta), 0).add_(block)
+            into(1 + len(half) + half.index(delta), 1).add_(block)
+        else:
+            j = half.index(tuple(-x for x in delta))
+            into(1 + j, 0).add_(block)
+            into(1 + len(half) + j, 1).sub_(block)
+
+    cols = per_tap.permute(0, 2, 1, 3).reshape(groups, per_tap.shape[2], t_count * c_in)
+    for a in range(t_count):
+        products = torch.bmm(per_tap[:, a].mT, cols[:, :, a * c_in :]).reshape(groups, c_in, t_count - a, c_in)
+        for b in range(a, t_count):
+            block, place = products[:, :, b - a, :], (taps.residues[a], taps.residues[b])
+            add(deltas[(a, b)], block, place)
+            if b != a:
+                add(tuple(-x for x in deltas[(a, b)]), block.mT, (place[1], place[0]))
+    return table, half
 
 
 def _half_frequencies(reduced: list[int]) -> torch.Tensor:
