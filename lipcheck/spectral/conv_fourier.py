@@ -388,11 +388,17 @@ def circular_certificate(
             stored[number] = g
         return g
 
-    # Screen: a few power steps on every frequency and group, then Lanczos on the best few.
-    rho = torch.cat([_power_screen(blocks(i)) for i in range(len(chunks))])
+    # Screen: a few power steps on every frequency and group, then Lanczos on the best few from there.
+    screens = [_power_screen(blocks(i)) for i in range(len(chunks))]
+    rho = torch.cat([found for found, _ in screens])
     picks = torch.topk(rho, min(_CANDIDATES, rho.numel())).indices
-    cand = _blocks_at(taps, freqs, picks, groups, n).to(dev)
-    values, vectors = hermitian_top(cand, rel=rel / 20)
+    if keep:
+        per_block = per_chunk * groups
+        cand = torch.stack([stored[int(p) // per_block][int(p) % per_block] for p in picks])
+    else:
+        cand = _blocks_at(taps, freqs, picks, groups, n).to(dev)
+    start = torch.cat([x for _, x in screens])[picks.to(dev)]
+    values, vectors = hermitian_top(cand, rel=rel / 20, start=start)
     best = int(torch.argmax(values))
     tau = float(values[best]) * (1 + rel)
     top_index, top_vector = int(picks[best]), vectors[best].cpu()
@@ -431,15 +437,17 @@ def circular_certificate(
     return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps, steps)
 
 
-def _power_screen(g: torch.Tensor) -> torch.Tensor:
-    """Rayleigh quotients after a few power steps: a cheap ranking of the frequencies."""
+def _power_screen(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rayleigh quotients after a few power steps (a cheap ranking of the frequencies), and the iterates."""
     x = torch.ones(g.shape[0], g.shape[1], 1, dtype=g.dtype, device=g.device)
     x[:, ::2] = -1  # not orthogonal to a top vector for any real structure in practice; only a ranking
     x = x + 0.1j * torch.arange(g.shape[1], dtype=torch.float64, device=g.device).reshape(1, -1, 1) / g.shape[1]
+    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
     for _ in range(_SCREEN_STEPS):
-        x = _bmm(g, x)
-        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-300)
-    return torch.bmm(x.mH, _bmm(g, x)).real.reshape(-1).cpu()
+        y = _bmm(g, x)
+        quotient = torch.bmm(x.mH, y).real.reshape(-1)  # the last step's: one pass over g fewer
+        x = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min(1e-300)
+    return quotient.cpu(), x.squeeze(2)
 
 
 def _blocks_at(taps: GramTaps, freqs: torch.Tensor, picks: torch.Tensor, groups: int, n: int) -> torch.Tensor:
