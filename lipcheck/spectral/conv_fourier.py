@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,8 +132,11 @@ class GramTaps:
     taps: TapOffsets
 
 
-def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int]) -> GramTaps:
-    """The Gram polynomial's coefficients on the smaller side, paired into S and D (see the module doc)."""
+def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int], *, reuse: bool = False) -> GramTaps:
+    """The Gram polynomial's coefficients on the smaller side, paired into S and D (see the module doc).
+
+    ``reuse``: the table lies in this thread's scratch memory (a CPU's), valid until the thread's next such call.
+    """
     w = weight.to(torch.float64)
     c_out, c_in = w.shape[0], w.shape[1]
     m = c_out // groups
@@ -144,9 +148,9 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     n = m if side == "out" else c_in * taps.phases
     zero = tuple(0 for _ in taps.reduced)
     if side == "out":
-        table, half = _out_side_table(per_tap, taps, zero)
+        table, half = _out_side_table(per_tap, taps, zero, reuse)
     else:
-        table, half = _in_side_table(per_tap, taps, zero)
+        table, half = _in_side_table(per_tap, taps, zero, reuse)
     rows = 1 + 2 * len(half)
     # |H_delta| + |H_-delta| = max(|S_delta|, |D_delta|).
     abs_sum = table[0, :, :, :, 0].abs()
@@ -158,12 +162,16 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     return GramTaps([zero] + half, table.reshape(rows, -1), abs_sum, n, groups, side, product_error, taps)
 
 
-def _new_table(half: list[tuple[int, ...]], groups: int, n: int) -> torch.Tensor:
-    # numpy's allocation: large zeroed arrays come as untouched, huge-page backed memory.
-    return torch.from_numpy(np.zeros((1 + 2 * len(half), groups, n, n, 2)))
+def _new_table(half: list[tuple[int, ...]], groups: int, n: int, device: torch.device, reuse: bool) -> torch.Tensor:
+    shape = (1 + 2 * len(half), groups, n, n, 2)
+    if not reuse:
+        return torch.zeros(shape, dtype=torch.float64, device=device)
+    table = _scratch("table", math.prod(shape), np.dtype(np.float64)).reshape(shape)
+    table.fill(0.0)
+    return torch.from_numpy(table)
 
 
-def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...], reuse: bool) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
     """S and D of K K^H: H_delta (delta >= 0) as one product of the taps of its pairs side by side.
 
     Taps pair within a residue; H_-delta = H_delta^T, so S = H + H^T and D = H - H^T.
@@ -175,11 +183,16 @@ def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ..
         if taps.residues[a] == taps.residues[b] and delta >= zero:
             pairs.setdefault(delta, []).append((a, b))
     half = sorted(d for d in pairs if d > zero)
-    table = _new_table(half, groups, m)
+    table = _new_table(half, groups, m, per_tap.device, reuse)
+    stacked = per_tap.permute(0, 2, 3, 1)  # (g, m, c, T): the weight's own layout
     for delta, members in pairs.items():
-        left = per_tap[:, [a for a, _ in members]].permute(0, 2, 1, 3).reshape(groups, m, -1)
-        right = per_tap[:, [b for _, b in members]].permute(0, 2, 1, 3).reshape(groups, m, -1)
-        h = torch.bmm(left, right.mT)
+        # K is ordered (channel, pair) on both sides: the product sums over it all the same.
+        left, right = ([p[i] for p in members] for i in (0, 1))
+        lhs, rhs = stacked[..., left].reshape(groups, m, -1), stacked[..., right].reshape(groups, m, -1)
+        if per_tap.device.type == "cpu":  # numpy's BLAS, faster than torch's here
+            h = torch.from_numpy(np.matmul(lhs.numpy(), rhs.numpy().transpose(0, 2, 1)))
+        else:
+            h = torch.bmm(lhs, rhs.mT)
         if delta == zero:
             table[0, :, :, :, 0] = h
         else:
@@ -189,14 +202,14 @@ def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ..
     return table, half
 
 
-def _in_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...]) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+def _in_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...], reuse: bool) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
     """S and D of K^H K: each tap product added, with its sign, at its residues' block of S and D."""
     groups, t_count, _, c_in = per_tap.shape
     n = c_in * taps.phases
     # Block (a, b) belongs to H_delta, its transpose (b, a) to H_-delta: half the products are enough.
     deltas = {(a, b): tuple(y - x for x, y in zip(taps.shifts[a], taps.shifts[b])) for a in range(t_count) for b in range(a, t_count)}
     half = sorted({d if d > zero else tuple(-x for x in d) for d in deltas.values()} - {zero})
-    table = _new_table(half, groups, n)
+    table = _new_table(half, groups, n, per_tap.device, reuse)
 
     def add(delta: tuple[int, ...], block: torch.Tensor, place: tuple[int, int]) -> None:
         def into(row: int, part: int) -> torch.Tensor:
@@ -240,14 +253,13 @@ def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: li
     return torch.cat([torch.cos(angle), torch.sin(angle[:, 1:])], dim=1)
 
 
-def gram_blocks(taps: GramTaps, freqs: torch.Tensor) -> torch.Tensor:
-    """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128."""
+def gram_blocks(taps: GramTaps, freqs: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
+    """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128 (on a CPU, in ``out`` if given)."""
     shape = (freqs.shape[0], taps.groups, taps.n, taps.n)
     phases = _phase_table(freqs, taps.deltas, taps.taps.reduced).to(taps.table.device)
     if taps.table.device.type == "cpu":
-        # numpy's BLAS takes this short inner dimension about twice as fast as torch's on a CPU, and
-        # numpy backs large arrays with huge pages (far fewer page faults on these blocks).
-        out = np.empty(shape, dtype=np.complex128)
+        # numpy's BLAS takes this short inner dimension about twice as fast as torch's on a CPU.
+        out = torch.empty(shape, dtype=torch.complex128).numpy() if out is None else out.reshape(shape)
         np.matmul(phases.numpy(), taps.table.numpy(), out=out.view(np.float64).reshape(shape[0], -1))
         return torch.from_numpy(out)
     out_t = torch.empty(shape, dtype=torch.complex128, device=taps.table.device)
@@ -361,8 +373,9 @@ class CircularBound:
     upper: float
     frequency: tuple[int, ...]
     group: int
-    vector: torch.Tensor  # top eigenvector of G at that frequency (side-dependent)
-    taps: GramTaps
+    vector: torch.Tensor  # top eigenvector of G at that frequency (on ``side``)
+    taps: TapOffsets
+    side: str  # "out": K K^H, "in": K^H K
     certificates: int  # Cholesky factorizations behind the bound
 
 
@@ -371,7 +384,7 @@ def circular_certificate(
 ) -> CircularBound:
     """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
     dev = torch.device(device)
-    taps = gram_taps(weight.to(dev), groups, stride, dilation, sizes)
+    taps = gram_taps(weight.to(dev), groups, stride, dilation, sizes, reuse=dev.type == "cpu")
     freqs = _half_frequencies(taps.taps.reduced)
     n = taps.n
     e_g = gram_error(taps)
@@ -379,11 +392,14 @@ def circular_certificate(
     chunks = [freqs[i : i + per_chunk] for i in range(0, freqs.shape[0], per_chunk)]
     stored: dict[int, torch.Tensor] = {}
     keep = freqs.shape[0] * groups * n * n <= _STORE_ENTRIES
+    space = _scratch("blocks", freqs.shape[0] * groups * n * n, np.dtype(np.complex128)) if keep and dev.type == "cpu" else None
+    chunk_entries = per_chunk * groups * n * n
 
     def blocks(number: int) -> torch.Tensor:
         if number in stored:
             return stored[number]
-        g = gram_blocks(taps, chunks[number]).to(dev).reshape(-1, n, n)
+        out = None if space is None else space[number * chunk_entries : number * chunk_entries + chunks[number].shape[0] * groups * n * n]
+        g = gram_blocks(taps, chunks[number], out=out).to(dev).reshape(-1, n, n)
         if keep:
             stored[number] = g
         return g
@@ -434,7 +450,31 @@ def circular_certificate(
         offset += taus.shape[0]
     upper = math.sqrt((bound + e_g) * (1 + _gamma(4))) * (1 + _gamma(2))
     freq_row, group = divmod(top_index, groups)
-    return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps, steps)
+    return CircularBound(upper, tuple(int(x) for x in freqs[freq_row]), group, top_vector, taps.taps, taps.side, steps)
+
+
+_scratch_arrays = threading.local()
+_TORCH_DTYPES = {np.dtype(np.float64): torch.float64, np.dtype(np.complex128): torch.complex128}
+
+
+def _scratch(name: str, entries: int, dtype: np.dtype) -> np.ndarray:
+    """An array of ``entries`` that this thread's next certificates reuse (uninitialized).
+
+    Fresh memory for each conv would cost the kernel a pass clearing its pages. The arrays live as
+    long as their thread (a pool's worker) or until release_scratch().
+    """
+    held: dict[str, np.ndarray] = _scratch_arrays.__dict__.setdefault("held", {})
+    found = held.get(name)
+    if found is None or found.size < entries or found.dtype != dtype:
+        held.pop(name, None)  # let the old one go before the new one is made
+        # torch's allocation: numpy asks for huge pages, whose first touch can stall on compaction.
+        found = held[name] = torch.empty(entries, dtype=_TORCH_DTYPES[dtype]).numpy()
+    return found[:entries]
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch arrays (see _scratch)."""
+    _scratch_arrays.__dict__.pop("held", None)
 
 
 def _power_screen(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

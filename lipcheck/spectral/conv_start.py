@@ -29,9 +29,9 @@ def windowed_mode(weight: torch.Tensor, groups: int, found: CircularBound, spati
     i sits at ring position i + b. The zero-padded operator's top input is close to it away from
     the borders; the window sin(pi (i+1)/(n+1)) tapers it to zero there.
     """
-    taps = found.taps.taps
+    taps = found.taps
     c_in = weight.shape[1]
-    if found.taps.side == "in":
+    if found.side == "in":
         v = found.vector
     else:
         v = symbol_at(weight, groups, found.group, taps, found.frequency).mH @ found.vector

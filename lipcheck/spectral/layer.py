@@ -17,7 +17,7 @@ from lipcheck.formats.limits import check_layer_size, memory_bytes
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
-from lipcheck.spectral import lapack
+from lipcheck.spectral import conv_fourier, lapack
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
 from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
 
@@ -118,8 +118,11 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     threads = torch.get_num_threads()
     workers = _workers(settings.device, threads, len(layers))
     factorizations = settings.device == "cpu" and any(_needs_operator(layer) for layer in layers)
-    with blas_threads(threads if workers == 1 else 1, factorizations=factorizations):
-        yield from _estimate_batches(layers, batches, settings, workers, threads)
+    try:
+        with blas_threads(threads if workers == 1 else 1, factorizations=factorizations):
+            yield from _estimate_batches(layers, batches, settings, workers, threads)
+    finally:
+        conv_fourier.release_scratch()
 
 
 def _estimate_batches(
@@ -172,8 +175,11 @@ def side_by_side(tasks: list[Callable[[], object]], device: str, *, factorizatio
     threads = torch.get_num_threads()
     workers = _workers(device, threads, len(tasks))
     if workers == 1:
-        with blas_threads(threads, factorizations=factorizations):
-            return [task() for task in tasks]
+        try:
+            with blas_threads(threads, factorizations=factorizations):
+                return [task() for task in tasks]
+        finally:
+            conv_fourier.release_scratch()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
     try:
         with blas_threads(1, factorizations=factorizations):
