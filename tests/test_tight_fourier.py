@@ -385,6 +385,34 @@ def test_the_chain_segments_report_their_progress(tmp_path: Path) -> None:
     assert seen[0][2].endswith("/Add") and "Conv" in seen[0][2]
 
 
+def test_every_conv_run_gets_an_even_share_of_the_optimizer_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the default effort, the first run's optimizer must not spend the time the later runs need."""
+    import time
+
+    from lipcheck.formats import load
+    from lipcheck.graph import lipsdp_fourier, segments
+
+    model = load(_export(_resnet(5), tmp_path / "resnet.onnx"))
+    real = lipsdp_fourier.certified_run_bound
+    budgets: list[float] = []
+
+    def spending(*args: Any, budget_s: float, **kwargs: Any) -> Any:
+        budgets.append(budget_s)
+        started = time.perf_counter()
+        found = real(*args, budget_s=0.0, **kwargs)
+        while time.perf_counter() - started < budget_s:  # an optimizer that uses every second it is given
+            time.sleep(0.01)
+        return found
+
+    monkeypatch.setattr(lipsdp_fourier, "certified_run_bound", spending)
+    monkeypatch.setattr(segments, "TOTAL_SECONDS", 0.3)
+    constants, notes = segments.segment_constants(model, effort=2.0)
+    assert len(budgets) == 3 and len(constants) == 3, notes
+    total = segments.TOTAL_SECONDS * 2.0
+    # Each run gets about what is left over the runs still to come: a third of the total, then half the rest, ...
+    assert all(0.2 * total < b <= total / 2 for b in budgets), budgets
+
+
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
     """DroNet's block as its Keras export writes it: conv (stride 2), batch norm, relu, conv, plus a
     strided 1x1 conv skip; the batch norm stays a node of its own."""

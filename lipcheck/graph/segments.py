@@ -45,8 +45,8 @@ TOTAL_SECONDS = 10.0
 # Optimizer steps per frequency round of a conv run, times --effort above 1 (the default takes the
 # closed-form multipliers).
 CONV_STEPS = 10
-# Float operations a conv run's certificate may take, times --effort (about a second on one core).
-CONV_FLOPS = 1e10
+# Float operations a conv run's certificate may take, times --effort (about two seconds on one core).
+CONV_FLOPS = 2e10
 
 
 @dataclass
@@ -368,15 +368,17 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
     for index, run in enumerate(runs):
         if report is not None:
             report(len(segments) + index, total, f"{run.first}..{run.last}")
-        note = _conv_run(model, reader, run, effort, deadline, constants)
+        # An even share of the time left, so that every run gets its optimizer steps, not only the first.
+        share = (deadline - time.perf_counter()) / (len(runs) - index)
+        note = _conv_run(model, reader, run, effort, deadline, share, constants)
         if note:
             notes.append(note)
     return constants, notes
 
 
-def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, deadline: float, constants: dict[str, tuple[str, float]]) -> str:
-    """Certify one conv run into ``constants``; the note that says what it got, or "" when it was
-    not tried (too costly for this --effort)."""
+def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, deadline: float, share: float, constants: dict[str, tuple[str, float]]) -> str:
+    """Certify one conv run into ``constants`` (its optimizer within ``share`` seconds); the note that
+    says what it got, or "" when it was not tried (too costly for this --effort)."""
     from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
 
     name = f"conv chain {run.first}..{run.last}"
@@ -391,7 +393,7 @@ def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, de
     links, skip_conv = loaded
     try:
         steps = round(CONV_STEPS * max(0.0, effort - 1.0))
-        result = certified_run_bound(links, run.slopes, max_iter=steps, budget_s=deadline - time.perf_counter(), skip=run.skip, skip_conv=skip_conv)
+        result = certified_run_bound(links, run.slopes, max_iter=steps, budget_s=share, skip=run.skip, skip_conv=skip_conv)
     except (ArithmeticError, RuntimeError, ValueError) as exc:
         return f"{name}: no tight bound ({exc})"
     if result is None:
