@@ -35,7 +35,7 @@ CONV_TOL = 1e-3
 # Lanczos on the operator: basis width before a restart from the Ritz vector.
 _MAX_BASIS = 40
 # The lower end has stopped moving once Lanczos' error estimate is below this share of the tolerance.
-_SETTLED = 0.3
+_SETTLED = 0.1
 
 
 @dataclass(frozen=True)
