@@ -413,6 +413,21 @@ def test_every_conv_run_gets_an_even_share_of_the_optimizer_time(tmp_path: Path,
     assert all(0.2 * total < b <= total / 2 for b in budgets), budgets
 
 
+def test_the_conv_runs_certified_are_the_cheapest_that_fit_the_counted_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which runs get a certificate depends on counted float operations, never on the clock or the graph order."""
+    from lipcheck.graph import lipsdp_fourier, segments
+
+    # (symbol entries, factorization flops) per run: work = flops + 2500 per entry
+    costs = {"a": (1e6, 5e10), "b": (1e7, 1.9e10), "c": (1e6, 1e9), "d": (4e6, 1.5e10), "e": (2e6, 1.8e10), "f": (0, 0.0), "g": (8e6, 1e10)}
+    runs: list[Any] = [type("Run", (), {"links": name, "skip_link": None})() for name in costs]
+    monkeypatch.setattr(lipsdp_fourier, "cost", lambda links, skip=None: costs[links])
+    # Effort 1: "a" is past the 2e10 flops a run may take; c (3.5e9) + e (2.3e10) + d (2.5e10) + g (3e10)
+    # fit 1e11 together, b (4.4e10) would not.
+    assert segments._funded_runs(runs, effort=1.0) == {2, 3, 4, 6}
+    # Effort 3: every run with a symbol ("f" has none) fits 3e11 together.
+    assert segments._funded_runs(runs, effort=3.0) == {0, 1, 2, 3, 4, 6}
+
+
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
     """DroNet's block as its Keras export writes it: conv (stride 2), batch norm, relu, conv, plus a
     strided 1x1 conv skip; the batch norm stays a node of its own."""

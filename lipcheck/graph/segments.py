@@ -13,8 +13,10 @@ Runs of convs (conv, activation, conv, …) whose maps are too large for explici
 bounded the same way with one multiplier per channel and one inequality per frequency of a
 circular embedding (lipcheck.graph.lipsdp_fourier). lipcheck's reading of each conv of such a run
 (its geometry, the padding made explicit) must give what the graph's own evaluator computes for
-that node on a random input, and the run's optimizer takes a fixed
-number of steps per --effort, so every run of lipcheck prints the same numbers. A run of two
+that node on a random input. At the default effort each run takes the closed-form multipliers
+and the runs certified are chosen by counting float operations, not by the clock, so every run of
+lipcheck prints the same numbers; above it the optimizer takes a fixed number of steps per
+--effort within an even share of the time left. A run of two
 convs whose output is added to its own input (a residual block's identity skip) or to a conv of
 it (a downsampling block's skip) is bounded together with the skip, as the map x ↦ S x + F(x)
 from the run's start to the sum.
@@ -47,6 +49,12 @@ TOTAL_SECONDS = 10.0
 CONV_STEPS = 10
 # Float operations a conv run's certificate may take, times --effort (about two seconds on one core).
 CONV_FLOPS = 2e10
+# Work the conv runs' certificates of one model may take together, times --effort (about ten
+# seconds; the cheapest runs first): counted, not timed, so that the runs certified are the same on
+# every machine. A run's work is its factorizations' float operations plus ENTRY_WORK per complex
+# entry of its symbols (building, screening and checking each frequency's blocks).
+TOTAL_CONV_WORK = 1e11
+ENTRY_WORK = 2500.0
 
 
 @dataclass
@@ -365,18 +373,34 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
             continue
         constants[segment.end] = (segment.start, result.bound)
         notes.append(f"chain {segment.first}..{segment.last} ({len(chain.weights)} layers): LipSDP-Neuron multipliers certify {result.bound:.6g}")
+    funded = _funded_runs(runs, effort)
     for index, run in enumerate(runs):
         if report is not None:
             report(len(segments) + index, total, f"{run.first}..{run.last}")
         # An even share of the time left, so that every run gets its optimizer steps, not only the first.
-        share = (deadline - time.perf_counter()) / (len(runs) - index)
-        note = _conv_run(model, reader, run, effort, deadline, share, constants)
+        share = max(0.0, deadline - time.perf_counter()) / (len(runs) - index)
+        note = _conv_run(model, reader, run, effort, index in funded, share, constants)
         if note:
             notes.append(note)
     return constants, notes
 
 
-def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, deadline: float, share: float, constants: dict[str, tuple[str, float]]) -> str:
+def _funded_runs(runs: list[ConvRun], effort: float) -> set[int]:
+    """The runs whose certificates fit this effort's work budget together, cheapest first (counted,
+    not timed: the same runs on every machine)."""
+    from lipcheck.graph.lipsdp_fourier import cost
+
+    costs = [cost(run.links, run.skip_link) for run in runs]
+    work = [f + ENTRY_WORK * entries if 0 < entries <= MAX_SYMBOL_ENTRIES and f <= CONV_FLOPS * effort else math.inf for entries, f in costs]
+    funded, spent = set(), 0.0
+    for index in sorted(range(len(runs)), key=lambda i: work[i]):
+        if spent + work[index] <= TOTAL_CONV_WORK * effort:
+            funded.add(index)
+            spent += work[index]
+    return funded
+
+
+def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, funded: bool, share: float, constants: dict[str, tuple[str, float]]) -> str:
     """Certify one conv run into ``constants`` (its optimizer within ``share`` seconds); the note that
     says what it got, or "" when it was not tried (too costly for this --effort)."""
     from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
@@ -385,8 +409,8 @@ def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, de
     entries, flops = cost(run.links, run.skip_link)
     if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
         return ""
-    if time.perf_counter() >= deadline:
-        return f"{name}: no time left for its tight bound (raise --effort)"
+    if not funded:
+        return f"{name}: past this effort's budget for conv chains (raise --effort)"
     loaded = load_run(model, run, reader)
     if isinstance(loaded, str):
         return f"{name}: no tight bound ({loaded})"
