@@ -168,9 +168,15 @@ def test_cholesky_bound_is_above_the_largest_eigenvalue(n: int, slack: float, se
         assert float(bound[0]) >= top
 
 
-def test_factorization_flags_each_matrix_of_a_batch_on_its_own() -> None:
-    """One indefinite or non-finite matrix fails alone; the others of the batch still certify."""
+@pytest.mark.parametrize("in_place", [True, False])
+def test_factorization_flags_each_matrix_of_a_batch_on_its_own(in_place: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One indefinite or non-finite matrix fails alone; the others of the batch still certify (LAPACK
+    in place, or torch's factorization where SciPy has none)."""
     from lipcheck.spectral import conv_fourier as cf
+    from lipcheck.spectral import lapack
+
+    if not in_place:
+        monkeypatch.setattr(lapack, "available", lambda dtype: False)
 
     gen = torch.Generator().manual_seed(3)
     k = torch.randn(6, 9, 9, generator=gen, dtype=torch.complex128)
