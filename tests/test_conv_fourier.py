@@ -215,3 +215,30 @@ def test_in_place_factorization_agrees_with_the_eigenvalues(n: int, batch: int, 
             np.testing.assert_allclose(factor @ np.conj(factor.T), a[i], atol=1e-10 * n)
         elif smallest[i] < -1e-8:
             assert not done[i]
+
+
+def test_certificates_on_one_thread_do_not_see_each_others_scratch_memory() -> None:
+    """A certificate after a larger or smaller one on the same thread gives what it gives alone."""
+    from lipcheck.spectral import conv_fourier as cf
+
+    gen = torch.Generator().manual_seed(11)
+    small = torch.randn(6, 4, 3, 3, generator=gen, dtype=torch.float64)
+    large = torch.randn(12, 12, 3, 3, generator=gen, dtype=torch.float64)
+
+    def bound(weight: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+        found = cf.circular_certificate(weight, 1, (1, 1), (1, 1), [n, n], rel=1e-4)
+        return found.upper, found.vector.clone()
+
+    cf.release_scratch()
+    alone = bound(small, 9)
+    after_large = (bound(large, 12), bound(small, 9))[1]
+    again = bound(small, 9)
+    cf.release_scratch()
+    assert alone[0] == after_large[0] == again[0]
+    assert torch.equal(alone[1], after_large[1]) and torch.equal(alone[1], again[1])
+    # The bound is a bound: the circular conv's norm from numpy's FFT of the kernel on the ring.
+    padded = np.zeros((6, 4, 9, 9))
+    padded[:, :, :3, :3] = small.numpy()
+    symbols = np.fft.fft2(padded).transpose(2, 3, 0, 1)
+    exact = float(np.linalg.norm(symbols, ord=2, axis=(2, 3)).max())
+    assert exact <= alone[0] <= exact * (1 + 1e-3)
