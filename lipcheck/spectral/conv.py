@@ -371,7 +371,10 @@ def operator_lower(
     x0 = noise if start is None else start + 1e-3 * noise * (start.norm() / noise.norm())
     shape = x0.shape
     q = (x0 / x0.norm()).to(device=device, dtype=torch.float32).reshape(-1)
-    basis: list[torch.Tensor] = [q]
+    # The basis lives in one buffer: each step reads it as a matrix without stacking it anew.
+    space = torch.empty(_MAX_BASIS, q.numel(), dtype=torch.float32, device=device)
+    space[0] = q
+    size = 1
     alphas: list[float] = []
     betas: list[float] = []
     best_vec = q
@@ -379,9 +382,9 @@ def operator_lower(
     it = 0
     while it < max_iter:
         it += 1
-        xq = basis[-1].reshape(shape)
+        xq = space[size - 1].reshape(shape)
         z = adjoint(apply(xq)).reshape(-1)
-        kept = torch.stack(basis)
+        kept = space[:size]
         coeff = kept @ z
         alphas.append(float(coeff[-1]))
         z = z - kept.T @ coeff
@@ -403,10 +406,11 @@ def operator_lower(
         if met or settled or beta <= 1e-7 * max(theta, 1e-300):
             break
         if j >= _MAX_BASIS:
-            basis, alphas, betas = [best_vec / best_vec.norm()], [], []
+            space[0], size, alphas, betas = best_vec / best_vec.norm(), 1, [], []
             continue
         betas.append(beta)
-        basis.append(z / beta)
+        space[size] = z / beta
+        size += 1
     # On the CPU: its rounding bound assumes plain dot products, which a GPU library need not use.
     lower = certified_ratio(weight, geometry, transposed, best_vec.reshape(shape).cpu())
     return min(lower, upper), it
