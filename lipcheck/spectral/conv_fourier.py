@@ -327,19 +327,20 @@ def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = N
     gen = torch.Generator().manual_seed(0)
     q = start if start is not None else torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
     q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
-    basis = [q]
+    basis = torch.empty(b, steps, n, dtype=g.dtype, device=g.device)  # one buffer: no restacking per step
+    basis[:, 0] = q
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
     history: list[torch.Tensor] = []
     values = torch.zeros(b, dtype=torch.float64, device=g.device)
     vectors = torch.zeros(b, 1, dtype=torch.float64, device=g.device)
     for j in range(steps):
-        z = _bmm(g, basis[-1].unsqueeze(2)).squeeze(2)
-        kept = torch.stack(basis, dim=1)  # (b, j+1, n)
-        for _ in range(2):
-            coeff = torch.bmm(kept.conj(), z.unsqueeze(2))
-            z = z - torch.bmm(kept.mT, coeff).squeeze(2)
-            if _ == 0:
+        z = _bmm(g, basis[:, j].unsqueeze(2)).squeeze(2)
+        kept = basis[:, : j + 1]
+        for sweep in range(2):
+            coeff = _project(kept, z)
+            z = z - _bmm(kept.mT, coeff).squeeze(2)
+            if sweep == 0:
                 alphas.append(coeff[:, j, 0].real + 0)
         beta = torch.linalg.vector_norm(z, dim=1)
         t = torch.diag_embed(torch.stack(alphas, dim=1))
@@ -351,19 +352,26 @@ def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = N
         history.append(values)
         if len(history) >= 3 and bool(((history[-1] - history[-3]).abs() <= rel * history[-1].abs()).all()):
             break
+        if j + 1 == steps:
+            break
         tiny = beta <= 1e-13 * values.abs().clamp_min(1e-300)
         if bool(tiny.all()):
             break
-        fresh = torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
-        z = torch.where(tiny.unsqueeze(1), fresh, z)
-        for _ in range(2):
-            z = z - torch.bmm(kept.mT, torch.bmm(kept.conj(), z.unsqueeze(2))).squeeze(2)
-        z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(1e-300)
+        if bool(tiny.any()):  # an invariant subspace: go on from a fresh direction, orthogonalized
+            fresh = torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
+            z = torch.where(tiny.unsqueeze(1), fresh, z)
+            for _ in range(2):
+                z = z - _bmm(kept.mT, _project(kept, z)).squeeze(2)
+        basis[:, j + 1] = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(1e-300)
         betas.append(torch.where(tiny, torch.zeros_like(beta), beta))
-        basis.append(z)
-    kept = torch.stack(basis[: len(alphas)], dim=1)
+    kept = basis[:, : len(alphas)]
     top = vectors[:, :, -1].to(g.dtype)
-    return values, torch.bmm(top.unsqueeze(1), kept).squeeze(1)
+    return values, _bmm(top.unsqueeze(1), kept).squeeze(1)
+
+
+def _project(kept: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """kept^H z per batch entry, (b, j, 1), conjugating only z (a copy of kept's conjugate would cost a pass)."""
+    return _bmm(z.conj().unsqueeze(1), kept.mT).conj().mT
 
 
 @dataclass
