@@ -175,3 +175,37 @@ def test_a_clustered_top_spectrum_keeps_the_basis_orthogonal(tmp_path: Path) -> 
     found = inspect(path, settings=Settings(lower=False, input_shape=((1, 3, 8, 8),))).layers[0]
     assert found.converged and found.lipschitz is not None
     assert found.lipschitz.lower <= truth <= found.lipschitz.upper <= truth * (1 + 2e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_fresh_lanczos_direction_is_orthogonal_even_when_a_draw_lies_in_the_basis_span(seed: int) -> None:
+    """After a breakdown Lanczos continues from a random direction outside the basis' span.
+
+    A draw inside the span leaves only rounding noise after orthogonalization, and that noise,
+    normalized, is not orthogonal to the basis: the next draw must be taken instead.
+    """
+    q = 18
+    g = torch.eye(q, dtype=torch.float64).unsqueeze(0)
+    lanczos = dense._Lanczos(g, torch.ones(1, q, dtype=torch.float64), low_precision=False, seed=seed)
+    first = torch.randn(1, q, 1, generator=torch.Generator().manual_seed(seed + dense._FRESH_STREAM), dtype=torch.float64).reshape(q)
+    others = torch.randn(q, 8, generator=torch.Generator().manual_seed(50 + seed), dtype=torch.float64)
+    span, _ = torch.linalg.qr(torch.cat([first.unsqueeze(1), others], dim=1))  # holds the stream's first draw
+    kept = span.T.unsqueeze(0).contiguous()
+    fresh = lanczos._fresh(kept)
+    assert abs(float(fresh.norm()) - 1.0) < 1e-12
+    assert float((kept[0] @ fresh[0]).abs().max()) < 1e-12
+
+
+def test_a_grouped_strided_transposed_conv_that_broke_lanczos_converges() -> None:
+    """The operator of this small grouped ConvTranspose (found by hypothesis) gets a tight interval."""
+    from lipcheck.model import ConvGeometry
+    from lipcheck.spectral.conv import explicit_matrix, operator_interval
+
+    weight = torch.tensor(
+        [[[0.7376, 1.9459, -0.6995]], [[-1.3023, -0.5133, -0.2696]], [[0.2462, 0.4839, 0.4504]], [[-0.9568, 1.5012, -0.3136]]], dtype=torch.float64
+    )
+    geometry = ConvGeometry(stride=(2,), padding=(3, 3), dilation=(2,), groups=2, output_padding=(0,), auto_pad="NOTSET", padding_mode="zeros")
+    exact = exact_sigma(explicit_matrix(weight, geometry, (6,), True))
+    found = operator_interval(weight, geometry, (6,), True, tol=1e-6, max_iter=20000, seed=0)
+    assert found.lower <= exact <= found.upper
+    assert found.converged and found.upper - found.lower <= 1e-6 * found.upper

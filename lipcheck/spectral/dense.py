@@ -39,6 +39,9 @@ _MAX_BASIS = 320
 # Every this many steps the new Lanczos vector is orthogonalized a second time.
 _REORTHOGONALIZE_EVERY = 4
 _FLOAT32_INVARIANT = 1e-5
+# Offset of the seed of the stream that fresh Lanczos directions are drawn from, and draws per direction.
+_FRESH_STREAM = 0x5EED
+_FRESH_DRAWS = 8
 _CANCELLATION = math.sqrt(2.0)
 
 
@@ -150,7 +153,9 @@ class _Lanczos:
         # noise would leave T without the couplings that full reorthogonalization removes, so such
         # a beta also starts a fresh block.
         self.tiny_at = (_FLOAT32_INVARIANT if low_precision else 1e-12) * g.diagonal(dim1=1, dim2=2).amax(dim=1)
-        self.generator = torch.Generator().manual_seed(seed)
+        # Fresh directions come from a stream of their own: the seed's first draws are the start
+        # vector itself (lipcheck.spectral.dense._starts), which the basis already holds.
+        self.generator = torch.Generator().manual_seed(seed + _FRESH_STREAM)
         self.iterations = 0
         self._restart(starts)
 
@@ -165,6 +170,25 @@ class _Lanczos:
     def _orthogonalize(self, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """Remove the float64 basis' components from z (full reorthogonalization, one pass)."""
         return torch.baddbmm(z, kept.mT, torch.bmm(kept, z), alpha=-1.0)
+
+    def _fresh(self, kept: torch.Tensor) -> torch.Tensor:
+        """A random unit vector orthogonal to the basis, per matrix (b, q).
+
+        A draw that lies almost inside the basis' span would leave only rounding noise, whose
+        normalization is not orthogonal to anything: such a draw is replaced by another.
+        """
+        fresh = torch.zeros(self.b, self.q, dtype=torch.float64, device=self.g.device)
+        pending = torch.ones(self.b, dtype=torch.bool, device=self.g.device)
+        for _ in range(_FRESH_DRAWS):
+            drawn = torch.randn(self.b, self.q, 1, generator=self.generator, dtype=torch.float64).to(self.g.device)
+            left = self._orthogonalize(self._orthogonalize(drawn, kept), kept).squeeze(2)
+            kept_enough = torch.linalg.vector_norm(left, dim=1) > 1e-6 * torch.linalg.vector_norm(drawn.squeeze(2), dim=1)
+            take = pending & kept_enough
+            fresh = torch.where(take.unsqueeze(1), left, fresh)
+            pending = pending & ~kept_enough
+            if not bool(pending.any()):
+                break
+        return fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
     def step(self) -> None:
         """Extend every Krylov space by one vector."""
@@ -187,9 +211,7 @@ class _Lanczos:
         norm = beta
         if bool(tiny.any()):
             # An invariant subspace: continue with a fresh direction (beta 0 splits T in blocks).
-            fresh = torch.randn(self.b, self.q, 1, generator=self.generator, dtype=torch.float64).to(self.g.device)
-            fresh = self._orthogonalize(self._orthogonalize(fresh, kept), kept).squeeze(2)
-            fresh = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            fresh = self._fresh(kept)
             z = torch.where(tiny.unsqueeze(1), fresh, z)
             beta = torch.where(tiny, torch.zeros_like(beta), beta)
             norm = torch.where(tiny, torch.ones_like(beta), beta)
