@@ -297,7 +297,7 @@ def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings
     graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=record)
     unique = {(index, scale.tobytes()): (index, scale) for index, scale in wanted}
     if len(unique) > 1:
-        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique.values()], settings.device, factorizations=True)
+        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique.values()], settings.device, factorizations=settings.device == "cpu")
 
 
 def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], float | None]:

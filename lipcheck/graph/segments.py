@@ -13,10 +13,11 @@ Runs of convs (conv, activation, conv, …) whose maps are too large for explici
 bounded the same way with one multiplier per channel and one inequality per frequency of a
 circular embedding (lipcheck.graph.lipsdp_fourier). lipcheck's reading of each conv of such a run
 (its geometry, the padding made explicit) must give what the graph's own evaluator computes for
-that node on a random input. At the default effort each run takes the closed-form multipliers
-and the runs certified are chosen by counting float operations, not by the clock, so every run of
-lipcheck prints the same numbers; above it the optimizer takes a fixed number of steps per
---effort within an even share of the time left. A run of two
+that node on a random input. At the default effort each conv run takes the closed-form
+multipliers and the conv runs certified are chosen by counting their work, not by the clock, so
+every run of lipcheck prints the same conv-run numbers; above it the optimizer takes a fixed number
+of steps per --effort within an even share of the time left. (Runs of dense layers optimize within
+a time budget.) A run of two
 convs whose output is added to its own input (a residual block's identity skip) or to a conv of
 it (a downsampling block's skip) is bounded together with the skip, as the map x ↦ S x + F(x)
 from the run's start to the sum.
@@ -373,27 +374,35 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
             continue
         constants[segment.end] = (segment.start, result.bound)
         notes.append(f"chain {segment.first}..{segment.last} ({len(chain.weights)} layers): LipSDP-Neuron multipliers certify {result.bound:.6g}")
-    funded = _funded_runs(runs, effort)
+    work = [_work(run, effort) for run in runs]
+    funded = _funded_runs(work, effort)
     for index, run in enumerate(runs):
         if report is not None:
             report(len(segments) + index, total, f"{run.first}..{run.last}")
         # An even share of the time left, so that every run gets its optimizer steps, not only the first.
         share = max(0.0, deadline - time.perf_counter()) / (len(runs) - index)
-        note = _conv_run(model, reader, run, effort, index in funded, share, constants)
+        note = "" if work[index] == math.inf else _conv_run(model, reader, run, effort, index in funded, share, constants)
         if note:
             notes.append(note)
     return constants, notes
 
 
-def _funded_runs(runs: list[ConvRun], effort: float) -> set[int]:
-    """The runs whose certificates fit this effort's work budget together, cheapest first (counted,
-    not timed: the same runs on every machine)."""
+def _work(run: ConvRun, effort: float) -> float:
+    """A run's certificate work (float operations of its factorizations plus ENTRY_WORK per symbol
+    entry), or inf where it is not tried at this effort (no symbol, too large, too costly)."""
     from lipcheck.graph.lipsdp_fourier import cost
 
-    costs = [cost(run.links, run.skip_link) for run in runs]
-    work = [f + ENTRY_WORK * entries if 0 < entries <= MAX_SYMBOL_ENTRIES and f <= CONV_FLOPS * effort else math.inf for entries, f in costs]
+    entries, flops = cost(run.links, run.skip_link)
+    if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
+        return math.inf
+    return flops + ENTRY_WORK * entries
+
+
+def _funded_runs(work: list[float], effort: float) -> set[int]:
+    """The runs whose work fits this effort's budget together, cheapest first (counted, not timed:
+    the same runs on every machine)."""
     funded, spent = set(), 0.0
-    for index in sorted(range(len(runs)), key=lambda i: work[i]):
+    for index in sorted(range(len(work)), key=lambda i: work[i]):
         if spent + work[index] <= TOTAL_CONV_WORK * effort:
             funded.add(index)
             spent += work[index]
@@ -402,13 +411,10 @@ def _funded_runs(runs: list[ConvRun], effort: float) -> set[int]:
 
 def _conv_run(model: Model, reader: ChainReader, run: ConvRun, effort: float, funded: bool, share: float, constants: dict[str, tuple[str, float]]) -> str:
     """Certify one conv run into ``constants`` (its optimizer within ``share`` seconds); the note that
-    says what it got, or "" when it was not tried (too costly for this --effort)."""
-    from lipcheck.graph.lipsdp_fourier import certified_run_bound, cost
+    says what it got."""
+    from lipcheck.graph.lipsdp_fourier import certified_run_bound
 
     name = f"conv chain {run.first}..{run.last}"
-    entries, flops = cost(run.links, run.skip_link)
-    if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
-        return ""
     if not funded:
         return f"{name}: past this effort's budget for conv chains (raise --effort)"
     loaded = load_run(model, run, reader)

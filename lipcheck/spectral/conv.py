@@ -371,7 +371,7 @@ def operator_lower(
     x0 = noise if start is None else start + 1e-3 * noise * (start.norm() / noise.norm())
     shape = x0.shape
     q = (x0 / x0.norm()).to(device=device, dtype=torch.float32).reshape(-1)
-    # The basis lives in one buffer: each step reads it as a matrix without stacking it anew.
+    # The basis lives in one buffer, read as a matrix at each step.
     space = torch.empty(_MAX_BASIS, q.numel(), dtype=torch.float32, device=device)
     space[0] = q
     size = 1

@@ -186,7 +186,7 @@ def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ..
     table = _new_table(half, groups, m, per_tap.device, reuse)
     stacked = per_tap.permute(0, 2, 3, 1)  # (g, m, c, T): the weight's own layout
     for delta, members in pairs.items():
-        # K is ordered (channel, pair) on both sides: the product sums over it all the same.
+        # The product's inner index runs over (channel, pair) on both sides alike.
         left, right = ([p[i] for p in members] for i in (0, 1))
         lhs, rhs = stacked[..., left].reshape(groups, m, -1), stacked[..., right].reshape(groups, m, -1)
         if per_tap.device.type == "cpu":  # numpy's BLAS, faster than torch's here
@@ -281,7 +281,7 @@ def gram_error(taps: GramTaps) -> float:
 def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound.
 
-    ``g`` is overwritten (with tau I - G, then its factor): the blocks are large and read once.
+    ``g`` is overwritten with tau I - G (on a CPU then with its factor): the blocks are large and read once.
     """
     n = g.shape[-1]
     diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
@@ -296,7 +296,7 @@ def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _factorizes(a: torch.Tensor) -> torch.Tensor:
-    """Whether a Cholesky factorization of each finite Hermitian matrix in the batch completes; overwrites ``a``.
+    """Whether a Cholesky factorization of each finite Hermitian matrix in the batch completes (on a CPU in ``a``'s memory).
 
     On a CPU LAPACK factors the blocks where they lie, one by one (lipcheck.spectral.lapack);
     elsewhere torch's batched factorization runs. A matrix with a non-finite entry (its sum is not
@@ -327,7 +327,7 @@ def hermitian_top(g: torch.Tensor, *, rel: float, start: torch.Tensor | None = N
     gen = torch.Generator().manual_seed(0)
     q = start if start is not None else torch.randn(b, n, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
     q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
-    basis = torch.empty(b, steps, n, dtype=g.dtype, device=g.device)  # one buffer: no restacking per step
+    basis = torch.empty(b, steps, n, dtype=g.dtype, device=g.device)  # one buffer, read as a batch of matrices
     basis[:, 0] = q
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
@@ -486,7 +486,8 @@ def release_scratch() -> None:
 
 
 def _power_screen(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rayleigh quotients after a few power steps (a cheap ranking of the frequencies), and the iterates."""
+    """A cheap ranking of the frequencies by a few power steps: the Rayleigh quotients of the
+    next-to-last iterates, and the last iterates (start vectors for Lanczos)."""
     x = torch.ones(g.shape[0], g.shape[1], 1, dtype=g.dtype, device=g.device)
     x[:, ::2] = -1  # not orthogonal to a top vector for any real structure in practice; only a ranking
     x = x + 0.1j * torch.arange(g.shape[1], dtype=torch.float64, device=g.device).reshape(1, -1, 1) / g.shape[1]

@@ -64,9 +64,10 @@ def factor_in_place(batch: np.ndarray) -> np.ndarray:
     when LAPACK reports success and every pivot is finite and positive (some builds let a NaN pivot
     pass). Afterwards each matrix holds its factor in that triangle and input elsewhere.
     """
-    routine = _potrf(_ROUTINES[batch.dtype])
+    name = _ROUTINES.get(batch.dtype)
+    routine = None if name is None else _potrf(name)
     if routine is None:
-        raise RuntimeError(f"no LAPACK potrf for {batch.dtype} in this SciPy")
+        raise ValueError(f"no in-place LAPACK factorization for {batch.dtype} here (float64 or complex128 with SciPy's LAPACK; check available() first)")
     if not batch.flags.c_contiguous:
         raise ValueError("the batch must be C-contiguous to be factored in place")
     n = batch.shape[-1]

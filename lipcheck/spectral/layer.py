@@ -111,8 +111,8 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     BERT-base on two cores), and every operation's rounding is independent of the schedule. A
     conv whose operator norm is wanted at a known input size becomes a task of its own once its
     batch is done, so convs run side by side too and each is yielded as it finishes.
-    The caller's torch thread settings are the same at every yield and after as before; numpy's
-    BLAS keeps the workers' thread count until the generator is done.
+    The caller's torch thread settings are the same at every yield and after as before; numpy's and SciPy's
+    BLAS keep the workers' thread count until the generator is done.
     """
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
