@@ -35,7 +35,11 @@ def _potrf(name: str) -> Potrf | None:
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
+    signature = get_name(capsule)
+    # potrf(char *uplo, int *n, T *a, int *lda, int *info): 32-bit ints, as ctypes is told below.
+    if signature is None or not signature.startswith(b"void (char *, int *, ") or not signature.endswith(b", int *, int *)"):
+        return None
+    address = get_pointer(capsule, signature)
     if not address:
         return None
     # potrf(uplo, n, a, lda, info), every argument by reference (Fortran's convention).
