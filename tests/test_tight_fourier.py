@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lipcheck.graph import lipsdp
@@ -604,3 +606,47 @@ def test_top_eigenvalues_are_exact_where_largest_and_never_above_elsewhere() -> 
     assert found.max() == pytest.approx(exact.max(), rel=1e-12)
     assert np.all(found <= exact * (1 + 1e-10))
     assert np.all(found >= 0.5 * exact)  # a ranking worth the name: 16 Lanczos steps from a random start
+
+
+def _chain_matrix(ws: list[torch.Tensor], slopes: list[tuple[float, float]], ts: list[torch.Tensor], rho: float) -> torch.Tensor:
+    """LipSDP-Neuron's N(ρ, T) for one chain of (complex) weights, assembled densely (lipcheck.graph.lipsdp's doc)."""
+    sizes = [ws[0].shape[-1]] + [w.shape[-2] for w in ws[:-1]]
+    offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    n = offsets[-1]
+    big = torch.zeros(n, n, dtype=torch.complex128)
+
+    def block(i: int, j: int) -> slice:
+        return slice(offsets[i], offsets[i + 1]) if j < 0 else slice(offsets[j], offsets[j + 1])
+
+    big[block(0, -1), block(0, -1)] += rho * torch.eye(sizes[0], dtype=torch.complex128)
+    for k, ((a, b), t) in enumerate(zip(slopes, ts)):
+        w = ws[k]
+        big[block(k, -1), block(k, -1)] += 2 * a * b * (w.mH @ (t[:, None] * w))
+        big[block(k + 1, -1), block(k + 1, -1)] += torch.diag(2 * t).to(torch.complex128)
+        big[block(k + 1, -1), block(k, -1)] += -(a + b) * (t[:, None] * w)
+        big[block(k, -1), block(k + 1, -1)] += (-(a + b) * (t[:, None] * w)).mH
+    last = ws[-1]
+    big[block(len(sizes) - 1, -1), block(len(sizes) - 1, -1)] -= last.mH @ last
+    return big
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.floats(-0.5, 0.5), st.integers(0, 2**16))
+def test_the_complex_certificate_accepts_exactly_where_the_hermitian_matrix_is_psd(n: int, h: int, m: int, low: float, seed: int) -> None:
+    """certify_batch on complex weights agrees with the eigenvalues of N(ρ, T) itself, for ρ around its threshold."""
+    gen = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(h, n, generator=gen, dtype=torch.complex128)
+    w1 = torch.randn(m, h, generator=gen, dtype=torch.complex128)
+    # Multipliers with 2T ≻ W_1ᴴW_1, so that a large enough ρ makes N ⪰ 0.
+    t = (torch.rand(h, generator=gen, dtype=torch.float64) + 1.0) * float(torch.linalg.matrix_norm(w1, ord=2)) ** 2
+    slopes = [lipsdp.outward(min(low, 0.0), 1.0)]
+    # The threshold: the smallest ρ with N ⪰ 0 (N is affine in ρ on its first block), by bisection.
+    lo, hi = 0.0, 1.0
+    while float(torch.linalg.eigvalsh(_chain_matrix([w0, w1], slopes, [t], hi)).min()) < 0.0:
+        lo, hi = hi, hi * 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(torch.linalg.eigvalsh(_chain_matrix([w0, w1], slopes, [t], mid)).min()) < 0.0 else (lo, mid)
+    for factor, expected in ((1.0 - 1e-6, False), (1.0 + 1e-6, True)):
+        rho = hi * factor
+        assert lipsdp.certify_batch([w0.unsqueeze(0), w1.unsqueeze(0)], slopes, [t], rho) == expected

@@ -359,7 +359,9 @@ def certify_batch(
             return False
     if skip and (len(weights) != 2 or (skip_weight is None and weights[1].shape[-2] != weights[0].shape[-1])):
         return False
-    ws = [w.to(torch.float64) for w in weights]
+    complex_ = any(w.is_complex() for w in weights) or (skip_weight is not None and skip_weight.is_complex())
+    dtype = torch.complex128 if complex_ else torch.float64
+    ws = [w.to(dtype) for w in weights]
     ts = [t.to(torch.float64) for t in multipliers]
     if not (math.isfinite(rho) and rho > 0.0) or any(not bool((t > 0).all() & torch.isfinite(t).all()) for t in ts):
         return False
@@ -371,6 +373,10 @@ def certify_batch(
     u = UNIT_ROUNDOFF
     up = 1.0 + 1e-10  # rounds the bounds' own (nonnegative, short) sums up
 
+    def dot(k: int) -> float:
+        """The relative rounding of a k-term dot product; a complex one is two real ones of 2k terms."""
+        return math.sqrt(2.0) * _gamma(2 * k) if complex_ else _gamma(k)
+
     def diagonal(values: torch.Tensor) -> torch.Tensor:
         return torch.diag_embed(values.expand(batch, -1)).clone()
 
@@ -380,34 +386,34 @@ def certify_batch(
     offs: list[torch.Tensor] = []
     skip_product = product_error = None  # W_1ᵀS and a bound on its rounding, entrywise
     if skip:
-        skip_product, product_error = ws[1].mT, torch.zeros_like(ws[1].mT)
+        skip_product, product_error = ws[1].mH, torch.zeros(ws[1].mH.shape, dtype=torch.float64)
     if skip_weight is not None:
-        s_w = skip_weight.to(torch.float64)
-        skip_product = ws[1].mT @ s_w
-        product_error = _gamma(s_w.shape[-2] + 2) * (ws[1].abs().mT @ s_w.abs())
+        s_w = skip_weight.to(dtype)
+        skip_product = ws[1].mH @ s_w
+        product_error = dot(s_w.shape[-2] + 2) * (ws[1].abs().mT @ s_w.abs())
     for k in range(len(sizes)):
         if k == 0:
             block = diagonal(torch.full((sizes[0],), rho, dtype=torch.float64))
             err = torch.zeros(batch, sizes[0], dtype=torch.float64)
             if skip_weight is not None:
-                block = block - s_w.mT @ s_w
-                err = _gamma(s_w.shape[-2] + 2) * (s_w.abs().mT @ s_w.abs().sum(-1, keepdim=True)).squeeze(-1) * up
+                block = block - s_w.mH @ s_w
+                err = dot(s_w.shape[-2] + 2) * (s_w.abs().mT @ s_w.abs().sum(-1, keepdim=True)).squeeze(-1) * up
         elif k < len(sizes) - 1:
             block = diagonal(2.0 * ts[k - 1])
             err = torch.zeros(batch, sizes[k], dtype=torch.float64)
         else:
             last = ws[-1]
-            gram = last.mT @ last
+            gram = last.mH @ last
             block = diagonal(2.0 * ts[k - 1]) - gram
-            err = _gamma(last.shape[-2] + 2) * (last.abs().mT @ last.abs().sum(-1, keepdim=True)).squeeze(-1) * up
+            err = dot(last.shape[-2] + 2) * (last.abs().mT @ last.abs().sum(-1, keepdim=True)).squeeze(-1) * up
         if k < len(sizes) - 1:
             a, b = slopes[k]
             w, t = ws[k], ts[k]
             if a * b != 0.0:
                 scaled = t[:, None] * w
-                block = block + (2.0 * a * b) * (w.mT @ scaled)
+                block = block + (2.0 * a * b) * (w.mH @ scaled)
                 weighted = (t * w.abs().sum(-1)).unsqueeze(-1)
-                err = err + _gamma(w.shape[-2] + 4) * abs(2.0 * a * b) * (w.abs().mT @ weighted).squeeze(-1) * up
+                err = err + dot(w.shape[-2] + 4) * abs(2.0 * a * b) * (w.abs().mT @ weighted).squeeze(-1) * up
             off = -(a + b) * (t[:, None] * w)
             if skip_product is not None and k == 0:
                 off = off - skip_product
@@ -424,11 +430,13 @@ def certify_batch(
             bound = 2.0 * _gamma(1) * off.abs()
         f[k] = f[k] + bound.sum(-2) * up
         f[k + 1] = f[k + 1] + bound.sum(-1) * up
-    gamma = _gamma(n + 1)
+    # Complex Cholesky: Higham's γ_{n+1} with complex operations counted as real ones (as in
+    # lipcheck.spectral.conv_fourier).
+    gamma = _gamma(4 * n + 8) if complex_ else _gamma(n + 1)
     c = n * gamma / (1.0 - gamma) * up + 4.0 * u
     shifted = []
     for block, err in zip(diag, f):
-        margin = (err + c * block.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)) * up
+        margin = (err + c * block.diagonal(dim1=-2, dim2=-1).real.clamp_min(0.0)) * up
         block = block.clone()
         block.diagonal(dim1=-2, dim2=-1).sub_(margin)
         shifted.append(block)
@@ -438,19 +446,19 @@ def certify_batch(
         if k == 0 and skip_weight is None and slopes[0][0] * slopes[0][1] == 0.0 and len(shifted) > 1:
             # ρI less its margins: the factorization of a diagonal matrix is the root of each entry,
             # its triangular solve a division by it (what LAPACK computes there, without its O(n³) pass)
-            pivots = schur.diagonal(dim1=-2, dim2=-1)
+            pivots = schur.diagonal(dim1=-2, dim2=-1).real
             if not bool((pivots > 0.0).all()) or not bool(torch.isfinite(pivots).all()):
                 return False
-            z = offs[0].mT / pivots.sqrt().unsqueeze(-1)
-            schur = shifted[1] - z.mT @ z
+            z = offs[0].mH / pivots.sqrt().unsqueeze(-1)
+            schur = shifted[1] - z.mH @ z
             continue
         factor, info = torch.linalg.cholesky_ex(schur)
         if bool((info != 0).any()) or not bool(torch.isfinite(factor).all()):
             return False
         if k == len(shifted) - 1:
             return True
-        z = torch.linalg.solve_triangular(factor, offs[k].mT, upper=False)  # L_k⁻¹ N_{k,k+1}
-        schur = shifted[k + 1] - z.mT @ z
+        z = torch.linalg.solve_triangular(factor, offs[k].mH, upper=False)  # L_k⁻¹ N_{k,k+1}
+        schur = shifted[k + 1] - z.mH @ z
     return True
 
 

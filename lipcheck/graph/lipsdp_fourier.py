@@ -36,10 +36,10 @@ M = (a + b) T K_0 + K_1ᴴ and Y = 2T − K_1ᴴ K_1 (and −2ab K_0ᴴ T K_0 ad
 takes SᴴS from the first block and −K_1ᴴS to the off-diagonal one instead: ρ* is the top
 eigenvalue of SᴴS + Mᴴ Y⁻¹ M with M = (a + b) T K_0 + K_1ᴴ S.
 
-Certificate. A Hermitian matrix A + iB is PSD exactly when the real symmetric [[A, −B], [B, A]]
-is, and that map respects products and transposes, so N(ω) ⪰ 0 exactly when the dense certificate
-(lipcheck.graph.lipsdp.certify_batch) accepts the chain of real weights [[Re K, −Im K], [Im K,
-Re K]] with each multiplier twice. The symbols are computed, not exact: each entry of fl(K_k) is
+Certificate. The dense certificate (lipcheck.graph.lipsdp.certify_batch) checks N(ω) ⪰ 0 in
+complex arithmetic on the symbols themselves, its rounding terms counting each complex dot product
+of k terms as two real ones of 2k terms and the complex factorization as conv_fourier's does. The
+symbols are computed, not exact: each entry of fl(K_k) is
 within √2 (μ + γ_{T+1}(1 + μ)) Σ_t |W_t| of K_k (μ the phase table's error, as in
 lipcheck.spectral.conv_fourier), so ‖fl(K_k) − K_k‖ ≤ ε_k, the Frobenius norm of that bound.
 Changing K_k by E_k changes N by at most |2a b| ‖T_{k+1}‖ (2‖K_k‖ ε_k + ε_k²) on a diagonal block
@@ -345,12 +345,6 @@ def top_eigenvalues(g: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _embedded(w: torch.Tensor) -> torch.Tensor:
-    """[[Re W, −Im W], [Im W, Re W]] per matrix of the batch: the real form of a complex map."""
-    re, im = w.real, w.imag
-    return torch.cat([torch.cat([re, -im], dim=-1), torch.cat([im, re], dim=-1)], dim=-2)
-
-
 def _norm(w: torch.Tensor, error: float) -> float:
     """A bound on the spectral norm of the exact matrices behind fl(w) at every frequency."""
     return float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + error
@@ -387,13 +381,12 @@ def certify_frequencies(
     """Whether N(ρ, T) ⪰ 0 for the exact symbols at every frequency (module doc), checked in float64;
     with the identity skip, ``rho`` is ρ − 1 (lipcheck.graph.lipsdp.certify_batch)."""
     shift = symbol_shift(ws, errors, slopes, multipliers, skip)
-    doubled = [torch.cat([t, t]) for t in multipliers]
-    per_frequency = sum(4 * w.shape[-2] * w.shape[-1] for w in ws)
+    per_frequency = sum(2 * w.shape[-2] * w.shape[-1] for w in ws)  # complex entries, in float64s
     step = max(1, _CERTIFY_ENTRIES // max(1, per_frequency))
     for start in range(0, ws[0].shape[0], step):
-        chunk = [_embedded(w[start : start + step]) for w in ws]
-        s_chunk = None if skip is None or skip.symbol is None else _embedded(skip.symbol[start : start + step])
-        if not lipsdp.certify_batch(chunk, slopes, doubled, rho, shift, skip is not None, s_chunk):
+        chunk = [w[start : start + step] for w in ws]
+        s_chunk = None if skip is None or skip.symbol is None else skip.symbol[start : start + step]
+        if not lipsdp.certify_batch(chunk, slopes, multipliers, rho, shift, skip is not None, s_chunk):
             return False
     return True
 
