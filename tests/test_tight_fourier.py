@@ -418,7 +418,16 @@ def test_the_conv_runs_certified_are_the_cheapest_that_fit_the_counted_budget(mo
     from lipcheck.graph import lipsdp_fourier, segments
 
     # (symbol entries, factorization flops) per run: work = flops + 2500 per entry
-    costs = {"a": (1e6, 5e10), "b": (1e7, 1.9e10), "c": (1e6, 1e9), "d": (4e6, 1.5e10), "e": (2e6, 1.8e10), "f": (0, 0.0), "g": (8e6, 1e10)}
+    costs = {
+        "a": (1e6, 5e10),
+        "b": (1e7, 1.9e10),
+        "c": (1e6, 1e9),
+        "d": (4e6, 1.5e10),
+        "e": (2e6, 1.8e10),
+        "f": (0, 0.0),
+        "g": (8e6, 1e10),
+        "h": (1.6e7, 1.9e10),
+    }
     runs: list[Any] = [type("Run", (), {"links": name, "skip_link": None})() for name in costs]
     monkeypatch.setattr(lipsdp_fourier, "cost", lambda links, skip=None: costs[links])
 
@@ -426,10 +435,10 @@ def test_the_conv_runs_certified_are_the_cheapest_that_fit_the_counted_budget(mo
         return segments._funded_runs([segments._work(run, effort) for run in runs], effort)
 
     # Effort 1: "a" is past the 2e10 flops a run may take; c (3.5e9) + e (2.3e10) + d (2.5e10) + g (3e10)
-    # fit 1e11 together, b (4.4e10) would not.
-    assert funded(1.0) == {2, 3, 4, 6}
-    # Effort 3: every run with a symbol ("f" has none) fits 3e11 together.
-    assert funded(3.0) == {0, 1, 2, 3, 4, 6}
+    # + b (4.4e10) fit 1.8e11 together, h (5.9e10) would not.
+    assert funded(1.0) == {1, 2, 3, 4, 6}
+    # Effort 3: every run with a symbol ("f" has none) fits 5.4e11 together.
+    assert funded(3.0) == {0, 1, 2, 3, 4, 6, 7}
 
 
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
