@@ -386,7 +386,7 @@ def certify_batch(
     offs: list[torch.Tensor] = []
     skip_product = product_error = None  # W_1ᵀS and a bound on its rounding, entrywise
     if skip:
-        skip_product, product_error = ws[1].mH, torch.zeros(ws[1].mH.shape, dtype=torch.float64)
+        skip_product, product_error = ws[1].mH, torch.zeros(ws[1].mH.shape, dtype=torch.float64, device=ws[1].device)
     if skip_weight is not None:
         s_w = skip_weight.to(dtype)
         skip_product = ws[1].mH @ s_w
