@@ -344,7 +344,9 @@ def certify_batch(
     skip: bool = False,
     skip_weight: torch.Tensor | None = None,
 ) -> bool:
-    """``certify`` for a batch of chains with the same multipliers: weights (B, out, in) each.
+    """``certify`` for a batch of chains with the same multipliers: weights (B, out, in) each, real or
+    complex (then N is Hermitian, and each complex dot product of k terms is bounded as two real
+    ones of 2k terms, the factorization with γ_{4n+8}).
 
     Checks N(ρ, T) − shift·I ⪰ 0 for every chain of the batch: ``shift`` (≥ 0) is how far the
     caller's weights may be from exact ones, as a spectral-norm bound on the change of N. With

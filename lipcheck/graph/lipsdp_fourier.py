@@ -64,7 +64,7 @@ from lipcheck.spectral import conv_fourier
 
 # Frequencies the optimizer works on at once; where ρ* is largest.
 _ACTIVE = 16
-# Real-embedded entries per batch of the certificate.
+# Float64 values of symbol entries (two per complex entry) per batch of the certificate.
 _CERTIFY_ENTRIES = 1 << 23
 # Top eigenvalues per frequency: Lanczos estimates everywhere, exact values at this many of the
 # largest (the certificate decides in the end; these only choose ρ and the multipliers).
