@@ -441,6 +441,26 @@ def test_the_conv_runs_certified_are_the_cheapest_that_fit_the_counted_budget(mo
     assert funded(3.0) == {0, 1, 2, 3, 4, 6, 7}
 
 
+def test_conv_runs_never_tried_get_one_note_that_says_what_would_change_that(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs past every budget are named in one note with the --effort the cheapest needs, or as too large at any effort."""
+    from lipcheck.graph import lipsdp_fourier, segments
+
+    costs = {"a": (1e6, 5e10), "b": (1e6, 9e10), "huge": (segments.MAX_SYMBOL_ENTRIES + 1, 1e9)}
+    runs: list[Any] = [type("Run", (), {"links": name, "skip_link": None, "first": f"{name}0", "last": f"{name}1"})() for name in costs]
+    monkeypatch.setattr(lipsdp_fourier, "cost", lambda links, skip=None: costs[links])
+
+    # "a" needs 5e10 / 2e10 = 2.5 for its flops (its work 5.25e10 fits 1.8e11 at 0.3); "b" 4.5.
+    assert segments.needed_effort(runs[0]) == pytest.approx(2.5)
+    assert segments.needed_effort(runs[1]) == pytest.approx(4.5)
+    assert segments.needed_effort(runs[2]) is None
+    for run in runs[:2]:
+        effort = segments.needed_effort(run)
+        assert effort is not None and math.isfinite(segments._work(run, effort)) and segments._work(run, effort * 0.99) == math.inf
+    note = segments._untried_note(runs, 1.0)
+    assert note.startswith("3 conv chains (a0..a1 and 2 more)") and "--effort 2.5 or more" in note
+    assert "at any effort" in segments._untried_note(runs[2:], 1.0) and "huge0..huge1" in segments._untried_note(runs[2:], 1.0)
+
+
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:
     """DroNet's block as its Keras export writes it: conv (stride 2), batch norm, relu, conv, plus a
     strided 1x1 conv skip; the batch norm stays a node of its own."""

@@ -376,6 +376,9 @@ def segment_constants(model: Model, effort: float = 1.0) -> tuple[dict[str, tupl
         notes.append(f"chain {segment.first}..{segment.last} ({len(chain.weights)} layers): LipSDP-Neuron multipliers certify {result.bound:.6g}")
     work = [_work(run, effort) for run in runs]
     funded = _funded_runs(work, effort)
+    untried = [run for run, w in zip(runs, work) if w == math.inf]
+    if untried:
+        notes.append(_untried_note(untried, effort))
     for index, run in enumerate(runs):
         if report is not None:
             report(len(segments) + index, total, f"{run.first}..{run.last}")
@@ -396,6 +399,29 @@ def _work(run: ConvRun, effort: float) -> float:
     if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
         return math.inf
     return flops + ENTRY_WORK * entries
+
+
+def needed_effort(run: ConvRun) -> float | None:
+    """The --effort at which the run's certificate fits a run's and the model's budgets, or None
+    where no effort does (no circular symbol, or symbols past MAX_SYMBOL_ENTRIES)."""
+    from lipcheck.graph.lipsdp_fourier import cost
+
+    entries, flops = cost(run.links, run.skip_link)
+    if entries == 0 or entries > MAX_SYMBOL_ENTRIES:
+        return None
+    return max(flops / CONV_FLOPS, (flops + ENTRY_WORK * entries) / TOTAL_CONV_WORK)
+
+
+def _untried_note(untried: list[ConvRun], effort: float) -> str:
+    """One note for the conv runs no certificate is tried on at this effort: which, and what would change that."""
+    efforts = [e for e in (needed_effort(run) for run in untried) if e is not None]
+    named = f"{untried[0].first}..{untried[0].last}" + (f" and {len(untried) - 1} more" if len(untried) > 1 else "")
+    what = "conv chain" if len(untried) == 1 else f"{len(untried)} conv chains"
+    if efforts:
+        why = f"too costly at --effort {effort:g} (the cheapest needs --effort {math.ceil(min(efforts) * 10) / 10:g} or more)"
+    else:
+        why = "their per-frequency symbols are larger than a tight bound takes at any effort"
+    return f"{what} ({named}): no tight bound, the graph's per-layer bounds stand; {why}"
 
 
 def _funded_runs(work: list[float], effort: float) -> set[int]:
