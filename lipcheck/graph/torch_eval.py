@@ -117,7 +117,12 @@ class Run:
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         array = np.asarray(array)
         if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
-            return torch.from_numpy(array.astype(np.float64)).to(self.dtype)
+            # Straight into torch's memory: numpy's own large arrays ask for huge pages, whose first
+            # touch can stall for a second on a model's worth of weights.
+            out = torch.empty(array.shape, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # a double past float32's range becomes inf, as torch's cast makes it
+                np.copyto(out.numpy(), array, casting="unsafe")
+            return out
         if array.dtype.kind == "b":
             return torch.from_numpy(array.copy())
         return torch.from_numpy(array.astype(np.int64))
