@@ -399,13 +399,15 @@ def operator_lower(
         theta = max(0.0, float(values[-1]))
         residual = beta * abs(float(vectors[-1, -1]))
         error = residual if j == 1 else min(residual, residual**2 / max(float(values[-1] - values[-2]), 1e-300))
-        best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
         sigma = math.sqrt(theta)
         met = sigma >= upper * (1 - 0.9 * tol)
         settled = error <= _SETTLED * tol * theta
-        if met or settled or beta <= 1e-7 * max(theta, 1e-300):
+        # The Ritz vector is assembled only where it is used: one pass over the basis, not one per step.
+        if met or settled or beta <= 1e-7 * max(theta, 1e-300) or it >= max_iter:
+            best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
             break
         if j >= _MAX_BASIS:
+            best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
             space[0], size, alphas, betas = best_vec / best_vec.norm(), 1, [], []
             continue
         betas.append(beta)
