@@ -458,7 +458,10 @@ def test_conv_runs_never_tried_get_one_note_that_says_what_would_change_that(mon
         assert effort is not None and math.isfinite(segments._work(run, effort)) and segments._work(run, effort * 0.99) == math.inf
     note = segments._untried_note(runs, 1.0)
     assert note.startswith("3 conv chains (a0..a1 and 2 more)") and "--effort 2.5 or more" in note
-    assert "at any effort" in segments._untried_note(runs[2:], 1.0) and "huge0..huge1" in segments._untried_note(runs[2:], 1.0)
+    assert "in memory at any effort" in segments._untried_note(runs[2:], 1.0) and "huge0..huge1" in segments._untried_note(runs[2:], 1.0)
+    costs["flat"] = (0, 0.0)  # no circular embedding
+    flat: Any = type("Run", (), {"links": "flat", "skip_link": None, "first": "f0", "last": "f1"})()
+    assert segments.needed_effort(flat) is None and "no circular embedding" in segments._untried_note([flat], 1.0)
 
 
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:

@@ -414,13 +414,17 @@ def needed_effort(run: ConvRun) -> float | None:
 
 def _untried_note(untried: list[ConvRun], effort: float) -> str:
     """One note for the conv runs no certificate is tried on at this effort: which, and what would change that."""
+    from lipcheck.graph.lipsdp_fourier import cost
+
     efforts = [e for e in (needed_effort(run) for run in untried) if e is not None]
     named = f"{untried[0].first}..{untried[0].last}" + (f" and {len(untried) - 1} more" if len(untried) > 1 else "")
     what = "conv chain" if len(untried) == 1 else f"{len(untried)} conv chains"
     if efforts:
         why = f"too costly at --effort {effort:g} (the cheapest needs --effort {math.ceil(min(efforts) * 10) / 10:g} or more)"
+    elif all(cost(run.links, run.skip_link)[0] == 0 for run in untried):
+        why = "their geometry has no circular embedding to certify them on"
     else:
-        why = "their per-frequency symbols are larger than a tight bound takes at any effort"
+        why = "their per-frequency symbols are larger than a tight bound may hold in memory at any effort"
     return f"{what} ({named}): no tight bound, the graph's per-layer bounds stand; {why}"
 
 
