@@ -40,8 +40,8 @@ Certificate. The dense certificate (lipcheck.graph.lipsdp.certify_batch) checks 
 complex arithmetic on the symbols themselves, its rounding terms counting each complex dot product
 of k terms as two real ones of 2k terms and the complex factorization as conv_fourier's does. The
 symbols are computed, not exact: each entry of fl(K_k) is
-within √2 (μ + γ_{T+1}(1 + μ)) Σ_t |W_t| of K_k (μ the phase table's error, as in
-lipcheck.spectral.conv_fourier), so ‖fl(K_k) − K_k‖ ≤ ε_k, the Frobenius norm of that bound.
+within √2 (μ + γ_{T+1}(1 + μ)) Σ_t |W_t| of K_k (μ = 128u, the error of a phase table's cos and
+sin, as in lipcheck.spectral.conv_fourier), so ‖fl(K_k) − K_k‖ ≤ ε_k, the Frobenius norm of that bound.
 Changing K_k by E_k changes N by at most |2a b| ‖T_{k+1}‖ (2‖K_k‖ ε_k + ε_k²) on a diagonal block
 (2‖K_l‖ ε_l + ε_l² on the last) and (a + b) ‖T_{k+1}‖ ε_k on an off-diagonal one; the certificate
 takes the largest diagonal change plus twice the largest off-diagonal one off every diagonal
@@ -347,7 +347,9 @@ def top_eigenvalues(g: torch.Tensor) -> torch.Tensor:
 
 def _norm(w: torch.Tensor, error: float) -> float:
     """A bound on the spectral norm of the exact matrices behind fl(w) at every frequency."""
-    return float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + 1e-12) + error
+    # The norm sums 2 m squares (a complex entry's two parts), then takes a root: γ_{2m+4} covers both.
+    entries = w.shape[-2] * w.shape[-1]
+    return float(torch.linalg.matrix_norm(w, ord="fro").max()) * (1 + conv_fourier._gamma(2 * entries + 4)) + error
 
 
 def symbol_shift(
@@ -404,7 +406,7 @@ class RunResult:
 
 def masked_slopes(slopes: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Slope ranges widened to contain 0 (the masked positions of the ring)."""
-    return [(min(a, 0.0), b) for a, b in slopes]
+    return [(min(a, 0.0), max(b, 0.0)) for a, b in slopes]
 
 
 def cost(links: list[ConvLink], skip: ConvLink | None = None) -> tuple[int, float]:
