@@ -521,6 +521,8 @@ def test_conv_runs_never_tried_get_one_note_that_says_what_would_change_that(mon
     costs["flat"] = (0, 0.0)  # no circular embedding
     flat: Any = type("Run", (), {"links": "flat", "skip_link": None, "first": "f0", "last": "f1"})()
     assert segments.needed_effort(flat) is None and "no circular embedding" in segments._untried_note([flat], 1.0)
+    mixed = segments._untried_note([runs[2], flat], 1.0)
+    assert "1 has no circular embedding" in mixed and "in memory at any effort" in mixed
 
 
 def _dronet_block(path: Path, seed: int) -> tuple[Path, dict[str, np.ndarray]]:

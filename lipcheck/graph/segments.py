@@ -421,10 +421,16 @@ def _untried_note(untried: list[ConvRun], effort: float) -> str:
     what = "conv chain" if len(untried) == 1 else f"{len(untried)} conv chains"
     if efforts:
         why = f"too costly at --effort {effort:g} (the cheapest needs --effort {math.ceil(min(efforts) * 10) / 10:g} or more)"
-    elif all(cost(run.links, run.skip_link)[0] == 0 for run in untried):
-        why = "their geometry has no circular embedding to certify them on"
     else:
-        why = "their per-frequency symbols are larger than a tight bound may hold in memory at any effort"
+        flat = sum(cost(run.links, run.skip_link)[0] == 0 for run in untried)
+        reasons = []
+        if flat:
+            reasons.append(
+                "no circular embedding to certify them on" if flat == len(untried) else f"{flat} {'has' if flat == 1 else 'have'} no circular embedding"
+            )
+        if flat < len(untried):
+            reasons.append("their per-frequency symbols are larger than a tight bound may hold in memory at any effort")
+        why = "; ".join(reasons)
     return f"{what} ({named}): no tight bound, the graph's per-layer bounds stand; {why}"
 
 
