@@ -396,9 +396,15 @@ def _work(run: ConvRun, effort: float) -> float:
     from lipcheck.graph.lipsdp_fourier import cost
 
     entries, flops = cost(run.links, run.skip_link)
-    if entries == 0 or entries > MAX_SYMBOL_ENTRIES or flops > CONV_FLOPS * effort:
+    if not _symbols_fit(entries) or flops > CONV_FLOPS * effort:
         return math.inf
     return flops + ENTRY_WORK * entries
+
+
+def _symbols_fit(entries: int) -> bool:
+    """Whether a run with this many symbol entries can be certified at all (it has a circular
+    symbol, within MAX_SYMBOL_ENTRIES)."""
+    return 0 < entries <= MAX_SYMBOL_ENTRIES
 
 
 def needed_effort(run: ConvRun) -> float | None:
@@ -407,9 +413,7 @@ def needed_effort(run: ConvRun) -> float | None:
     from lipcheck.graph.lipsdp_fourier import cost
 
     entries, flops = cost(run.links, run.skip_link)
-    if entries == 0 or entries > MAX_SYMBOL_ENTRIES:
-        return None
-    return max(flops / CONV_FLOPS, (flops + ENTRY_WORK * entries) / TOTAL_CONV_WORK)
+    return max(flops / CONV_FLOPS, (flops + ENTRY_WORK * entries) / TOTAL_CONV_WORK) if _symbols_fit(entries) else None
 
 
 def _untried_note(untried: list[ConvRun], effort: float) -> str:
@@ -422,6 +426,7 @@ def _untried_note(untried: list[ConvRun], effort: float) -> str:
     if efforts:
         why = f"too costly at --effort {effort:g} (the cheapest needs --effort {math.ceil(min(efforts) * 10) / 10:g} or more)"
     else:
+        # No effort helps any of them: each has no symbol at all or one too large.
         flat = sum(cost(run.links, run.skip_link)[0] == 0 for run in untried)
         reasons = []
         if flat:

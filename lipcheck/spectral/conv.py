@@ -402,12 +402,12 @@ def operator_lower(
         sigma = math.sqrt(theta)
         met = sigma >= upper * (1 - 0.9 * tol)
         settled = error <= _SETTLED * tol * theta
-        # The Ritz vector is assembled only where it is used: one pass over the basis, not one per step.
-        if met or settled or beta <= 1e-7 * max(theta, 1e-300) or it >= max_iter:
+        done = met or settled or beta <= 1e-7 * max(theta, 1e-300) or it >= max_iter
+        if done or j >= _MAX_BASIS:
+            # The Ritz vector is assembled only where it is used: one pass over the basis, not one per step.
             best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
-            break
-        if j >= _MAX_BASIS:
-            best_vec = (vectors[:, -1].to(device=kept.device, dtype=torch.float32) @ kept).reshape(-1)
+            if done:
+                break
             space[0], size, alphas, betas = best_vec / best_vec.norm(), 1, [], []
             continue
         betas.append(beta)
