@@ -166,7 +166,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     total = len(model.layers)
     if progress is not None and total:
         progress(0, total, model.layers[0])
-    for index, est in estimate_all(model.layers, settings):
+    for index, est in estimate_all(model.layers, settings, _folds(model, settings)):
         layer = model.layers[index]
         found[index] = LayerReport(
             name=layer.name,
@@ -284,8 +284,17 @@ def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, fl
 def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings, fuse: Callable[[int, np.ndarray], float | None]) -> None:
     """Certify every layer the graph walk will fold a batch norm into, side by side, before the walk
     asks for them one at a time (``fuse`` keeps its results)."""
-    from lipcheck.graph.walk import graph_bound
     from lipcheck.spectral.layer import side_by_side
+
+    unique = _fold_requests(model, uppers, settings)
+    if len(unique) > 1:
+        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique], settings.device, factorizations=settings.device == "cpu")
+
+
+def _fold_requests(model: Model, uppers: list[float | None], settings: Settings) -> list[tuple[int, np.ndarray]]:
+    """Each (layer index, output-channel scale) the graph walk folds a batch norm into, once, as
+    a walk over ``uppers`` asks for them."""
+    from lipcheck.graph.walk import graph_bound
 
     assert model.graph is not None
     wanted: list[tuple[int, np.ndarray]] = []
@@ -295,17 +304,28 @@ def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings
         return None
 
     graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=record)
-    unique = {(index, scale.tobytes()): (index, scale) for index, scale in wanted}
-    if len(unique) > 1:
-        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique.values()], settings.device, factorizations=settings.device == "cpu")
+    return list({(index, scale.tobytes()): (index, scale) for index, scale in wanted}.values())
+
+
+def _folds(model: Model, settings: Settings) -> dict[int, list[np.ndarray]]:
+    """The batch-norm scales each layer will have folded in, before any layer is certified (every
+    layer's bound taken as 1 for the walk), so the certificates can share work with them."""
+    if model.graph is None or not any(node.op == "BatchNormalization" for node in model.graph.nodes):
+        return {}
+    try:
+        requests = _fold_requests(model, [1.0] * len(model.layers), settings)
+    except Exception:  # only a head start: the graph bound asks again with the real bounds
+        return {}
+    folds: dict[int, list[np.ndarray]] = {}
+    for index, scale in requests:
+        folds.setdefault(index, []).append(scale)
+    return folds
 
 
 def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], float | None]:
     """Certify a layer with its output channels scaled (a batch norm folded into it); each
     (layer, scale) is worked out once."""
-    import torch
-
-    from lipcheck.spectral.layer import fused_upper
+    from lipcheck.spectral.layer import folded_weight, fused_upper
 
     done: dict[tuple[int, bytes], float | None] = {}
 
@@ -319,16 +339,8 @@ def _fuser(model: Model, settings: Settings) -> Callable[[int, np.ndarray], floa
         layer = model.layers[index]
         if layer.is_transposed:
             return None
-        factor = torch.as_tensor(scale, dtype=torch.float64)
-
-        def load() -> torch.Tensor:
-            weight = layer.load().to(torch.float64)
-            if weight.shape[0] != factor.numel():
-                raise ValueError("batch-norm channels do not match the layer's outputs")
-            return weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
-
         try:
-            return fused_upper(layer, load, settings)
+            return fused_upper(layer, lambda: folded_weight(layer.load(), scale), settings)
         except ValueError:
             return None
 

@@ -318,3 +318,76 @@ def test_several_outputs_are_bounded_together(tmp_path: Path, dtype: torch.dtype
     assert math.sqrt(2) * sigma <= bound.upper <= math.sqrt(2) * sigma * (1 + 1e-6)
     assert math.sqrt(2) * sigma * (1 - 1e-3) <= bound.lower <= math.sqrt(2) * sigma * (1 + 1e-9)
     assert any("2 outputs taken together" in text for text in bound.assumptions)
+
+
+class _ConvBnStack(nn.Module):
+    """conv, BN, relu, strided conv, BN, linear: at 10x10 and with explicit operators up to 200 on a
+    side, the first conv takes the circular certificate (600 inputs, 800 outputs), the second the
+    explicit operator, wider than tall (200 outputs, 800 inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv1, self.bn1 = nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(200, 3)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.weight.uniform_(-2.0, 2.0)
+                bn.running_var.uniform_(0.05, 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return self.head(self.bn2(self.conv2(h)).flatten(1))
+
+
+def test_batch_norms_folded_while_their_convs_are_certified_bound_the_folded_operators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folded uppers worked out alongside each conv (one Gram product for the explicit one,
+    the conv pool for the other) are certified: at least the float64 SVD of the folded operator
+    (torch's conv applied to every basis vector), and within the tolerance of the uppers certified on their own."""
+    from lipcheck import api
+    from lipcheck.formats import load
+    from lipcheck.settings import Settings
+    from lipcheck.spectral import conv as conv_module
+    from lipcheck.spectral import layer as layer_module
+
+    monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 200)
+    net = _ConvBnStack().eval()
+    shape = (1, 6, 10, 10)
+    path = tmp_path / "stack.pt"
+    torch.jit.trace(net, torch.zeros(shape)).save(str(path))
+    settings = Settings(lower=False, input_shape=(shape,))
+    model = load(path, input_shapes=settings.input_shape)
+    folds = api._folds(model, settings)
+    assert sorted(model.layers[i].shape for i in folds) == [(8, 6, 3, 3), (8, 8, 3, 3)]
+
+    def folded_uppers(with_folds: bool) -> dict[int, float]:
+        layer_module._conv_cache.clear()
+        list(layer_module.estimate_all(model.layers, settings, folds if with_folds else None))
+        fuse = api._fuser(model, settings)
+        found = {index: fuse(index, scales[0]) for index, scales in folds.items()}
+        assert all(value is not None for value in found.values())
+        return found  # type: ignore[return-value]
+
+    shared: list[int] = []
+    real = conv_module.certify_row_scaled
+
+    def spy(*args: object, **kwargs: object) -> object:
+        raw, scaled = real(*args, **kwargs)  # type: ignore[arg-type]
+        shared.extend(1 for found in scaled if found is not None)
+        return raw, scaled
+
+    with monkeypatch.context() as patch:
+        patch.setattr(conv_module, "certify_row_scaled", spy)
+        along = folded_uppers(True)
+    alone = folded_uppers(False)
+    assert shared == [1]  # the explicit conv's folded upper came from its own Gram product
+    for index, scales in folds.items():
+        conv = net.conv1 if model.layers[index].shape[1] == 6 else net.conv2
+        w = layer_module.folded_weight(conv.weight.detach(), scales[0])
+        inputs = w.shape[1] * 100
+        basis = torch.eye(inputs, dtype=torch.float64).reshape(inputs, w.shape[1], 10, 10)
+        columns = nn.functional.conv2d(basis, w, stride=conv.stride, padding=conv.padding)  # the operator, one input at a time
+        truth = exact_sigma(columns.reshape(inputs, -1).T)
+        assert truth <= along[index] <= truth * 1.1  # the circular embedding sits a few percent above at 10x10
+        assert along[index] == pytest.approx(alone[index], rel=1e-5)

@@ -209,3 +209,45 @@ def test_a_grouped_strided_transposed_conv_that_broke_lanczos_converges() -> Non
     found = operator_interval(weight, geometry, (6,), True, tol=1e-6, max_iter=20000, seed=0)
     assert found.lower <= exact <= found.upper
     assert found.converged and found.upper - found.lower <= 1e-6 * found.upper
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    rows=st.integers(1, 30),
+    extra=st.integers(-8, 40),
+    seed=st.integers(0, 2**16),
+    spread=st.floats(0.0, 12.0),
+    zeros=st.booleans(),
+)
+def test_row_scaled_intervals_contain_the_scaled_matrix_norm(rows: int, extra: int, seed: int, spread: float, zeros: bool) -> None:
+    """One Gram product serves W and diag(s) W: each interval holds the float64 SVD's sigma_1."""
+    cols = max(1, rows + extra)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    scales = [torch.exp(torch.empty(rows, dtype=torch.float64).uniform_(-spread, spread, generator=g)) for _ in range(2)]
+    if zeros:
+        scales[1][::3] = 0.0
+    raw, scaled = dense.certify_row_scaled(w, scales, tol=TOL, max_iter=20_000, seed=0)
+    exact = exact_sigma(w)
+    assert raw.sigma <= exact * (1 + 1e-12) and raw.upper >= exact and raw.converged
+    for s, est in zip(scales, scaled):
+        if rows > cols:  # its Gram matrix is WᵀW, which a row scaling does not carry
+            assert est is None
+            continue
+        assert est is not None
+        truth = exact_sigma(s.unsqueeze(1) * w)
+        assert est.sigma <= truth * (1 + 1e-12) and est.upper >= truth * (1 - 1e-14)
+        assert est.converged and est.upper - est.sigma <= TOL * est.upper
+
+
+def test_row_scales_outside_the_safe_range_are_left_to_the_caller() -> None:
+    w = torch.randn(6, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    huge, tiny, ok = (
+        torch.full((6,), 2.0**201, dtype=torch.float64),
+        torch.full((6,), 2.0**-201, dtype=torch.float64),
+        torch.linspace(0.5, 2.0, 6, dtype=torch.float64),
+    )
+    raw, scaled = dense.certify_row_scaled(w, [huge, tiny, ok, torch.ones(5)], tol=TOL, max_iter=20_000, seed=0)
+    assert scaled[0] is None and scaled[1] is None and scaled[3] is None
+    assert scaled[2] is not None and scaled[2].upper >= exact_sigma(ok.unsqueeze(1) * w)
+    assert raw.upper >= exact_sigma(w) >= raw.sigma

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lipcheck.model import ConvGeometry
 from lipcheck.spectral import conv_fourier, conv_start
-from lipcheck.spectral.dense import certify
+from lipcheck.spectral.dense import certify_row_scaled
 
 # Build the operator as a dense matrix when its smaller side has at most this many entries
 # (a 512-channel layer on a 2x2 map).
@@ -52,6 +52,9 @@ class ConvInterval:
     iterations: int
     converged: bool
     certificate_steps: int = 0  # Cholesky factorizations behind the upper end (none for the FFT bound)
+    # Upper ends of the conv with its output channels scaled by each of operator_interval's
+    # ``row_scales`` (None where they were not worked out along the way).
+    scaled_uppers: tuple[float | None, ...] = ()
 
 
 def _pads(geometry: ConvGeometry, n: int) -> tuple[list[int], list[int]]:
@@ -429,30 +432,43 @@ def operator_interval(
     seed: int,
     upper_cap: float = math.inf,
     device: str = "cpu",
+    row_scales: Sequence[torch.Tensor] = (),
 ) -> ConvInterval:
     """Bracket a conv's operator norm at the given input spatial size.
 
     Small operators take the dense path at ``tol``; the others aim at conv_tolerance(tol).
     ``upper_cap`` is any other valid upper bound (the size-free one); the smaller end is kept.
+    ``row_scales``: per-output-channel scales (batch norms folded into the conv); where the
+    explicit operator's Gram product serves them too (certify_row_scaled), their upper ends come
+    back as ``scaled_uppers``, each bounding the conv with its weight scaled exactly by that vector.
     """
     w64, scale = _normalized(weight)
     if scale != 1.0:
-        inner = operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, upper_cap=upper_cap * scale, device=device)
-        return replace(inner, lower=_unscaled(inner.lower, scale, False), upper=_unscaled(inner.upper, scale, True))
+        inner = operator_interval(
+            w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, upper_cap=upper_cap * scale, device=device, row_scales=row_scales
+        )
+        scaled = tuple(None if value is None else _unscaled(value, scale, True) for value in inner.scaled_uppers)
+        return replace(inner, lower=_unscaled(inner.lower, scale, False), upper=_unscaled(inner.upper, scale, True), scaled_uppers=scaled)
     geometry = resolve(w64, geometry, spatial, transposed)
     c = input_channels(weight, geometry, transposed)
     in_size = c * math.prod(spatial)
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
-        est = certify(explicit_matrix(w64, geometry, spatial, transposed), tol=tol, max_iter=max_iter, seed=seed, device=device)
-        return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps)
+        matrix = explicit_matrix(w64, geometry, spatial, transposed)
+        positions = out_size // max(1, weight.shape[0])
+        usable = [] if transposed else [s.to(torch.float64).repeat_interleave(positions) for s in row_scales if s.numel() == weight.shape[0]]
+        if len(usable) != len(row_scales):
+            usable = []
+        est, scaled_found = certify_row_scaled(matrix, usable, tol=tol, max_iter=max_iter, seed=seed, device=device)
+        scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if usable else (None,) * len(row_scales)
+        return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device)
     upper = min(found.upper, upper_cap)
     lower, iterations = operator_lower(
         w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start, device=device
     )
-    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates)
+    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates, (None,) * len(row_scales))
 
 
 def operator_upper(

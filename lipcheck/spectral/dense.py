@@ -43,6 +43,8 @@ _FLOAT32_INVARIANT = 1e-5
 _FRESH_STREAM = 0x5EED
 _FRESH_DRAWS = 8
 _CANCELLATION = math.sqrt(2.0)
+# Row scales certify_row_scaled applies to a Gram matrix: products of two stay normal float64 numbers.
+_SCALE_RANGE = 2.0**200
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def certify_batch(
             [sides[i] for i in live],
             torch.stack(grams) if len(grams) > 1 else grams[0].unsqueeze(0),
             fro2s,
+            [sides[i].p for i in live],
             tol=tol,
             max_iter=max_iter,
             seed=seed,
@@ -334,6 +337,54 @@ def certify(
 ) -> SpectralEstimate:
     """Bracket sigma_1 of one 2-D matrix (see certify_batch)."""
     return certify_batch([w], tol=tol, max_iter=max_iter, seed=seed, u0s=[u0], device=device)[0]
+
+
+def certify_row_scaled(
+    w: torch.Tensor, row_scales: Sequence[torch.Tensor], *, tol: float, max_iter: int, seed: int, device: str | torch.device = "cpu"
+) -> tuple[SpectralEstimate, list[SpectralEstimate | None]]:
+    """Bracket sigma_1 of ``w`` and of diag(s) ``w`` for each s in ``row_scales``, from one Gram product.
+
+    Where ``w`` has no more rows than columns its Gram matrix is Ĝ = fl(w wᵀ), and diag(s) w has
+    s_i s_j Ĝ_ij, computed as fl(fl(s_i s_j) Ĝ_ij): two more roundings per entry, so
+    |Ĝ_s − D wwᵀ D| ≤ (γ_p + γ_2 + γ_p γ_2) |Dwᵀ|ᵀ|Dwᵀ| ≤ γ_{p+2} |Dwᵀ|ᵀ|Dwᵀ| entrywise, whose
+    spectral norm is at most ‖D w‖_F² (bounded by the trace of Ĝ_s with its own rounding, and an
+    absolute term for entries that underflow). A scaled matrix is None where that Gram matrix would
+    leave float64's range, a scale lies outside _SCALE_RANGE (s_i s_j must not underflow), or ``w``
+    is taller than wide (its Gram matrix is then wᵀw, which a row scaling does not carry).
+    """
+    dev = torch.device(device)
+    side = _Side(w.detach(), dev)
+    scaled: list[SpectralEstimate | None] = [None] * len(row_scales)
+    if not side.wide or not row_scales:
+        return certify(w, tol=tol, max_iter=max_iter, seed=seed, device=device), scaled
+    g, fro2 = side.gram()
+    if fro2 == 0.0 or not math.isfinite(fro2):
+        return certify(w, tol=tol, max_iter=max_iter, seed=seed, device=device), scaled
+    grams, fro2s, terms, which = [g], [fro2], [side.p], []
+    for k, s in enumerate(row_scales):
+        d = s.detach().to(device=dev, dtype=torch.float64).reshape(-1)
+        if d.numel() != side.q or not _safe_scales(d):
+            continue
+        gs = torch.outer(d, d).mul_(g)
+        trace = float(gs.diagonal().sum())
+        if trace == 0.0 or not math.isfinite(trace) or not bool(torch.isfinite(gs).all()):
+            continue
+        grams.append(gs)
+        # Entries that underflow err by an absolute 2^-1074 each at most: q 2^-1073 in spectral norm, as trace mass.
+        fro2s.append(trace * (1.0 + _gamma(side.p + side.q + 3)) + side.q * 2.0**-1073)
+        terms.append(side.p + 2)
+        which.append(k)
+    found = _certify_grams([side] * len(grams), torch.stack(grams), fro2s, terms, tol=tol, max_iter=max_iter, seed=seed, u0s=[None] * len(grams))
+    for k, estimate in zip(which, found[1:]):
+        scaled[k] = estimate
+    return found[0], scaled
+
+
+def _safe_scales(d: torch.Tensor) -> bool:
+    """Whether every scale is finite and, unless zero, inside [1/_SCALE_RANGE, _SCALE_RANGE]."""
+    magnitude = d.abs()
+    nonzero = magnitude[magnitude > 0]
+    return bool(torch.isfinite(d).all()) and (nonzero.numel() == 0 or (float(nonzero.min()) >= 1 / _SCALE_RANGE and float(nonzero.max()) <= _SCALE_RANGE))
 
 
 def _starts(sides: list[_Side], u0s: Sequence[torch.Tensor | None], seed: int, dev: torch.device) -> torch.Tensor:
@@ -359,14 +410,15 @@ def _check_now(iterations: int) -> bool:
 
 
 def _certify_grams(
-    sides: list[_Side], g: torch.Tensor, fro2s: list[float], *, tol: float, max_iter: int, seed: int, u0s: Sequence[torch.Tensor | None]
+    sides: list[_Side], g: torch.Tensor, fro2s: list[float], terms: list[int], *, tol: float, max_iter: int, seed: int, u0s: Sequence[torch.Tensor | None]
 ) -> list[SpectralEstimate]:
     b, q, _ = g.shape
     dev = g.device
     lanczos = _Lanczos(g, _starts(sides, u0s, seed, dev), low_precision=tol >= _FLOAT32_FROM_TOL and q > 1, seed=seed)
     diag_max = [float(g[i].diagonal().max()) for i in range(b)]
     fro2 = torch.tensor(fro2s, dtype=torch.float64)
-    e1 = fro2 * _gamma(max(side.p for side in sides))
+    # ||Ĝ - aᵀa||₂ <= gamma_terms ||a||_F²: terms is the dot products' length (plus any roundings after).
+    e1 = fro2 * torch.tensor([_gamma(t) for t in terms], dtype=torch.float64)
     # Eigenvalues of G are at least trace/q on top: a floor for tau when the iteration is poor.
     floor = torch.tensor([float(g[i].diagonal().sum()) / q for i in range(b)], dtype=torch.float64) * (1 - 1e-9)
     lower = torch.zeros(b, dtype=torch.float64)

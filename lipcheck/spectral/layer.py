@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import math
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from lipcheck.formats.limits import check_layer_size, memory_bytes
@@ -44,6 +46,8 @@ METHOD_CONV_ANY_SIZE = (
 METHOD_CONV_TOO_LARGE = (
     "input size too large for the operator norm in this machine's memory: sqrt(max taps per input position) * upper sigma, valid for every input size"
 )
+# Per layer index, the output-channel scales of the batch norms folded into it (see estimate_all).
+Folds = Mapping[int, Sequence[np.ndarray]]
 METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
 
 
@@ -101,8 +105,12 @@ def _batches(layers: list[Layer], device: str) -> list[list[int]]:
     return sorted(batches, key=lambda batch: batch[0])
 
 
-def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int, LayerEstimate], None, None]:
+def estimate_all(layers: list[Layer], settings: Settings, folds: Folds | None = None) -> Generator[tuple[int, LayerEstimate], None, None]:
     """Estimate layers, same-shaped ones in one batched iteration; yields (index, estimate) as done.
+
+    ``folds``: per layer index, the output-channel scales of batch norms the graph bound will fold
+    into it. A conv whose explicit operator serves them certifies them along the way (one Gram
+    product for both) and leaves them for fused_upper.
 
     Weights are loaded a batch at a time and stay in their stored dtype; the certificate reads
     them in float64 blocks, so memory tracks the largest batches in flight, not the model. On a
@@ -120,18 +128,18 @@ def estimate_all(layers: list[Layer], settings: Settings) -> Generator[tuple[int
     factorizations = settings.device == "cpu" and any(_needs_operator(layer) for layer in layers)
     try:
         with blas_threads(threads if workers == 1 else 1, factorizations=factorizations):
-            yield from _estimate_batches(layers, batches, settings, workers, threads)
+            yield from _estimate_batches(layers, batches, settings, workers, threads, folds or {})
     finally:
         conv_fourier.release_scratch()
 
 
 def _estimate_batches(
-    layers: list[Layer], batches: list[list[int]], settings: Settings, workers: int, threads: int
+    layers: list[Layer], batches: list[list[int]], settings: Settings, workers: int, threads: int, folds: Folds
 ) -> Generator[tuple[int, LayerEstimate], None, None]:
     """estimate_all's schedule: one batch after another, or side by side on ``workers`` threads."""
     if workers == 1:
         for batch in batches:
-            for index, result in _estimate_batch(layers, batch, settings):
+            for index, result in _estimate_batch(layers, batch, settings, folds):
                 yield index, result() if callable(result) else result
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lipcheck")
@@ -147,7 +155,7 @@ def _estimate_batches(
 
     try:
         _single_threaded_workers(pool, workers, threads)
-        pending: set[Future] = {pool.submit(_estimate_batch, layers, batch, settings) for batch in batches}
+        pending: set[Future] = {pool.submit(_estimate_batch, layers, batch, settings, folds) for batch in batches}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -241,7 +249,7 @@ def _single_threaded_workers(pool: ThreadPoolExecutor, workers: int, threads: in
 Pending = Callable[[], LayerEstimate]
 
 
-def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -> list[tuple[int, LayerEstimate | Pending]]:
+def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings, folds: Folds) -> list[tuple[int, LayerEstimate | Pending]]:
     """Load one batch of same-shaped layers and certify them together.
 
     A conv that needs its operator norm at an input size comes back as a function that computes
@@ -274,7 +282,7 @@ def _estimate_batch(layers: list[Layer], batch: list[int], settings: Settings) -
         for (index, weight), est in zip(loaded, found):
             layer = layers[index]
             if _needs_operator(layer):
-                done.append((index, _deferred(layer, weight, est, settings)))
+                done.append((index, _deferred(layer, weight, est, settings, folds.get(index, ()))))
             else:
                 done.append((index, _layer_estimate(layer, weight, est, settings)))
     return done
@@ -285,8 +293,8 @@ def _warm_start(layer: Layer) -> torch.Tensor | None:
     return warm_u() if warm_u is not None else None
 
 
-def _deferred(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> Pending:
-    return lambda: _layer_estimate(layer, weight, est, settings)
+def _deferred(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings, scales: Sequence[np.ndarray]) -> Pending:
+    return lambda: _layer_estimate(layer, weight, est, settings, scales)
 
 
 def _operator_cost(layer: Layer) -> float:
@@ -320,17 +328,20 @@ def _too_large(layer: Layer) -> bool:
     return conv_module.operator_bytes(layer.shape, layer.geometry, layer.input_spatial, layer.is_transposed) > memory_bytes() // 2
 
 
-def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> LayerEstimate:
+def _layer_estimate(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings, scales: Sequence[np.ndarray] = ()) -> LayerEstimate:
     if not layer.is_conv:
         interval = Interval(est.sigma, est.upper, METHOD_DENSE)
         return LayerEstimate(est.sigma, est.upper, interval, est.iterations, est.certificate_steps, est.converged, est.iterations, est.converged)
-    interval, behind = _conv_interval(layer, weight.to(torch.float64), est, settings)
+    interval, behind = _conv_interval(layer, weight.to(torch.float64), est, settings, scales)
     return LayerEstimate(est.sigma, est.upper, interval, behind.iterations, behind.certificate_steps, behind.converged, est.iterations, est.converged)
 
 
-def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings) -> tuple[Interval, SpectralEstimate | ConvInterval]:
+def _conv_interval(
+    layer: Layer, weight: torch.Tensor, est: SpectralEstimate, settings: Settings, scales: Sequence[np.ndarray] = ()
+) -> tuple[Interval, SpectralEstimate | ConvInterval]:
     """The operator norm of a conv (exact-ish at a known input size, else a bound for every size),
-    and the iteration that interval comes from."""
+    and the iteration that interval comes from; the operator's upper ends with ``scales`` folded in
+    go to the cache fused_upper reads, where they come along."""
     kernel = tuple(weight.shape[2:])
     # A ConvTranspose is the adjoint of the conv with the same weight read as (out = dim 0), so
     # the dim-0 matrix bounds both; for a Conv that is sigma's own matrix.
@@ -349,7 +360,9 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, se
         return Interval(None, any_size, METHOD_CONV_ANY_SIZE), bound
     if _too_large(layer):
         return Interval(None, any_size, METHOD_CONV_TOO_LARGE), bound
-    key = _conv_key("interval", weight, layer, settings)
+    if layer.is_transposed:
+        scales = ()
+    key = _conv_key("interval", weight, layer, settings) + tuple(scale.tobytes() for scale in scales)
     found = _cached(
         key,
         lambda: operator_interval(
@@ -362,10 +375,38 @@ def _conv_interval(layer: Layer, weight: torch.Tensor, est: SpectralEstimate, se
             seed=settings.seed,
             upper_cap=any_size,
             device=settings.device,
+            row_scales=[torch.as_tensor(scale, dtype=torch.float64) for scale in scales],
         ),
     )
     assert isinstance(found, ConvInterval)
+    for scale, value in zip(scales, found.scaled_uppers):
+        if scale.size != weight.shape[0]:
+            continue
+        folded = folded_weight(weight, scale)
+        fused_key = _conv_key("upper", folded, layer, settings)
+        if value is not None:
+            _cache_put(fused_key, value)
+        elif math.isfinite(peak_abs(folded)):
+            # Worked out here, in the conv pool, rather than after every layer is done; should it
+            # fail, fused_upper tries again and the graph bound reports why.
+            with contextlib.suppress(Exception):
+                _cached(fused_key, functools.partial(_operator_upper, folded, layer, settings))
     return Interval(found.lower, found.upper, found.method), found
+
+
+def _operator_upper(weight: torch.Tensor, layer: Layer, settings: Settings) -> float:
+    """The conv's certified operator upper end at its input size (the graph bound needs no lower end)."""
+    assert layer.geometry is not None and layer.input_spatial is not None
+    return operator_upper(
+        weight,
+        layer.geometry,
+        layer.input_spatial,
+        layer.is_transposed,
+        tol=settings.tol,
+        max_iter=settings.max_iter,
+        seed=settings.seed,
+        device=settings.device,
+    )
 
 
 def _conv_key(kind: str, weight: torch.Tensor, layer: Layer, settings: Settings) -> tuple[object, ...]:
@@ -391,11 +432,23 @@ def _cached(key: tuple[object, ...], compute: Callable[[], object]) -> object:
         if key in _conv_cache:
             return _conv_cache[key]
     value = compute()
+    _cache_put(key, value)
+    return value
+
+
+def _cache_put(key: tuple[object, ...], value: object) -> None:
     with _conv_cache_lock:
         if len(_conv_cache) >= _CONV_CACHE_SIZE:
             _conv_cache.pop(next(iter(_conv_cache)))
         _conv_cache[key] = value
-    return value
+
+
+def folded_weight(weight: torch.Tensor, scale: np.ndarray) -> torch.Tensor:
+    """The weight in float64 with output channel i scaled by scale[i] (a batch norm folded in)."""
+    w = weight.to(torch.float64)
+    if w.shape[0] != scale.size:
+        raise ValueError("batch-norm channels do not match the layer's outputs")
+    return w * torch.as_tensor(scale, dtype=torch.float64).reshape(-1, *([1] * (w.dim() - 1)))
 
 
 def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settings) -> float | None:
@@ -421,11 +474,7 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
     spatial = layer.input_spatial
     if _needs_operator(layer) and not layer.is_transposed:
         assert geometry is not None and spatial is not None
-        key = _conv_key("upper", weight, layer, settings)
-        value = _cached(
-            key,
-            lambda: operator_upper(weight, geometry, spatial, False, tol=settings.tol, max_iter=settings.max_iter, seed=settings.seed, device=settings.device),
-        )
+        value = _cached(_conv_key("upper", weight, layer, settings), functools.partial(_operator_upper, weight, layer, settings))
         sized = min(float(value), _any_size_upper(layer, weight, settings))  # type: ignore[arg-type]
         return sized + margin
     est = estimate(replace(layer, load=lambda: weight, warm_u=None), settings)
