@@ -251,3 +251,29 @@ def test_row_scales_outside_the_safe_range_are_left_to_the_caller() -> None:
     assert scaled[0] is None and scaled[1] is None and scaled[3] is None
     assert scaled[2] is not None and scaled[2].upper >= exact_sigma(ok.unsqueeze(1) * w)
     assert raw.upper >= exact_sigma(w) >= raw.sigma
+
+
+@pytest.mark.parametrize("shape", [(1100, 1024), (1024, 2100)])
+def test_large_grams_factored_in_place_match_svd(shape: tuple[int, int]) -> None:
+    assert min(shape) >= dense.IN_PLACE_FROM  # LAPACK factors these in place
+    _check(torch.randn(*shape, generator=torch.Generator().manual_seed(shape[1])))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (37, 19), (64, 200)])
+def test_in_place_factorization_matches_svd_at_every_size(shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dense, "IN_PLACE_FROM", 1)
+    _check(torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_shift_below_the_top_eigenvalue_never_certifies(in_place: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tau I - G factors exactly when tau is above lambda_max; the rounding term is the trace's share."""
+    monkeypatch.setattr(dense, "IN_PLACE_FROM", 1 if in_place else 1 << 30)
+    w = with_singular_values(60, 40, [3.0, 2.9, 1.0, 0.5])
+    g = (w.T @ w).unsqueeze(0).contiguous()
+    top = 9.0
+    below, above = torch.tensor([top * (1 - 1e-9)], dtype=torch.float64), torch.tensor([top * (1 + 1e-9)], dtype=torch.float64)
+    assert not bool(dense._cholesky_certifies(g, below)[0][0])
+    ok, e3 = dense._cholesky_certifies(g, above)
+    trace = float(40 * above[0] - torch.trace(g[0]))
+    assert bool(ok[0]) and 0 < float(e3[0]) <= 1.01 * trace * dense._gamma(41)

@@ -21,7 +21,7 @@ from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
 from lipcheck.spectral import conv_fourier, lapack
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
-from lipcheck.spectral.dense import SpectralEstimate, certify, certify_batch, peak_abs
+from lipcheck.spectral.dense import IN_PLACE_FROM, SpectralEstimate, certify, certify_batch, peak_abs
 
 METHOD_DENSE = "Lanczos (lower), Cholesky certificate (upper)"
 # Same-shaped layers are certified together while their Gram matrices stay this small (elements):
@@ -125,7 +125,7 @@ def estimate_all(layers: list[Layer], settings: Settings, folds: Folds | None = 
     batches = _batches(layers, settings.device)
     threads = torch.get_num_threads()
     workers = _workers(settings.device, threads, len(layers))
-    factorizations = settings.device == "cpu" and any(_needs_operator(layer) for layer in layers)
+    factorizations = settings.device == "cpu" and any(_needs_operator(layer) or min(matrix_shape(layer)) >= IN_PLACE_FROM for layer in layers)
     try:
         with blas_threads(threads if workers == 1 else 1, factorizations=factorizations):
             yield from _estimate_batches(layers, batches, settings, workers, threads, folds or {})
