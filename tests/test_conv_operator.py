@@ -279,3 +279,49 @@ def test_output_size_matches_the_operator(dims: int, k: int, stride: int, dilati
     except RuntimeError:  # torch refuses the geometry at this size
         return
     assert conv_module._output_size(weight, geometry, spatial, transposed) == expected
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.integers(2, 6),
+    st.sampled_from(["zeros", "reflect", "circular"]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_row_scaled_uppers_bound_the_scaled_operator(
+    dims: int, k: int, stride: int, dilation: int, groups: int, begin: int, end: int, n: int, mode: str, transposed: bool, seed: int
+) -> None:
+    """A conv's interval with per-output-channel scales: each scaled upper end bounds the float64 SVD of
+    the scaled operator (torch's conv on every basis vector, rows scaled), or is left out."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(2 * groups, 3, *(k,) * dims, generator=gen, dtype=torch.float64)
+    if transposed:
+        mode, end = "zeros", begin
+    geometry = ConvGeometry((stride,) * dims, (begin,) * dims + (end,) * dims, (dilation,) * dims, groups, padding_mode=mode)
+    spatial = (n,) * dims
+    channels = conv_module.input_channels(weight, geometry, transposed)
+    size = channels * n**dims
+    try:
+        columns = conv_module._conv_fn(weight, geometry, transposed)(torch.eye(size, dtype=torch.float64).reshape(size, channels, *spatial))
+    except RuntimeError:  # torch refuses the geometry at this size
+        return
+    out_channels = columns.shape[1]
+    scales = [torch.exp(torch.empty(out_channels, dtype=torch.float64).uniform_(-3.0, 3.0, generator=gen)), torch.zeros(out_channels, dtype=torch.float64)]
+    scales[1][0] = 2.0
+    found = conv_module.operator_interval(weight, geometry, spatial, transposed, tol=1e-6, max_iter=10_000, seed=0, row_scales=scales)
+    exact = exact_sigma(columns.reshape(size, -1).T)
+    assert found.lower <= exact * (1 + 1e-9) and found.upper >= exact
+    assert len(found.scaled_uppers) == 2
+    for scale, upper in zip(scales, found.scaled_uppers):
+        if upper is None:
+            continue
+        assert not transposed and columns[0].numel() <= size  # only a wide conv's explicit operator carries them
+        scaled = columns * scale.reshape(1, -1, *([1] * dims))
+        assert upper >= exact_sigma(scaled.reshape(size, -1).T)
