@@ -226,7 +226,7 @@ def test_certificates_on_one_thread_do_not_see_each_others_scratch_memory() -> N
     large = torch.randn(12, 12, 3, 3, generator=gen, dtype=torch.float64)
 
     def bound(weight: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
-        found = cf.circular_certificate(weight, 1, (1, 1), (1, 1), [n, n], rel=1e-4)
+        found, _ = cf.circular_certificate(weight, 1, (1, 1), (1, 1), [n, n], rel=1e-4)
         return found.upper, found.vector.clone()
 
     cf.release_scratch()

@@ -293,13 +293,15 @@ def test_output_size_matches_the_operator(dims: int, k: int, stride: int, dilati
     st.integers(2, 6),
     st.sampled_from(["zeros", "reflect", "circular"]),
     st.booleans(),
+    st.booleans(),
     st.integers(0, 2**16),
 )
 def test_row_scaled_uppers_bound_the_scaled_operator(
-    dims: int, k: int, stride: int, dilation: int, groups: int, begin: int, end: int, n: int, mode: str, transposed: bool, seed: int
+    dims: int, k: int, stride: int, dilation: int, groups: int, begin: int, end: int, n: int, mode: str, transposed: bool, explicit: bool, seed: int
 ) -> None:
-    """A conv's interval with per-output-channel scales: each scaled upper end bounds the float64 SVD of
-    the scaled operator (torch's conv on every basis vector, rows scaled), or is left out."""
+    """A conv's interval with per-output-channel scales: each scaled upper end (the explicit
+    operator's, or the circular certificate's when explicit operators are turned off) bounds the
+    float64 SVD of the scaled operator (torch's conv on every basis vector, rows scaled), or is left out."""
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(2 * groups, 3, *(k,) * dims, generator=gen, dtype=torch.float64)
     if transposed:
@@ -315,13 +317,18 @@ def test_row_scaled_uppers_bound_the_scaled_operator(
     out_channels = columns.shape[1]
     scales = [torch.exp(torch.empty(out_channels, dtype=torch.float64).uniform_(-3.0, 3.0, generator=gen)), torch.zeros(out_channels, dtype=torch.float64)]
     scales[1][0] = 2.0
-    found = conv_module.operator_interval(weight, geometry, spatial, transposed, tol=1e-6, max_iter=10_000, seed=0, row_scales=scales)
+    with pytest.MonkeyPatch.context() as patch:
+        if not explicit:
+            patch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+        found = conv_module.operator_interval(weight, geometry, spatial, transposed, tol=1e-6, max_iter=10_000, seed=0, row_scales=scales)
     exact = exact_sigma(columns.reshape(size, -1).T)
     assert found.lower <= exact * (1 + 1e-9) and found.upper >= exact
     assert len(found.scaled_uppers) == 2
+    if not transposed and not explicit:
+        assert all(upper is not None for upper in found.scaled_uppers)  # 2 outputs per group: the Gram's "out" side
     for scale, upper in zip(scales, found.scaled_uppers):
         if upper is None:
             continue
-        assert not transposed and columns[0].numel() <= size  # only a wide conv's explicit operator carries them
+        assert not transposed and (columns[0].numel() <= size or not explicit)  # an explicit operator carries them only when wide
         scaled = columns * scale.reshape(1, -1, *([1] * dims))
         assert upper >= exact_sigma(scaled.reshape(size, -1).T)

@@ -322,14 +322,14 @@ def test_several_outputs_are_bounded_together(tmp_path: Path, dtype: torch.dtype
 
 class _ConvBnStack(nn.Module):
     """conv, BN, relu, strided conv, BN, linear: at 10x10 and with explicit operators up to 200 on a
-    side, the first conv takes the circular certificate (600 inputs, 800 outputs), the second the
-    explicit operator, wider than tall (200 outputs, 800 inputs)."""
+    side, the first conv takes the circular certificate (600 inputs, 400 outputs), the second the
+    explicit operator, wider than tall (200 outputs, 400 inputs)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(5)
-        self.conv1, self.bn1 = nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
         self.head = nn.Linear(200, 3)
         with torch.no_grad():
             for bn in (self.bn1, self.bn2):
@@ -349,6 +349,7 @@ def test_batch_norms_folded_while_their_convs_are_certified_bound_the_folded_ope
     from lipcheck.formats import load
     from lipcheck.settings import Settings
     from lipcheck.spectral import conv as conv_module
+    from lipcheck.spectral import conv_fourier
     from lipcheck.spectral import layer as layer_module
 
     monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 200)
@@ -359,7 +360,7 @@ def test_batch_norms_folded_while_their_convs_are_certified_bound_the_folded_ope
     settings = Settings(lower=False, input_shape=(shape,))
     model = load(path, input_shapes=settings.input_shape)
     folds = api._folds(model, settings)
-    assert sorted(model.layers[i].shape for i in folds) == [(8, 6, 3, 3), (8, 8, 3, 3)]
+    assert sorted(model.layers[i].shape for i in folds) == [(4, 6, 3, 3), (8, 4, 3, 3)]
 
     def folded_uppers(with_folds: bool) -> dict[int, float]:
         layer_module._conv_cache.clear()
@@ -369,19 +370,25 @@ def test_batch_norms_folded_while_their_convs_are_certified_bound_the_folded_ope
         assert all(value is not None for value in found.values())
         return found  # type: ignore[return-value]
 
-    shared: list[int] = []
-    real = conv_module.certify_row_scaled
+    shared: list[str] = []
+    real_dense, real_taps = conv_module.certify_row_scaled, conv_fourier.scaled_taps
 
-    def spy(*args: object, **kwargs: object) -> object:
-        raw, scaled = real(*args, **kwargs)  # type: ignore[arg-type]
-        shared.extend(1 for found in scaled if found is not None)
+    def dense_spy(*args: object, **kwargs: object) -> object:
+        raw, scaled = real_dense(*args, **kwargs)  # type: ignore[arg-type]
+        shared.extend("explicit" for found in scaled if found is not None)
         return raw, scaled
 
+    def taps_spy(*args: object) -> object:
+        found = real_taps(*args)  # type: ignore[arg-type]
+        shared.extend(["circular"] if found is not None else [])
+        return found
+
     with monkeypatch.context() as patch:
-        patch.setattr(conv_module, "certify_row_scaled", spy)
+        patch.setattr(conv_module, "certify_row_scaled", dense_spy)
+        patch.setattr(conv_fourier, "scaled_taps", taps_spy)
         along = folded_uppers(True)
     alone = folded_uppers(False)
-    assert shared == [1]  # the explicit conv's folded upper came from its own Gram product
+    assert sorted(shared) == ["circular", "explicit"]  # each folded upper came from its conv's own Gram products
     for index, scales in folds.items():
         conv = net.conv1 if model.layers[index].shape[1] == 6 else net.conv2
         w = layer_module.folded_weight(conv.weight.detach(), scales[0])

@@ -293,34 +293,51 @@ class UpperEnd:
     upper: float
     start: torch.Tensor | None  # float64 input-shaped start vector, or None
     certificates: int
+    scaled: tuple[float | None, ...] = ()  # the same bound with each of upper_end's row_scales applied, where worked out
 
 
-def upper_end(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, *, rel: float, device: str = "cpu") -> UpperEnd:
-    """The circular-embedding bound for this conv at this input size (resolved geometry)."""
+def upper_end(
+    weight: torch.Tensor,
+    geometry: ConvGeometry,
+    spatial: tuple[int, ...],
+    transposed: bool,
+    *,
+    rel: float,
+    device: str = "cpu",
+    row_scales: Sequence[torch.Tensor] = (),
+    want_start: bool = True,
+) -> UpperEnd:
+    """The circular-embedding bound for this conv at this input size (resolved geometry), and the
+    bounds of the conv with its output channels scaled by each of ``row_scales`` where the same
+    Gram polynomial serves them (conv_fourier.scaled_taps). ``want_start``: also the lower end's start."""
     n = weight.dim() - 2
     if transposed:
         # ConvTranspose is the adjoint of the conv with the same weight, taken at the output size.
         out_spatial = _transposed_output(weight, geometry, spatial)
         conv_geometry = replace(geometry, output_padding=())
-        found = upper_end(weight, conv_geometry, out_spatial, False, rel=rel, device=device)
-        return UpperEnd(found.upper, None, found.certificates)
+        found = upper_end(weight, conv_geometry, out_spatial, False, rel=rel, device=device, want_start=False)
+        return UpperEnd(found.upper, None, found.certificates, (None,) * len(row_scales))
     begin, end = _pads(geometry, n)
     if geometry.padding_mode != "zeros":
         valid = replace(geometry, padding=(0,) * (2 * n), padding_mode="zeros")
         padded = tuple(size + b + e for size, b, e in zip(spatial, begin, end))
-        found = upper_end(weight, valid, padded, False, rel=rel, device=device)
-        return UpperEnd(pad_norm(spatial, geometry) * found.upper * (1 + 2.0**-50), None, found.certificates)
+        found = upper_end(weight, valid, padded, False, rel=rel, device=device, row_scales=row_scales, want_start=False)
+        factor = pad_norm(spatial, geometry) * (1 + 2.0**-50)
+        scaled = tuple(None if value is None else factor * value for value in found.scaled)
+        return UpperEnd(factor * found.upper, None, found.certificates, scaled)
     kernel = tuple(weight.shape[2:])
     sizes = conv_fourier.ring_sizes(spatial, kernel, geometry.stride, geometry.dilation, begin, end)
-    found_c = conv_fourier.circular_certificate(weight, geometry.groups, geometry.stride, geometry.dilation, sizes, rel=rel, device=device)
-    start = conv_start.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin)
-    return UpperEnd(found_c.upper, start if float(start.norm()) > 0 else None, found_c.certificates)
+    found_c, scaled_c = conv_fourier.circular_certificate(
+        weight, geometry.groups, geometry.stride, geometry.dilation, sizes, rel=rel, device=device, row_scales=row_scales
+    )
+    start = conv_start.windowed_mode(weight, geometry.groups, found_c, spatial, geometry.stride, begin) if want_start else None
+    return UpperEnd(found_c.upper, start if start is not None and float(start.norm()) > 0 else None, found_c.certificates, tuple(scaled_c))
 
 
 def circular_upper(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> float:
     """A certified upper bound on the operator norm from a circular embedding (module doc)."""
     w64, scale = _normalized(weight)
-    return _unscaled(upper_end(w64, resolve(w64, geometry, spatial, transposed), spatial, transposed, rel=1e-4).upper, scale, True)
+    return _unscaled(upper_end(w64, resolve(w64, geometry, spatial, transposed), spatial, transposed, rel=1e-4, want_start=False).upper, scale, True)
 
 
 def certified_ratio(weight: torch.Tensor, geometry: ConvGeometry, transposed: bool, x: torch.Tensor) -> float:
@@ -439,8 +456,9 @@ def operator_interval(
     Small operators take the dense path at ``tol``; the others aim at conv_tolerance(tol).
     ``upper_cap`` is any other valid upper bound (the size-free one); the smaller end is kept.
     ``row_scales``: per-output-channel scales (batch norms folded into the conv); where the
-    explicit operator's Gram product serves them too (certify_row_scaled), their upper ends come
-    back as ``scaled_uppers``, each bounding the conv with its weight scaled exactly by that vector.
+    explicit operator's Gram product (certify_row_scaled) or the circular certificate's Gram
+    polynomial (conv_fourier.scaled_taps) serves them too, their upper ends come back as
+    ``scaled_uppers``, each bounding the conv with its weight scaled exactly by that vector.
     """
     w64, scale = _normalized(weight)
     if scale != 1.0:
@@ -463,12 +481,12 @@ def operator_interval(
         scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if usable else (None,) * len(row_scales)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
     ctol = conv_tolerance(tol)
-    found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device)
+    found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device, row_scales=row_scales)
     upper = min(found.upper, upper_cap)
     lower, iterations = operator_lower(
         w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start, device=device
     )
-    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates, (None,) * len(row_scales))
+    return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates, found.scaled)
 
 
 def operator_upper(
@@ -482,4 +500,4 @@ def operator_upper(
     in_size = input_channels(weight, geometry, transposed) * math.prod(spatial)
     if min(in_size, _output_size(w64, geometry, spatial, transposed)) <= EXPLICIT_MAX_SIDE:
         return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device).upper
-    return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device).upper
+    return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device, want_start=False).upper

@@ -55,12 +55,14 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from lipcheck.spectral import lapack
+from lipcheck.spectral.dense import safe_scales
 
 UNIT_ROUNDOFF = 2.0**-53
 _SAFETY = 2.0
@@ -156,10 +158,41 @@ def gram_taps(weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilati
     abs_sum = table[0, :, :, :, 0].abs()
     for j in range(len(half)):
         abs_sum += torch.maximum(table[1 + j, :, :, :, 0].abs(), table[1 + len(half) + j, :, :, :, 1].abs())
-    length = c_in if side == "out" else m
-    tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()  # max over groups of sum_t ||W_t||_F
-    product_error = _gamma(length * t_count + 2 * t_count + 2) * float(tap_norms) ** 2 * (1 + _gamma(4))
+    product_error = _product_error(per_tap, c_in if side == "out" else m, 2)
     return GramTaps([zero] + half, table.reshape(rows, -1), abs_sum, n, groups, side, product_error, taps)
+
+
+def _product_error(per_tap: torch.Tensor, length: int, extra: int) -> float:
+    """gamma_{L T + 2T + extra} (max over groups of sum_t ||W_t||_F)^2, with room for its own rounding (module doc)."""
+    t_count = per_tap.shape[1]
+    tap_norms = per_tap.square().sum(dim=(2, 3)).sqrt().sum(dim=1).max()
+    return _gamma(length * t_count + 2 * t_count + extra) * float(tap_norms) ** 2 * (1 + _gamma(4))
+
+
+def scaled_taps(taps: GramTaps, weight: torch.Tensor, scale: torch.Tensor) -> GramTaps | None:
+    """The Gram polynomial of the conv with output channel i scaled by scale[i], from ``taps``'s own
+    (on the "out" side, None on the other), overwriting its table.
+
+    Out-side coefficients are sums over output pairs (i, j): scaled, each is s_i s_j times the old,
+    computed as fl(fl(s_i s_j) c): two more roundings per entry, each a relative u of the entry.
+    So the coefficients' error bound becomes gamma_{L T + 2T + 4} (sum_t ||S W_t||_F)^2 (the module
+    doc's bound for the scaled weight, two roundings later), and A_delta's entries grow by at most
+    |s_i s_j| (1 + gamma_2). Scales outside lipcheck.spectral.dense.safe_scales' range give None.
+    """
+    if taps.side != "out" or scale.numel() != taps.groups * taps.n or not safe_scales(scale):
+        return None
+    s = scale.to(device=taps.table.device, dtype=torch.float64).reshape(taps.groups, taps.n)
+    pair = s.unsqueeze(2) * s.unsqueeze(1)  # (groups, n, n)
+    rows = taps.table.shape[0]
+    table = taps.table.view(rows, taps.groups, taps.n, taps.n, 2)
+    table.mul_(pair.unsqueeze(-1))
+    abs_sum = taps.abs_sum * pair.abs() * (1 + _gamma(3))
+    w = weight.to(device=taps.table.device, dtype=torch.float64)
+    t_count = len(taps.taps.shifts)
+    per_tap = (w * s.reshape(-1, *([1] * (w.dim() - 1)))).reshape(taps.groups, taps.n, w.shape[1], t_count).permute(0, 3, 1, 2)
+    # Entries that underflow err by an absolute 2^-1074 each: n 2^-1073 in spectral norm per coefficient.
+    product_error = _product_error(per_tap, w.shape[1], 4) + rows * taps.n * 2.0**-1073
+    return GramTaps(taps.deltas, taps.table, abs_sum, taps.n, taps.groups, taps.side, product_error, taps.taps)
 
 
 def _new_table(half: list[tuple[int, ...]], groups: int, n: int, device: torch.device, reuse: bool) -> torch.Tensor:
@@ -388,11 +421,33 @@ class CircularBound:
 
 
 def circular_certificate(
-    weight: torch.Tensor, groups: int, stride: tuple[int, ...], dilation: tuple[int, ...], sizes: list[int], *, rel: float, device: str = "cpu"
-) -> CircularBound:
-    """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc)."""
+    weight: torch.Tensor,
+    groups: int,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    sizes: list[int],
+    *,
+    rel: float,
+    device: str = "cpu",
+    row_scales: Sequence[torch.Tensor] = (),
+) -> tuple[CircularBound, list[float | None]]:
+    """Certify sigma_1 of the circular conv on the ring ``sizes`` to within about ``rel`` (module doc),
+    and that of the conv with its output channels scaled by each of ``row_scales`` where its Gram
+    polynomial comes from this one's (scaled_taps; None elsewhere)."""
     dev = torch.device(device)
     taps = gram_taps(weight.to(dev), groups, stride, dilation, sizes, reuse=dev.type == "cpu")
+    found = _certify(taps, groups, rel=rel, dev=dev)
+    scaled: list[float | None] = []
+    for number, scale in enumerate(row_scales):
+        # The table is overwritten by each scaling: every scale but the last takes a copy.
+        source = taps if number == len(row_scales) - 1 else replace(taps, table=taps.table.clone())
+        fused = scaled_taps(source, weight, scale)
+        scaled.append(_certify(fused, groups, rel=rel, dev=dev).upper if fused is not None else None)
+    return found, scaled
+
+
+def _certify(taps: GramTaps, groups: int, *, rel: float, dev: torch.device) -> CircularBound:
+    """The certificate itself: screen, Lanczos on the best frequencies, a factorization at every one."""
     freqs = _half_frequencies(taps.taps.reduced)
     n = taps.n
     e_g = gram_error(taps)

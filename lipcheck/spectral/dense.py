@@ -382,7 +382,7 @@ def certify_row_scaled(
     grams, fro2s, terms, which = [g], [fro2], [side.p], []
     for k, s in enumerate(row_scales):
         d = s.detach().to(device=dev, dtype=torch.float64).reshape(-1)
-        if d.numel() != side.q or not _safe_scales(d):
+        if d.numel() != side.q or not safe_scales(d):
             continue
         gs = torch.outer(d, d).mul_(g)
         trace = float(gs.diagonal().sum())
@@ -404,7 +404,7 @@ def certify_row_scaled(
     return raw, scaled
 
 
-def _safe_scales(d: torch.Tensor) -> bool:
+def safe_scales(d: torch.Tensor) -> bool:
     """Whether every scale is finite and, unless zero, inside [1/_SCALE_RANGE, _SCALE_RANGE]."""
     magnitude = d.abs()
     nonzero = magnitude[magnitude > 0]

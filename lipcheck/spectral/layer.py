@@ -474,8 +474,11 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
     spatial = layer.input_spatial
     if _needs_operator(layer) and not layer.is_transposed:
         assert geometry is not None and spatial is not None
-        value = _cached(_conv_key("upper", weight, layer, settings), functools.partial(_operator_upper, weight, layer, settings))
-        sized = min(float(value), _any_size_upper(layer, weight, settings))  # type: ignore[arg-type]
+        value = float(_cached(_conv_key("upper", weight, layer, settings), functools.partial(_operator_upper, weight, layer, settings)))  # type: ignore[arg-type]
+        # With zero padding the circular bound is at most the size-free one (Cauchy-Schwarz over the
+        # taps) up to its margins: that one, a dense certificate of its own, only stands in where the
+        # certificate gave nothing finite.
+        sized = value if math.isfinite(value) else min(value, _any_size_upper(layer, weight, settings))
         return sized + margin
     est = estimate(replace(layer, load=lambda: weight, warm_u=None), settings)
     return est.lipschitz.upper + margin if est.lipschitz is not None else None
