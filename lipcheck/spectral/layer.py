@@ -46,9 +46,9 @@ METHOD_CONV_ANY_SIZE = (
 METHOD_CONV_TOO_LARGE = (
     "input size too large for the operator norm in this machine's memory: sqrt(max taps per input position) * upper sigma, valid for every input size"
 )
+METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
 # Per layer index, the output-channel scales of the batch norms folded into it (see estimate_all).
 Folds = Mapping[int, Sequence[np.ndarray]]
-METHOD_CONV_1X1 = "1x1 conv: the operator norm is sigma(W) at every input size"
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,8 @@ def estimate_all(layers: list[Layer], settings: Settings, folds: Folds | None = 
     """Estimate layers, same-shaped ones in one batched iteration; yields (index, estimate) as done.
 
     ``folds``: per layer index, the output-channel scales of batch norms the graph bound will fold
-    into it. A conv whose explicit operator serves them certifies them along the way (one Gram
-    product for both) and leaves them for fused_upper.
+    into it. A conv certifies its folded twins along the way, from its own Gram products where
+    they serve (operator_interval's ``row_scales``), and leaves them for fused_upper.
 
     Weights are loaded a batch at a time and stay in their stored dtype; the certificate reads
     them in float64 blocks, so memory tracks the largest batches in flight, not the model. On a
