@@ -277,3 +277,21 @@ def test_a_shift_below_the_top_eigenvalue_never_certifies(in_place: bool, monkey
     ok, e3 = dense._cholesky_certifies(g, above)
     trace = float(40 * above[0] - torch.trace(g[0]))
     assert bool(ok[0]) and 0 < float(e3[0]) <= 1.01 * trace * dense._gamma(41)
+
+
+def test_row_scales_that_reach_subnormal_gram_entries_stay_certified() -> None:
+    """Scales inside the safe range can still push Gram entries into subnormal numbers: a scaled
+    matrix that is all tiny is left to the caller, and one whose tiny rows sit beside a normal row
+    keeps its interval around the float64 SVD's value (the entries' absolute underflow counted)."""
+    q, x = 8, 2.0**-350
+    w = torch.zeros(q, q + 5, dtype=torch.float64)
+    w[0, 0], w[0, 1] = 1.0, 0.5
+    w[1:, 2] = x
+    tiny = torch.full((q,), math.sqrt(0.79 * 2.0**-1074) / x, dtype=torch.float64)  # s² x² is subnormal
+    alone, beside = tiny.clone(), tiny.clone()
+    alone[0], beside[0] = 0.0, 1e-3
+    _, scaled = dense.certify_row_scaled(w, [alone, beside], tol=TOL, max_iter=200, seed=0)
+    assert scaled[0] is None
+    assert scaled[1] is not None
+    truth = exact_sigma(beside.unsqueeze(1) * w)
+    assert scaled[1].sigma <= truth * (1 + 1e-12) and scaled[1].upper >= truth

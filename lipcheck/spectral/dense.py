@@ -51,6 +51,8 @@ _CANCELLATION = math.sqrt(2.0)
 IN_PLACE_FROM = 1024
 # Row scales certify_row_scaled applies to a Gram matrix: products of two stay normal float64 numbers.
 _SCALE_RANGE = 2.0**200
+# ... and the scaled Gram matrix's trace at least this: far from the subnormal range.
+_TRACE_FLOOR = 2.0**-900
 
 
 @dataclass(frozen=True)
@@ -366,9 +368,10 @@ def certify_row_scaled(
     Where ``w`` has no more rows than columns its Gram matrix is Ĝ = fl(w wᵀ), and diag(s) w has
     s_i s_j Ĝ_ij, computed as fl(fl(s_i s_j) Ĝ_ij): two more roundings per entry, so
     |Ĝ_s − D wwᵀ D| ≤ (γ_p + γ_2 + γ_p γ_2) |Dwᵀ|ᵀ|Dwᵀ| ≤ γ_{p+2} |Dwᵀ|ᵀ|Dwᵀ| entrywise, whose
-    spectral norm is at most ‖D w‖_F² (bounded by the trace of Ĝ_s with its own rounding, and an
-    absolute term for entries that underflow). A scaled matrix is None where that Gram matrix would
-    leave float64's range, a scale lies outside _SCALE_RANGE (s_i s_j must not underflow), or ``w``
+    spectral norm is at most ‖D w‖_F² (bounded by the trace of Ĝ_s with its own rounding), plus an
+    absolute q 2^-1075 for entries that underflow. A scaled matrix is None where that Gram matrix would
+    leave float64's range or come near its subnormal numbers (trace below _TRACE_FLOOR), a scale lies
+    outside _SCALE_RANGE (s_i s_j must not underflow), or ``w``
     is taller than wide (its Gram matrix is then wᵀw, which a row scaling does not carry).
     """
     dev = torch.device(device)
@@ -380,24 +383,35 @@ def certify_row_scaled(
     if fro2 == 0.0 or not math.isfinite(fro2):
         return certify(w, tol=tol, max_iter=max_iter, seed=seed, device=device), scaled
     grams, fro2s, terms, which = [g], [fro2], [side.p], []
+    # An entry fl(fl(s_i s_j) Ĝ_ij) that underflows errs by an absolute 2^-1075 at most: q 2^-1075 in
+    # spectral norm, added to e1 as it is, and to the trace bound as mass.
+    underflow = side.q * 2.0**-1073
     for k, s in enumerate(row_scales):
         d = s.detach().to(device=dev, dtype=torch.float64).reshape(-1)
         if d.numel() != side.q or not safe_scales(d):
             continue
         gs = torch.outer(d, d).mul_(g)
         trace = float(gs.diagonal().sum())
-        if trace == 0.0 or not math.isfinite(trace) or not bool(torch.isfinite(gs).all()):
-            continue
+        if not _TRACE_FLOOR <= trace < math.inf or not bool(torch.isfinite(gs).all()):
+            continue  # scaled to nearly nothing (or past float64): the caller certifies it on its own
         grams.append(gs)
         # Entries that underflow err by an absolute 2^-1074 each at most: q 2^-1073 in spectral norm, as trace mass.
-        fro2s.append(trace * (1.0 + _gamma(side.p + side.q + 3)) + side.q * 2.0**-1073)
+        fro2s.append(trace * (1.0 + _gamma(side.p + side.q + 3)) + underflow)
         terms.append(side.p + 2)
         which.append(k)
     # One batch each: a batch steps until its slowest member settles, and the two need different counts.
     raw = _certify_grams([side], g.unsqueeze(0), fro2s[:1], terms[:1], tol=tol, max_iter=max_iter, seed=seed, u0s=[None])[0]
     if which:
         found = _certify_grams(
-            [side] * len(which), torch.stack(grams[1:]), fro2s[1:], terms[1:], tol=tol, max_iter=max_iter, seed=seed, u0s=[None] * len(which)
+            [side] * len(which),
+            torch.stack(grams[1:]),
+            fro2s[1:],
+            terms[1:],
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            u0s=[None] * len(which),
+            absolute=underflow,
         )
         for k, estimate in zip(which, found):
             scaled[k] = estimate
@@ -434,15 +448,25 @@ def _check_now(iterations: int) -> bool:
 
 
 def _certify_grams(
-    sides: list[_Side], g: torch.Tensor, fro2s: list[float], terms: list[int], *, tol: float, max_iter: int, seed: int, u0s: Sequence[torch.Tensor | None]
+    sides: list[_Side],
+    g: torch.Tensor,
+    fro2s: list[float],
+    terms: list[int],
+    *,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    u0s: Sequence[torch.Tensor | None],
+    absolute: float = 0.0,
 ) -> list[SpectralEstimate]:
     b, q, _ = g.shape
     dev = g.device
     lanczos = _Lanczos(g, _starts(sides, u0s, seed, dev), low_precision=tol >= _FLOAT32_FROM_TOL and q > 1, seed=seed)
     diag_max = [float(g[i].diagonal().max()) for i in range(b)]
     fro2 = torch.tensor(fro2s, dtype=torch.float64)
-    # ||Ĝ - aᵀa||₂ <= gamma_terms ||a||_F²: terms is the dot products' length (plus any roundings after).
-    e1 = fro2 * torch.tensor([_gamma(t) for t in terms], dtype=torch.float64)
+    # ||Ĝ - aᵀa||₂ <= gamma_terms ||a||_F² + absolute: terms is the dot products' length (plus any
+    # roundings after), absolute any error that does not scale with the entries (underflow).
+    e1 = fro2 * torch.tensor([_gamma(t) for t in terms], dtype=torch.float64) + absolute
     # Eigenvalues of G are at least trace/q on top: a floor for tau when the iteration is poor.
     floor = torch.tensor([float(g[i].diagonal().sum()) / q for i in range(b)], dtype=torch.float64) * (1 - 1e-9)
     lower = torch.zeros(b, dtype=torch.float64)
@@ -481,9 +505,10 @@ def _certify_grams(
             else:
                 # No more iterations: widen the certificate (tenfold, then twofold) until a
                 # factorization succeeds, ending at the Frobenius norm, which always bounds sigma_1.
-                rel = float(tau[k]) / max(float(lower[i]) ** 2, float(floor[i])) - 1.0
-                nxt = max(float(floor[i]), float(lower[i]) ** 2) * (1.0 + max(rel * (10.0 if rel < 0.1 else 2.0), tol))
-                if nxt >= fro2s[i]:
+                base = max(float(lower[i]) ** 2, float(floor[i]))
+                rel = float(tau[k]) / base - 1.0 if base > 0.0 else math.inf
+                nxt = base * (1.0 + max(rel * (10.0 if rel < 0.1 else 2.0), tol))
+                if not nxt < fro2s[i]:  # NaN included: nothing left to widen from
                     upper[i] = math.sqrt(fro2s[i] * (1 + _gamma(4)))
                 else:
                     certificate_for[i] = nxt
