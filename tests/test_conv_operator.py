@@ -332,3 +332,32 @@ def test_row_scaled_uppers_bound_the_scaled_operator(
         assert not transposed and (columns[0].numel() <= size or not explicit)  # an explicit operator carries them only when wide
         scaled = columns * scale.reshape(1, -1, *([1] * dims))
         assert upper >= exact_sigma(scaled.reshape(size, -1).T)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("case", ["underflow", "huge", "tiny"])
+def test_row_scales_at_the_edges_of_float64_never_give_a_false_upper(case: str, explicit: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scales that kill the dominant channel and blow up one whose products underflowed, scales
+    past float32's range, and scales that shrink everything: each scaled upper is left out (None)
+    or bounds the float64 SVD of the scaled operator, and the raw interval is never lost."""
+    if not explicit:
+        monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+    x = math.sqrt(1.45) * 2.0**-537  # x * x rounds to the smallest subnormal
+    weight = torch.zeros(2, 3, 2, dtype=torch.float64)
+    weight[0] = torch.tensor([[1.0, 0.5], [0.25, -0.5], [0.3, 0.1]], dtype=torch.float64)
+    weight[1, 0, 0] = x if case == "underflow" else 0.7
+    scale = {
+        "underflow": torch.tensor([0.0, 2.0**190], dtype=torch.float64),
+        "huge": torch.tensor([1e21, 3e20], dtype=torch.float64),
+        "tiny": torch.tensor([2.0**-180, 2.0**-190], dtype=torch.float64),
+    }[case]
+    geometry = ConvGeometry((1,), (0, 0), (1,), 1)
+    basis = torch.eye(12, dtype=torch.float64).reshape(12, 3, 4)
+    operator = torch.nn.functional.conv1d(basis, weight).reshape(12, -1).T
+    found = conv_module.operator_interval(weight, geometry, (4,), False, tol=1e-6, max_iter=500, seed=0, row_scales=[scale])
+    assert found.lower <= exact_sigma(operator) <= found.upper
+    upper = found.scaled_uppers[0]
+    truth = exact_sigma((scale.repeat_interleave(3).reshape(-1, 1)) * operator)
+    assert upper is None or upper >= truth
+    if case != "underflow":  # in range after its power of two: worked out, not left out
+        assert upper is not None and upper <= truth * (1.01 if explicit else 1.1)  # the circular embedding sits above at 4 px

@@ -295,3 +295,13 @@ def test_row_scales_that_reach_subnormal_gram_entries_stay_certified() -> None:
     assert scaled[1] is not None
     truth = exact_sigma(beside.unsqueeze(1) * w)
     assert scaled[1].sigma <= truth * (1 + 1e-12) and scaled[1].upper >= truth
+
+
+def test_a_scale_that_revives_an_underflowed_product_never_gives_a_false_upper() -> None:
+    """The dominant row scaled to 0 and a row whose own product underflowed scaled by 2^190: the
+    underflow in Ĝ itself must not be scaled past the bound (left to the caller, or bounded)."""
+    x = math.sqrt(1.45) * 2.0**-537  # x * x rounds to the smallest subnormal
+    w = torch.tensor([[1.0, 0.5, 0.25], [x, 0.0, 0.0]], dtype=torch.float64)
+    s = torch.tensor([0.0, 2.0**190], dtype=torch.float64)
+    _, scaled = dense.certify_row_scaled(w, [s], tol=TOL, max_iter=100, seed=0)
+    assert scaled[0] is None or scaled[0].upper >= exact_sigma(s.unsqueeze(1) * w)

@@ -474,11 +474,11 @@ def operator_interval(
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         matrix = explicit_matrix(w64, geometry, spatial, transposed)
         positions = out_size // max(1, weight.shape[0])
-        usable = [] if transposed else [s.to(torch.float64).repeat_interleave(positions) for s in row_scales if s.numel() == weight.shape[0]]
-        if len(usable) != len(row_scales):
-            usable = []
-        est, scaled_found = certify_row_scaled(matrix, usable, tol=tol, max_iter=max_iter, seed=seed, device=device)
-        scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if usable else (None,) * len(row_scales)
+        # One scale per output row ((channel, position) order); a scale of another length becomes an
+        # empty one, which certify_row_scaled leaves out.
+        rows = [] if transposed else [s.to(torch.float64).repeat_interleave(positions) if s.numel() == weight.shape[0] else s.new_empty(0) for s in row_scales]
+        est, scaled_found = certify_row_scaled(matrix, rows, tol=tol, max_iter=max_iter, seed=seed, device=device)
+        scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if rows else (None,) * len(row_scales)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device, row_scales=row_scales)

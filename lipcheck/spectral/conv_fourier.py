@@ -73,6 +73,9 @@ _CHUNK_ENTRIES = 1 << 22
 # Gram blocks of every frequency are kept between the screen and the certificates up to this many
 # complex entries (256 MiB); larger symbols are recomputed per chunk.
 _STORE_ENTRIES = 1 << 24
+# A scaled Gram polynomial (scaled_taps) whose largest channel energy falls below this is left to
+# its caller: norms and Lanczos steps on it would underflow.
+_SCALED_FLOOR = 2.0**-100
 # Frequencies refined by Lanczos before the first certificate.
 _CANDIDATES = 8
 _SCREEN_STEPS = 5
@@ -169,30 +172,46 @@ def _product_error(per_tap: torch.Tensor, length: int, extra: int) -> float:
     return _gamma(length * t_count + 2 * t_count + extra) * float(tap_norms) ** 2 * (1 + _gamma(4))
 
 
-def scaled_taps(taps: GramTaps, weight: torch.Tensor, scale: torch.Tensor) -> GramTaps | None:
-    """The Gram polynomial of the conv with output channel i scaled by scale[i], from ``taps``'s own
-    (on the "out" side, None on the other), overwriting its table.
+def scaled_taps(taps: GramTaps, weight: torch.Tensor, scale: torch.Tensor) -> tuple[GramTaps, int] | None:
+    """The Gram polynomial of the conv with output channel i scaled by scale[i] 2^-k, from
+    ``taps``'s own (on the "out" side), overwriting its table, and k: sigma_1 of the conv scaled by
+    ``scale`` is 2^k times that polynomial's.
 
-    Out-side coefficients are sums over output pairs (i, j): scaled, each is s_i s_j times the old,
-    computed as fl(fl(s_i s_j) c): two more roundings per entry, each a relative u of the entry.
-    So the coefficients' error bound becomes gamma_{L T + 2T + 4} (sum_t ||S W_t||_F)^2 (the module
-    doc's bound for the scaled weight, two roundings later), and A_delta's entries grow by at most
-    |s_i s_j| (1 + gamma_2). Scales outside lipcheck.spectral.dense.safe_scales' range give None.
+    The power of two (exact) brings the largest scale into (1/2, 1], so no scaled entry exceeds the
+    old one. Out-side coefficients are sums over output pairs (i, j): scaled, each is s_i s_j times
+    the old, computed as fl(fl(s_i s_j) c): two more roundings per entry, each a relative u of the
+    entry. So the coefficients' error bound becomes gamma_{L T + 2T + 4} (sum_t ||S W_t||_F)^2 (the
+    module doc's bound for the scaled weight, two roundings later), and A_delta's entries grow by at
+    most |s_i s_j| (1 + gamma_2). Products that underflow err by an absolute 2^-1075 each, at most
+    2 L T in an old coefficient's entry (times |s_i s_j| <= 1) and one in its scaling: the bound
+    adds (rows) n (2 L T + 2) 2^-1074, the spectral norm of those errors over every coefficient.
+
+    None on the "in" side, for scales outside lipcheck.spectral.dense.safe_scales' range, and where
+    the scaled polynomial falls far below the old one's range (its largest diagonal entry of H_0,
+    a channel's energy, under _SCALED_FLOOR): the Lanczos and norm steps would underflow.
     """
     if taps.side != "out" or scale.numel() != taps.groups * taps.n or not safe_scales(scale):
         return None
     s = scale.to(device=taps.table.device, dtype=torch.float64).reshape(taps.groups, taps.n)
-    pair = s.unsqueeze(2) * s.unsqueeze(1)  # (groups, n, n)
+    peak = float(s.abs().max())
+    if peak == 0.0:
+        return None
+    exponent = math.frexp(peak)[1]
+    s = s * 2.0**-exponent  # exact: every nonzero scale stays a normal number
     rows = taps.table.shape[0]
     table = taps.table.view(rows, taps.groups, taps.n, taps.n, 2)
+    energy = table[0, :, :, :, 0].diagonal(dim1=1, dim2=2)  # H_0's diagonal, per group
+    if not float((energy * s.square()).max()) >= _SCALED_FLOOR:
+        return None
+    pair = s.unsqueeze(2) * s.unsqueeze(1)  # (groups, n, n)
     table.mul_(pair.unsqueeze(-1))
     abs_sum = taps.abs_sum * pair.abs() * (1 + _gamma(3))
     w = weight.to(device=taps.table.device, dtype=torch.float64)
     t_count = len(taps.taps.shifts)
     per_tap = (w * s.reshape(-1, *([1] * (w.dim() - 1)))).reshape(taps.groups, taps.n, w.shape[1], t_count).permute(0, 3, 1, 2)
-    # Entries that underflow err by an absolute 2^-1074 each: n 2^-1073 in spectral norm per coefficient.
-    product_error = _product_error(per_tap, w.shape[1], 4) + rows * taps.n * 2.0**-1073
-    return GramTaps(taps.deltas, taps.table, abs_sum, taps.n, taps.groups, taps.side, product_error, taps.taps)
+    underflow = rows * taps.n * (2 * w.shape[1] * t_count + 2) * 2.0**-1074
+    product_error = _product_error(per_tap, w.shape[1], 4) + underflow
+    return GramTaps(taps.deltas, taps.table, abs_sum, taps.n, taps.groups, taps.side, product_error, taps.taps), exponent
 
 
 def _new_table(half: list[tuple[int, ...]], groups: int, n: int, device: torch.device, reuse: bool) -> torch.Tensor:
@@ -442,7 +461,13 @@ def circular_certificate(
         # The table is overwritten by each scaling: every scale but the last takes a copy.
         source = taps if number == len(row_scales) - 1 else replace(taps, table=taps.table.clone())
         fused = scaled_taps(source, weight, scale)
-        scaled.append(_certify(fused, groups, rel=rel, dev=dev).upper if fused is not None else None)
+        value = None
+        if fused is not None:
+            try:
+                value = math.ldexp(_certify(fused[0], groups, rel=rel, dev=dev).upper, fused[1])
+            except (RuntimeError, ValueError):  # the scaled twins only save their caller work: the raw bound stands
+                value = None
+        scaled.append(value)
     return found, scaled
 
 

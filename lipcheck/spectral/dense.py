@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,8 +51,9 @@ _CANCELLATION = math.sqrt(2.0)
 IN_PLACE_FROM = 1024
 # Row scales certify_row_scaled applies to a Gram matrix: products of two stay normal float64 numbers.
 _SCALE_RANGE = 2.0**200
-# ... and the scaled Gram matrix's trace at least this: far from the subnormal range.
-_TRACE_FLOOR = 2.0**-900
+# ... and the scaled Gram matrix's largest diagonal entry (its scales brought to at most 1) at
+# least this: inside float32's range, and far above the absolute size of underflow.
+_SCALED_FLOOR = 2.0**-100
 
 
 @dataclass(frozen=True)
@@ -365,14 +366,18 @@ def certify_row_scaled(
 ) -> tuple[SpectralEstimate, list[SpectralEstimate | None]]:
     """Bracket sigma_1 of ``w`` and of diag(s) ``w`` for each s in ``row_scales``, from one Gram product.
 
-    Where ``w`` has no more rows than columns its Gram matrix is Ĝ = fl(w wᵀ), and diag(s) w has
-    s_i s_j Ĝ_ij, computed as fl(fl(s_i s_j) Ĝ_ij): two more roundings per entry, so
+    Where ``w`` has no more rows than columns its Gram matrix is Ĝ = fl(w wᵀ). Each s is first
+    brought to a largest entry in (1/2, 1] by a power of two 2^k (exact; sigma_1 scales by 2^k), so
+    the scaled entries are no larger than Ĝ's. diag(s) w then has s_i s_j Ĝ_ij, computed as
+    fl(fl(s_i s_j) Ĝ_ij): two more roundings per entry, so
     |Ĝ_s − D wwᵀ D| ≤ (γ_p + γ_2 + γ_p γ_2) |Dwᵀ|ᵀ|Dwᵀ| ≤ γ_{p+2} |Dwᵀ|ᵀ|Dwᵀ| entrywise, whose
-    spectral norm is at most ‖D w‖_F² (bounded by the trace of Ĝ_s with its own rounding), plus an
-    absolute q 2^-1075 for entries that underflow. A scaled matrix is None where that Gram matrix would
-    leave float64's range or come near its subnormal numbers (trace below _TRACE_FLOOR), a scale lies
-    outside _SCALE_RANGE (s_i s_j must not underflow), or ``w``
-    is taller than wide (its Gram matrix is then wᵀw, which a row scaling does not carry).
+    spectral norm is at most ‖D w‖_F² (bounded by the trace of Ĝ_s with its own rounding). Products
+    that underflow err by an absolute 2^-1075 each, in Ĝ's own dot products (p per entry, times
+    |s_i s_j| ≤ 1 here) and in the scaling: q (p + 1) 2^-1075 in spectral norm, which e1 takes as it
+    is. A scaled matrix is None where its Gram matrix falls far below Ĝ's range (largest diagonal
+    entry under _SCALED_FLOOR: float32's Lanczos would see zeros, and underflow would be no longer
+    negligible), a scale is not finite or lies outside _SCALE_RANGE, or ``w`` is taller than wide
+    (its Gram matrix is then wᵀw, which a row scaling does not carry).
     """
     dev = torch.device(device)
     side = _Side(w.detach(), dev)
@@ -382,39 +387,40 @@ def certify_row_scaled(
     g, fro2 = side.gram()
     if fro2 == 0.0 or not math.isfinite(fro2):
         return certify(w, tol=tol, max_iter=max_iter, seed=seed, device=device), scaled
-    grams, fro2s, terms, which = [g], [fro2], [side.p], []
-    # An entry fl(fl(s_i s_j) Ĝ_ij) that underflows errs by an absolute 2^-1075 at most: q 2^-1075 in
-    # spectral norm, added to e1 as it is, and to the trace bound as mass.
-    underflow = side.q * 2.0**-1073
+    grams, fro2s, exponents, which = [], [], [], []
+    underflow = side.q * (side.p + 1) * 2.0**-1073
     for k, s in enumerate(row_scales):
         d = s.detach().to(device=dev, dtype=torch.float64).reshape(-1)
-        if d.numel() != side.q or not safe_scales(d):
+        if d.numel() != side.q or not safe_scales(d) or float(d.abs().max()) == 0.0:
             continue
+        exponent = math.frexp(float(d.abs().max()))[1]
+        d = d * 2.0**-exponent  # exact: every nonzero entry stays a normal number
         gs = torch.outer(d, d).mul_(g)
-        trace = float(gs.diagonal().sum())
-        if not _TRACE_FLOOR <= trace < math.inf or not bool(torch.isfinite(gs).all()):
-            continue  # scaled to nearly nothing (or past float64): the caller certifies it on its own
+        if not float(gs.diagonal().max()) >= _SCALED_FLOOR:
+            continue  # scaled to nearly nothing: the caller certifies it on its own
         grams.append(gs)
-        # Entries that underflow err by an absolute 2^-1074 each at most: q 2^-1073 in spectral norm, as trace mass.
-        fro2s.append(trace * (1.0 + _gamma(side.p + side.q + 3)) + underflow)
-        terms.append(side.p + 2)
+        fro2s.append(float(gs.diagonal().sum()) * (1.0 + _gamma(side.p + side.q + 3)) + underflow)
+        exponents.append(exponent)
         which.append(k)
     # One batch each: a batch steps until its slowest member settles, and the two need different counts.
-    raw = _certify_grams([side], g.unsqueeze(0), fro2s[:1], terms[:1], tol=tol, max_iter=max_iter, seed=seed, u0s=[None])[0]
+    raw = _certify_grams([side], g.unsqueeze(0), [fro2], [side.p], tol=tol, max_iter=max_iter, seed=seed, u0s=[None])[0]
     if which:
-        found = _certify_grams(
-            [side] * len(which),
-            torch.stack(grams[1:]),
-            fro2s[1:],
-            terms[1:],
-            tol=tol,
-            max_iter=max_iter,
-            seed=seed,
-            u0s=[None] * len(which),
-            absolute=underflow,
-        )
-        for k, estimate in zip(which, found):
-            scaled[k] = estimate
+        try:
+            found = _certify_grams(
+                [side] * len(which),
+                torch.stack(grams),
+                fro2s,
+                [side.p + 2] * len(which),
+                tol=tol,
+                max_iter=max_iter,
+                seed=seed,
+                u0s=[None] * len(which),
+                absolute=underflow,
+            )
+        except (RuntimeError, ValueError):  # the scaled twins only save their caller work: never lose the raw interval
+            found = []
+        for k, exponent, estimate in zip(which, exponents, found):
+            scaled[k] = replace(estimate, sigma=math.ldexp(estimate.sigma, exponent), upper=math.ldexp(estimate.upper, exponent))
     return raw, scaled
 
 
