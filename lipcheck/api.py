@@ -166,7 +166,8 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
     total = len(model.layers)
     if progress is not None and total:
         progress(0, total, model.layers[0])
-    for index, est in estimate_all(model.layers, settings, _folds(model, settings)):
+    requests = _fold_requests(model, settings)
+    for index, est in estimate_all(model.layers, settings, _by_layer(requests)):
         layer = model.layers[index]
         found[index] = LayerReport(
             name=layer.name,
@@ -210,7 +211,7 @@ def analyze(model: Model, settings: Settings, progress: Progress | None = None) 
         uppers = [entry.lipschitz.upper if entry.lipschitz else None for entry in layers]
         fuse = _fuser(model, settings)
         try:
-            _prefetch_fused(model, uppers, settings, fuse)
+            _prefetch_fused(requests, settings, fuse)
             walked = graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=fuse, segments=segments)
         except Exception as exc:  # a graph the walk cannot follow: no number rather than a crash
             walked = GraphBound({}, [f"the graph walk failed ({type(exc).__name__}: {exc}); please report this model"])
@@ -281,41 +282,41 @@ def _segments(model: Model, settings: Settings) -> tuple[dict[str, tuple[str, fl
         return {}, [f"no chain segments ({first_line(exc)})"]
 
 
-def _prefetch_fused(model: Model, uppers: list[float | None], settings: Settings, fuse: Callable[[int, np.ndarray], float | None]) -> None:
-    """Certify every layer the graph walk will fold a batch norm into, side by side, before the walk
-    asks for them one at a time (``fuse`` keeps its results)."""
+def _prefetch_fused(requests: list[tuple[int, np.ndarray]], settings: Settings, fuse: Callable[[int, np.ndarray], float | None]) -> None:
+    """Certify every (layer, batch-norm scale) the graph walk will fold, side by side, before the
+    walk asks for them one at a time (``fuse`` keeps its results; most are cached by then)."""
     from lipcheck.spectral.layer import side_by_side
 
-    unique = _fold_requests(model, uppers, settings)
-    if len(unique) > 1:
-        side_by_side([functools.partial(fuse, index, scale) for index, scale in unique], settings.device, factorizations=settings.device == "cpu")
+    if len(requests) > 1:
+        side_by_side([functools.partial(fuse, index, scale) for index, scale in requests], settings.device, factorizations=settings.device == "cpu")
 
 
-def _fold_requests(model: Model, uppers: list[float | None], settings: Settings) -> list[tuple[int, np.ndarray]]:
-    """Each (layer index, output-channel scale) the graph walk folds a batch norm into, once, as
-    a walk over ``uppers`` asks for them."""
+def _fold_requests(model: Model, settings: Settings) -> list[tuple[int, np.ndarray]]:
+    """Each (layer index, output-channel scale) the graph walk folds a batch norm into, once.
+
+    Found before any layer is certified, by a walk with every layer's bound taken as 1 (which
+    layers fold depends on the graph, not on their bounds), so the certificates can share work
+    with them; a graph the walk cannot follow has none here and fails the real walk later.
+    """
     from lipcheck.graph.walk import graph_bound
 
-    assert model.graph is not None
+    if model.graph is None or not any(node.op == "BatchNormalization" for node in model.graph.nodes):
+        return []
     wanted: list[tuple[int, np.ndarray]] = []
 
     def record(index: int, scale: np.ndarray) -> float | None:
         wanted.append((index, scale))
         return None
 
-    graph_bound(model.graph, uppers, dict(settings.node_constants), fuse=record)
+    try:
+        graph_bound(model.graph, [1.0] * len(model.layers), dict(settings.node_constants), fuse=record)
+    except Exception:  # only a head start: the real walk reports the failure
+        return []
     return list({(index, scale.tobytes()): (index, scale) for index, scale in wanted}.values())
 
 
-def _folds(model: Model, settings: Settings) -> dict[int, list[np.ndarray]]:
-    """The batch-norm scales each layer will have folded in, before any layer is certified (every
-    layer's bound taken as 1 for the walk), so the certificates can share work with them."""
-    if model.graph is None or not any(node.op == "BatchNormalization" for node in model.graph.nodes):
-        return {}
-    try:
-        requests = _fold_requests(model, [1.0] * len(model.layers), settings)
-    except Exception:  # only a head start: the graph bound asks again with the real bounds
-        return {}
+def _by_layer(requests: list[tuple[int, np.ndarray]]) -> dict[int, list[np.ndarray]]:
+    """The fold requests grouped per layer index."""
     folds: dict[int, list[np.ndarray]] = {}
     for index, scale in requests:
         folds.setdefault(index, []).append(scale)

@@ -359,7 +359,7 @@ def test_batch_norms_folded_while_their_convs_are_certified_bound_the_folded_ope
     torch.jit.trace(net, torch.zeros(shape)).save(str(path))
     settings = Settings(lower=False, input_shape=(shape,))
     model = load(path, input_shapes=settings.input_shape)
-    folds = api._folds(model, settings)
+    folds = api._by_layer(api._fold_requests(model, settings))
     assert sorted(model.layers[i].shape for i in folds) == [(4, 6, 3, 3), (8, 4, 3, 3)]
 
     def folded_uppers(with_folds: bool) -> dict[int, float]:
