@@ -133,24 +133,31 @@ def test_ring_is_the_smallest_valid_embedding() -> None:
 def test_gram_blocks_match_the_symbol_within_the_rounding_bound(
     dims: int, k: int, stride: int, dilation: int, groups: int, c_in: int, c_out: int, n: int, seed: int
 ) -> None:
-    """fl(G(w)) from paired tap products is K K^H or K^H K of the directly summed symbol, at every frequency."""
+    """fl(G(w)) from paired tap products is K K^H or K^H K of the directly summed symbol, at every
+    frequency, whether the out side's products are taken per delta or per tap pair."""
     from lipcheck.spectral import conv_fourier as cf
     from lipcheck.spectral import conv_start
 
     weight = torch.randn(c_out * groups, c_in, *(k,) * dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     strides, dilations = (stride,) * dims, (dilation,) * dims
     sizes = ring_sizes((n,) * dims, (k,) * dims, strides, dilations, [k // 2] * dims, [k // 2] * dims)
-    taps = cf.gram_taps(weight, groups, strides, dilations, sizes)
-    freqs = cf._half_frequencies(taps.taps.reduced)
-    blocks = cf.gram_blocks(taps, freqs)
-    bound = cf.gram_error(taps)
-    for row, frequency in enumerate(freqs.tolist()):
-        for group in range(groups):
-            symbol = conv_start.symbol_at(weight, groups, group, taps.taps, tuple(frequency))
-            gram = symbol @ symbol.mH if taps.side == "out" else symbol.mH @ symbol
-            # The reference itself is a float64 sum: allow its own rounding on top of the bound.
-            slack = 1e-13 * float(gram.abs().sum())
-            assert float(torch.linalg.matrix_norm(blocks[row, group] - gram, ord=2)) <= bound + slack
+    kept = cf._BY_PAIR_ENTRIES
+    for by_pair in (1, 1 << 62):
+        cf._BY_PAIR_ENTRIES = by_pair
+        try:
+            taps = cf.gram_taps(weight, groups, strides, dilations, sizes)
+        finally:
+            cf._BY_PAIR_ENTRIES = kept
+        freqs = cf._half_frequencies(taps.taps.reduced)
+        blocks = cf.gram_blocks(taps, freqs)
+        bound = cf.gram_error(taps)
+        for row, frequency in enumerate(freqs.tolist()):
+            for group in range(groups):
+                symbol = conv_start.symbol_at(weight, groups, group, taps.taps, tuple(frequency))
+                gram = symbol @ symbol.mH if taps.side == "out" else symbol.mH @ symbol
+                # The reference itself is a float64 sum: allow its own rounding on top of the bound.
+                slack = 1e-13 * float(gram.abs().sum())
+                assert float(torch.linalg.matrix_norm(blocks[row, group] - gram, ord=2)) <= bound + slack
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,7 +19,8 @@ with real coefficients from products of taps: out: H_{q_t - q_t'} += W_t W_t'^T 
 residue; in: block (r_t, r_t') of H_{q_t' - q_t} += W_t^T W_t'. Pairing delta with -delta,
 G(w) = H_0 + sum_{delta > 0} cos(w.delta) S_delta + i sin(w.delta) D_delta with
 S = H_delta + H_-delta and D = H_delta - H_-delta. On the "out" side H_-delta = H_delta^T, and
-H_delta for delta >= 0 is one product of the taps of its pairs laid side by side; on the "in" side
+H_delta for delta >= 0 is one product of the taps of its pairs laid side by side, or (large taps)
+the sum of one product per pair: either way each entry is a sum of at most L T products; on the "in" side
 each tap product is added (with its sign) straight into S and D, half the products being
 transposes of the others. One real product of a
 [cos | sin] table with S and D laid out as real and imaginary parts writes G(w) for all
@@ -76,6 +77,9 @@ _STORE_ENTRIES = 1 << 24
 # A scaled Gram polynomial (scaled_taps) whose largest channel energy falls below this is left to
 # its caller: norms and Lanczos steps on it would underflow.
 _SCALED_FLOOR = 2.0**-100
+# Out-side Gram coefficients come one product per tap pair (rather than one per delta over
+# gathered taps) from this many weight entries per tap and group: the products dominate there.
+_BY_PAIR_ENTRIES = 1 << 12
 # Frequencies refined by Lanczos before the first certificate.
 _CANDIDATES = 8
 _SCREEN_STEPS = 5
@@ -237,14 +241,22 @@ def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ..
     half = sorted(d for d in pairs if d > zero)
     table = _new_table(half, groups, m, per_tap.device, reuse)
     stacked = per_tap.permute(0, 2, 3, 1)  # (g, m, c, T): the weight's own layout
+    # Large taps: one product per pair, summed, from the taps laid out one after another (numpy's
+    # BLAS; faster than gathering each delta's taps side by side for one product, which copies the
+    # weight once per delta). Small ones: the gather, with far fewer BLAS calls.
+    by_pair = per_tap.device.type == "cpu" and m * per_tap.shape[3] >= _BY_PAIR_ENTRIES
+    tap_major = per_tap.contiguous().numpy() if by_pair else None
     for delta, members in pairs.items():
-        # The product's inner index runs over (channel, pair) on both sides alike.
-        left, right = ([p[i] for p in members] for i in (0, 1))
-        lhs, rhs = stacked[..., left].reshape(groups, m, -1), stacked[..., right].reshape(groups, m, -1)
-        if per_tap.device.type == "cpu":  # numpy's BLAS, faster than torch's here
-            h = torch.from_numpy(np.matmul(lhs.numpy(), rhs.numpy().transpose(0, 2, 1)))
+        if tap_major is not None:
+            h = torch.from_numpy(_pair_sum(tap_major, members))
         else:
-            h = torch.bmm(lhs, rhs.mT)
+            # The product's inner index runs over (channel, pair) on both sides alike.
+            left, right = ([p[i] for p in members] for i in (0, 1))
+            lhs, rhs = stacked[..., left].reshape(groups, m, -1), stacked[..., right].reshape(groups, m, -1)
+            if per_tap.device.type == "cpu":  # numpy's BLAS, faster than torch's here
+                h = torch.from_numpy(np.matmul(lhs.numpy(), rhs.numpy().transpose(0, 2, 1)))
+            else:
+                h = torch.bmm(lhs, rhs.mT)
         if delta == zero:
             table[0, :, :, :, 0] = h
         else:
@@ -252,6 +264,16 @@ def _out_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ..
             table[1 + j, :, :, :, 0] = h + h.mT
             table[1 + len(half) + j, :, :, :, 1] = h - h.mT
     return table, half
+
+
+def _pair_sum(tap_major: np.ndarray, members: list[tuple[int, int]]) -> np.ndarray:
+    """sum over the pairs (a, b) of W_a W_b^T per group, from the taps as (g, T, m, c)."""
+    found = np.matmul(tap_major[:, members[0][0]], tap_major[:, members[0][1]].transpose(0, 2, 1))
+    product = np.empty_like(found)
+    for a, b in members[1:]:
+        np.matmul(tap_major[:, a], tap_major[:, b].transpose(0, 2, 1), out=product)
+        found += product
+    return found
 
 
 def _in_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...], reuse: bool) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
