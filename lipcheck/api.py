@@ -60,7 +60,7 @@ def inspect(
         from lipcheck.graph.lower import NoCertifiedPair, onnx_lower
 
         try:
-            report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed, settings.effort)  # type: ignore[arg-type]
+            report.bound.lower = onnx_lower(Path(path), model.graph, settings.seed, settings.effort, model.source)  # type: ignore[arg-type]
         except NoCertifiedPair as exc:
             report.notes.append(f"no empirical lower bound: {exc}")
         except Exception as exc:  # a graph that cannot be evaluated in float64: no lower bound, say why

@@ -98,6 +98,9 @@ class Model:
     no_graph: str = ""  # why a file with a graph gives none to walk
     input_shapes: tuple[tuple[int, ...], ...] | None = None  # the inputs' shapes, where the file fixes every one
     runnable: Any = None  # a torch module to differentiate for the empirical lower bound (TorchScript, API)
+    # The parsed file, where later steps may take it instead of reading the file again (an ONNX
+    # ModelProto that holds every tensor itself); None otherwise.
+    source: Any = None
 
 
 @dataclass(frozen=True)

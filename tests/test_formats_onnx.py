@@ -148,6 +148,26 @@ def test_external_data_inside_the_folder_is_read(tmp_path: Path) -> None:
     assert _sigma(path)["W"] == pytest.approx(exact_sigma(torch.from_numpy(w)), rel=1e-5)
 
 
+def test_the_lower_bound_reads_external_data_and_reuses_a_whole_parsed_file(tmp_path: Path) -> None:
+    """A file whose tensors all lie inside it is parsed once and its parse reused; one with external
+    data keeps no parse, so the float64 check reads its tensors from beside it. Both get the same
+    lower bound of a linear map: its top singular value, within the check's slack."""
+    from lipcheck.formats import load
+
+    w = _w(16, 8)
+    parts = ([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], [numpy_helper.from_array(w, "W")], [_io("x", [1, 8])], [_io("y", [1, 16])])
+    whole = _save(tmp_path, *parts, name="whole.onnx")
+    split = _save(tmp_path, *parts, name="split.onnx", save_as_external_data=True, location="split.bin", size_threshold=0)
+    assert load(whole).source is not None
+    assert load(split).source is None
+    exact = exact_sigma(torch.from_numpy(w))
+    lowers = [inspect(path).bound.lower for path in (whole, split)]
+    for lower in lowers:
+        assert lower is not None
+        assert exact * (1 - 1e-3) <= lower <= exact * (1 + 1e-9)
+    assert lowers[0] == pytest.approx(lowers[1], rel=1e-12)
+
+
 def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
     inner = tmp_path / "model"
     inner.mkdir()

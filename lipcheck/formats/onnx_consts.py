@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from onnx import NodeProto, TensorProto, helper
+from onnx import GraphProto, NodeProto, TensorProto, helper
 
 from lipcheck.errors import CorruptFileError
 from lipcheck.formats.limits import check_payload
@@ -141,3 +141,24 @@ def to_torch(array: np.ndarray) -> torch.Tensor:
     if array.dtype.kind not in "fiu":  # bfloat16, float8 and friends: widen through numpy first
         array = array.astype(np.float32)
     return torch.from_numpy(np.array(array, copy=True))
+
+
+def all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every TensorProto a graph stores (initializers, sparse ones, attribute tensors), subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sparse in [*sparse_tensors, *attr.sparse_tensors]:
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                yield from all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from all_tensors(sub)

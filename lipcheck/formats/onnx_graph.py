@@ -17,6 +17,7 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 
 from lipcheck.errors import CorruptFileError, RefusedFileError, first_line
 from lipcheck.formats import onnx_quant, onnx_shapes, recurrent
+from lipcheck.formats.onnx_consts import all_tensors
 from lipcheck.formats.onnx_consts import fold_chain as _fold
 from lipcheck.formats.onnx_consts import folded_shape as _folded_shape
 from lipcheck.formats.onnx_consts import payload_fits as _check_payload
@@ -389,7 +390,8 @@ def load(path: Path, input_shapes: tuple[tuple[int, ...], ...] | None = None) ->
             f"{len(unknown)} conv(s) see an input whose size the file leaves open: their bound holds for "
             "every input size; pass --input-shape (e.g. 1x3x224x224, one per model input) for the operator norm"
         )
-    return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph)
+    whole = not proto.functions and not any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(proto.graph))
+    return Model(str(path), "onnx", reader.layers, reader.skipped(), notes, graph, source=proto if whole else None)
 
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")

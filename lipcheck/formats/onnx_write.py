@@ -10,7 +10,6 @@ to the output, loaded and run once in onnxruntime, and only then renamed into pl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +20,7 @@ from onnx import AttributeProto, GraphProto, TensorProto, numpy_helper
 from lipcheck.atomic import staged
 from lipcheck.errors import CorruptFileError, LipcheckError, RefusedFileError, first_line
 from lipcheck.formats.edit import divided_array
+from lipcheck.formats.onnx_consts import all_tensors
 from lipcheck.formats.onnx_labels import node_labels
 from lipcheck.model import WeightEdit
 
@@ -56,27 +56,6 @@ def _tensors(graph: GraphProto, path: str, out: dict[tuple[str, str], TensorProt
             if attr.type == AttributeProto.GRAPH:
                 label = f"{labels[index]}.{attr.name}"
                 _tensors(attr.g, f"{path}/{label}" if path else label, out)
-
-
-def _all_tensors(graph: GraphProto) -> Iterator[TensorProto]:
-    """Every TensorProto a graph stores (initializers, sparse ones, attribute tensors), subgraphs included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
-            for sparse in [*sparse_tensors, *attr.sparse_tensors]:
-                yield sparse.values
-                yield sparse.indices
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
 
 
 def _find(index: dict[tuple[str, str], TensorProto], scope: str, name: str) -> tuple[str, TensorProto]:
@@ -213,7 +192,7 @@ def save(src: Path, dst: Path, edits: list[WeightEdit], mode: int | None = None)
         raise LipcheckError(f"cannot write {dst}: folder {folder} does not exist; create it first")
     data_target = data_path(dst)
     data_name = data_target.name
-    stored = list(_all_tensors(proto.graph))
+    stored = list(all_tensors(proto.graph))
     if data_target.is_dir():
         raise LipcheckError(f"cannot write {dst}: its external data goes to {data_target}, which is a folder; choose another output name")
     same_model = dst.exists() and os.path.samefile(src, dst)

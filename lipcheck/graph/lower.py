@@ -65,12 +65,14 @@ _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 Run = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
-def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> float | None:
+def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0, proto: onnx.ModelProto | None = None) -> float | None:
     """The largest certified float64 ratio found, or None when the input shapes are not fully known
     or not float.
 
     The search's cost scales with the model: it stops after about ``effort`` × max(2 s, the time of
     _BUDGET_PASSES forward passes), having tried at least _MIN_PAIRS pairs.
+
+    ``proto``: the file already parsed, with every tensor in it (else the file is read again).
 
     Raises NoFloat64Evaluation when no runtime evaluates the graph in float64, and onnxruntime's
     errors when it cannot run the graph at all: a float32 ratio is never returned instead.
@@ -82,7 +84,7 @@ def onnx_lower(path: Path, graph: Graph, seed: int, effort: float = 1.0) -> floa
     shapes = [graph.shapes.get(name) for name in graph.inputs]
     if not shapes or any(s is None or not all(s) for s in shapes):
         return None
-    model = onnx.load(str(path))
+    model = proto if proto is not None else onnx.load(str(path))
     exact = Float64Model(model, graph)
     search, dtypes = _float32_session(path)
     if search is None:

@@ -207,7 +207,7 @@ def improve_lower(model: Model, path: object, report: Report, settings: Settings
 
         from lipcheck.graph.evaluate import Float64Model, node_count
 
-        proto = onnx.load(str(path))
+        proto = model.source if model.source is not None else onnx.load(str(path))
         exact = Float64Model(proto, graph)  # graphs onnxruntime cannot run in double go to the IR in torch
         nodes = node_count(proto)
 
