@@ -6,6 +6,7 @@ training flag and dtype lipcheck must leave as it found them."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +396,31 @@ def test_the_ascent_on_the_input_climbs_to_where_the_jacobian_is_large(tmp_path:
     assert bound.lower is not None and bound.upper is not None and 0.8 * everything <= bound.lower <= max(patterns) <= bound.upper
     monkeypatch.setattr(lower_ir, "_ascent", lambda *args: [])  # random points only: the units stay off
     assert max((value for value, _, _ in lower_ir.ir_ascent(graph, [(1, 4)], seed, effort=1.0)), default=0.0) < 0.1 * everything
+
+
+def test_one_slow_first_pass_does_not_skip_the_ascent_but_a_slow_model_still_does() -> None:
+    """The ascent runs where the budget holds enough forward passes; the first passes of a process
+    run slow, so a model that looks too slow on its timed pass is timed once more."""
+    import time as clock
+
+    from lipcheck.graph import lower_ir
+
+    net = _Dormant(0).eval()
+
+    def pairs(delay: Callable[[int], float]) -> int:
+        calls, ascents = [0], [0]
+
+        def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+            calls[0] += 1
+            clock.sleep(delay(calls[0]))
+            return [net(xs[0])]
+
+        def smoothed(xs: list[torch.Tensor], sharpness: float) -> list[torch.Tensor]:
+            ascents[0] += 1
+            return [net(xs[0])]
+
+        assert lower_ir.jacobian_pairs(run, [(1, 4)], 0, 0.2, smoothed)
+        return ascents[0]
+
+    assert pairs(lambda call: 0.05 if call == 2 else 0.0) > 0  # the timed pass alone was slow
+    assert pairs(lambda call: 0.01) == 0  # every pass: 100 of them would not fit in the 0.2 s budget

@@ -96,6 +96,13 @@ def jacobian_pairs(
         started = time.monotonic()  # the first pass may convert constants or warm caches: time the second
         run(draw())
     one_pass = time.monotonic() - started
+    if smoothed is not None and _ASCENT_MIN_PASSES * one_pass > effort * max(_MIN_SECONDS, _BUDGET_PASSES * one_pass):
+        # The first passes of a process run several times slower than the next ones: a model the
+        # ascent would skip for one slow pass is timed again, so its pairs do not hang on that.
+        with torch.no_grad():
+            again = time.monotonic()
+            run(draw())
+        one_pass = min(one_pass, time.monotonic() - again)
     budget = effort * max(_MIN_SECONDS, _BUDGET_PASSES * one_pass)
     final = started + budget
     if budget < _ASCENT_MIN_PASSES * one_pass:
