@@ -176,9 +176,10 @@ def test_cholesky_bound_is_above_the_largest_eigenvalue(n: int, slack: float, se
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-def test_factorization_flags_each_matrix_of_a_batch_on_its_own(in_place: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("n", [1, 9, 24])
+def test_factorization_flags_each_matrix_of_a_batch_on_its_own(in_place: bool, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """One indefinite or non-finite matrix fails alone; the others of the batch still certify (LAPACK
-    in place, or torch's factorization where SciPy has none)."""
+    in place, or torch's batched factorization for small blocks and where SciPy has none)."""
     from lipcheck.spectral import conv_fourier as cf
     from lipcheck.spectral import lapack
 
@@ -186,11 +187,11 @@ def test_factorization_flags_each_matrix_of_a_batch_on_its_own(in_place: bool, m
         monkeypatch.setattr(lapack, "available", lambda dtype: False)
 
     gen = torch.Generator().manual_seed(3)
-    k = torch.randn(6, 9, 9, generator=gen, dtype=torch.complex128)
-    a = k @ k.mH + 0.5 * torch.eye(9, dtype=torch.complex128)
+    k = torch.randn(6, n, n, generator=gen, dtype=torch.complex128)
+    a = k @ k.mH + 0.5 * torch.eye(n, dtype=torch.complex128)
     a[1] = -a[1]  # negative definite
-    a[3, 5, 2] = float("nan")  # below the diagonal, where the factorization reads
-    a[4, 7, 7] = float("inf")
+    a[3, n - 1, n // 2] = float("nan")  # on or below the diagonal, where the factorization reads
+    a[4, n - 1, n - 1] = float("inf")
     expected = [True, False, True, False, False, True]
     assert cf._factorizes(a.clone()).tolist() == expected
     # The same verdicts as torch's own factorization, on the finite matrices.

@@ -361,3 +361,24 @@ def test_row_scales_at_the_edges_of_float64_never_give_a_false_upper(case: str, 
     assert upper is None or upper >= truth
     if case != "underflow":  # in range after its power of two: worked out, not left out
         assert upper is not None and upper <= truth * (1.01 if explicit else 1.1)  # the circular embedding sits above at 4 px
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([3, 5]), st.integers(1, 2), st.integers(1, 6), st.integers(3, 9), st.booleans(), st.integers(0, 2**16))
+def test_depthwise_circular_intervals_contain_the_operator_norm(dims: int, k: int, stride: int, channels: int, n: int, multiplier: bool, seed: int) -> None:
+    """A depthwise conv (one input channel per group) has 1x1 Gram blocks on the circular path,
+    which take their own screen and batched factorizations: its interval still holds the float64
+    SVD of the operator (torch's conv applied to every basis vector)."""
+    gen = torch.Generator().manual_seed(seed)
+    out_per_group = 2 if multiplier else 1
+    weight = torch.randn(channels * out_per_group, 1, *(k,) * dims, generator=gen, dtype=torch.float64)
+    geometry = ConvGeometry((stride,) * dims, (k // 2,) * (2 * dims), (1,) * dims, channels)
+    spatial = (n,) * dims
+    size = channels * n**dims
+    columns = conv_module._conv_fn(weight, geometry, False)(torch.eye(size, dtype=torch.float64).reshape(size, channels, *spatial))
+    exact = exact_sigma(columns.reshape(size, -1).T)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+        found = conv_module.operator_interval(weight, geometry, spatial, False, tol=1e-6, max_iter=10_000, seed=0)
+    assert found.method == conv_module.METHOD_OPERATOR
+    assert found.lower <= exact * (1 + 1e-9) and found.upper >= exact

@@ -80,6 +80,10 @@ _SCALED_FLOOR = 2.0**-100
 # Out-side Gram coefficients come one product per tap pair (rather than one per delta over
 # gathered taps) from this many weight entries per tap and group: the products dominate there.
 _BY_PAIR_ENTRIES = 1 << 12
+# Blocks this small are factored in one batched call: one LAPACK call per block would cost more
+# than the factorizations, and two threads making millions of calls would contend for the
+# interpreter lock between them.
+_BATCHED_MAX_SIDE = 16
 # Frequencies refined by Lanczos before the first certificate.
 _CANDIDATES = 8
 _SCREEN_STEPS = 5
@@ -372,15 +376,18 @@ def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
 def _factorizes(a: torch.Tensor) -> torch.Tensor:
     """Whether a Cholesky factorization of each finite Hermitian matrix in the batch completes (on a CPU in ``a``'s memory).
 
-    On a CPU LAPACK factors the blocks where they lie, one by one (lipcheck.spectral.lapack);
-    elsewhere torch's batched factorization runs. A matrix with a non-finite entry (its sum is not
-    finite: one pass, where isfinite on complex numbers takes several) fails.
+    On a CPU LAPACK factors the blocks where they lie, one call each (lipcheck.spectral.lapack);
+    blocks of at most _BATCHED_MAX_SIDE rows, and every block elsewhere, go to torch's batched
+    factorization, which loops over them in one call (a depthwise conv has a million 1x1 blocks).
+    A factorization completes when every pivot is finite and positive. A matrix with a non-finite
+    entry (its sum is not finite: one pass, where isfinite on complex numbers takes several) fails.
     """
     finite = torch.isfinite(torch.view_as_real(a).sum(dim=(-3, -2, -1)) if a.is_complex() else a.sum(dim=(-2, -1)))
-    if a.device.type == "cpu" and a.is_contiguous() and lapack.available(a.numpy().dtype):
+    if a.device.type == "cpu" and a.shape[-1] > _BATCHED_MAX_SIDE and a.is_contiguous() and lapack.available(a.numpy().dtype):
         return finite & torch.from_numpy(lapack.factor_in_place(a.numpy()))
-    _, info = torch.linalg.cholesky_ex(a)
-    return finite & (info == 0)
+    factor, info = torch.linalg.cholesky_ex(a)
+    pivots = factor.diagonal(dim1=-2, dim2=-1).real
+    return finite & (info == 0) & torch.isfinite(pivots).all(dim=-1) & (pivots > 0).all(dim=-1)
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -589,14 +596,17 @@ def release_scratch() -> None:
 
 def _power_screen(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A cheap ranking of the frequencies by a few power steps: the Rayleigh quotients of the
-    next-to-last iterates, and the last iterates (start vectors for Lanczos)."""
+    next-to-last iterates, and the last iterates (start vectors for Lanczos). A 1x1 block is its
+    own eigenvalue (a depthwise conv's blocks)."""
+    if g.shape[1] == 1:
+        return g.real.reshape(-1).cpu(), torch.ones(g.shape[0], 1, dtype=g.dtype, device=g.device)
     x = torch.ones(g.shape[0], g.shape[1], 1, dtype=g.dtype, device=g.device)
     x[:, ::2] = -1  # not orthogonal to a top vector for any real structure in practice; only a ranking
     x = x + 0.1j * torch.arange(g.shape[1], dtype=torch.float64, device=g.device).reshape(1, -1, 1) / g.shape[1]
     x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
     for _ in range(_SCREEN_STEPS):
         y = _bmm(g, x)
-        quotient = torch.bmm(x.mH, y).real.reshape(-1)  # the last step's: one pass over g fewer
+        quotient = (x.conj() * y).real.sum(dim=(1, 2))  # the last step's: one pass over g fewer
         x = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min(1e-300)
     return quotient.cpu(), x.squeeze(2)
 
