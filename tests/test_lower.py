@@ -424,3 +424,20 @@ def test_one_slow_first_pass_does_not_skip_the_ascent_but_a_slow_model_still_doe
 
     assert pairs(lambda call: 0.05 if call == 2 else 0.0) > 0  # the timed pass alone was slow
     assert pairs(lambda call: 0.01) == 0  # every pass: 100 of them would not fit in the 0.2 s budget
+
+
+def test_the_jacobian_search_takes_every_output_together() -> None:
+    """Two outputs y1 = A x, y2 = B x: the network bound takes (y1, y2) as one vector, whose
+    constant is sigma([A; B]) = 3 here, above either output's own (sqrt 5); the power iteration
+    climbs to the joint one."""
+    from lipcheck.graph import lower_ir
+
+    a, b = torch.tensor([[2.0, 1.0]]), torch.tensor([[1.0, 2.0]])
+    joint = float(torch.linalg.matrix_norm(torch.cat([a, b]).double(), ord=2))
+    assert joint == pytest.approx(3.0) and float(torch.linalg.matrix_norm(a, ord=2)) < 2.3
+
+    def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [xs[0] @ a.T, xs[0] @ b.T]
+
+    found = lower_ir.jacobian_pairs(run, [(1, 2)], 0, 0.2)
+    assert found and joint * (1 - 1e-3) <= found[0][0] <= joint * (1 + 1e-3)

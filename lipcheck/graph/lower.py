@@ -17,8 +17,8 @@ values are much larger than the outputs. Neither is a proof of the rounding erro
 orders of magnitude above the float64 error seen in practice, and the slack is below 1e-9 of the
 ratio for ordinary networks.
 
-Several outputs: the value is the largest per-output ratio, matching the graph bound's
-max over outputs.
+Several outputs: the change of all outputs together (the root of the sum of their squared
+changes, each less its slack), matching the graph bound, which takes the outputs as one vector.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ _POINTS = 4  # random points whose Jacobian is searched by power iteration
 _STEP = 1e-3  # the pair's step, relative to the input's RMS (at least 1)
 _BUDGET_PASSES = 12  # the ascent's time budget in float32 forward passes of the IR in torch (times --effort)
 _MIN_STEPS = 2
-_MAX_STEPS = 48  # power steps per point and output
+_MAX_STEPS = 48  # power steps per point
 _MAX_STEPS_BEFORE_ASCENT = 16  # the same where the ascent follows: it finds the larger Jacobians
 _MIN_SECONDS = 1.0  # the budget's floor
 _ASCENT_SHARE = 0.7  # of the budget, for the ascent on the input where the IR can be smoothed
@@ -72,7 +72,8 @@ def jacobian_pairs(
     smoothed: Callable[[list[torch.Tensor], float], Sequence[torch.Tensor]] | None = None,
 ) -> list[tuple[float, list[torch.Tensor], list[torch.Tensor]]]:
     """(float32 ratio, xs, ys) with ys = xs + h v, v from power iteration on J(x)ᵀJ(x) of the float32
-    function ``run`` (J v by a forward difference, Jᵀ u by autograd) at a few random x, and with
+    function ``run``, its float outputs taken together as one vector as the network bound takes
+    them (J v by a forward difference, Jᵀ u by autograd), at a few random x, and with
     ``smoothed`` (``run`` with its ReLUs as softplus of a given sharpness) at the points an ascent
     on the input reaches (module doc); the best CHECKED, best first.
 
@@ -91,17 +92,22 @@ def jacobian_pairs(
     def flat(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [v.reshape(-1) for v in values if v.is_floating_point()]
 
+    def joined(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.to(torch.float32) for v in flat(values)])
+
+    probe = draw()  # the passes timed all take this input: the points drawn after never depend on the timings
     with torch.no_grad():
-        count = len(flat(run(draw())))
+        if not flat(run(probe)):
+            return []
         started = time.monotonic()  # the first pass may convert constants or warm caches: time the second
-        run(draw())
+        run(probe)
     one_pass = time.monotonic() - started
     if smoothed is not None and _ASCENT_MIN_PASSES * one_pass > effort * max(_MIN_SECONDS, _BUDGET_PASSES * one_pass):
         # The first passes of a process run several times slower than the next ones: a model the
         # ascent would skip for one slow pass is timed again, so its pairs do not hang on that.
         with torch.no_grad():
             again = time.monotonic()
-            run(draw())
+            run(probe)
         one_pass = min(one_pass, time.monotonic() - again)
     budget = effort * max(_MIN_SECONDS, _BUDGET_PASSES * one_pass)
     final = started + budget
@@ -109,35 +115,33 @@ def jacobian_pairs(
         smoothed = None  # a large model: the budget holds too few of the ascent's steps to be worth them
     deadline = started + budget * (1.0 - _ASCENT_SHARE) if smoothed is not None else final
     found: list[tuple[float, list[torch.Tensor], list[torch.Tensor]]] = []
-    directions: dict[int, list[torch.Tensor]] = {}  # per output, the last point's direction: a warm start
+    direction: list[torch.Tensor] | None = None  # the last point's: a warm start
     for point in range(_POINTS):
         if found and time.monotonic() > deadline:
             break
         xs = [x.requires_grad_(True) for x in draw()]
         scale = max(1.0, math.sqrt(sum(float((x.detach() ** 2).sum()) for x in xs) / max(1, sum(x.numel() for x in xs))))
         with torch.enable_grad():
-            outs = flat(run(xs))
-        for k in range(min(count, 4)):
-            vs = directions.get(k) or draw()
-            for step in range(_MAX_STEPS if smoothed is None else _MAX_STEPS_BEFORE_ASCENT):
-                if (step >= _MIN_STEPS or point > 0) and time.monotonic() > deadline:
-                    break
-                norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
-                if norm == 0.0 or not math.isfinite(norm):
-                    break
-                h = _STEP * scale / norm
-                with torch.no_grad():
-                    ys = [x.detach() + h * v for x, v in zip(xs, vs)]
-                    moved = flat(run(ys))
-                jv = (moved[k] - outs[k].detach()) / h
-                value = float(jv.norm()) / norm
-                if math.isfinite(value):
-                    found.append((value, [x.detach() for x in xs], ys))
-                # Jᵀ(Jv) as the gradient of a scalar: grad_outputs would make torch import sympy (half a second).
-                with torch.enable_grad():
-                    grads = torch.autograd.grad((outs[k] * jv).sum(), xs, retain_graph=True, allow_unused=True)
-                vs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
-            directions[k] = [v.detach() for v in vs]
+            outs = joined(run(xs))
+        vs = direction or draw()
+        for step in range(_MAX_STEPS if smoothed is None else _MAX_STEPS_BEFORE_ASCENT):
+            if (step >= _MIN_STEPS or point > 0) and time.monotonic() > deadline:
+                break
+            norm = math.sqrt(sum(float((v**2).sum()) for v in vs))
+            if norm == 0.0 or not math.isfinite(norm):
+                break
+            h = _STEP * scale / norm
+            with torch.no_grad():
+                ys = [x.detach() + h * v for x, v in zip(xs, vs)]
+                jv = (joined(run(ys)) - outs.detach()) / h
+            value = float(jv.norm()) / norm
+            if math.isfinite(value):
+                found.append((value, [x.detach() for x in xs], ys))
+            # Jᵀ(Jv) as the gradient of a scalar: grad_outputs would make torch import sympy (half a second).
+            with torch.enable_grad():
+                grads = torch.autograd.grad((outs * jv).sum(), xs, retain_graph=True, allow_unused=True)
+            vs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
+        direction = [v.detach() for v in vs]
     if smoothed is not None and found:
         best = max(found, key=lambda item: item[0])
         found.extend(_ascent(run, smoothed, best[1], final, flat, max(1, round(_ASCENT_STEPS * effort)), generator))
