@@ -283,7 +283,7 @@ def _top_direction(run: Run, xs: list[np.ndarray], grid: list[np.dtype], size: i
 
 
 def certified(exact: Run, float32: Run | None, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], nodes: int) -> float:
-    """The float64 ratio of the pair (x, y), largest over outputs, less the rounding slack.
+    """The float64 ratio of the pair (x, y), its outputs taken together, less each output's rounding slack.
 
     The slack scales with the largest value computed on the way (where lipcheck's IR can evaluate
     the graph), not only with the outputs: a large intermediate value that cancels later leaves

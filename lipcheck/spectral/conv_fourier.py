@@ -359,7 +359,8 @@ def gram_error(taps: GramTaps) -> float:
 def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound.
 
-    ``g`` is overwritten with tau I - G (on a CPU then with its factor): the blocks are large and read once.
+    ``g`` is overwritten with tau I - G (then, for blocks LAPACK factors in place, with its factor):
+    the blocks are large and read once.
     """
     n = g.shape[-1]
     diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
@@ -374,7 +375,7 @@ def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _factorizes(a: torch.Tensor) -> torch.Tensor:
-    """Whether a Cholesky factorization of each finite Hermitian matrix in the batch completes (on a CPU in ``a``'s memory).
+    """Whether a Cholesky factorization of each finite Hermitian matrix in the batch completes.
 
     On a CPU LAPACK factors the blocks where they lie, one call each (lipcheck.spectral.lapack);
     blocks of at most _BATCHED_MAX_SIDE rows, and every block elsewhere, go to torch's batched
