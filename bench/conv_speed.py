@@ -8,7 +8,8 @@ Builds, with torch.nn and seeded random weights (batch norms with random statist
 - a ResNet-50-shaped network (v1.5: stride on the 3x3), exported to ONNX at 1x3x224x224;
 - a one-conv model at the same input, for the fixed start-up cost of the same command;
 - a small FPN-style detector (strided backbone, lateral 1x1 convs, 3x3 heads) at 1x3x800x608;
-- a ResNet-18-shaped network at 64 px, as ONNX and as TorchScript with --input-shape.
+- a ResNet-18-shaped network at 64 px, as ONNX and as TorchScript with --input-shape;
+- the real PicoDet layout detector from a PyPI wheel (800x608), where bench/fetch_corpus.py has fetched it.
 
 Each model is inspected by the command line in a fresh process (JSON report), timed wall to
 wall. The ResNet-50's onnxruntime forward pass is timed in this process, so the cost beyond
@@ -233,6 +234,14 @@ def main() -> None:
         wall_t, rep_t = inspect(ts, "--input-shape", "1x3x64x64")
         print(f"| ResNet-18 ONNX 64 px | | {wall_o:.2f} | {wall_o - base:.2f} | | | | |")
         print(f"| ResNet-18 TorchScript 64 px, --input-shape | {len(conv_rows(rep_t))} | {wall_t:.2f} | {wall_t - base:.2f} | | | | |")
+        real = Path(__file__).resolve().parent / ".corpus" / "layout_cdla.onnx"
+        if real.exists():  # python bench/fetch_corpus.py puts it there (a PyPI wheel's PicoDet, 37 depthwise convs)
+            wall_r, rep_r = inspect(real)
+            rows_r = conv_rows(rep_r)
+            print(
+                f"| layout_cdla (real PicoDet, 800x608) | {len(rows_r)} | {wall_r:.2f} | {wall_r - base:.2f} | | "
+                f"{max(w for _, _, w, _, _ in rows_r):.2e} | | {sum(c for *_, c, _ in rows_r)}/{len(rows_r)} |"
+            )
     print(f"\n- load average at end {os.getloadavg()[0]:.1f}")
 
 
