@@ -93,7 +93,7 @@ def jacobian_pairs(
         return [v.reshape(-1) for v in values if v.is_floating_point()]
 
     def joined(values: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([v.to(torch.float32) for v in flat(values)])
+        return torch.cat(flat(values))
 
     probe = draw()  # the passes timed all take this input: the points drawn after never depend on the timings
     with torch.no_grad():
@@ -144,7 +144,7 @@ def jacobian_pairs(
         direction = [v.detach() for v in vs]
     if smoothed is not None and found:
         best = max(found, key=lambda item: item[0])
-        found.extend(_ascent(run, smoothed, best[1], final, flat, max(1, round(_ASCENT_STEPS * effort)), generator))
+        found.extend(_ascent(run, smoothed, best[1], final, joined, max(1, round(_ASCENT_STEPS * effort)), generator))
     found.sort(key=lambda item: item[0], reverse=True)
     return found[:CHECKED]
 
@@ -154,7 +154,7 @@ def _ascent(
     smoothed: Callable[[list[torch.Tensor], float], Sequence[torch.Tensor]],
     start: list[torch.Tensor],
     deadline: float,
-    flat: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]],
+    joined: Callable[[Sequence[torch.Tensor]], torch.Tensor],
     steps: int,
     generator: torch.Generator,
 ) -> list[tuple[float, list[torch.Tensor], list[torch.Tensor]]]:
@@ -163,9 +163,6 @@ def _ascent(
     fewer where they share out the time to ``deadline`` first; after the last stage but one and at
     the end, a pair from power steps on ``run`` itself at the point reached."""
     import torch
-
-    def joined(values: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(flat(values))
 
     scale = max(1.0, math.sqrt(sum(float((x**2).sum()) for x in start) / max(1, sum(x.numel() for x in start))))
     h = _STEP * scale
