@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from lipcheck.spectral import lapack
-from lipcheck.spectral.dense import safe_scales
+from lipcheck.spectral.dense import SCALED_FLOOR, unit_scales
 
 UNIT_ROUNDOFF = 2.0**-53
 _SAFETY = 2.0
@@ -74,9 +74,6 @@ _CHUNK_ENTRIES = 1 << 22
 # Gram blocks of every frequency are kept between the screen and the certificates up to this many
 # complex entries (256 MiB); larger symbols are recomputed per chunk.
 _STORE_ENTRIES = 1 << 24
-# A scaled Gram polynomial (scaled_taps) whose largest channel energy falls below this is left to
-# its caller: norms and Lanczos steps on it would underflow.
-_SCALED_FLOOR = 2.0**-100
 # Out-side Gram coefficients come one product per tap pair (rather than one per delta over
 # gathered taps) from this many weight entries per tap and group: the products dominate there.
 _BY_PAIR_ENTRIES = 1 << 12
@@ -196,20 +193,19 @@ def scaled_taps(taps: GramTaps, weight: torch.Tensor, scale: torch.Tensor) -> tu
 
     None on the "in" side, for scales outside lipcheck.spectral.dense.safe_scales' range, and where
     the scaled polynomial falls far below the old one's range (its largest diagonal entry of H_0,
-    a channel's energy, under _SCALED_FLOOR): the Lanczos and norm steps would underflow.
+    a channel's energy, under lipcheck.spectral.dense.SCALED_FLOOR): the Lanczos and norm steps
+    would underflow.
     """
-    if taps.side != "out" or scale.numel() != taps.groups * taps.n or not safe_scales(scale):
+    if taps.side != "out" or scale.numel() != taps.groups * taps.n:
         return None
-    s = scale.to(device=taps.table.device, dtype=torch.float64).reshape(taps.groups, taps.n)
-    peak = float(s.abs().max())
-    if peak == 0.0:
+    unit = unit_scales(scale.to(device=taps.table.device, dtype=torch.float64))
+    if unit is None:
         return None
-    exponent = math.frexp(peak)[1]
-    s = s * 2.0**-exponent  # exact: every nonzero scale stays a normal number
+    s, exponent = unit[0].reshape(taps.groups, taps.n), unit[1]
     rows = taps.table.shape[0]
     table = taps.table.view(rows, taps.groups, taps.n, taps.n, 2)
     energy = table[0, :, :, :, 0].diagonal(dim1=1, dim2=2)  # H_0's diagonal, per group
-    if not float((energy * s.square()).max()) >= _SCALED_FLOOR:
+    if not float((energy * s.square()).max()) >= SCALED_FLOOR:
         return None
     pair = s.unsqueeze(2) * s.unsqueeze(1)  # (groups, n, n)
     table.mul_(pair.unsqueeze(-1))

@@ -51,9 +51,9 @@ _CANCELLATION = math.sqrt(2.0)
 IN_PLACE_FROM = 1024
 # Row scales certify_row_scaled applies to a Gram matrix: products of two stay normal float64 numbers.
 _SCALE_RANGE = 2.0**200
-# ... and the scaled Gram matrix's largest diagonal entry (its scales brought to at most 1) at
-# least this: inside float32's range, and far above the absolute size of underflow.
-_SCALED_FLOOR = 2.0**-100
+# ... and the scaled Gram matrix's largest diagonal entry (its scales brought to at most 1 by
+# unit_scales) at least this: inside float32's range, and far above the absolute size of underflow.
+SCALED_FLOOR = 2.0**-100
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ def certify_row_scaled(
     that underflow err by an absolute 2^-1075 each, in Ĝ's own dot products (p per entry, times
     |s_i s_j| ≤ 1 here) and in the scaling: q (p + 1) 2^-1075 in spectral norm, which e1 takes as it
     is. A scaled matrix is None where its Gram matrix falls far below Ĝ's range (largest diagonal
-    entry under _SCALED_FLOOR: float32's Lanczos would see zeros, and underflow would be no longer
+    entry under SCALED_FLOOR: float32's Lanczos would see zeros, and underflow would be no longer
     negligible), a scale is not finite or lies outside _SCALE_RANGE, or ``w`` is taller than wide
     (its Gram matrix is then wᵀw, which a row scaling does not carry).
     """
@@ -390,13 +390,12 @@ def certify_row_scaled(
     grams, fro2s, exponents, which = [], [], [], []
     underflow = side.q * (side.p + 1) * 2.0**-1073
     for k, s in enumerate(row_scales):
-        d = s.detach().to(device=dev, dtype=torch.float64).reshape(-1)
-        if d.numel() != side.q or not safe_scales(d) or float(d.abs().max()) == 0.0:
+        unit = unit_scales(s.detach().to(device=dev, dtype=torch.float64).reshape(-1))
+        if unit is None or unit[0].numel() != side.q:
             continue
-        exponent = math.frexp(float(d.abs().max()))[1]
-        d = d * 2.0**-exponent  # exact: every nonzero entry stays a normal number
+        d, exponent = unit
         gs = torch.outer(d, d).mul_(g)
-        if not float(gs.diagonal().max()) >= _SCALED_FLOOR:
+        if not float(gs.diagonal().max()) >= SCALED_FLOOR:
             continue  # scaled to nearly nothing: the caller certifies it on its own
         grams.append(gs)
         fro2s.append(float(gs.diagonal().sum()) * (1.0 + _gamma(side.p + side.q + 3)) + underflow)
@@ -422,6 +421,18 @@ def certify_row_scaled(
         for k, exponent, estimate in zip(which, exponents, found):
             scaled[k] = replace(estimate, sigma=math.ldexp(estimate.sigma, exponent), upper=math.ldexp(estimate.upper, exponent))
     return raw, scaled
+
+
+def unit_scales(d: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``d`` times 2^-k with its largest magnitude in (1/2, 1], and k; None where ``d`` fails
+    safe_scales or is all zero. Exact: every nonzero scale stays a normal number."""
+    if not safe_scales(d) or d.numel() == 0:
+        return None
+    peak = float(d.abs().max())
+    if peak == 0.0:
+        return None
+    exponent = math.frexp(peak)[1]
+    return d * 2.0**-exponent, exponent
 
 
 def safe_scales(d: torch.Tensor) -> bool:
