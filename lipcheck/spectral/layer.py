@@ -478,7 +478,7 @@ def fused_upper(layer: Layer, load: Callable[[], torch.Tensor], settings: Settin
         # With zero padding the circular bound is at most the size-free one (Cauchy-Schwarz over the
         # taps) up to its margins: that one, a dense certificate of its own, only stands in where the
         # certificate gave nothing finite.
-        sized = value if math.isfinite(value) else min(value, _any_size_upper(layer, weight, settings))
+        sized = value if math.isfinite(value) else _any_size_upper(layer, weight, settings)
         return sized + margin
     est = estimate(replace(layer, load=lambda: weight, warm_u=None), settings)
     return est.lipschitz.upper + margin if est.lipschitz is not None else None
