@@ -118,6 +118,34 @@ def test_ring_is_the_smallest_valid_embedding() -> None:
     assert math.prod(ring_sizes((4, 4, 4), (3, 3, 3), (1, 1, 1), (2, 2, 2), [2] * 3, [2] * 3)) == 6**3
 
 
+@pytest.mark.parametrize("reduced", [[8], [7], [8, 8], [15, 15], [4, 6, 2], [1, 1], [2, 3], [5, 1, 4]])
+def test_half_frequencies_hold_one_of_each_conjugate_pair(reduced: list[int]) -> None:
+    """Every frequency j or -j (mod the ring) is certified, and no class twice: G(-w) = conj G(w)."""
+    from lipcheck.spectral import conv_fourier as cf
+
+    kept = [tuple(f) for f in cf._half_frequencies(reduced).tolist()]
+    classes = {min(f, tuple(-x % m for x, m in zip(f, reduced))) for f in np.ndindex(*reduced)}
+    assert len(kept) == len(set(kept)) == len(classes)
+    assert {min(f, tuple(-x % m for x, m in zip(f, reduced))) for f in kept} == classes
+
+
+def test_negated_blocks_are_exact_and_certify_the_same_bound() -> None:
+    from lipcheck.spectral import conv_fourier as cf
+
+    weight = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    taps = cf.gram_taps(weight, 1, (1, 1), (1, 1), [6, 6])
+    freqs = cf._half_frequencies(taps.taps.reduced)
+    plain = cf.gram_blocks(taps, freqs).reshape(-1, taps.n, taps.n)
+    negated = cf.gram_blocks(taps, freqs, negate=True).reshape(-1, taps.n, taps.n)
+    assert torch.equal(negated, -plain)
+    top = torch.linalg.eigvalsh(plain).amax(dim=-1)
+    for tau in (top * (1 + 1e-6), top * 0.9):
+        ok_a, bound_a = cf._cholesky_bounds(plain.clone(), tau)
+        ok_b, bound_b = cf._cholesky_bounds(negated.clone(), tau, negated=True)
+        assert torch.equal(ok_a, ok_b) and torch.equal(bound_a, bound_b)
+        assert bool(ok_a.all()) == bool((tau > top).all())
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.integers(1, 2),

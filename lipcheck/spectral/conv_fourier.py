@@ -311,10 +311,15 @@ def _in_side_table(per_tap: torch.Tensor, taps: TapOffsets, zero: tuple[int, ...
 
 
 def _half_frequencies(reduced: list[int]) -> torch.Tensor:
-    """Integer frequency indices covering every class of {j, -j}: first axis up to M_0 / 2."""
+    """Integer frequency indices, one of each class {j, -j} (the one first in row-major order)."""
     axes = [torch.arange(reduced[0] // 2 + 1)] + [torch.arange(m) for m in reduced[1:]]
     grid = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([g.reshape(-1) for g in grid], dim=1)
+    freqs = torch.stack([g.reshape(-1) for g in grid], dim=1)
+    # Rows 0 and M_0 / 2 of the first axis hold both members of their pairs: keep the earlier one.
+    sizes = torch.tensor(reduced, dtype=torch.int64)
+    weights = torch.tensor([math.prod(reduced[a + 1 :]) for a in range(len(reduced))], dtype=torch.int64)
+    first = (freqs * weights).sum(dim=1) <= (torch.remainder(-freqs, sizes) * weights).sum(dim=1)
+    return freqs[first]
 
 
 def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: list[int]) -> torch.Tensor:
@@ -327,10 +332,15 @@ def _phase_table(freqs: torch.Tensor, deltas: list[tuple[int, ...]], reduced: li
     return torch.cat([torch.cos(angle), torch.sin(angle[:, 1:])], dim=1)
 
 
-def gram_blocks(taps: GramTaps, freqs: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
-    """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128 (on a CPU, in ``out`` if given)."""
+def gram_blocks(taps: GramTaps, freqs: torch.Tensor, out: np.ndarray | None = None, *, negate: bool = False) -> torch.Tensor:
+    """fl(G(w)) for the given integer frequencies: (F, groups, n, n) complex128 (on a CPU, in ``out`` if given).
+
+    ``negate``: -fl(G(w)) instead, exactly (the phase table is negated), saving the certificate a pass.
+    """
     shape = (freqs.shape[0], taps.groups, taps.n, taps.n)
     phases = _phase_table(freqs, taps.deltas, taps.taps.reduced).to(taps.table.device)
+    if negate:
+        phases.neg_()
     if taps.table.device.type == "cpu":
         # numpy's BLAS takes this short inner dimension about twice as fast as torch's on a CPU.
         out = torch.empty(shape, dtype=torch.complex128).numpy() if out is None else out.reshape(shape)
@@ -352,15 +362,15 @@ def gram_error(taps: GramTaps) -> float:
     return bound * (1 + 1e-12)
 
 
-def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _cholesky_bounds(g: torch.Tensor, tau: torch.Tensor, *, negated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Try tau I - G per matrix; return success flags and the certified lambda_max(fl G) bound.
 
     ``g`` is overwritten with tau I - G (then, for blocks LAPACK factors in place, with its factor):
-    the blocks are large and read once.
+    the blocks are large and read once. ``negated``: ``g`` holds -fl(G) (gram_blocks' ``negate``).
     """
     n = g.shape[-1]
     diag = g.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
-    shifted = g.neg_()
+    shifted = g if negated else g.neg_()
     shifted.diagonal(dim1=-2, dim2=-1).add_(tau.unsqueeze(-1).to(g.dtype))
     trace = shifted.diagonal(dim1=-2, dim2=-1).real.abs().sum(dim=-1) * (1 + _gamma(n + 2))
     factored = _factorizes(shifted)
@@ -513,18 +523,19 @@ def _certify(taps: GramTaps, groups: int, *, rel: float, dev: torch.device) -> C
         if number in stored:
             return stored[number]
         out = None if space is None else space[number * chunk_entries : number * chunk_entries + chunks[number].shape[0] * groups * n * n]
-        g = gram_blocks(taps, chunks[number], out=out).to(dev).reshape(-1, n, n)
+        g = gram_blocks(taps, chunks[number], out=out, negate=True).to(dev).reshape(-1, n, n)
         if keep:
             stored[number] = g
         return g
 
+    # The blocks hold -fl(G): the factorizations read tau I - fl(G) with one pass fewer.
     # Screen: a few power steps on every frequency and group, then Lanczos on the best few from there.
     screens = [_power_screen(blocks(i)) for i in range(len(chunks))]
-    rho = torch.cat([found for found, _ in screens])
+    rho = -torch.cat([found for found, _ in screens])
     picks = torch.topk(rho, min(_CANDIDATES, rho.numel())).indices
     if keep:
         per_block = per_chunk * groups
-        cand = torch.stack([stored[int(p) // per_block][int(p) % per_block] for p in picks])
+        cand = torch.stack([stored[int(p) // per_block][int(p) % per_block] for p in picks]).neg_()
     else:
         cand = _blocks_at(taps, freqs, picks, groups, n).to(dev)
     start = torch.cat([x for _, x in screens])[picks.to(dev)]
@@ -537,7 +548,7 @@ def _certify(taps: GramTaps, groups: int, *, rel: float, dev: torch.device) -> C
         g = blocks(chunk_number)
         stored.pop(chunk_number, None)
         taus = torch.full((g.shape[0],), tau, dtype=torch.float64, device=dev)
-        ok, found = _cholesky_bounds(g, taus)
+        ok, found = _cholesky_bounds(g, taus, negated=True)
         del g
         steps += taus.shape[0]
         failed = torch.nonzero(~ok).flatten()
