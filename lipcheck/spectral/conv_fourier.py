@@ -605,7 +605,8 @@ def release_scratch() -> None:
 def _power_screen(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A cheap ranking of the frequencies by a few power steps: the Rayleigh quotients of the
     next-to-last iterates, and the last iterates (start vectors for Lanczos). A 1x1 block is its
-    own eigenvalue (a depthwise conv's blocks)."""
+    own eigenvalue (a depthwise conv's blocks). _certify passes -G: G is positive semidefinite, so
+    the steps still find its top eigenvector and the quotients come back negated."""
     if g.shape[1] == 1:
         return g.real.reshape(-1).cpu(), torch.ones(g.shape[0], 1, dtype=g.dtype, device=g.device)
     x = torch.ones(g.shape[0], g.shape[1], 1, dtype=g.dtype, device=g.device)
