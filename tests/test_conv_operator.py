@@ -19,6 +19,7 @@ from lipcheck.api import inspect
 from lipcheck.model import ConvGeometry
 from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
+from lipcheck.spectral import conv_groups
 from lipcheck.spectral.conv import any_size_factor
 from tests.reference import exact_sigma
 
@@ -107,6 +108,7 @@ def test_interval_contains_the_operator_norm_and_is_narrow(tmp_path: Path, case)
 def test_fft_path_contains_the_operator_norm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case) -> None:  # type: ignore[no-untyped-def]
     """Large operators skip the explicit matrix; force that path on small ones and check it too."""
     monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+    monkeypatch.setattr(conv_groups, "MAX_SIDE", 0)
     path, exact = _case_model(tmp_path, case)
     (layer,) = inspect(path, settings=Settings(tol=1e-6)).layers
     lip = layer.lipschitz
@@ -320,6 +322,7 @@ def test_row_scaled_uppers_bound_the_scaled_operator(
     with pytest.MonkeyPatch.context() as patch:
         if not explicit:
             patch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+            patch.setattr(conv_groups, "MAX_SIDE", 0)
         found = conv_module.operator_interval(weight, geometry, spatial, transposed, tol=1e-6, max_iter=10_000, seed=0, row_scales=scales)
     exact = exact_sigma(columns.reshape(size, -1).T)
     assert found.lower <= exact * (1 + 1e-9) and found.upper >= exact
@@ -379,6 +382,7 @@ def test_depthwise_circular_intervals_contain_the_operator_norm(dims: int, k: in
     exact = exact_sigma(columns.reshape(size, -1).T)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
+        patch.setattr(conv_groups, "MAX_SIDE", 0)
         found = conv_module.operator_interval(weight, geometry, spatial, False, tol=1e-6, max_iter=10_000, seed=0)
     assert found.method == conv_module.METHOD_OPERATOR
     assert found.lower <= exact * (1 + 1e-9) and found.upper >= exact

@@ -4,7 +4,9 @@ Upper end: the zero-padded conv is a submatrix of a circular conv on a slightly 
 norm is the largest per-frequency sigma_1 of the polyphase symbol (conv_fourier.py derives the
 embedding and certifies it with rounding accounted). A ConvTranspose has the norm of the conv it
 transposes at its output size; non-zero padding is a padding map (norm computed exactly) then an
-unpadded conv. Small operators are built explicitly and bracketed like any dense matrix.
+unpadded conv. Small operators are built explicitly and bracketed like any dense matrix; so are
+the groups of a grouped conv whose groups are small (conv_groups.py), where the whole operator is
+not: the circular bound is several percent high on the small maps where depthwise convs sit.
 
 Lower end: the circular operator's top mode, windowed to the real input, starts Lanczos on the
 real operator (the conv and its adjoint at the input shape, real padding and stride) in float32;
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lipcheck.model import ConvGeometry
-from lipcheck.spectral import conv_fourier, conv_start
+from lipcheck.spectral import conv_fourier, conv_groups, conv_start
 from lipcheck.spectral.dense import certify_row_scaled
 
 # Build the operator as a dense matrix when its smaller side has at most this many entries
@@ -230,6 +232,7 @@ def _transposed_output(weight: torch.Tensor, geometry: ConvGeometry, spatial: tu
 
 
 METHOD_EXPLICIT = "explicit operator matrix at the input size: Lanczos (lower), Cholesky certificate (upper)"
+METHOD_GROUPS = "each group's explicit operator at the input size: eigenvector (lower), Cholesky certificate per group (upper)"
 METHOD_OPERATOR = (
     "Lanczos on the operator at the input size from the windowed top Fourier mode (lower), circular-embedding per-frequency Cholesky certificate (upper)"
 )
@@ -480,6 +483,11 @@ def operator_interval(
         est, scaled_found = certify_row_scaled(matrix, rows, tol=tol, max_iter=max_iter, seed=seed, device=device)
         scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if rows else (None,) * len(row_scales)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
+    if _by_groups(w64, geometry, spatial, transposed, in_size, out_size):
+        found_g = _group_bound(w64, geometry, spatial, transposed, tol)
+        lower = min(certified_ratio(w64, geometry, transposed, found_g.start), found_g.upper)
+        upper = min(found_g.upper, upper_cap)
+        return ConvInterval(min(lower, upper), upper, METHOD_GROUPS, 1, upper - lower <= tol * upper, found_g.certificates, (None,) * len(row_scales))
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device, row_scales=row_scales)
     upper = min(found.upper, upper_cap)
@@ -487,6 +495,46 @@ def operator_interval(
         w64, geometry, spatial, transposed, upper=upper, tol=ctol, max_iter=max_iter, seed=seed, start=found.start, device=device
     )
     return ConvInterval(lower, upper, METHOD_OPERATOR, iterations, upper - lower <= ctol * upper, found.certificates, found.scaled)
+
+
+def _by_groups(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, in_size: int, out_size: int) -> bool:
+    """Whether each group's explicit operator is small enough to certify (conv_groups.fits); zero padding only,
+    where every entry of the operators is one weight."""
+    groups = geometry.groups
+    if groups == 1 or geometry.padding_mode != "zeros":
+        return False
+    channels_in = input_channels(weight, geometry, transposed)
+    channels_out = out_size // math.prod(_out_spatial(weight, geometry, spatial, transposed))
+    return conv_groups.fits(groups, in_size // groups, out_size // groups, channels_in, channels_out, math.prod(spatial), out_size // channels_out)
+
+
+def _out_spatial(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> tuple[int, ...]:
+    if transposed:
+        return _transposed_output(weight, geometry, spatial)
+    begin, end = _pads(geometry, weight.dim() - 2)
+    return tuple(
+        (size + b + e - d * (k - 1) - 1) // s + 1 for size, b, e, d, k, s in zip(spatial, begin, end, geometry.dilation, weight.shape[2:], geometry.stride)
+    )
+
+
+def _group_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, tol: float) -> conv_groups.GroupBound:
+    """The per-group certificate (conv_groups) for a resolved, zero-padded grouped conv, its start shaped as an input."""
+    groups = geometry.groups
+    channels = input_channels(weight, geometry, transposed)
+    per_group = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
+    begin, _ = _pads(geometry, len(spatial))
+    outs = _out_spatial(weight, geometry, spatial, transposed)
+
+    def build(indices: torch.Tensor) -> torch.Tensor:
+        chosen = per_group[indices].reshape(-1, *weight.shape[1:])
+        count = int(indices.numel())
+        if transposed:
+            apply = _conv_fn(chosen, replace(geometry, groups=count), transposed)
+            return conv_groups.group_operators(apply, channels // groups * count, count, spatial)
+        return conv_groups.placed_operators(chosen, geometry.stride, geometry.dilation, begin, spatial, outs, count)
+
+    found = conv_groups.certify(build, conv_groups.group_bounds(weight, groups), rel=max(tol, 1e-9) / 2)
+    return replace(found, start=found.start.reshape(1, channels, *spatial))
 
 
 def operator_upper(
@@ -498,6 +546,9 @@ def operator_upper(
         return _unscaled(operator_upper(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device), scale, True)
     geometry = resolve(w64, geometry, spatial, transposed)
     in_size = input_channels(weight, geometry, transposed) * math.prod(spatial)
-    if min(in_size, _output_size(w64, geometry, spatial, transposed)) <= EXPLICIT_MAX_SIDE:
+    out_size = _output_size(w64, geometry, spatial, transposed)
+    if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device).upper
+    if _by_groups(w64, geometry, spatial, transposed, in_size, out_size):
+        return _group_bound(w64, geometry, spatial, transposed, tol).upper
     return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device, want_start=False).upper

@@ -19,7 +19,7 @@ from lipcheck.formats.limits import check_layer_size, memory_bytes
 from lipcheck.model import Interval, Layer
 from lipcheck.settings import Settings
 from lipcheck.spectral import conv as conv_module
-from lipcheck.spectral import conv_fourier, lapack
+from lipcheck.spectral import conv_fourier, conv_groups, lapack
 from lipcheck.spectral.conv import ConvInterval, any_size_factor, operator_interval, operator_upper
 from lipcheck.spectral.dense import IN_PLACE_FROM, SpectralEstimate, certify, certify_batch, peak_abs
 
@@ -424,6 +424,7 @@ def _conv_key(kind: str, weight: torch.Tensor, layer: Layer, settings: Settings)
         settings.seed,
         settings.device,
         conv_module.EXPLICIT_MAX_SIDE,
+        conv_groups.MAX_SIDE,
     )
 
 
