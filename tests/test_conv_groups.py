@@ -63,7 +63,7 @@ def test_grouped_interval_holds_the_operator_norm_and_is_tight(case) -> None:  #
         patch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)
         found = conv_module.operator_interval(weight, geometry, spatial, transposed, tol=1e-6, max_iter=100, seed=0)
         upper_only = conv_module.operator_upper(weight, geometry, spatial, transposed, tol=1e-6, max_iter=100, seed=0)
-    assert found.method == conv_module.METHOD_GROUPS
+    assert found.method == conv_module.METHOD_GROUPS or exact == 0  # a conv that never reads its input: declined
     assert found.lower <= exact * (1 + 1e-12) and exact <= found.upper and exact <= upper_only
     if exact > 0:
         assert found.upper - found.lower <= 1e-6 * found.upper
@@ -118,3 +118,28 @@ def test_large_groups_or_maps_stay_on_the_circular_path() -> None:
     geometry = ConvGeometry((1, 1), (1, 1, 1, 1), (1, 1), 32)
     found = conv_module.operator_interval(weight, geometry, (24, 24), False, tol=1e-6, max_iter=100, seed=0)
     assert 24 * 24 > conv_groups.MAX_SIDE and found.method == conv_module.METHOD_OPERATOR
+
+
+def test_operators_whose_products_underflow_never_give_a_false_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF-style SAME padding on a 2x2 map never reads the kernel's last row and column: with the
+    largest weight there and the read ones 1e-165, the built operators' products underflow. The
+    per-group certificate declines and the circular bound stands; where only some groups are that
+    small, the others carry the bound."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 1, 3, 3, generator=gen, dtype=torch.float64) * 1e-165
+    weight[:, :, 2, 2] = 1.0
+    monkeypatch.setattr(conv_module, "EXPLICIT_MAX_SIDE", 0)  # the whole operator is small here
+    geometry = ConvGeometry((2, 2), (0, 0, 1, 1), (1, 1), 64)
+    one = ConvGeometry((2, 2), (0, 0, 1, 1), (1, 1), 1)
+    # Each group's operator is a 1x4 row of its read weights: its norm is their Euclidean length (scaled to stay in range).
+    exact = max(exact_sigma(weight[g, 0, :2, :2].reshape(1, 4) * 2.0**600) * 2.0**-600 for g in range(64))
+    found = conv_module.operator_interval(weight, geometry, (2, 2), False, tol=1e-6, max_iter=100, seed=0)
+    assert found.method == conv_module.METHOD_OPERATOR and found.upper >= exact
+    assert conv_module.operator_upper(weight, geometry, (2, 2), False, tol=1e-6, max_iter=100, seed=0) >= exact
+    mixed = weight.clone()
+    mixed[:32, :, :2, :2] = torch.randn(32, 1, 2, 2, generator=gen, dtype=torch.float64)
+    blocks = [_operator(mixed[g : g + 1], one, (2, 2), False) for g in range(64)]
+    exact = max(exact_sigma(block) for block in blocks)
+    found = conv_module.operator_interval(mixed, geometry, (2, 2), False, tol=1e-6, max_iter=100, seed=0)
+    assert found.method == conv_module.METHOD_GROUPS
+    assert found.lower <= exact * (1 + 1e-12) and exact <= found.upper <= exact * (1 + 1e-6)

@@ -256,7 +256,8 @@ def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
 
 
 def operator_bytes(weight_shape: tuple[int, ...], geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
-    """About the memory the operator interval at this input size needs: its Lanczos basis of input-sized vectors."""
+    """About the memory the operator interval at this input size needs: its Lanczos basis of input-sized
+    vectors (a grouped conv certified group by group stays under conv_groups' own limit instead)."""
     weight = torch.empty(weight_shape, device="meta")
     resolved = resolve(weight, geometry, spatial, transposed)
     elements = max(input_channels(weight, resolved, transposed) * math.prod(spatial), _output_size(weight, resolved, spatial, transposed))
@@ -483,8 +484,8 @@ def operator_interval(
         est, scaled_found = certify_row_scaled(matrix, rows, tol=tol, max_iter=max_iter, seed=seed, device=device)
         scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if rows else (None,) * len(row_scales)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
-    if _by_groups(w64, geometry, spatial, transposed, in_size, out_size):
-        found_g = _group_bound(w64, geometry, spatial, transposed, tol)
+    found_g = _group_bound(w64, geometry, spatial, transposed, tol) if _by_groups(w64, geometry, spatial, transposed, in_size, out_size) else None
+    if found_g is not None:
         lower = min(certified_ratio(w64, geometry, transposed, found_g.start), found_g.upper)
         upper = min(found_g.upper, upper_cap)
         return ConvInterval(min(lower, upper), upper, METHOD_GROUPS, 1, upper - lower <= tol * upper, found_g.certificates, (None,) * len(row_scales))
@@ -517,8 +518,9 @@ def _out_spatial(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
     )
 
 
-def _group_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, tol: float) -> conv_groups.GroupBound:
-    """The per-group certificate (conv_groups) for a resolved, zero-padded grouped conv, its start shaped as an input."""
+def _group_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, tol: float) -> conv_groups.GroupBound | None:
+    """The per-group certificate (conv_groups) for a resolved, zero-padded grouped conv, its start
+    shaped as an input; None where it declines (the operators' entries too small: underflow)."""
     groups = geometry.groups
     channels = input_channels(weight, geometry, transposed)
     per_group = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
@@ -534,7 +536,7 @@ def _group_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
         return conv_groups.placed_operators(chosen, geometry.stride, geometry.dilation, begin, spatial, outs, count)
 
     found = conv_groups.certify(build, conv_groups.group_bounds(weight, groups), rel=max(tol, 1e-9) / 2)
-    return replace(found, start=found.start.reshape(1, channels, *spatial))
+    return None if found is None else replace(found, start=found.start.reshape(1, channels, *spatial))
 
 
 def operator_upper(
@@ -549,6 +551,7 @@ def operator_upper(
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device).upper
-    if _by_groups(w64, geometry, spatial, transposed, in_size, out_size):
-        return _group_bound(w64, geometry, spatial, transposed, tol).upper
+    found_g = _group_bound(w64, geometry, spatial, transposed, tol) if _by_groups(w64, geometry, spatial, transposed, in_size, out_size) else None
+    if found_g is not None:
+        return found_g.upper
     return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device, want_start=False).upper

@@ -1,15 +1,23 @@
 """A grouped conv's operator norm on a small input, certified from each group's explicit operator.
 
 A grouped conv is block-diagonal over its groups, so its norm is the largest group's. Each group's
-operator A_g is written out by applying the conv to unit inputs, one input channel of every group
-at one position at a time: with zero padding every entry is one weight times 1, so A_g is exact.
-The smaller Gram matrix per group, fl(A_g^T A_g) or fl(A_g A_g^T), is a batch of dot products of
-length L, so |fl(G) - G| <= gamma_L |A_g|^T |A_g| entrywise and its spectral norm is at most
-gamma_L ||A_g||_F^2: one number e_G for every group (Weyl). A few power steps rank the groups, the
-top candidates' eigenvalues (float64 eigh) give tau, and one Cholesky factorization of tau I - fl(G)
-per group certifies lambda_max(fl G) with its own rounding terms (conv_fourier's certificate); a
-group whose factorization fails is refined from its own eigenvalue and factored again, and the
-Frobenius norm is the last resort. The circular embedding's bound is several percent loose on
+operator A_g is written out, tap by tap for a conv and by applying a ConvTranspose to unit inputs:
+with zero padding every entry is one weight (one weight times 1), so A_g is exact. The smaller
+Gram matrix per group, fl(A_g^T A_g) or fl(A_g A_g^T), is a batch of dot products of length L, so
+|fl(G) - G| <= gamma_L |A_g|^T |A_g| entrywise (plus at most L 2^-1074 per entry from products that
+underflow) and its spectral norm is at most gamma_L ||A_g||_F^2 plus side L 2^-1074: one number e_G
+for every group (Weyl). A size-free bound per group (group_bounds) ranks the groups; the top
+candidates' eigenvalues (float64 eigh) give tau; one Cholesky factorization of tau I - fl(G) per
+group whose size-free bound exceeds sqrt(tau) certifies lambda_max(fl G) with its own rounding
+terms (conv_fourier's certificate); a group whose factorization fails is refined from its own
+eigenvalue and factored again, and the Frobenius norm is the last resort.
+
+Underflow. The weight arrives scaled to a largest entry of 1, but on a tiny map some taps never
+read the input, and the ones that do may be tiny: their products then underflow, and neither the
+size-free bounds nor the factorization's rounding analysis hold. Below a top eigenvalue of
+_TAU_FLOOR the certificate declines (None) and the caller keeps the circular bound; above it, a
+group whose entries underflow has a norm under 2^-500, far below sqrt(tau), so the maximum is
+unaffected. The circular embedding's bound is several percent loose on
 the small maps where depthwise convs sit in real networks (a 512-channel 5x5 depthwise conv at
 7x7: 17%); this one is exact up to the tolerance.
 """
@@ -31,6 +39,8 @@ _MAX_WORK = 2.0e9
 # Entries of the unit inputs (and of the outputs) the operators are read from.
 _MAX_ENTRIES = 1 << 24
 _CANDIDATES = 8
+# The top group's eigenvalue (weights scaled to a largest entry of 1) below which the certificate declines.
+_TAU_FLOOR = 2.0**-600
 _RETRIES = 3
 
 
@@ -102,7 +112,8 @@ def group_bounds(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """A size-free upper bound on each group's operator norm: the sum over taps of ||W_t||_F, rounded up.
 
     The zero-padded (or transposed) conv of a group is sum_t S_t (x) W_t with selections S_t of norm
-    at most 1. Each Frobenius norm and the sum are within gamma of the exact values (float64).
+    at most 1. Each Frobenius norm and the sum are within gamma of the exact values (float64), but
+    for squares that underflow: certify's floor on tau covers those (module doc).
     """
     w = weight.to(torch.float64)
     taps = math.prod(w.shape[2:])
@@ -111,12 +122,13 @@ def group_bounds(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return found * (1 + _gamma(per_tap.shape[1] * per_tap.shape[2] + taps + 4))
 
 
-def certify(build: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tensor, *, rel: float) -> GroupBound:
+def certify(build: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tensor, *, rel: float) -> GroupBound | None:
     """Certify the largest sigma_1 over the groups' operators to within about ``rel`` (module doc).
 
     ``build(indices)`` returns those groups' operators (count, rows, cols) in float64; ``bounds``
     is group_bounds'. Groups whose bound is already below the top candidates' norm are certified
-    by it and never built: in trained networks most channels of a depthwise conv are.
+    by it and never built: in trained networks most channels of a depthwise conv are. None where
+    the top eigenvalue is under _TAU_FLOOR or not finite (module doc, underflow).
     """
     groups = bounds.numel()
     order = torch.argsort(bounds, descending=True)
@@ -133,6 +145,8 @@ def certify(build: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tensor,
     values, vectors = torch.linalg.eigh(gram(cand))
     best = int(torch.argmax(values[:, -1]))
     top_value = float(values[best, -1])
+    if not top_value >= _TAU_FLOOR or not math.isfinite(top_value):
+        return None
     tau = top_value * (1 + rel)
     top_group, top_vector, top_ops = int(picks[best]), vectors[best, :, -1], cand[best]
     # Every group whose size-free bound is at most sqrt(tau) is done; the others get a factorization.
@@ -143,7 +157,7 @@ def certify(build: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tensor,
     if needed.numel():
         ops = build(needed)
         fro2 = float(ops.square().sum(dim=(1, 2)).max()) * (1 + _gamma(rows * cols + 2))
-        e_g = _gamma(length + 2) * fro2 * (1 + 1e-12)
+        e_g = (_gamma(length + 2) * fro2 + min(rows, cols) * length * 2.0**-1074) * (1 + 1e-12)
         ok, found = _cholesky_bounds(gram(ops), torch.full((needed.numel(),), tau, dtype=torch.float64))
         steps = needed.numel()
         failed = torch.nonzero(~ok).flatten()
@@ -163,7 +177,7 @@ def certify(build: Callable[[torch.Tensor], torch.Tensor], bounds: torch.Tensor,
                 top_group, top_vector, top_ops = int(needed[failed[worst]]), sub_vectors[worst, :, -1], ops[failed[worst]]
             failed = failed[~sub_ok]
         if failed.numel():
-            found[failed] = torch.linalg.matrix_norm(gram(ops[failed]), ord="fro") * (1 + _gamma(length * length + 2))
+            found[failed] = torch.linalg.matrix_norm(gram(ops[failed]), ord="fro") * (1 + _gamma(min(rows, cols) ** 2 + 2))
         upper = max(upper, math.sqrt((float(found.max()) + e_g) * (1 + _gamma(4))) * (1 + _gamma(2)))
     start = top_vector if side_in else top_ops.mT @ top_vector
     return GroupBound(upper, _embed(start, top_group, groups, cols), steps)
