@@ -15,7 +15,6 @@ the reported value is ||A x|| / ||x|| for the Ritz vector x, recomputed in float
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -173,9 +172,8 @@ def any_size_factor(kernel: tuple[int, ...], geometry: ConvGeometry) -> float:
 def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> torch.Tensor:
     """The operator as a dense matrix (outputs x inputs), rows and columns in (channel, position) order.
 
-    A zero-padded conv is written tap by tap: output position o reads input o*s + t*d - b per
-    axis, so each tap places W_t (block-diagonal over groups) at the (o, i) pairs inside the
-    input. Other operators are applied to every basis vector.
+    A zero-padded conv is written tap by tap, group by group (conv_groups.placed_operators). Other
+    operators are applied to every basis vector.
     """
     if transposed or geometry.padding_mode != "zeros":
         apply = _conv_fn(weight, geometry, transposed)
@@ -183,32 +181,12 @@ def explicit_matrix(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple
         size = c * math.prod(spatial)
         basis = torch.eye(size, dtype=torch.float64).reshape(size, c, *spatial)
         return apply(basis).reshape(size, -1).T
-    w = weight.to(torch.float64)
-    dims = len(spatial)
-    begin, end = _pads(geometry, dims)
-    kernel = tuple(w.shape[2:])
-    outs = [max(0, (n + b + e - (k - 1) * d - 1) // s + 1) for n, k, s, d, b, e in zip(spatial, kernel, geometry.stride, geometry.dilation, begin, end)]
+    begin, _ = _pads(geometry, len(spatial))
+    outs = _out_spatial(weight, geometry, spatial, transposed)
     if min(outs, default=1) <= 0:
         raise RuntimeError("the conv has no output at this input size")
-    groups = geometry.groups
-    m, c = w.shape[0] // groups, w.shape[1]
-    p_size, q_size = math.prod(outs), math.prod(spatial)
-    matrix = torch.zeros(groups, m, p_size, groups, c, q_size, dtype=torch.float64)
-    group = torch.arange(groups).reshape(-1, 1)
-    out_index = torch.arange(p_size).reshape(outs)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        reads = [torch.arange(o) * s + t * d - b for o, s, t, d, b in zip(outs, geometry.stride, tap, geometry.dilation, begin)]
-        inside = [(r >= 0) & (r < n) for r, n in zip(reads, spatial)]
-        rows = out_index[torch.meshgrid(*(torch.nonzero(ok).flatten() for ok in inside), indexing="ij")].reshape(-1)
-        kept = [r[ok] for r, ok in zip(reads, inside)]
-        cols = torch.zeros(rows.shape, dtype=torch.int64)
-        for axis, grid in enumerate(torch.meshgrid(*kept, indexing="ij")):
-            cols = cols * spatial[axis] + grid.reshape(-1)
-        if rows.numel() == 0:
-            continue
-        block = w[(slice(None), slice(None)) + tap].reshape(groups, 1, m, c)
-        matrix[group, :, rows.reshape(1, -1), group, :, cols.reshape(1, -1)] += block
-    return matrix.reshape(groups * m * p_size, groups * c * q_size)
+    # Block-diagonal over the groups, rows (group, channel, position) and columns alike.
+    return torch.block_diag(*conv_groups.placed_operators(weight, geometry.stride, geometry.dilation, begin, spatial, outs, geometry.groups))
 
 
 def pad_norm(spatial: tuple[int, ...], geometry: ConvGeometry) -> float:
@@ -240,14 +218,8 @@ METHOD_OPERATOR = (
 
 def _output_size(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> int:
     """The number of outputs the layer writes at this input size (resolved geometry), from the shapes alone."""
-    if transposed:
-        channels, sizes = weight.shape[1] * geometry.groups, list(_transposed_output(weight, geometry, spatial))
-    else:
-        begin, end = _pads(geometry, weight.dim() - 2)
-        channels = weight.shape[0]
-        sizes = [
-            (size + b + e - d * (k - 1) - 1) // s + 1 for size, b, e, d, k, s in zip(spatial, begin, end, geometry.dilation, weight.shape[2:], geometry.stride)
-        ]
+    channels = weight.shape[1] * geometry.groups if transposed else weight.shape[0]
+    sizes = _out_spatial(weight, geometry, spatial, transposed)
     if min(sizes, default=1) <= 0:
         # Torch decides what an empty or impossible output is (on the meta device: shapes only).
         x = torch.zeros(1, input_channels(weight, geometry, transposed), *spatial, dtype=weight.dtype, device="meta")
@@ -484,11 +456,11 @@ def operator_interval(
         est, scaled_found = certify_row_scaled(matrix, rows, tol=tol, max_iter=max_iter, seed=seed, device=device)
         scaled_uppers = tuple(e.upper if e is not None else None for e in scaled_found) if rows else (None,) * len(row_scales)
         return ConvInterval(est.sigma, est.upper, METHOD_EXPLICIT, est.iterations, est.converged, est.certificate_steps, scaled_uppers)
-    found_g = _group_bound(w64, geometry, spatial, transposed, tol) if _by_groups(w64, geometry, spatial, transposed, in_size, out_size) else None
+    found_g = _group_bound(w64, geometry, spatial, transposed, tol, in_size, out_size)
     if found_g is not None:
-        lower = min(certified_ratio(w64, geometry, transposed, found_g.start), found_g.upper)
         upper = min(found_g.upper, upper_cap)
-        return ConvInterval(min(lower, upper), upper, METHOD_GROUPS, 1, upper - lower <= tol * upper, found_g.certificates, (None,) * len(row_scales))
+        lower = min(certified_ratio(w64, geometry, transposed, found_g.start), upper)
+        return ConvInterval(lower, upper, METHOD_GROUPS, 1, upper - lower <= tol * upper, found_g.certificates, (None,) * len(row_scales))
     ctol = conv_tolerance(tol)
     found = upper_end(w64, geometry, spatial, transposed, rel=ctol / 8, device=device, row_scales=row_scales)
     upper = min(found.upper, upper_cap)
@@ -510,6 +482,7 @@ def _by_groups(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int,
 
 
 def _out_spatial(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool) -> tuple[int, ...]:
+    """The output's spatial size at this input size (resolved geometry); a size of 0 or less where torch gives none."""
     if transposed:
         return _transposed_output(weight, geometry, spatial)
     begin, end = _pads(geometry, weight.dim() - 2)
@@ -518,9 +491,13 @@ def _out_spatial(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[in
     )
 
 
-def _group_bound(weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, tol: float) -> conv_groups.GroupBound | None:
-    """The per-group certificate (conv_groups) for a resolved, zero-padded grouped conv, its start
-    shaped as an input; None where it declines (the operators' entries too small: underflow)."""
+def _group_bound(
+    weight: torch.Tensor, geometry: ConvGeometry, spatial: tuple[int, ...], transposed: bool, tol: float, in_size: int, out_size: int
+) -> conv_groups.GroupBound | None:
+    """The per-group certificate (conv_groups) for a resolved grouped conv, its start shaped as an
+    input; None where the path does not apply (_by_groups) or declines (entries too small: underflow)."""
+    if not _by_groups(weight, geometry, spatial, transposed, in_size, out_size):
+        return None
     groups = geometry.groups
     channels = input_channels(weight, geometry, transposed)
     per_group = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
@@ -551,7 +528,7 @@ def operator_upper(
     out_size = _output_size(w64, geometry, spatial, transposed)
     if min(in_size, out_size) <= EXPLICIT_MAX_SIDE:
         return operator_interval(w64, geometry, spatial, transposed, tol=tol, max_iter=max_iter, seed=seed, device=device).upper
-    found_g = _group_bound(w64, geometry, spatial, transposed, tol) if _by_groups(w64, geometry, spatial, transposed, in_size, out_size) else None
+    found_g = _group_bound(w64, geometry, spatial, transposed, tol, in_size, out_size)
     if found_g is not None:
         return found_g.upper
     return upper_end(w64, geometry, spatial, transposed, rel=conv_tolerance(tol) / 8, device=device, want_start=False).upper
